@@ -1,0 +1,213 @@
+"""Manage runs and checkpoints in MongoDB, and the embedded database server.
+
+An exported checkpoint is one self-contained torch.save file (weights, optimizer, scheduler, data
+position, hyper-parameters, vocabulary, step); it is copied byte for byte from the store and
+written under a temporary name first, so an interrupted export never leaves a file that looks whole.
+"""
+import argparse
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+import store
+from model import ModelConfig, Transformer
+from store import StoreError
+
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "step", "data", "config", "model_config", "vocabulary"}
+
+
+def fmt_time(t):
+    return t.strftime("%Y-%m-%d %H:%M") if t else "-"
+
+
+def fmt_loss(doc, split):
+    v = (doc.get("last") or {}).get(split, {}).get("loss")
+    return f"{v:.4f}" if v is not None else "-"
+
+
+def list_all(st, args):
+    runs = st.list_runs()
+    print(f"{'run id':40} {'status':9} {'step':>15} {'dataset':38} {'size':4} {'train':>7} {'test':>7}  updated")
+    for r in runs:
+        cfg = r.get("config", {})
+        step = f"{r.get('step', 0)}/{cfg.get('train_steps', '?')}"
+        print(f"{r['_id']:40} {r.get('status', '-'):9} {step:>15} {cfg.get('train_name', '-'):38} "
+              f"{cfg.get('model_size', '-'):4} {fmt_loss(r, 'train'):>7} {fmt_loss(r, 'test'):>7}  {fmt_time(r.get('updated'))}")
+        if r.get("status") == "failed" and r.get("error"):
+            print(f"{'':40}   error: {r['error'].splitlines()[0][:100]}")
+    if not runs:
+        print("(no runs)")
+
+
+def show(st, args):
+    r = st.require_run(args.run_id)
+    print(f"run {r['_id']}: {r.get('status')} at step {r.get('step', 0)}, world size {r.get('world_size', '-')}, "
+          f"host {r.get('host', '-')}, updated {fmt_time(r.get('updated'))}")
+    for k, v in r["config"].items():
+        print(f"  {k:22} {v}")
+    ck = r.get("checkpoint")
+    print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
+    print(f"{'step':>8} {'split':5} {'loss':>8} {'trace':>8} {'plan':>8} {'acc':>6}")
+    for rec in st.get_logs(args.run_id):
+        print(f"{rec['step']:>8} {rec['split']:5} {rec['loss']:>8.4f} {rec['trace_loss']:>8.4f} "
+              f"{rec['plan_loss']:>8.4f} {rec['accuracy']:>6.3f}")
+
+
+def drop_run(st, args):
+    st.drop_run(args.run_id)
+    print(f"dropped run {args.run_id}")
+
+
+def bulk_drop_run(st, args):
+    ids = list(args.run_id or [])
+    for i in ids:
+        st.require_run(i)  # all or nothing: check every id before dropping any
+    if args.pattern:
+        ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
+    if not ids:
+        raise StoreError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
+    for i in ids:
+        st.drop_run(i)
+        print(f"dropped run {i}")
+
+
+def list_all_checkpoints(st, args):
+    print(f"{'run id':40} {'step':>9} {'size MiB':>9}  time")
+    for c in st.list_checkpoints():
+        print(f"{c['run_id']:40} {c['step']:>9} {c['size'] / 2**20:>9.1f}  {fmt_time(c['time'])}")
+
+
+def export_one(st, run_id, export_dir):
+    info = st.require_run(run_id).get("checkpoint")
+    if not info:
+        raise StoreError(f"run {run_id!r} has no checkpoint yet")
+    export_dir = Path(export_dir)
+    export_dir.mkdir(parents=True, exist_ok=True)
+    final = export_dir / f"{run_id}.pt"
+    tmp = export_dir / f".{run_id}.pt.partial-{os.getpid()}"
+    try:
+        with st.fs.open_download_stream(info["id"]) as src, open(tmp, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 22)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    print(f"exported {run_id} step {info['step']} to {final}")
+
+
+def export_checkpoint(st, args):
+    export_one(st, args.run_id, args.export_dir)
+
+
+def bulk_export_checkpoint(st, args):
+    ids = args.run_id or [c["run_id"] for c in st.list_checkpoints()]
+    for i in ids:
+        st.require_run(i)
+    for i in ids:
+        export_one(st, i, args.export_dir)
+
+
+def read_checkpoint(path):
+    """Load and check an exported file without running code (weights_only) and without reading it
+    all into memory (mmap); raises StoreError on anything that is not a whole, valid checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such file")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise StoreError(f"{path}: not a valid checkpoint file ({reason})") from None
+    if not isinstance(ck, dict) or not CHECKPOINT_KEYS <= ck.keys():
+        raise StoreError(f"{path}: not a searchformer checkpoint (missing {sorted(CHECKPOINT_KEYS - set(ck) if isinstance(ck, dict) else CHECKPOINT_KEYS)})")
+    from train import TrainConfig
+    try:
+        TrainConfig.from_dict(ck["config"])
+        model = Transformer(ModelConfig(**ck["model_config"]))
+        model.load_state_dict(ck["model"])  # shapes and names must match the architecture
+        if not isinstance(ck["step"], int) or ck["step"] < 0:
+            raise ValueError("bad step")
+    except Exception as e:
+        raise StoreError(f"{path}: checkpoint contents are invalid ({str(e).splitlines()[0][:160]})") from None
+    return ck
+
+
+def import_checkpoint(st, args):
+    ck = args.checkpoint
+    run_id = args.run_id or ck.get("run_id") or Path(args.filename).stem
+    store.check_name(run_id)
+    ck["run_id"] = run_id
+    st.put_checkpoint(run_id, ck["config"], ck, ck["step"], replace=args.replace)
+    print(f"imported {args.filename} as run {run_id} (step {ck['step']})")
+
+
+def db_cmd(st_unused, args):
+    uri = os.environ.get("MONGODB_URI")
+    if args.action == "status":
+        if uri:
+            st = store.connect()
+            print(f"MONGODB_URI is set: using {st.address} (database {st.db.name}), reachable")
+            return
+        info = store.server_info()
+        folder = store.db_dir()
+        if info and info["up"]:
+            print(f"embedded server up: pid {info['pid']}, mongodb://{info['host']}:{info['port']}, data {folder}")
+        else:
+            print(f"embedded server not running (data {folder}); it starts on first use")
+    else:
+        if uri:
+            raise StoreError("MONGODB_URI is set: `db stop` only stops the embedded server")
+        stopped = store.stop_embedded()
+        print("embedded server stopped" if stopped else "embedded server was not running")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list-all", help="all runs with status, step, dataset, size and last losses").set_defaults(fn=list_all)
+    p = sub.add_parser("show", help="one run: hyper-parameters, checkpoint and loss curve")
+    p.add_argument("--run-id", required=True)
+    p.set_defaults(fn=show)
+    p = sub.add_parser("drop-run", help="delete a run with its logs and checkpoints")
+    p.add_argument("--run-id", required=True)
+    p.set_defaults(fn=drop_run)
+    p = sub.add_parser("bulk-drop-run", help="delete several runs")
+    p.add_argument("--run-id", action="append", help="repeatable")
+    p.add_argument("--pattern", help="regular expression matched against whole run ids")
+    p.set_defaults(fn=bulk_drop_run)
+    sub.add_parser("list-all-checkpoints", help="every run's checkpoint").set_defaults(fn=list_all_checkpoints)
+    p = sub.add_parser("export-checkpoint", help="write a run's checkpoint to DIR/<run id>.pt")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--export-dir", required=True)
+    p.set_defaults(fn=export_checkpoint)
+    p = sub.add_parser("bulk-export-checkpoint", help="export several (default: all) checkpoints")
+    p.add_argument("--export-dir", required=True)
+    p.add_argument("--run-id", action="append", help="repeatable; default all runs with a checkpoint")
+    p.set_defaults(fn=bulk_export_checkpoint)
+    p = sub.add_parser("import-checkpoint", help="create a run from an exported checkpoint file")
+    p.add_argument("--filename", required=True)
+    p.add_argument("--run-id", help="run id to import as (default: the one in the file)")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing run of that id")
+    p.set_defaults(fn=import_checkpoint)
+    p = sub.add_parser("db", help="the embedded database server: status or stop")
+    p.add_argument("action", choices=["status", "stop"])
+    p.set_defaults(fn=db_cmd)
+    args = ap.parse_args(argv)
+    try:
+        for rid in ([args.run_id] if isinstance(getattr(args, "run_id", None), str) else getattr(args, "run_id", None) or []):
+            store.check_name(rid)  # validated before any database call
+        if args.cmd == "import-checkpoint":
+            args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before touching the database
+        st = None if args.cmd == "db" else store.connect()
+        args.fn(st, args)
+    except StoreError as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,168 @@
+"""A decoder-only Transformer: pre-norm RMSNorm, RoPE, SwiGLU FFN, no biases, causal SDPA.
+
+The reference was an encoder-decoder; here the prompt is a prefix that carries no loss. Depths are
+chosen so that each named size has about the parameters of the reference's encoder plus decoder.
+"""
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+# width, heads and FFN hidden size as in the reference; depth ~ reference encoder + decoder budget
+SIZES = {
+    "tiny": dict(d_model=64, n_head=2, d_ff=256, n_layer=2),  # tests and smoke runs, not in the paper
+    "s": dict(d_model=192, n_head=3, d_ff=512, n_layer=14),
+    "m": dict(d_model=384, n_head=4, d_ff=1024, n_layer=19),
+    "l": dict(d_model=768, n_head=4, d_ff=2048, n_layer=21),
+    "xl": dict(d_model=1152, n_head=12, d_ff=3072, n_layer=37),
+}
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    d_model: int = 192
+    n_head: int = 3
+    d_ff: int = 512
+    n_layer: int = 14
+    rope_base: float = 10000.0
+
+    @classmethod
+    def from_size(cls, size, vocab_size):
+        if size not in SIZES:
+            raise ValueError(f"unknown model size {size!r}; choose one of {', '.join(SIZES)}")
+        return cls(vocab_size=vocab_size, **SIZES[size])
+
+    def to_dict(self):
+        return asdict(self)
+
+
+def rope(pos, head_dim, base):
+    """cos and sin tables for integer positions pos (..., T) -> (..., T, head_dim/2) each."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim)
+    angles = pos.float()[..., None] * inv_freq  # (..., T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x, cos, sin):
+    # x (B, H, T, hd); cos/sin (T, hd/2) or (B, 1, T, hd/2); rotate (first half, second half) pairs
+    x1, x2 = x.to(torch.promote_types(x.dtype, torch.float32)).chunk(2, dim=-1)  # bf16 -> fp32, fp64 stays
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+class KVCache(nn.Module):
+    """Preallocated keys and values for incremental decoding: (B, H, max_len, hd) per layer."""
+
+    def __init__(self, n_layer, batch, n_head, max_len, head_dim, device, dtype):
+        super().__init__()
+        shape = (n_layer, batch, n_head, max_len, head_dim)
+        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.length = 0  # positions filled so far (same for every row)
+
+    def update(self, layer, k, v):
+        t = k.size(2)
+        self.k[layer, :, :, self.length:self.length + t] = k
+        self.v[layer, :, :, self.length:self.length + t] = v
+        end = self.length + t
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg, layer):
+        super().__init__()
+        self.n_head, self.head_dim, self.layer = cfg.n_head, cfg.d_model // cfg.n_head, layer
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, hd) each
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, H, S, hd) with S = cached + T
+        if mask is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no cache, or prefill from empty
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg, layer):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.attn = Attention(cfg, layer)
+        self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.ffn = FeedForward(cfg)
+
+    def forward(self, x, cos, sin, mask=None, cache=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
+        return x + self.ffn(self.ffn_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.activation_checkpointing = False  # set by the trainer for the largest models
+        self.apply(self._init)
+        for name, p in self.named_parameters():
+            if name.endswith(("proj.weight", "down.weight")):  # residual outputs scaled by depth
+                nn.init.normal_(p, std=0.02 / (2 * cfg.n_layer) ** 0.5)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+
+    def num_params(self, embeddings=True):
+        n = sum(p.numel() for p in self.parameters())
+        return n if embeddings else n - self.embed.weight.numel() - self.head.weight.numel()
+
+    def forward(self, idx, pos=None, mask=None, cache=None):
+        """idx (B, T) token ids -> logits (B, T, V).
+
+        pos: positions (B, T) when rows are offset (left-padded prompts); default 0..T-1 after the
+        cache. mask: boolean (B, 1, T, S) attention mask, True = attend; default causal."""
+        B, T = idx.shape
+        if pos is None:
+            start = cache.length if cache is not None else 0
+            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        cos, sin = rope(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_base)
+        if pos.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd/2) broadcasts over heads
+        if cache is not None and cache.length > 0 and mask is None:
+            # decoding after a prefix: every cached key is in the past
+            mask = torch.ones(B, 1, T, cache.length + T, dtype=torch.bool, device=idx.device).tril(cache.length)
+        x = self.embed(idx)  # (B, T, C)
+        for block in self.blocks:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(block, x, cos, sin, mask, cache, use_reentrant=False)
+            else:
+                x = block(x, cos, sin, mask, cache)
+        if cache is not None:
+            cache.length += T
+        return self.head(self.norm(x))  # (B, T, V)
+
+    def new_cache(self, batch, max_len, dtype=None):
+        c = self.cfg
+        dtype = dtype or self.head.weight.dtype
+        return KVCache(c.n_layer, batch, c.n_head, max_len, c.d_model // c.n_head, self.head.weight.device, dtype)

@@ -1,0 +1,381 @@
+"""MongoDB access: the connection (MONGODB_URI or the embedded server), runs, logs and checkpoints.
+
+Collections:
+  runs        one document per run id: hyper-parameters, status, step, lease, last metrics,
+              pointer to its current checkpoint
+  logs        one document per (run id, split, step) with rank-reduced metrics
+  checkpoints GridFS bucket; each file is a torch.save dict, loaded with weights_only=True
+  results     evaluation results (eval.py)
+
+When MONGODB_URI is unset, a SecantusDB server (a separate GPL process, never imported) is started
+on first use, detached, one per data folder (SEARCHFORMER_DB_DIR, default ~/.cache/searchformer/db).
+"""
+import datetime
+import fcntl
+import functools
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import gridfs
+import pymongo
+import torch
+from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
+
+DEFAULT_DB = "searchformer"
+NAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+NAME_MAX = 120
+TRANSIENT = (AutoReconnect, ServerSelectionTimeoutError)  # AutoReconnect covers connection and network timeouts
+
+
+class StoreError(Exception):
+    """A one-line, user-facing error (bad input, missing run, unreachable server)."""
+
+
+def check_name(value, what="run id"):
+    """The one validation rule for run ids and dataset names, applied before any database call."""
+    if not isinstance(value, str) or len(value) > NAME_MAX or not NAME_RE.fullmatch(value):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise StoreError(f"invalid {what} {shown}: use letters, digits, '-' and '_', with single dots "
+                         f"only between parts, at most {NAME_MAX} characters")
+    return value
+
+
+def redact(uri):
+    """The URI with any password replaced by ***, for printing."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "<unparseable uri>"
+    if parts.password is None:
+        return uri
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+# ---------------------------------------------------------------------------------------------
+# the embedded server
+
+
+def db_dir():
+    root = os.environ.get("SEARCHFORMER_DB_DIR")
+    if root:
+        return Path(root).expanduser()
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "searchformer" / "db"
+
+
+def _server_exe():
+    # prefer the script installed beside this interpreter (a venv that is not activated)
+    local = Path(sys.executable).parent / "secantusd-py"
+    exe = str(local) if local.exists() else shutil.which("secantusd-py")
+    if exe is None:
+        raise StoreError("secantusd-py not found: pip install -r requirements.txt, or set MONGODB_URI")
+    return exe
+
+
+def _port_open(host, port, timeout=1.0):
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def server_info(folder=None):
+    """The recorded embedded server of a data folder, with 'up' telling whether it answers."""
+    folder = Path(folder or db_dir())
+    try:
+        info = json.loads((folder / "server.json").read_text())
+    except (OSError, ValueError):
+        return None
+    info["up"] = _pid_alive(info["pid"]) and _port_open(info["host"], info["port"])
+    return info
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def embedded_uri(folder=None, start=True, wait_s=60.0):
+    """URI of the folder's server, starting it (detached, under a file lock) when it is not up."""
+    folder = Path(folder or db_dir())
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # several ranks may arrive at once: one starts, the rest wait
+        info = server_info(folder)
+        if info and info["up"]:
+            return f"mongodb://{info['host']}:{info['port']}/{DEFAULT_DB}"
+        if not start:
+            raise StoreError(f"the embedded server of {folder} is not running")
+        port = _free_port()
+        cmd = [_server_exe(), "--standalone", "--sync-on-commit", "--host", "127.0.0.1",
+               "--port", str(port), "--storage-path", str(folder / "data"), "--log-level", "WARNING"]
+        with open(folder / "server.log", "ab") as log:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                    start_new_session=True, close_fds=True)  # outlives this process
+        deadline = time.monotonic() + wait_s
+        while not _port_open("127.0.0.1", port, timeout=0.5):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                tail = (folder / "server.log").read_text(errors="replace").strip().splitlines()[-1:]
+                raise StoreError(f"the embedded server did not start (see {folder / 'server.log'}): "
+                                 f"{tail[0] if tail else 'no output'}")
+            time.sleep(0.1)
+        info = {"pid": proc.pid, "host": "127.0.0.1", "port": port, "started": time.time()}
+        tmp = folder / "server.json.tmp"
+        tmp.write_text(json.dumps(info))
+        os.replace(tmp, folder / "server.json")
+        return f"mongodb://127.0.0.1:{port}/{DEFAULT_DB}"
+
+
+def stop_embedded(folder=None, wait_s=30.0):
+    """Stop the folder's server; returns False when none was running."""
+    folder = Path(folder or db_dir())
+    with open(folder / "server.lock", "w") if folder.exists() else open(os.devnull, "w") as lock:
+        if folder.exists():
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        info = server_info(folder)
+        if not info or not _pid_alive(info["pid"]):
+            return False
+        os.kill(info["pid"], signal.SIGTERM)
+        deadline = time.monotonic() + wait_s
+        while _pid_alive(info["pid"]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(info["pid"]):
+            os.kill(info["pid"], signal.SIGKILL)
+        (folder / "server.json").unlink(missing_ok=True)
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+# the store
+
+
+def retrying(method):
+    """Retry a store operation on connection loss for up to store.retry_s seconds, then give up."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        deadline = time.monotonic() + self.retry_s
+        delay = 0.5
+        while True:
+            try:
+                return method(self, *args, **kwargs)
+            except TRANSIENT as e:
+                if time.monotonic() + delay > deadline:
+                    raise StoreError(f"lost the database at {self.address} for over {self.retry_s:.0f}s: "
+                                     f"{type(e).__name__}") from e
+                print(f"database unreachable ({type(e).__name__}), retrying in {delay:.1f}s", file=sys.stderr)
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+    return wrapper
+
+
+def connect(uri=None, timeout_s=5.0, retry_s=0.0):
+    """Connect to MONGODB_URI (or `uri`), or to the embedded server when neither is given."""
+    uri = uri or os.environ.get("MONGODB_URI")
+    embedded = not uri
+    if embedded:
+        uri = embedded_uri()
+    ms = int(timeout_s * 1000)
+    try:
+        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, tz_aware=True)
+        client.admin.command("ping")
+    except PyMongoError as e:
+        hint = ("run `python admin.py db status`" if embedded else
+                "check MONGODB_URI, or unset it to use the embedded server (started on first use)")
+        reason = str(e).split(",")[0].split(" (configured")[0][:120]
+        raise StoreError(f"cannot reach MongoDB at {redact(uri)}: {reason}; {hint}") from None
+    name = client.get_default_database(default=DEFAULT_DB).name
+    return Store(client[name], redact(uri), retry_s)
+
+
+class Store:
+    def __init__(self, db, address, retry_s=0.0):
+        self.db = db
+        self.address = address
+        self.retry_s = retry_s
+        self.runs = db["runs"]
+        self.logs = db["logs"]
+        self.results = db["results"]
+        self.fs = gridfs.GridFSBucket(db, "checkpoints")
+        self.logs.create_index([("run_id", 1), ("split", 1), ("step", 1)], unique=True)
+        self.results.create_index([("run_id", 1)])
+        db["checkpoints.files"].create_index([("metadata.run_id", 1)])
+
+    # runs ------------------------------------------------------------------------------------
+
+    def get_run(self, run_id):
+        return self.runs.find_one({"_id": check_name(run_id)})
+
+    def require_run(self, run_id):
+        doc = self.get_run(run_id)
+        if doc is None:
+            raise StoreError(f"no run with id {run_id!r} (see `python admin.py list-all`)")
+        return doc
+
+    def list_runs(self, pattern=None):
+        query = {"_id": {"$regex": pattern}} if pattern else {}
+        return list(self.runs.find(query, {"lease": 0}).sort("_id", 1))
+
+    def start_run(self, run_id, config, owner, lease_s, world_size, host):
+        """Create the run or re-open it for resuming; refuses a changed config or a live holder.
+
+        Returns the run document as it was before this call (None for a new run)."""
+        check_name(run_id)
+        t = now()
+        lease = {"owner": owner, "expires": time.time() + lease_s}
+        fields = {"status": "running", "error": None, "world_size": world_size, "host": host, "updated": t}
+        doc = self.runs.find_one({"_id": run_id})
+        if doc is None:
+            try:
+                self.runs.insert_one({"_id": run_id, "config": config, "created": t, "step": 0,
+                                      "lease": lease, **fields})
+                return None
+            except DuplicateKeyError:
+                doc = self.runs.find_one({"_id": run_id})
+        diff = sorted(k for k in set(config) | set(doc["config"]) if config.get(k) != doc["config"].get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
+            raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({shown}); "
+                             f"use a new --run-id or drop it with `python admin.py drop-run --run-id {run_id}`")
+        if not self.acquire_lease(run_id, owner, lease_s):
+            held = self.runs.find_one({"_id": run_id})["lease"]
+            left = held["expires"] - time.time()
+            raise StoreError(f"run {run_id!r} is being trained by {held['owner']} (lease expires in {left:.0f}s "
+                             f"unless renewed); wait for it or stop that process")
+        self.runs.update_one({"_id": run_id}, {"$set": fields})
+        return doc
+
+    def acquire_lease(self, run_id, owner, lease_s):
+        t = time.time()
+        free = {"$or": [{"lease": None}, {"lease.expires": {"$lt": t}}, {"lease.owner": owner}]}
+        new = {"$set": {"lease": {"owner": owner, "expires": t + lease_s}}}
+        return self.runs.find_one_and_update({"_id": run_id, **free}, new) is not None
+
+    def release_lease(self, run_id, owner):
+        self.runs.update_one({"_id": run_id, "lease.owner": owner}, {"$set": {"lease": None}})
+
+    @retrying
+    def set_status(self, run_id, status, error=None):
+        self.runs.update_one({"_id": run_id}, {"$set": {"status": status, "error": error, "updated": now()}})
+
+    def drop_run(self, run_id):
+        self.require_run(run_id)
+        for f in self.fs.find({"metadata.run_id": run_id}):
+            self.fs.delete(f._id)
+        self.logs.delete_many({"run_id": run_id})
+        self.results.delete_many({"run_id": run_id})
+        self.runs.delete_one({"_id": run_id})
+
+    # logs ------------------------------------------------------------------------------------
+
+    @retrying
+    def log(self, run_id, step, split, metrics):
+        """One log record per (run, split, step): a rewrite after a resume replaces, never duplicates."""
+        key = {"run_id": run_id, "split": split, "step": step}
+        self.logs.replace_one(key, {**key, **metrics, "time": now()}, upsert=True)
+        self.runs.update_one({"_id": run_id}, {"$set": {f"last.{split}": metrics, "step": step, "updated": now()}})
+
+    @retrying
+    def truncate_logs(self, run_id, after_step):
+        """Drop records a killed process wrote after its last checkpoint."""
+        self.logs.delete_many({"run_id": run_id, "step": {"$gt": after_step}})
+
+    def get_logs(self, run_id, split=None):
+        query = {"run_id": run_id, **({"split": split} if split else {})}
+        return list(self.logs.find(query, {"_id": 0}).sort([("split", 1), ("step", 1)]))
+
+    # checkpoints -----------------------------------------------------------------------------
+
+    @retrying
+    def save_checkpoint(self, run_id, step, state):
+        """Write the new checkpoint in full, then move the run's pointer to it, then delete the old one.
+
+        A process killed at any point leaves the previous checkpoint loadable."""
+        stream = self.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
+        self.runs.update_one({"_id": run_id}, {"$set": {"pending_checkpoint": stream._id}})
+        try:
+            torch.save(state, _Writer(stream))  # streamed in chunks, no second copy in memory
+            stream.close()
+        except BaseException:
+            stream.abort()
+            raise
+        info = {"id": stream._id, "step": step, "size": stream.length, "time": now()}
+        self.runs.update_one({"_id": run_id}, {"$set": {"checkpoint": info, "pending_checkpoint": None}})
+        self._delete_stale_checkpoints(run_id, keep=stream._id)
+        return info
+
+    def _delete_stale_checkpoints(self, run_id, keep):
+        for f in self.fs.find({"metadata.run_id": run_id, "_id": {"$ne": keep}}):
+            self.fs.delete(f._id)
+
+    @retrying
+    def load_checkpoint(self, run_id, map_location="cpu"):
+        """The run's current checkpoint dict, or None when it has none."""
+        doc = self.require_run(run_id)
+        info = doc.get("checkpoint")
+        if doc.get("pending_checkpoint") is not None:
+            # a save was killed mid-write: remove its partial chunks
+            self.db["checkpoints.chunks"].delete_many({"files_id": doc["pending_checkpoint"]})
+            self.db["checkpoints.files"].delete_many({"_id": doc["pending_checkpoint"]})
+            self.runs.update_one({"_id": run_id}, {"$set": {"pending_checkpoint": None}})
+        if info is None:
+            return None
+        with self.fs.open_download_stream(info["id"]) as f:
+            return torch.load(f, map_location=map_location, weights_only=True)
+
+    def list_checkpoints(self):
+        return [{"run_id": d["_id"], **d["checkpoint"]}
+                for d in self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1}).sort("_id", 1)
+                if d.get("checkpoint")]
+
+    def put_checkpoint(self, run_id, config, state, step, replace=False):
+        """Create (or replace) a finished run from an imported checkpoint."""
+        check_name(run_id)
+        if self.get_run(run_id) is not None:
+            if not replace:
+                raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW")
+            self.drop_run(run_id)
+        t = now()
+        self.runs.insert_one({"_id": run_id, "config": config, "created": t, "updated": t, "step": step,
+                              "status": "imported", "error": None, "lease": None})
+        self.save_checkpoint(run_id, step, state)
+
+
+class _Writer:
+    """File-like adapter: GridFS takes bytes, torch.save hands it memoryviews."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, data):
+        self.stream.write(bytes(data))
+        return len(data)
+
+    def flush(self):
+        pass

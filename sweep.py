@@ -1,0 +1,58 @@
+"""Sweep files: a JSON list of hyper-parameter dicts; `load(path, index)` gives one entry's TrainConfig.
+
+Keys are TrainConfig's field names, which follow the reference's spelling; the reference's
+`encoder` / `decoder` model names (e.g. `enc-m-s`, `dec-m-s`) map to our `model_size`.
+Missing keys take TrainConfig's defaults.
+"""
+import json
+
+from store import StoreError
+from train import TrainConfig
+
+# reference encoder/decoder names -> decoder-only size of about the same parameter budget
+MODEL_NAMES = {"enc-s": "s", "dec-s": "s", "enc-m-s": "m", "dec-m-s": "m", "enc-l": "l", "dec-l": "l",
+               "enc-xl-2": "xl", "dec-xl-2": "xl"}
+
+
+def read(path):
+    """The list of entries; raises StoreError naming the file on any problem."""
+    try:
+        with open(path) as f:
+            entries = json.load(f)
+    except OSError as e:
+        raise StoreError(f"{path}: cannot read sweep file ({e.strerror})") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: malformed JSON ({e})") from None
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise StoreError(f"{path}: a sweep file must be a JSON list of objects")
+    return entries
+
+
+def to_config(entry, where):
+    entry = dict(entry)
+    sizes = set()
+    for key in ("encoder", "decoder"):
+        if key in entry:
+            name = entry.pop(key)
+            if name not in MODEL_NAMES:
+                raise StoreError(f"{where}: key {key!r}: unknown model {name!r} "
+                                 f"(known: {', '.join(sorted(MODEL_NAMES))})")
+            sizes.add(MODEL_NAMES[name])
+    if len(sizes) > 1:
+        raise StoreError(f"{where}: encoder and decoder name different sizes {sorted(sizes)}")
+    if sizes:
+        if "model_size" in entry and entry["model_size"] not in sizes:
+            raise StoreError(f"{where}: key 'model_size' disagrees with encoder/decoder")
+        entry["model_size"] = sizes.pop()
+    try:
+        return TrainConfig.from_dict(entry)
+    except (ValueError, TypeError, StoreError) as e:
+        raise StoreError(f"{where}: {e}") from None
+
+
+def load(path, index):
+    entries = read(path)
+    if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(entries):
+        raise StoreError(f"{path}: index {index} out of range (the file has {len(entries)} entries, 0.."
+                         f"{len(entries) - 1})")
+    return to_config(entries[index], f"{path}[{index}]")

@@ -1,0 +1,454 @@
+"""Train one run: `train.py single --run-id ID [flags]` or `train.py sweep --run-id ID --index N --sweep F`.
+
+Runs as a plain process or under torchrun (DDP; gloo on CPU, NCCL on GPU). Hyper-parameters, logs
+and checkpoints live in MongoDB under the run id; launching an existing id resumes it exactly.
+"""
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import data
+import store
+from model import SIZES, ModelConfig, Transformer
+from store import StoreError
+
+
+@dataclass
+class TrainConfig:
+    train_name: str = "maze.10-by-10-deterministic.simple"
+    test_name: str = ""  # empty: same as train_name
+    model_size: str = "s"
+    plan_only: bool = False  # train on prompt then plan, without the trace
+    batch_size: int = 8  # sequences per process per micro-step (global = batch x world size)
+    batch_tokens: int = 0  # > 0: instead, as many sequences as fit this many padded tokens per process
+    grad_accum: int = 1
+    lr: float = 2.5e-4
+    lr_schedule: str = "cosine"  # or "constant"
+    warmup_steps: int = 2000
+    min_lr_ratio: float = 0.1  # cosine ends at this fraction of lr
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables
+    train_steps: int = 400000
+    log_interval: int = 1000
+    eval_interval: int = 40000
+    checkpoint_interval: int = 1000
+    num_train_sequences: int = 0  # 0: all
+    num_test_sequences: int = 1000
+    min_reasoning_len: int = 0
+    max_reasoning_len: int = 0  # 0: no bound
+    start_checkpoint: str = ""  # run id whose checkpoint initialises the weights (step starts at 0)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name: f for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"unknown hyper-parameter {key!r}")
+        for key, value in d.items():
+            want = known[key].type
+            ok = isinstance(value, bool) if want is bool else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+                isinstance(value, want) and not isinstance(value, bool))
+            if not ok:
+                raise ValueError(f"hyper-parameter {key!r} must be {want.__name__}, got {value!r}")
+        cfg = cls(**{k: float(v) if known[k].type is float else v for k, v in d.items()})
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        positive = ["batch_size", "grad_accum", "train_steps", "log_interval", "eval_interval",
+                    "checkpoint_interval", "num_test_sequences"]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"hyper-parameter {key!r} must be positive, got {getattr(self, key)}")
+        for key in ["batch_tokens", "warmup_steps", "num_train_sequences", "min_reasoning_len",
+                    "max_reasoning_len", "seed", "weight_decay", "grad_clip"]:
+            if getattr(self, key) < 0:
+                raise ValueError(f"hyper-parameter {key!r} must not be negative, got {getattr(self, key)}")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and betas in [0, 1)")
+        if self.model_size not in SIZES:
+            raise ValueError(f"hyper-parameter 'model_size' must be one of {', '.join(SIZES)}, got {self.model_size!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"hyper-parameter 'lr_schedule' must be cosine or constant, got {self.lr_schedule!r}")
+        store.check_name(self.train_name, "dataset name")
+        for key in ("test_name", "start_checkpoint"):
+            if getattr(self, key):
+                store.check_name(getattr(self, key), key)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def lr_at(self, step):
+        """Linear warm-up, then cosine decay to min_lr_ratio x lr at train_steps (or constant)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        t = min(1.0, (step - self.warmup_steps) / max(1, self.train_steps - self.warmup_steps))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed helpers
+
+
+def print0(*args, **kwargs):
+    """All rank-0-only output goes through here."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def all_sum(t):
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def broadcast_obj(obj):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Lease(threading.Thread):
+    """Renews rank 0's hold on the run id; a crashed holder's lease simply expires."""
+
+    def __init__(self, st, run_id, owner, seconds):
+        super().__init__(daemon=True)
+        self.st, self.run_id, self.owner, self.seconds = st, run_id, owner, seconds
+        self.stopped, self.lost = threading.Event(), False
+
+    def run(self):
+        while not self.stopped.wait(self.seconds / 3):
+            try:
+                if not self.st.acquire_lease(self.run_id, self.owner, self.seconds):
+                    self.lost = True
+                    return
+            except Exception:
+                pass  # database away: keep training, retry on the next beat
+
+    def stop(self):
+        self.stopped.set()
+        with contextlib.suppress(Exception):
+            self.st.release_lease(self.run_id, self.owner)
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+class Batcher:
+    """Deterministic stream of global batches, one per optimizer step, each of
+    batch_size x world x grad_accum sequences (or the token budget's equivalent); its position
+    (epoch, batch) is checkpointed."""
+
+    def __init__(self, seqs, cfg, world):
+        self.seqs, self.cfg, self.world = seqs, cfg, world
+        self.epoch, self.index, self._batches = 0, 0, None
+
+    def next(self):
+        if self._batches is None:
+            c = self.cfg
+            self._batches = data.epoch_batches(self.seqs.lengths, c.seed, self.epoch, c.batch_size * c.grad_accum,
+                                               self.world, c.batch_tokens * c.grad_accum)
+        if self.index >= len(self._batches):
+            self.epoch, self.index, self._batches = self.epoch + 1, 0, None
+            return self.next()
+        self.index += 1
+        return self._batches[self.index - 1]
+
+    def micro_batches(self, batch, rank):
+        """This rank's rows for each micro-step: strided splits of the length-sorted batch, so every
+        micro-step and rank gets a similar mix of lengths."""
+        return [data.rank_share(batch[i::self.cfg.grad_accum], rank, self.world) for i in range(self.cfg.grad_accum)]
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, s):
+        self.epoch, self.index, self._batches = s["epoch"], s["index"], None
+
+
+def loss_terms(model, x, y, plan, autocast):
+    """Summed losses and counts for one micro-batch: [trace loss, trace n, plan loss, plan n, correct]."""
+    with autocast:
+        logits = model(x)  # (B, T, V)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")  # (B*T,)
+    valid, plan = y.flatten() >= 0, plan.flatten()
+    correct = (logits.argmax(-1).flatten() == y.flatten()) & valid
+    trace = valid & ~plan
+    stats = torch.stack([ce[trace].sum(), trace.sum(), ce[plan].sum(), plan.sum(), correct.sum()]).detach()
+    return ce.sum(), stats
+
+
+def summarize(stats):
+    """[trace loss, trace n, plan loss, plan n, correct] sums -> metrics."""
+    tl, tn, pl, pn, c = stats.tolist()
+    n = max(tn + pn, 1)
+    return {"loss": (tl + pl) / n, "trace_loss": tl / max(tn, 1), "plan_loss": pl / max(pn, 1),
+            "accuracy": c / n, "tokens": int(tn + pn)}
+
+
+@torch.no_grad()
+def evaluate(model, seqs, rank, world, device, autocast, rows=16):
+    """Test loss and token accuracy over all of seqs, each rank taking a share, reduced over ranks."""
+    model.eval()
+    order = np.argsort(seqs.lengths, kind="stable")[rank::world]
+    stats = torch.zeros(5, dtype=torch.float64, device=device)
+    for i in range(0, len(order), rows):
+        x, y, plan = (torch.from_numpy(a).to(device) for a in seqs.collate(order[i:i + rows]))
+        stats += loss_terms(model, x, y, plan, autocast)[1]
+    model.train()
+    return summarize(all_sum(stats))
+
+
+def load_data(st, cfg, use_cache):
+    test_name = cfg.test_name or cfg.train_name
+    train_doc, test_doc = data.get_dataset(st.db, cfg.train_name), data.get_dataset(st.db, test_name)
+    if train_doc["vocabulary"] != test_doc["vocabulary"]:
+        raise StoreError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
+    max_len = cfg.max_reasoning_len or None
+    seqs = {}
+    for split, name, limit in (("train", cfg.train_name, cfg.num_train_sequences), ("test", test_name, cfg.num_test_sequences)):
+        part = data.load_split(st.db, name, split, use_cache)
+        rows = data.filter_split(part, cfg.min_reasoning_len, max_len, limit or None)
+        seqs[split] = data.Sequences.build(part, rows, cfg.plan_only)
+    return train_doc["vocabulary"], seqs["train"], seqs["test"]
+
+
+def train(cfg, run_id, rt, st, rank, world, device):
+    vocab, train_seqs, test_seqs = load_data(st, cfg, not rt.no_cache)
+    if len(train_seqs) < cfg.batch_size * world or len(test_seqs) == 0:
+        raise StoreError(f"too few sequences after filtering: {len(train_seqs)} train, {len(test_seqs)} test; "
+                         f"need at least batch_size x world size = {cfg.batch_size * world} train sequences")
+    torch.manual_seed(cfg.seed)
+    model = Transformer(ModelConfig.from_size(cfg.model_size, len(vocab))).to(device)
+    model.activation_checkpointing = rt.activation_checkpointing
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s) / cfg.lr)
+    batcher = Batcher(train_seqs, cfg, world)
+    step, acc = 0, torch.zeros(5, dtype=torch.float64, device=device)
+
+    ckpt = st.load_checkpoint(run_id)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        batcher.load_state_dict(ckpt["data"])
+        step = ckpt["step"]
+        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if rank == 0:
+            acc = ckpt["log_acc"].to(device)  # other ranks' shares were folded into rank 0's at save time
+            st.truncate_logs(run_id, step)
+        print0(f"resuming {run_id} from step {step}")
+    elif cfg.start_checkpoint:
+        init = st.load_checkpoint(cfg.start_checkpoint)
+        if init is None:
+            raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has no checkpoint")
+        model.load_state_dict(init["model"])
+        print0(f"initialised from {cfg.start_checkpoint} (step {init['step']})")
+    print0(f"{run_id}: model {cfg.model_size} ({model.num_params() / 1e6:.1f}M params), {len(train_seqs)} train / "
+           f"{len(test_seqs)} test sequences, world size {world}, device {device}")
+
+    ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    fwd = torch.compile(ddp_model, dynamic=True) if rt.compile else ddp_model
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    busy, tokens_since = 0.0, 0  # training time and non-padding tokens since the last log
+    while step < cfg.train_steps:
+        t0 = time.perf_counter()
+        if rt.lease is not None and rt.lease.lost:
+            raise StoreError(f"lost the lease on run {run_id!r} to another process")
+        batch = batcher.next()
+        # the loss is a mean over every target token of the global batch, on every rank alike
+        total = int((train_seqs.lengths[batch] - train_seqs.prompt_len[batch]).sum())
+        micro = batcher.micro_batches(batch, rank)
+        for i, rows in enumerate(micro):
+            x, y, plan = (torch.from_numpy(a).to(device, non_blocking=True) for a in train_seqs.collate(rows))
+            sync = i == len(micro) - 1 or world == 1
+            with contextlib.nullcontext() if sync else ddp_model.no_sync():
+                loss_sum, stats = loss_terms(fwd, x, y, plan, autocast)
+                (loss_sum * (world / total)).backward()  # DDP averages over ranks; undo that
+            acc += stats
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        lr = sched.get_last_lr()[0]
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        tokens_since += int(train_seqs.lengths[batch].sum())  # non-padding tokens
+        busy += time.perf_counter() - t0
+
+        if step % cfg.log_interval == 0 or step == cfg.train_steps:
+            metrics = summarize(all_sum(acc))
+            acc.zero_()
+            metrics.update(lr=lr, tokens_per_s=tokens_since / busy)
+            eta = (cfg.train_steps - step) * busy / max(1, step % cfg.log_interval or cfg.log_interval)
+            if rank == 0:
+                st.log(run_id, step, "train", metrics)
+            print0(f"step {step}/{cfg.train_steps} | loss {metrics['loss']:.4f} (trace {metrics['trace_loss']:.4f} "
+                   f"plan {metrics['plan_loss']:.4f}) | acc {metrics['accuracy']:.3f} | lr {lr:.2e} | "
+                   f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta / 60:.1f}m")
+            busy, tokens_since = 0.0, 0
+        if step % cfg.eval_interval == 0 or step == cfg.train_steps:
+            metrics = evaluate(model, test_seqs, rank, world, device, autocast)
+            if rank == 0:
+                st.log(run_id, step, "test", metrics)
+            print0(f"step {step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f}")
+        if step % cfg.checkpoint_interval == 0 or step == cfg.train_steps:
+            all_sum(acc)  # fold every rank's pending log sums into rank 0's, which the checkpoint keeps
+            if rank != 0:
+                acc.zero_()
+            if rank == 0:
+                st.save_checkpoint(run_id, step, {
+                    "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "run_id": run_id, "step": step, "data": batcher.state_dict(), "rng": {"cpu": torch.get_rng_state()},
+                    "log_acc": acc.cpu(), "config": cfg.to_dict(), "model_config": model.cfg.to_dict(),
+                    "vocabulary": vocab})
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# command line
+
+
+def add_config_flags(ap):
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type is bool:
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            ap.add_argument(flag, type=f.type, default=None, metavar=f.type.__name__.upper())
+
+
+def add_runtime_flags(ap):
+    ap.add_argument("--run-id", required=True, help="the run's id: launching an existing id resumes it")
+    ap.add_argument("--dry-run", action="store_true", help="print the resolved hyper-parameters and exit")
+    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
+    ap.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (big models)")
+    ap.add_argument("--no-cache", action="store_true", help="read datasets from MongoDB, not the local cache")
+    ap.add_argument("--lease-seconds", type=float, default=60.0, help="how long a dead trainer blocks a relaunch")
+    ap.add_argument("--db-retry-seconds", type=float, default=300.0,
+                    help="how long to wait for a lost database before failing")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="mode", required=True)
+    single = sub.add_parser("single", help="one run from flags (defaults as in TrainConfig)")
+    add_runtime_flags(single)
+    add_config_flags(single)
+    sw = sub.add_parser("sweep", help="one entry of a sweep file")
+    add_runtime_flags(sw)
+    sw.add_argument("--sweep", required=True, help="JSON list of hyper-parameter dicts")
+    sw.add_argument("--index", type=int, required=True, help="entry index (e.g. a job array's index)")
+    return ap.parse_args(argv)
+
+
+def resolve_config(args):
+    if args.mode == "sweep":
+        import sweep  # imported here: sweep imports this module's TrainConfig
+        return sweep.load(args.sweep, args.index)
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
+    try:
+        return TrainConfig.from_dict(given)
+    except (ValueError, StoreError) as e:
+        raise StoreError(str(e)) from None
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        cfg = resolve_config(args)
+        store.check_name(args.run_id)
+    except (StoreError, ValueError) as e:
+        sys.exit(f"error: {e}")
+    if args.dry_run:
+        print(json.dumps({"run_id": args.run_id, **cfg.to_dict()}, indent=2))
+        return
+
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # preemption: record the run as failed
+    code = 0
+    try:
+        code = run(cfg, args, rank, world, device)
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+    sys.exit(code)
+
+
+def run(cfg, args, rank, world, device):
+    try:
+        st = store.connect(retry_s=args.db_retry_seconds)
+    except StoreError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    err = None
+    if rank == 0:
+        try:
+            st.start_run(args.run_id, cfg.to_dict(), owner, args.lease_seconds, world, socket.gethostname())
+        except StoreError as e:
+            err = str(e)
+    err = broadcast_obj(err)
+    if err:
+        print0(f"error: {err}", file=sys.stderr)
+        return 1
+    args.lease = Lease(st, args.run_id, owner, args.lease_seconds) if rank == 0 else None
+    if args.lease:
+        args.lease.start()
+    try:
+        train(cfg, args.run_id, args, st, rank, world, device)
+        if rank == 0:
+            st.set_status(args.run_id, "finished")
+        return 0
+    except BaseException as e:
+        if rank == 0:
+            with contextlib.suppress(Exception):
+                st.set_status(args.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+        if isinstance(e, StoreError):
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        raise
+    finally:
+        if args.lease:
+            args.lease.stop()
+
+
+if __name__ == "__main__":
+    main()
