@@ -5,13 +5,16 @@ position, hyper-parameters, vocabulary, step); it is copied byte for byte from t
 written under a temporary name first, so an interrupted export never leaves a file that looks whole.
 """
 import argparse
+import contextlib
 import os
 import re
 import shutil
 import sys
 from pathlib import Path
 
+import gridfs
 import torch
+from pymongo.errors import PyMongoError
 
 import store
 from model import ModelConfig, Transformer
@@ -29,14 +32,21 @@ def fmt_loss(doc, split):
     return f"{v:.4f}" if v is not None else "-"
 
 
+def fmt_optimal(st, run_id):
+    """optimal % of the run's latest evaluation by eval.py."""
+    res = st.results.find_one({"run_id": run_id}, sort=[("time", -1)])
+    return f"{res['metrics']['optimal_pct']:.1f}" if res else "-"
+
+
 def list_all(st, args):
     runs = st.list_runs()
-    print(f"{'run id':40} {'status':9} {'step':>15} {'dataset':38} {'size':4} {'train':>7} {'test':>7}  updated")
+    print(f"{'run id':40} {'status':9} {'step':>15} {'dataset':38} {'size':4} {'train':>7} {'test':>7} {'opt %':>6}  updated")
     for r in runs:
         cfg = r.get("config", {})
         step = f"{r.get('step', 0)}/{cfg.get('train_steps', '?')}"
         print(f"{r['_id']:40} {r.get('status', '-'):9} {step:>15} {cfg.get('train_name', '-'):38} "
-              f"{cfg.get('model_size', '-'):4} {fmt_loss(r, 'train'):>7} {fmt_loss(r, 'test'):>7}  {fmt_time(r.get('updated'))}")
+              f"{cfg.get('model_size', '-'):4} {fmt_loss(r, 'train'):>7} {fmt_loss(r, 'test'):>7} "
+              f"{fmt_optimal(st, r['_id']):>6}  {fmt_time(r.get('updated'))}")
         if r.get("status") == "failed" and r.get("error"):
             print(f"{'':40}   error: {r['error'].splitlines()[0][:100]}")
     if not runs:
@@ -53,8 +63,17 @@ def show(st, args):
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
     print(f"{'step':>8} {'split':5} {'loss':>8} {'trace':>8} {'plan':>8} {'acc':>6}")
     for rec in st.get_logs(args.run_id):
+        rollout = f"  rollouts: optimal {rec['rollout_optimal_pct']:.1f}%, correct {rec['rollout_correct_pct']:.1f}% " \
+                  f"of {rec['rollout_tasks']} tasks" if "rollout_optimal_pct" in rec else ""  # train.py --eval-tasks
         print(f"{rec['step']:>8} {rec['split']:5} {rec['loss']:>8.4f} {rec['trace_loss']:>8.4f} "
-              f"{rec['plan_loss']:>8.4f} {rec['accuracy']:>6.3f}")
+              f"{rec['plan_loss']:>8.4f} {rec['accuracy']:>6.3f}{rollout}")
+    results = list(st.results.find({"run_id": args.run_id}).sort([("step", 1), ("time", 1)]))
+    if results:
+        import eval  # imported here: only this view needs it
+        print("evaluations (eval.py):")
+        eval.print_table([(f"step {e['step']}: {p['num_tasks']} {p['split']} x {p['samples']}, T {p['temperature']:g}, "
+                           f"max {p['max_tokens']}", e["metrics"]) for e in results for p in [e["params"]]],
+                         label="checkpoint and sampling")
 
 
 def drop_run(st, args):
@@ -82,21 +101,33 @@ def list_all_checkpoints(st, args):
 
 
 def export_one(st, run_id, export_dir):
-    info = st.require_run(run_id).get("checkpoint")
-    if not info:
-        raise StoreError(f"run {run_id!r} has no checkpoint yet")
     export_dir = Path(export_dir)
-    export_dir.mkdir(parents=True, exist_ok=True)
     final = export_dir / f"{run_id}.pt"
     tmp = export_dir / f".{run_id}.pt.partial-{os.getpid()}"
-    try:
-        with st.fs.open_download_stream(info["id"]) as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+    for stale in export_dir.glob(f".{run_id}.pt.partial-*"):  # left by an export that was killed
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or not store._pid_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    for attempt in range(3):
+        info = st.require_run(run_id).get("checkpoint")
+        if not info:
+            raise StoreError(f"run {run_id!r} has no checkpoint yet")
+        try:
+            export_dir.mkdir(parents=True, exist_ok=True)
+            with st.fs.open_download_stream(info["id"]) as src, open(tmp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 22)
+                dst.flush()
+                os.fsync(dst.fileno())
+            os.replace(tmp, final)
+            break
+        except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
+            if attempt == 2:  # else the run saved a newer checkpoint meanwhile and deleted this one: export that
+                raise StoreError(f"the checkpoint of run {run_id!r} is unreadable ({type(e).__name__})") from None
+        except OSError as e:
+            raise StoreError(f"cannot write {final}: {e.strerror or e}") from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
     print(f"exported {run_id} step {info['step']} to {final}")
 
 
@@ -138,9 +169,7 @@ def read_checkpoint(path):
 
 
 def import_checkpoint(st, args):
-    ck = args.checkpoint
-    run_id = args.run_id or ck.get("run_id") or Path(args.filename).stem
-    store.check_name(run_id)
+    ck, run_id = args.checkpoint, args.run_id  # both checked before connecting (main)
     ck["run_id"] = run_id
     st.put_checkpoint(run_id, ck["config"], ck, ck["step"], replace=args.replace)
     print(f"imported {args.filename} as run {run_id} (step {ck['step']})")
@@ -203,10 +232,19 @@ def main(argv=None):
             store.check_name(rid)  # validated before any database call
         if args.cmd == "import-checkpoint":
             args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before touching the database
+            named = args.checkpoint["run_id"] if "run_id" in args.checkpoint else Path(args.filename).stem
+            args.run_id = store.check_name(args.run_id or named)
+        if getattr(args, "pattern", None) is not None:
+            try:
+                re.compile(args.pattern)
+            except re.error as e:
+                raise StoreError(f"invalid --pattern {args.pattern!r}: {e}") from None
         st = None if args.cmd == "db" else store.connect()
         args.fn(st, args)
     except StoreError as e:
         sys.exit(f"error: {e}")
+    except PyMongoError as e:  # e.g. the database went away in the middle of a command
+        sys.exit(f"error: database error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
 
 
 if __name__ == "__main__":

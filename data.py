@@ -12,18 +12,25 @@ A training sequence is `<bos> prompt <sep> trace plan <eos>` (`<bos> prompt <sep
 plan-only models); the loss covers everything after `<sep>`.
 """
 import argparse
+import collections
+import functools
 import hashlib
+import math
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
+import pymongo
 from bson import Binary
+from pymongo.errors import PyMongoError
 
 import store
 from store import StoreError, check_name
@@ -113,9 +120,9 @@ class DatasetWriter:
         self.db.datasets.update_one({"_id": self.name}, {"$set": {"building": self.building}})
 
     def commit(self, **info):
+        # no secondary indexes: nothing queries by field (the loader reads whole splits), and building
+        # one on the embedded server took longer than generating the data
         self.flush()
-        for split in ("train", "test"):
-            self.coll(split).create_index([("trace_len", 1)])
         old = (self.db.datasets.find_one({"_id": self.name}) or {}).get("uid")
         b = self.building
         self.db.datasets.update_one({"_id": self.name}, {
@@ -152,6 +159,18 @@ def get_dataset(db, name):
 # loading
 
 
+def gather(flat, starts, lens):
+    """The concatenation of flat[starts[i]:starts[i] + lens[i]] over i: one slice per run of
+    consecutive segments (a filtered split is mostly such runs), no index array per token."""
+    starts, lens = np.asarray(starts, np.int64), np.asarray(lens, np.int64)
+    if len(lens) == 0:
+        return np.zeros(0, flat.dtype)
+    cut = np.flatnonzero(starts[1:] != starts[:-1] + lens[:-1]) + 1  # where a new run begins
+    first, last = np.concatenate([[0], cut]), np.concatenate([cut, [len(lens)]]) - 1
+    begin, end = starts[first], starts[last] + lens[last]
+    return np.concatenate([flat[i:j] for i, j in zip(begin.tolist(), end.tolist())])
+
+
 @dataclass
 class Split:
     """One split in memory: all parts concatenated, with per-sequence lengths."""
@@ -161,15 +180,15 @@ class Split:
     extra: dict  # field -> (N,) float64 (e.g. astar_mean_trace_len), where present
 
     def offsets(self, part):
-        return np.concatenate([[0], np.cumsum(self.lens[part])])
+        """(N+1,) start of each sequence's part in flat[part]; computed once (get() is called per row)."""
+        cached = self.__dict__.setdefault("_offsets", {})
+        if part not in cached:
+            cached[part] = np.concatenate([[0], np.cumsum(self.lens[part])])
+        return cached[part]
 
     def select(self, rows):
-        rows = np.asarray(rows)
-        flat = {}
-        for part in PARTS:
-            off = self.offsets(part)
-            flat[part] = np.concatenate([self.flat[part][off[r]:off[r + 1]] for r in rows]) if len(rows) else \
-                np.zeros(0, DTYPE)
+        rows = np.asarray(rows, np.int64)
+        flat = {p: gather(self.flat[p], self.offsets(p)[rows], self.lens[p][rows]) for p in PARTS}
         return Split(self.ids[rows], {p: self.lens[p][rows] for p in PARTS}, flat,
                      {k: v[rows] for k, v in self.extra.items()})
 
@@ -193,42 +212,58 @@ def _read_split(db, coll):
             chunks[p].append(doc[p])
             lens[p].append(doc[f"{p}_len"])
         for k, v in doc.items():
-            if isinstance(v, float):
-                extra.setdefault(k, [np.nan] * i).append(v)
-        for k, vals in extra.items():
-            if len(vals) <= i:
-                vals.append(np.nan)
+            if isinstance(v, float):  # per-sequence statistics such as astar_mean_trace_len
+                extra.setdefault(k, {})[i] = v
+    columns = {}
+    for k, values in extra.items():  # NaN where a sequence lacks the field
+        columns[k] = np.full(len(ids), np.nan)
+        columns[k][list(values)] = list(values.values())
     return Split(np.asarray(ids, np.int64), {p: np.asarray(lens[p], np.int64) for p in PARTS},
-                 {p: np.frombuffer(b"".join(chunks[p]), DTYPE) for p in PARTS},
-                 {k: np.asarray(v, np.float64) for k, v in extra.items()})
+                 {p: np.frombuffer(b"".join(chunks[p]), DTYPE) for p in PARTS}, columns)
 
 
 def load_split(db, name, split, use_cache=True):
     """The whole split, from the local cache when it holds this generation, else from MongoDB."""
     doc = get_dataset(db, name)
-    folder = cache_dir() / name / doc["uid"] / split
+    # the revision counts later additions (astar-stats): a cache made before one is stale
+    folder = cache_dir() / name / f"{doc['uid']}.{doc.get('revision', 0)}" / split
     if use_cache and (folder / "done").exists():
-        arrays = {f.stem: np.load(f, mmap_mode="r") for f in folder.glob("*.npy")}
-        return Split(np.asarray(arrays["ids"]), {p: np.asarray(arrays[f"len_{p}"]) for p in PARTS},
-                     {p: arrays[f"flat_{p}"] for p in PARTS},
-                     {k[6:]: np.asarray(v) for k, v in arrays.items() if k.startswith("extra_")})
+        return read_cache(folder)
     data = _read_split(db, f"ds.{name}.{doc['uid']}.{split}")
     if use_cache:
-        tmp = folder.with_name(f"{split}.tmp{os.getpid()}")
-        try:
-            tmp.mkdir(parents=True, exist_ok=True)
-            np.save(tmp / "ids.npy", data.ids)
-            for p in PARTS:
-                np.save(tmp / f"len_{p}.npy", data.lens[p])
-                np.save(tmp / f"flat_{p}.npy", data.flat[p])
-            for k, v in data.extra.items():
-                np.save(tmp / f"extra_{k}.npy", v)
-            (tmp / "done").touch()
-            shutil.rmtree(folder, ignore_errors=True)
-            os.replace(tmp, folder)  # another rank may have won the race: either copy is the same data
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_cache(folder, data)
     return data
+
+
+def read_cache(folder):
+    """A split from its cache folder: the tokens memory-mapped (read on use, shared between processes)."""
+    arrays = {f.stem: np.load(f, mmap_mode="r") for f in folder.glob("*.npy")}
+    return Split(np.asarray(arrays["ids"]), {p: np.asarray(arrays[f"len_{p}"]) for p in PARTS},
+                 {p: arrays[f"flat_{p}"] for p in PARTS},
+                 {k[6:]: np.asarray(v) for k, v in arrays.items() if k.startswith("extra_")})
+
+
+def write_cache(folder, data):
+    """Write a split's cache folder whole, or not at all (a full disk only costs the cache)."""
+    tmp = folder.with_name(f"{folder.name}.tmp{os.getpid()}")
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        np.save(tmp / "ids.npy", data.ids)
+        for p in PARTS:
+            np.save(tmp / f"len_{p}.npy", data.lens[p])
+            np.save(tmp / f"flat_{p}.npy", data.flat[p])
+        for k, v in data.extra.items():
+            np.save(tmp / f"extra_{k}.npy", v)
+        (tmp / "done").touch()
+        try:
+            os.replace(tmp, folder)  # atomic, and refused when another process's copy is already in place
+        except OSError:
+            if (folder / "done").exists():  # never pull a whole copy from under the processes reading it
+                raise
+            shutil.rmtree(folder, ignore_errors=True)  # an incomplete leftover
+            os.replace(tmp, folder)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def filter_split(data, min_trace=0, max_trace=None, limit=None):
@@ -242,50 +277,50 @@ def filter_split(data, min_trace=0, max_trace=None, limit=None):
 
 @dataclass
 class Sequences:
-    """Training sequences `<bos> prompt <sep> [trace] plan <eos>` built from a split."""
-    flat: np.ndarray  # concatenated sequences
-    offsets: np.ndarray  # (N+1,)
+    """Training sequences `<bos> prompt <sep> [trace] plan <eos>` over a split's token arrays.
+
+    No token is copied: each batch is assembled from the split's parts (memory-mapped when they come
+    from the cache, so ranks on one machine share one copy), and building is bookkeeping on (N,)
+    arrays, milliseconds for a million sequences."""
+    flat: dict  # part -> the split's concatenated uint16 tokens
+    starts: dict  # part -> (N,) int64 start of each sequence's part in flat[part]
+    part_len: dict  # part -> (N,) int64 tokens of each part (trace all 0 when plan-only)
+    lengths: np.ndarray  # (N,) tokens of each whole sequence
     prompt_len: np.ndarray  # (N,) tokens up to and including <sep>: these carry no loss
     trace_len: np.ndarray  # (N,) 0 when plan-only
 
     @classmethod
     def build(cls, data, rows, plan_only):
-        rows = np.asarray(rows)
-        offs = {p: data.offsets(p) for p in PARTS}
-        pieces, lens = [], []
-        for r in rows:
-            parts = [[BOS], data.flat["prompt"][offs["prompt"][r]:offs["prompt"][r + 1]], [SEP]]
-            if not plan_only:
-                parts.append(data.flat["trace"][offs["trace"][r]:offs["trace"][r + 1]])
-            parts += [data.flat["plan"][offs["plan"][r]:offs["plan"][r + 1]], [EOS]]
-            seq = np.concatenate([np.asarray(x, DTYPE) for x in parts])
-            pieces.append(seq)
-            lens.append(len(seq))
-        flat = np.concatenate(pieces) if pieces else np.zeros(0, DTYPE)
-        trace_len = np.zeros(len(rows), np.int64) if plan_only else data.lens["trace"][rows]
-        return cls(flat, np.concatenate([[0], np.cumsum(lens)]).astype(np.int64),
-                   data.lens["prompt"][rows] + 2, trace_len)
+        rows = np.asarray(rows, np.int64)
+        starts = {p: data.offsets(p)[rows] for p in PARTS}
+        lens = {p: np.zeros(len(rows), np.int64) if plan_only and p == "trace" else data.lens[p][rows].astype(np.int64)
+                for p in PARTS}
+        total = lens["prompt"] + lens["trace"] + lens["plan"] + 3
+        return cls(data.flat, starts, lens, total, lens["prompt"] + 2, lens["trace"])
 
     def __len__(self):
-        return len(self.offsets) - 1
+        return len(self.lengths)
 
-    @property
-    def lengths(self):
-        return np.diff(self.offsets)
+    def tokens(self, r):
+        """Sequence r as one uint16 array."""
+        pieces = [self.flat[p][self.starts[p][r]:self.starts[p][r] + self.part_len[p][r]] for p in PARTS]
+        return np.concatenate([[BOS], pieces[0], [SEP], *pieces[1:], [EOS]]).astype(DTYPE)
 
-    def collate(self, rows):
-        """Right-padded inputs, targets (-1 = no loss) and a plan mask, each (B, T-1) int64 / bool."""
-        lens = self.lengths[rows]
-        T = int(lens.max()) - 1
-        x = np.full((len(rows), T), PAD, np.int64)
-        y = np.full((len(rows), T), -1, np.int64)
-        plan = np.zeros((len(rows), T), bool)
+    def collate(self, rows, multiple=1):
+        """Right-padded inputs, targets (-1 = no loss) and a plan mask, each (B, T) int64 / bool, where
+        T is the longest sequence less one, rounded up to `multiple` (fewer shapes for compiled code)."""
+        rows = np.asarray(rows)
+        n = self.lengths[rows] - 1  # (B,) inputs per row: the last token is only a target
+        T = -(-int(n.max()) // multiple) * multiple
+        seq = np.full((len(rows), T + 1), PAD, np.int64)
         for i, r in enumerate(rows):
-            seq = self.flat[self.offsets[r]:self.offsets[r + 1]].astype(np.int64)
-            n, p = len(seq) - 1, self.prompt_len[r]
-            x[i, :n] = seq[:-1]
-            y[i, p - 1:n] = seq[p:]  # position t predicts token t+1; the prompt carries no loss
-            plan[i, p - 1 + self.trace_len[r]:n] = True
+            seq[i, :n[i] + 1] = self.tokens(r)
+        col = np.arange(T)
+        p = self.prompt_len[rows, None]  # (B, 1)
+        loss = (col >= p - 1) & (col < n[:, None])  # position t predicts token t+1; the prompt carries no loss
+        x = np.where(col < n[:, None], seq[:, :-1], PAD)  # (B, T)
+        y = np.where(loss, seq[:, 1:], -1)  # (B, T)
+        plan = loss & (col >= p - 1 + self.trace_len[rows, None])  # (B, T)
         return x, y, plan
 
 
@@ -294,23 +329,28 @@ def epoch_batches(lengths, seed, epoch, rows, world, token_budget=0, window=64):
     that each batch holds sequences of similar length (little padding), then a shuffled batch order.
 
     A batch holds `rows * world` sequences, or with a token budget as many as keep every rank's
-    padded tokens (rows x longest) within it, and never fewer than `world`. Each is an array of
-    indices, shortest first; an epoch's last few sequences that cannot fill a batch are skipped."""
+    padded tokens (rows x longest) within it, a multiple of `world` and never fewer. With a budget a
+    window holds about `window` batches whatever the lengths. Each batch is an array of indices,
+    shortest first; an epoch's last few sequences that cannot fill a batch are skipped."""
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(lengths))
     size = rows * world
+    span = size * window  # sequences sorted together
+    if token_budget and len(lengths):  # about `window` batches of the budget, whatever the lengths
+        span = max(span, int(window * world * token_budget / max(1.0, float(np.mean(lengths)))))
     batches = []
-    for start in range(0, len(perm), size * window):
-        chunk = perm[start:start + size * window]
+    for start in range(0, len(perm), span):
+        chunk = perm[start:start + span]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         if not token_budget:
             batches += [chunk[i:i + size] for i in range(0, len(chunk) - world + 1, size)]
             continue
-        i = 0
+        lens, i = lengths[chunk].tolist(), 0  # python ints: this loop sees every sequence
         while i + world <= len(chunk):
             j = i + world  # grow while each rank's share, padded to the longest, fits the budget
-            while j < len(chunk) and -(-(j + 1 - i) // world) * lengths[chunk[j]] <= token_budget:
+            while j < len(chunk) and -(-(j + 1 - i) // world) * lens[j] <= token_budget:
                 j += 1
+            j = i + (j - i) // world * world  # as many rows on every rank: none waits for an extra one
             batches.append(chunk[i:j])
             i = j
     order = rng.permutation(len(batches))
@@ -326,13 +366,16 @@ def rank_share(batch, rank, world):
 # generation
 
 
-def _maze_chunk(args):
+def _maze_chunk(n, nondeterministic, count, seed, index):
     import maze
-    n, count, seed, nondet, index = args
-    out = []
-    for t in maze.generate(n, count, seed, nondet):
-        out.append((digest(t["layout"]), *(encode(t[p], index) for p in PARTS)))
-    return out
+    return [(digest(t["layout"]), *(encode(t[p], index) for p in PARTS))
+            for t in maze.generate(n, count, seed, nondeterministic)]
+
+
+def _sokoban_chunk(max_trace_tokens, count, seed, index):
+    import sokoban
+    return [(digest(t["key"]), *(encode(t[p], index) for p in PARTS))
+            for t in sokoban.generate(count, seed, max_trace_tokens)]
 
 
 def chunk_seed(seed, chunk):
@@ -342,7 +385,7 @@ def chunk_seed(seed, chunk):
 class Progress:
     def __init__(self, what, total, done=0):
         self.what, self.total, self.start_done = what, total, done
-        self.t0 = self.last = time.monotonic()
+        self.t0, self.last = time.monotonic(), -math.inf  # the first update prints at once
 
     def update(self, done, force=False):
         t = time.monotonic()
@@ -354,30 +397,215 @@ class Progress:
         print(f"{self.what}: {done}/{self.total} ({rate:.0f}/s, ETA {eta:.0f}s)", file=sys.stderr, flush=True)
 
 
+def _generate(w, what, want, worker, args, seed, workers, chunk):
+    """Fill the splits up to `want` ({"test": n, "train": m}, test first) with the tasks of seeded
+    chunks made by `worker(*args, chunk, seed, index)` in a process pool, then commit.
+
+    Chunks are consumed in order whatever the number of workers, so the dataset depends only on the
+    seed and chunk size. Progress is saved after each chunk: running the same command again after
+    an interruption continues at the next chunk and ends with the same dataset. A task whose key was
+    seen before (in either split) is dropped by the writer, so no task is in both splits."""
+    total = sum(want.values())
+    next_chunk = w.progress.get("next_chunk", 0)
+    progress = Progress(what, total, sum(w.counts.values()))
+    with mp.Pool(workers) as pool:
+        pending = collections.deque()
+        submitted = next_chunk
+        while sum(w.counts.values()) < total:
+            while len(pending) < 2 * workers:  # keep every worker busy, results still in chunk order
+                job = (*args, chunk, chunk_seed(seed, submitted), w.index)
+                pending.append(pool.apply_async(worker, job))
+                submitted += 1
+            for key, prompt, trace, plan in pending.popleft().get():
+                split = "test" if w.counts["test"] < want["test"] else "train"
+                if w.counts[split] < want[split]:
+                    w.add(split, prompt, trace, plan, key)
+            next_chunk += 1
+            w.save_progress(next_chunk=next_chunk)
+            progress.update(sum(w.counts.values()))
+    w.commit()
+    progress.update(total, force=True)
+
+
 def generate_maze(db, n, num_train, num_test, nondeterministic, seed, overwrite, workers, chunk=256):
     import maze
     name = dataset_name("maze", n=n, nondeterministic=nondeterministic)
     params = {"n": n, "nondeterministic": nondeterministic, "seed": seed, "num_train": num_train,
-              "num_test": num_test}
+              "num_test": num_test, "chunk": chunk}
     w = DatasetWriter(db, name, "maze", params, maze.vocabulary(n), overwrite)
-    want = {"test": num_test, "train": num_train}
-    next_chunk = w.progress.get("next_chunk", 0)
-    progress = Progress(f"maze {n}x{n}", num_train + num_test, sum(w.counts.values()))
-    with mp.Pool(workers) as pool:
-        while sum(w.counts.values()) < num_train + num_test:
-            jobs = [(n, chunk, chunk_seed(seed, c), nondeterministic, w.index)
-                    for c in range(next_chunk, next_chunk + 4 * workers)]
-            for tasks in pool.imap(_maze_chunk, jobs):
-                for key, prompt, trace, plan in tasks:  # test first: the split is by wall layout
-                    split = "test" if w.counts["test"] < want["test"] else "train"
-                    if w.counts[split] < want[split]:
-                        w.add(split, prompt, trace, plan, key)
-                next_chunk += 1
-                w.save_progress(next_chunk=next_chunk)
-                progress.update(sum(w.counts.values()))
-    w.commit()
-    progress.update(sum(w.counts.values()), force=True)
+    # one task per wall layout and the key is the layout: the split is by layout
+    _generate(w, f"maze {n}x{n}", {"test": num_test, "train": num_train}, _maze_chunk, (n, nondeterministic),
+              seed, workers, chunk)
     return name
+
+
+def generate_sokoban(db, num_train, num_test, seed, overwrite, workers, max_trace_tokens=10000, chunk=64):
+    import sokoban
+    name = dataset_name("sokoban")
+    params = {"seed": seed, "num_train": num_train, "num_test": num_test, "max_trace_tokens": max_trace_tokens,
+              "chunk": chunk}
+    w = DatasetWriter(db, name, "sokoban", params, sokoban.vocabulary(), overwrite)
+    _generate(w, "sokoban 7x7", {"test": num_test, "train": num_train}, _sokoban_chunk, (max_trace_tokens,),
+              seed, workers, chunk)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# A* statistics (the ILR metric compares model traces with the mean A* trace of each task)
+
+ASTAR_FIELD = "astar_mean_trace_len"
+
+
+def _astar_means(task, params, vocabulary, runs, jobs):
+    """[(id, mean A* trace length in tokens)] for jobs of (id, prompt bytes, seed)."""
+    import maze
+    import sokoban
+    out = []
+    for seq_id, prompt, seed in jobs:
+        tokens = [vocabulary[i] for i in np.frombuffer(prompt, DTYPE)]
+        try:
+            if task == "sokoban":
+                mean = sokoban.mean_trace_len(sokoban.parse_prompt(tokens), runs, seed)
+            elif params["nondeterministic"]:
+                m, rng = maze.parse_prompt(tokens, params["n"]), np.random.default_rng(seed)
+                mean = sum(len(maze.trace_tokens(maze.astar(m, rng)[0])) for _ in range(runs)) / runs
+            else:  # deterministic A* has one trace
+                mean = len(maze.trace_tokens(maze.astar(maze.parse_prompt(tokens, params["n"]))[0]))
+        except ValueError as e:
+            return f"sequence {seq_id}: cannot run A* on its prompt ({e})"
+        out.append((seq_id, float(mean)))
+    return out
+
+
+def astar_stats(db, name, split="test", runs=64, limit=0, seed=0, workers=1, batch=8):
+    """Store the mean A* trace length on each sequence of a split (the first `limit` if given).
+
+    Sequences that already have it are skipped, so an interrupted run continues where it stopped.
+    Each task's A* runs are seeded by (seed, sequence id): the result does not depend on batching."""
+    doc = get_dataset(db, name)
+    if doc["task"] not in ("maze", "sokoban"):
+        raise StoreError(f"dataset {name!r} holds {doc['task']!r} tasks; astar-stats knows maze and sokoban tasks")
+    coll = db[f"ds.{name}.{doc['uid']}.{split}"]
+    query = {ASTAR_FIELD: {"$exists": False}, **({"_id": {"$lt": limit}} if limit else {})}
+    todo = [d["_id"] for d in coll.find(query, {"_id": 1}).sort("_id", 1)]
+    total = min(limit or doc["counts"][split], doc["counts"][split])
+    done = total - len(todo)
+    progress = Progress(f"astar-stats {name} {split}", total, done)
+
+    def jobs():  # read lazily by the pool's feeder thread; prompts are small
+        for start in range(0, len(todo), batch):
+            docs = coll.find({"_id": {"$in": todo[start:start + batch]}}, {"prompt": 1})
+            yield [(d["_id"], d["prompt"], chunk_seed(seed, d["_id"])) for d in docs]
+
+    work = functools.partial(_astar_means, doc["task"], doc["params"], doc["vocabulary"], runs)
+    with mp.Pool(workers) as pool:
+        for result in pool.imap(work, jobs()):
+            if isinstance(result, str):
+                raise StoreError(f"dataset {name!r} {split} {result}")
+            if result:
+                coll.bulk_write([pymongo.UpdateOne({"_id": i}, {"$set": {ASTAR_FIELD: v}}) for i, v in result])
+            db.datasets.update_one({"_id": name}, {"$inc": {"revision": 1}})  # cached copies are now stale
+            done += len(result)
+            progress.update(done)
+    progress.update(total, force=True)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# importing datasets in the reference layout
+#
+# The reference keeps a dataset in one database: `vocabulary` holds {_id: name, vocabulary: [token]}
+# and `<name>.seq.<split>` holds {_id, prompt, reasoning, plan}, each a list of token strings, with
+# per-sequence lengths in `<name>.meta.<split>` (not needed: lengths are recomputed). The reference
+# adds its `bos` / `eos` markers at training time; an export that stored them around a part has
+# them stripped, and they are left out of the vocabulary, which gets our own special tokens in front.
+# Every other token, including the `plan` keyword that starts each plan step, is kept as it is.
+
+REF_MARKERS = ("bos", "eos")
+
+
+def infer_task(name):
+    """Task kind and parameters from a reference dataset name; ('imported', {}) when unknown."""
+    m = re.fullmatch(r"maze\.(\d+)-by-\1-(deterministic|nondeterministic)\..+", name)
+    if m:
+        return "maze", {"n": int(m[1]), "nondeterministic": m[2] == "nondeterministic"}
+    if name.startswith(dataset_name("sokoban")):
+        return "sokoban", {}
+    return "imported", {}
+
+
+def _strip_markers(tokens):
+    tokens = list(tokens)
+    if tokens[:1] == ["bos"]:
+        tokens = tokens[1:]
+    if tokens[-1:] == ["eos"]:
+        tokens = tokens[:-1]
+    return tokens
+
+
+def _source(uri, db_name):
+    """The source database; errors name the server without its password."""
+    secret = urlsplit(uri).password if "@" in uri else None
+    try:
+        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000)
+        client.admin.command("ping")
+    except (PyMongoError, ValueError) as e:
+        reason = str(e).split(",")[0].split(" (configured")[0][:160]
+        for s in {secret, unquote(secret or "")} - {None, ""}:
+            reason = reason.replace(s, "***")
+        raise StoreError(f"cannot reach the source MongoDB at {store.redact(uri)}: {reason}") from None
+    return client[db_name]
+
+
+def import_dataset(db, uri, from_db, name, new_name=None, overwrite=False, batch=1000):
+    """Convert a reference-layout dataset into the native format, streaming in batches.
+
+    Sequences with tokens outside the dataset's vocabulary are skipped and counted. An interrupted
+    import resumes after the last batch it recorded."""
+    try:
+        check_name(new_name or name, "dataset name")
+    except StoreError as e:
+        raise StoreError(f"{e}; pick a name for the import with --as NEW" if new_name is None else str(e)) from None
+    src = _source(uri, from_db)
+    vdoc = src["vocabulary"].find_one({"_id": name})
+    if vdoc is None:
+        raise StoreError(f"no dataset {name!r} in database {from_db!r} at {store.redact(uri)} "
+                         f"(its `vocabulary` collection has no such _id)")
+    vocabulary = sorted(set(vdoc["vocabulary"]) - set(REF_MARKERS) - set(SPECIALS))
+    if len(SPECIALS) + len(vocabulary) > np.iinfo(DTYPE).max + 1:
+        raise StoreError(f"dataset {name!r} has {len(vocabulary)} tokens, more than uint16 ids can hold")
+    colls = {split: src[f"{name}.seq.{split}"] for split in ("test", "train")}
+    total = sum(c.estimated_document_count() for c in colls.values())
+    if not total:
+        raise StoreError(f"dataset {name!r} in database {from_db!r} has no sequences ({name}.seq.train/test are empty)")
+    task, params = infer_task(name)
+    params["source"] = {"uri": store.redact(uri), "db": from_db, "name": name}
+    w = DatasetWriter(db, new_name or name, task, params, vocabulary, overwrite)
+    state = {"after": {}, "skipped": {"test": 0, "train": 0}, "first_skipped": [], **w.progress}
+    progress = Progress(f"import {name}", total, sum(w.counts.values()) + sum(state["skipped"].values()))
+    for split, coll in colls.items():
+        query = {"_id": {"$gt": state["after"][split]}} if split in state["after"] else {}
+        for n, doc in enumerate(coll.find(query, batch_size=batch).sort("_id", 1), 1):
+            try:
+                ids = [encode(_strip_markers(doc.get(k) or []), w.index) for k in ("prompt", "reasoning", "plan")]
+            except KeyError:  # a token outside the vocabulary
+                state["skipped"][split] += 1
+                if len(state["first_skipped"]) < 5:
+                    state["first_skipped"].append(f"{split} {doc['_id']}")
+            else:
+                w.add(split, *ids, digest(f"{split}:{doc['_id']}".encode()), source_id=doc["_id"])
+            state["after"][split] = doc["_id"]
+            if n % batch == 0:
+                w.save_progress(**state)
+                progress.update(sum(w.counts.values()) + sum(state["skipped"].values()))
+        w.save_progress(**state)
+    skipped = sum(state["skipped"].values())
+    w.commit(skipped=skipped)
+    progress.update(total, force=True)
+    if skipped:
+        print(f"skipped {skipped} sequences with tokens outside the vocabulary of {name!r} "
+              f"(first: {', '.join(state['first_skipped'])})", file=sys.stderr)
+    return w.name, dict(w.counts), skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,6 +627,37 @@ def length_stats(db, name):
     return rows
 
 
+def render_task(doc, tokens):
+    """The task as a board with its plan drawn, or None when the kind has none or tokens do not parse."""
+    import maze
+    import sokoban
+    try:
+        if doc["task"] == "sokoban":
+            return sokoban.render(sokoban.parse_prompt(tokens["prompt"]), sokoban.parse_plan(tokens["plan"]))
+        if doc["task"] == "maze":
+            return maze.render(maze.parse_prompt(tokens["prompt"], doc["params"]["n"]), maze.parse_plan(tokens["plan"]))
+    except ValueError:
+        pass
+    return None
+
+
+def show_sequence(db, name, split, seq_id):
+    doc = get_dataset(db, name)
+    seq = db[f"ds.{name}.{doc['uid']}.{split}"].find_one({"_id": seq_id})
+    if seq is None:
+        raise StoreError(f"dataset {name!r} has no {split} sequence {seq_id} "
+                         f"(ids 0..{doc['counts'][split] - 1})")
+    tokens = {p: [doc["vocabulary"][i] for i in np.frombuffer(seq[p], DTYPE)] for p in PARTS}
+    board = render_task(doc, tokens)
+    if board is None:  # no board: show the tokens, the trace shortened
+        trace = tokens["trace"][:40] + (["..."] if len(tokens["trace"]) > 40 else [])
+        board = "\n".join(f"{p}: {' '.join(t)}" for p, t in (("prompt", tokens["prompt"]), ("trace", trace),
+                                                              ("plan", tokens["plan"])))
+    astar = f", mean A* trace {seq[ASTAR_FIELD]:.1f}" if ASTAR_FIELD in seq else ""
+    return (f"{name} {split} #{seq_id} ({doc['task']}): prompt {seq['prompt_len']}, trace {seq['trace_len']}, "
+            f"plan {seq['plan_len']} tokens{astar}\n{board}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Generate, list, inspect and drop token datasets in MongoDB.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -410,22 +669,70 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--chunk", type=int, default=256, help="tasks per seeded job (part of the dataset's identity)")
+    p = sub.add_parser("sokoban", help="generate 7x7 Sokoban levels (2 walls, 2 boxes) with A* traces")
+    p.add_argument("--num-train", type=int, required=True)
+    p.add_argument("--num-test", type=int, required=True)
+    p.add_argument("--max-trace-tokens", type=int, default=10000, help="keep levels whose trace is shorter")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--chunk", type=int, default=64, help="levels per seeded job (part of the dataset's identity)")
+    p = sub.add_parser("astar-stats", help="store each test task's mean A* trace length (for ILR)")
+    p.add_argument("name")
+    p.add_argument("--runs", type=int, default=64, help="A* runs per task (nondeterministic A*)")
+    p.add_argument("--split", choices=("test", "train"), default="test")
+    p.add_argument("--limit", type=int, default=0, help="only the first N sequences (0: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p = sub.add_parser("import", help="convert a dataset in the reference's MongoDB layout")
+    p.add_argument("--from-uri", required=True, help="MongoDB URI of the server holding it")
+    p.add_argument("--from-db", default="tokenSeqDB", help="its database (default tokenSeqDB, the reference's)")
+    p.add_argument("--name", required=True, help="its name (the _id in its `vocabulary` collection)")
+    p.add_argument("--as", dest="new_name", help="name to give it here (default: the same)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument("--batch-size", type=int, default=1000, help="sequences read per batch")
     sub.add_parser("list", help="list datasets")
     p = sub.add_parser("drop", help="delete a dataset")
     p.add_argument("name")
-    p = sub.add_parser("show", help="counts and length statistics of a dataset")
+    p = sub.add_parser("show", help="counts and length statistics of a dataset, or one task with --id")
     p.add_argument("name")
+    p.add_argument("--id", type=int, help="print this sequence: its board with the plan drawn, and lengths")
+    p.add_argument("--split", choices=("test", "train"), default="test")
     args = ap.parse_args(argv)
 
     try:
-        if args.cmd == "maze":
-            if args.size < 3 or args.num_train < 0 or args.num_test < 0 or args.workers < 1:
-                raise StoreError("--size must be >= 3, --num-train/--num-test >= 0, --workers >= 1")
+        if args.cmd in ("maze", "sokoban"):
+            if args.num_train < 0 or args.num_test < 0 or args.workers < 1 or args.chunk < 1:
+                raise StoreError("--num-train/--num-test must be >= 0, --workers and --chunk >= 1")
+            if args.cmd == "maze" and args.size < 3:
+                raise StoreError("--size must be >= 3")
+            if args.cmd == "sokoban" and args.max_trace_tokens < 100:  # shorter traces are too rare to fill a set
+                raise StoreError("--max-trace-tokens must be >= 100")
+        if args.cmd == "astar-stats" and (args.runs < 1 or args.limit < 0 or args.workers < 1):
+            raise StoreError("--runs and --workers must be >= 1, --limit >= 0")
+        if args.cmd == "import" and args.batch_size < 1:
+            raise StoreError("--batch-size must be >= 1")
+        named = (args.new_name or args.name) if args.cmd == "import" else getattr(args, "name", None)
+        if named is not None:
+            check_name(named, "dataset name")  # before any database call
         db = store.connect().db
         if args.cmd == "maze":
             name = generate_maze(db, args.size, args.num_train, args.num_test, args.nondeterministic, args.seed,
-                                 args.overwrite, args.workers)
+                                 args.overwrite, args.workers, args.chunk)
             print(f"wrote dataset {name}")
+        elif args.cmd == "sokoban":
+            name = generate_sokoban(db, args.num_train, args.num_test, args.seed, args.overwrite, args.workers,
+                                    args.max_trace_tokens, args.chunk)
+            print(f"wrote dataset {name}")
+        elif args.cmd == "astar-stats":
+            n = astar_stats(db, args.name, args.split, args.runs, args.limit, args.seed, args.workers)
+            print(f"{args.name}: {ASTAR_FIELD} set on {n} {args.split} sequences")
+        elif args.cmd == "import":
+            name, counts, skipped = import_dataset(db, args.from_uri, args.from_db, args.name, args.new_name,
+                                                   args.overwrite, args.batch_size)
+            print(f"imported {args.name} as {name}: {counts['train']} train, {counts['test']} test sequences"
+                  + (f", {skipped} skipped" if skipped else ""))
         elif args.cmd == "list":
             print(f"{'name':45} {'task':8} {'train':>9} {'test':>8}  state")
             for d in db.datasets.find().sort("_id", 1):
@@ -437,6 +744,8 @@ def main(argv=None):
         elif args.cmd == "drop":
             drop_dataset(db, args.name)
             print(f"dropped dataset {args.name}")
+        elif args.cmd == "show" and args.id is not None:
+            print(show_sequence(db, args.name, args.split, args.id))
         elif args.cmd == "show":
             doc = get_dataset(db, args.name)
             print(f"{args.name}: task {doc['task']}, vocabulary {len(doc['vocabulary'])} tokens, "
@@ -446,6 +755,8 @@ def main(argv=None):
                 print(f"{split:6} {part:7} {count:>8} " + " ".join(f"{v:>6}" for v in q))
     except StoreError as e:
         sys.exit(f"error: {e}")
+    except PyMongoError as e:  # e.g. the database went away in the middle of a command
+        sys.exit(f"error: database error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
 
 
 if __name__ == "__main__":

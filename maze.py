@@ -244,6 +244,19 @@ def check_plan(maze: Maze, plan) -> bool:
     return True
 
 
+def render(maze: Maze, plan=None) -> str:
+    """The maze as text: walls '#', start 'S', goal 'G', plan cells 'o', free cells '.'."""
+    grid = [["."] * maze.n for _ in range(maze.n)]
+    for x, y in plan or ():
+        if 0 <= x < maze.n and 0 <= y < maze.n:  # a malformed plan may leave the grid
+            grid[y][x] = "o"
+    for x, y in maze.walls:
+        grid[y][x] = "#"
+    grid[maze.start[1]][maze.start[0]] = "S"
+    grid[maze.goal[1]][maze.goal[0]] = "G"
+    return "\n".join("".join(row) for row in grid)
+
+
 def generate(n: int, count: int, seed: int, nondeterministic: bool) -> list[dict]:
     """Up to `count` tasks with A* traces, reproducible from the arguments (one pool job)."""
     rng = np.random.default_rng(seed)

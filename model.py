@@ -137,11 +137,13 @@ class Transformer(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n if embeddings else n - self.embed.weight.numel() - self.head.weight.numel()
 
-    def forward(self, idx, pos=None, mask=None, cache=None):
+    def forward(self, idx, pos=None, mask=None, cache=None, keep=None):
         """idx (B, T) token ids -> logits (B, T, V).
 
         pos: positions (B, T) when rows are offset (left-padded prompts); default 0..T-1 after the
-        cache. mask: boolean (B, 1, T, S) attention mask, True = attend; default causal."""
+        cache. mask: boolean (B, 1, T, S) attention mask, True = attend; default causal.
+        keep: (N,) indices into the flattened B*T positions: logits (N, V) of those only (training
+        needs them where a loss is taken, not on the prompt or the padding)."""
         B, T = idx.shape
         if pos is None:
             start = cache.length if cache is not None else 0
@@ -160,7 +162,9 @@ class Transformer(nn.Module):
                 x = block(x, cos, sin, mask, cache)
         if cache is not None:
             cache.length += T
-        return self.head(self.norm(x))  # (B, T, V)
+        if keep is not None:
+            x = x.flatten(0, 1).index_select(0, keep)  # (N, C)
+        return self.head(self.norm(x))  # (B, T, V) or (N, V)
 
     def new_cache(self, batch, max_len, dtype=None):
         c = self.cfg

@@ -6,10 +6,14 @@ Collections:
   logs        one document per (run id, split, step) with rank-reduced metrics
   checkpoints GridFS bucket; each file is a torch.save dict, loaded with weights_only=True
   results     evaluation results (eval.py)
+  responses   sampled responses, one per (run, step, sampling parameters, task, sample) (eval.py)
 
 When MONGODB_URI is unset, a SecantusDB server (a separate GPL process, never imported) is started
 on first use, detached, one per data folder (SEARCHFORMER_DB_DIR, default ~/.cache/searchformer/db).
 """
+import contextlib
+import copy
+import ctypes
 import datetime
 import fcntl
 import functools
@@ -21,9 +25,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import gridfs
 import pymongo
@@ -49,16 +55,41 @@ def check_name(value, what="run id"):
     return value
 
 
-def redact(uri):
-    """The URI with any password replaced by ***, for printing."""
+SECRET_OPTION = re.compile(r"password|secret|token|authmechanismproperties", re.IGNORECASE)
+
+
+def _secrets(uri):
+    """The secret parts of a URI as written (and unescaped): its password and secret-looking option values."""
     try:
         parts = urlsplit(uri)
-    except ValueError:
+    except (ValueError, TypeError, AttributeError):
+        return []
+    user, sep, _ = parts.netloc.rpartition("@")
+    found = [user.partition(":")[2] or unquote(user).partition(":")[2]] if sep else []
+    found += [v for k, _, v in (p.partition("=") for p in parts.query.split("&")) if SECRET_OPTION.search(k)]
+    found += [unquote(x) for x in found]
+    return sorted({x for x in found if x}, key=len, reverse=True)
+
+
+def redact(uri):
+    """The URI with its password (and any secret-looking option value) replaced by ***, for printing."""
+    try:
+        parts = urlsplit(uri)
+    except (ValueError, TypeError, AttributeError):
         return "<unparseable uri>"
-    if parts.password is None:
-        return uri
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    user, sep, host = parts.netloc.rpartition("@")
+    if sep and (":" in user or ":" in unquote(user)):
+        user = unquote(user).partition(":")[0] + ":***"
+    query = "&".join(f"{k}=***" if SECRET_OPTION.search(k) else f"{k}{eq}{v}"
+                     for k, eq, v in (p.partition("=") for p in parts.query.split("&"))) if parts.query else ""
+    return scrub(urlunsplit(parts._replace(netloc=f"{user}{sep}{host}", query=query)), uri)
+
+
+def scrub(text, uri):
+    """text with every secret of uri replaced by ***: for error messages that might quote it."""
+    for secret in _secrets(uri):
+        text = text.replace(secret, "***")
+    return text
 
 
 def now():
@@ -72,7 +103,7 @@ def now():
 def db_dir():
     root = os.environ.get("SEARCHFORMER_DB_DIR")
     if root:
-        return Path(root).expanduser()
+        return Path(root).expanduser().absolute()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "searchformer" / "db"
 
@@ -101,7 +132,19 @@ def _pid_alive(pid):
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (exited, not yet reaped by the process that started it) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _serves(pid, folder):
+    """Whether pid is the SecantusDB server of this data folder (not a process that reused its pid)."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return not Path("/proc/self").exists()  # no /proc to tell: trust the record
+    return any(b"secantusd" in c for c in cmd) and str(Path(folder) / "data").encode() in cmd
 
 
 def server_info(folder=None):
@@ -111,7 +154,7 @@ def server_info(folder=None):
         info = json.loads((folder / "server.json").read_text())
     except (OSError, ValueError):
         return None
-    info["up"] = _pid_alive(info["pid"]) and _port_open(info["host"], info["port"])
+    info["up"] = _pid_alive(info["pid"]) and _serves(info["pid"], folder) and _port_open(info["host"], info["port"])
     return info
 
 
@@ -124,8 +167,13 @@ def _free_port():
 def embedded_uri(folder=None, start=True, wait_s=60.0):
     """URI of the folder's server, starting it (detached, under a file lock) when it is not up."""
     folder = Path(folder or db_dir())
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / "server.lock", "w") as lock:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        lock = open(folder / "server.lock", "w")
+    except OSError as e:
+        raise StoreError(f"cannot use the database folder {folder} ({e.strerror}): set SEARCHFORMER_DB_DIR to a "
+                         f"writable folder, or MONGODB_URI") from None
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # several ranks may arrive at once: one starts, the rest wait
         info = server_info(folder)
         if info and info["up"]:
@@ -153,21 +201,37 @@ def embedded_uri(folder=None, start=True, wait_s=60.0):
         return f"mongodb://127.0.0.1:{port}/{DEFAULT_DB}"
 
 
-def stop_embedded(folder=None, wait_s=30.0):
-    """Stop the folder's server; returns False when none was running."""
+def _signal_main_thread(pid, sig):
+    """Signal a process's main thread. Python runs signal handlers there only, and a signal sent to
+    the process may land on another thread and leave a main thread blocked in a wait asleep: the
+    server's then never shuts down."""
+    tgkill = getattr(ctypes.CDLL(None), "tgkill", None) if sys.platform.startswith("linux") else None
+    if tgkill is None or tgkill(pid, pid, sig) != 0:
+        os.kill(pid, sig)
+
+
+def stop_embedded(folder=None, wait_s=5.0):
+    """Stop the folder's server; returns False when none was running.
+
+    SIGTERM to its main thread, then SIGKILL after wait_s (a kill loses nothing it committed: it
+    syncs on commit)."""
     folder = Path(folder or db_dir())
     with open(folder / "server.lock", "w") if folder.exists() else open(os.devnull, "w") as lock:
         if folder.exists():
             fcntl.flock(lock, fcntl.LOCK_EX)
         info = server_info(folder)
-        if not info or not _pid_alive(info["pid"]):
+        if not info or not _pid_alive(info["pid"]) or not _serves(info["pid"], folder):
+            (folder / "server.json").unlink(missing_ok=True)  # stale: never signal a reused pid
             return False
-        os.kill(info["pid"], signal.SIGTERM)
+        _signal_main_thread(info["pid"], signal.SIGTERM)
         deadline = time.monotonic() + wait_s
         while _pid_alive(info["pid"]) and time.monotonic() < deadline:
             time.sleep(0.1)
         if _pid_alive(info["pid"]):
-            os.kill(info["pid"], signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info["pid"], signal.SIGKILL)
+            while _pid_alive(info["pid"]) and time.monotonic() < deadline + 5:
+                time.sleep(0.05)
         (folder / "server.json").unlink(missing_ok=True)
         return True
 
@@ -195,6 +259,12 @@ def retrying(method):
     return wrapper
 
 
+def bounded(seconds):
+    """A context in which every database operation of this thread gives up after `seconds` in all
+    (pymongo's client-side timeout, server selection included): for last best-effort writes."""
+    return pymongo.timeout(seconds)
+
+
 def connect(uri=None, timeout_s=5.0, retry_s=0.0):
     """Connect to MONGODB_URI (or `uri`), or to the embedded server when neither is given."""
     uri = uri or os.environ.get("MONGODB_URI")
@@ -203,15 +273,18 @@ def connect(uri=None, timeout_s=5.0, retry_s=0.0):
         uri = embedded_uri()
     ms = int(timeout_s * 1000)
     try:
-        client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, tz_aware=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # pymongo only warns about (and ignores) an invalid option
+            client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, tz_aware=True)
         client.admin.command("ping")
-    except PyMongoError as e:
+        name = client.get_default_database(default=DEFAULT_DB).name
+        return Store(client[name], redact(uri), retry_s)
+    except (PyMongoError, ValueError, TypeError, Warning) as e:  # a malformed URI is a ValueError
         hint = ("run `python admin.py db status`" if embedded else
                 "check MONGODB_URI, or unset it to use the embedded server (started on first use)")
-        reason = str(e).split(",")[0].split(" (configured")[0][:120]
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(", full error")[0]
+        reason = scrub(reason.split(", Timeout:")[0].split(" (configured")[0][:160], uri)
         raise StoreError(f"cannot reach MongoDB at {redact(uri)}: {reason}; {hint}") from None
-    name = client.get_default_database(default=DEFAULT_DB).name
-    return Store(client[name], redact(uri), retry_s)
 
 
 class Store:
@@ -222,9 +295,11 @@ class Store:
         self.runs = db["runs"]
         self.logs = db["logs"]
         self.results = db["results"]
+        self.responses = db["responses"]
         self.fs = gridfs.GridFSBucket(db, "checkpoints")
         self.logs.create_index([("run_id", 1), ("split", 1), ("step", 1)], unique=True)
         self.results.create_index([("run_id", 1)])
+        self.responses.create_index([("run_id", 1), ("step", 1), ("pkey", 1), ("task", 1), ("sample", 1)], unique=True)
         db["checkpoints.files"].create_index([("metadata.run_id", 1)])
 
     # runs ------------------------------------------------------------------------------------
@@ -280,9 +355,28 @@ class Store:
     def release_lease(self, run_id, owner):
         self.runs.update_one({"_id": run_id, "lease.owner": owner}, {"$set": {"lease": None}})
 
+    @staticmethod
+    def _held(run_id, owner):
+        """The run's document, and with an owner only while that process holds the run: the fence that
+        keeps a trainer whose lease was taken over (or whose run was dropped) from writing to it."""
+        return {"_id": run_id, **({"lease.owner": owner} if owner else {})}
+
+    @staticmethod
+    def _lost(run_id):
+        return StoreError(f"run {run_id!r} is no longer held by this process (its lease expired and another "
+                          f"process took it over, or the run was dropped); stopping")
+
+    def with_retry(self, seconds):
+        """This store with another retry window, e.g. 0 for a last best-effort write after the database was lost."""
+        other = copy.copy(self)
+        other.retry_s = seconds
+        return other
+
     @retrying
-    def set_status(self, run_id, status, error=None):
-        self.runs.update_one({"_id": run_id}, {"$set": {"status": status, "error": error, "updated": now()}})
+    def set_status(self, run_id, status, error=None, owner=None):
+        """Returns False when owner is given and no longer holds the run (nothing is written then)."""
+        r = self.runs.update_one(self._held(run_id, owner), {"$set": {"status": status, "error": error, "updated": now()}})
+        return r.matched_count > 0
 
     def drop_run(self, run_id):
         self.require_run(run_id)
@@ -290,20 +384,26 @@ class Store:
             self.fs.delete(f._id)
         self.logs.delete_many({"run_id": run_id})
         self.results.delete_many({"run_id": run_id})
+        self.responses.delete_many({"run_id": run_id})
         self.runs.delete_one({"_id": run_id})
 
     # logs ------------------------------------------------------------------------------------
 
     @retrying
-    def log(self, run_id, step, split, metrics):
+    def log(self, run_id, step, split, metrics, owner=None):
         """One log record per (run, split, step): a rewrite after a resume replaces, never duplicates."""
+        r = self.runs.update_one(self._held(run_id, owner),
+                                 {"$set": {f"last.{split}": metrics, "step": step, "updated": now()}})
+        if owner and r.matched_count == 0:
+            raise self._lost(run_id)
         key = {"run_id": run_id, "split": split, "step": step}
         self.logs.replace_one(key, {**key, **metrics, "time": now()}, upsert=True)
-        self.runs.update_one({"_id": run_id}, {"$set": {f"last.{split}": metrics, "step": step, "updated": now()}})
 
     @retrying
-    def truncate_logs(self, run_id, after_step):
+    def truncate_logs(self, run_id, after_step, owner=None):
         """Drop records a killed process wrote after its last checkpoint."""
+        if owner and self.runs.count_documents(self._held(run_id, owner), limit=1) == 0:
+            raise self._lost(run_id)
         self.logs.delete_many({"run_id": run_id, "step": {"$gt": after_step}})
 
     def get_logs(self, run_id, split=None):
@@ -313,22 +413,41 @@ class Store:
     # checkpoints -----------------------------------------------------------------------------
 
     @retrying
-    def save_checkpoint(self, run_id, step, state):
+    def save_checkpoint(self, run_id, step, state, owner=None):
         """Write the new checkpoint in full, then move the run's pointer to it, then delete the old one.
 
-        A process killed at any point leaves the previous checkpoint loadable."""
+        A process killed at any point leaves the previous checkpoint loadable; the upload it left
+        half-done is deleted by the next save (or by a load once the run's lease is free). With an
+        owner, nothing is written unless that process still holds the run."""
         stream = self.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
-        self.runs.update_one({"_id": run_id}, {"$set": {"pending_checkpoint": stream._id}})
+        before = self.runs.find_one_and_update(self._held(run_id, owner), {"$set": {"pending_checkpoint": stream._id}},
+                                               {"pending_checkpoint": 1})
+        if before is None:
+            raise self._lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
+        if before.get("pending_checkpoint") is not None:  # left by a killed process or a failed attempt
+            self._delete_upload(before["pending_checkpoint"])
+        writer = _Writer(stream)
         try:
-            torch.save(state, _Writer(stream))  # streamed in chunks, no second copy in memory
+            torch.save(state, writer)  # streamed in chunks, no second copy in memory
             stream.close()
-        except BaseException:
-            stream.abort()
+        except BaseException as e:
+            with contextlib.suppress(PyMongoError):
+                stream.abort()
+            if writer.error is not None and writer.error is not e:
+                raise writer.error from None  # torch.save turns the write's error (e.g. a lost connection) into a RuntimeError
             raise
         info = {"id": stream._id, "step": step, "size": stream.length, "time": now()}
-        self.runs.update_one({"_id": run_id}, {"$set": {"checkpoint": info, "pending_checkpoint": None}})
+        flip = self.runs.update_one({**self._held(run_id, owner), "pending_checkpoint": stream._id},
+                                    {"$set": {"checkpoint": info, "pending_checkpoint": None}})
+        if flip.matched_count == 0:
+            self._delete_upload(stream._id)
+            raise self._lost(run_id)
         self._delete_stale_checkpoints(run_id, keep=stream._id)
         return info
+
+    def _delete_upload(self, file_id):
+        self.db["checkpoints.chunks"].delete_many({"files_id": file_id})
+        self.db["checkpoints.files"].delete_many({"_id": file_id})
 
     def _delete_stale_checkpoints(self, run_id, keep):
         for f in self.fs.find({"metadata.run_id": run_id, "_id": {"$ne": keep}}):
@@ -336,18 +455,31 @@ class Store:
 
     @retrying
     def load_checkpoint(self, run_id, map_location="cpu"):
-        """The run's current checkpoint dict, or None when it has none."""
-        doc = self.require_run(run_id)
-        info = doc.get("checkpoint")
-        if doc.get("pending_checkpoint") is not None:
-            # a save was killed mid-write: remove its partial chunks
-            self.db["checkpoints.chunks"].delete_many({"files_id": doc["pending_checkpoint"]})
-            self.db["checkpoints.files"].delete_many({"_id": doc["pending_checkpoint"]})
-            self.runs.update_one({"_id": run_id}, {"$set": {"pending_checkpoint": None}})
-        if info is None:
-            return None
-        with self.fs.open_download_stream(info["id"]) as f:
-            return torch.load(f, map_location=map_location, weights_only=True)
+        """The run's current checkpoint dict, or None when it has none.
+
+        Safe while the run trains: a live trainer's upload in progress is left alone, and a checkpoint
+        replaced (and deleted) while it was being read is read again at the new pointer."""
+        for attempt in range(3):
+            doc = self.require_run(run_id)
+            lease, pending = doc.get("lease"), doc.get("pending_checkpoint")
+            if pending is not None and (not lease or lease["expires"] < time.time()):
+                # a save was killed mid-write and nobody holds the run: remove its partial chunks
+                self._delete_upload(pending)
+                self.runs.update_one({"_id": run_id, "pending_checkpoint": pending}, {"$set": {"pending_checkpoint": None}})
+            info = doc.get("checkpoint")
+            if info is None:
+                return None
+            try:
+                with self.fs.open_download_stream(info["id"]) as f, tempfile.TemporaryFile() as tmp:
+                    # torch.load seeks about, and each seek in a GridFS stream is a new query: copy the
+                    # file to local disk in one sequential read, then load (one copy in memory)
+                    shutil.copyfileobj(f, tmp, 16 << 20)
+                    tmp.seek(0)
+                    return torch.load(tmp, map_location=map_location, weights_only=True)
+            except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
+                moved = (self.runs.find_one({"_id": run_id}, {"checkpoint": 1}) or {}).get("checkpoint") != info
+                if not moved or attempt == 2:
+                    raise StoreError(f"the checkpoint of run {run_id!r} is unreadable ({type(e).__name__}: {e})") from None
 
     def list_checkpoints(self):
         return [{"run_id": d["_id"], **d["checkpoint"]}
@@ -368,13 +500,18 @@ class Store:
 
 
 class _Writer:
-    """File-like adapter: GridFS takes bytes, torch.save hands it memoryviews."""
+    """File-like adapter: GridFS takes bytes, torch.save hands it memoryviews. Keeps the error a write
+    raised, which torch.save would otherwise hide inside a RuntimeError."""
 
     def __init__(self, stream):
-        self.stream = stream
+        self.stream, self.error = stream, None
 
     def write(self, data):
-        self.stream.write(bytes(data))
+        try:
+            self.stream.write(bytes(data))
+        except BaseException as e:
+            self.error = e
+            raise
         return len(data)
 
     def flush(self):

@@ -7,7 +7,7 @@ Missing keys take TrainConfig's defaults.
 import json
 
 from store import StoreError
-from train import TrainConfig
+from train import TrainConfig, shown
 
 # reference encoder/decoder names -> decoder-only size of about the same parameter budget
 MODEL_NAMES = {"enc-s": "s", "dec-s": "s", "enc-m-s": "m", "dec-m-s": "m", "enc-l": "l", "dec-l": "l",
@@ -23,6 +23,8 @@ def read(path):
         raise StoreError(f"{path}: cannot read sweep file ({e.strerror})") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise StoreError(f"{path}: malformed JSON ({e})") from None
+    except RecursionError:
+        raise StoreError(f"{path}: malformed JSON (nested too deeply)") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise StoreError(f"{path}: a sweep file must be a JSON list of objects")
     return entries
@@ -34,14 +36,14 @@ def to_config(entry, where):
     for key in ("encoder", "decoder"):
         if key in entry:
             name = entry.pop(key)
-            if name not in MODEL_NAMES:
-                raise StoreError(f"{where}: key {key!r}: unknown model {name!r} "
+            if not isinstance(name, str) or name not in MODEL_NAMES:
+                raise StoreError(f"{where}: key {key!r}: unknown model {shown(name)} "
                                  f"(known: {', '.join(sorted(MODEL_NAMES))})")
             sizes.add(MODEL_NAMES[name])
     if len(sizes) > 1:
         raise StoreError(f"{where}: encoder and decoder name different sizes {sorted(sizes)}")
     if sizes:
-        if "model_size" in entry and entry["model_size"] not in sizes:
+        if "model_size" in entry and entry["model_size"] != next(iter(sizes)):
             raise StoreError(f"{where}: key 'model_size' disagrees with encoder/decoder")
         entry["model_size"] = sizes.pop()
     try:
@@ -53,6 +55,6 @@ def to_config(entry, where):
 def load(path, index):
     entries = read(path)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(entries):
-        raise StoreError(f"{path}: index {index} out of range (the file has {len(entries)} entries, 0.."
-                         f"{len(entries) - 1})")
+        have = f"0..{len(entries) - 1}" if entries else "none"
+        raise StoreError(f"{path}: index {shown(index)} out of range (the file's entries: {have})")
     return to_config(entries[index], f"{path}[{index}]")

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -27,6 +28,12 @@ import data
 import store
 from model import SIZES, ModelConfig, Transformer
 from store import StoreError
+
+
+def shown(value):
+    """repr(value), cut short: error messages stay one short line whatever the input."""
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
 
 
 @dataclass
@@ -56,32 +63,39 @@ class TrainConfig:
     max_reasoning_len: int = 0  # 0: no bound
     start_checkpoint: str = ""  # run id whose checkpoint initialises the weights (step starts at 0)
     seed: int = 0
+    eval_tasks: int = 0  # > 0: greedy rollouts on this many test tasks at each eval (rollout_* in the test log)
 
     @classmethod
     def from_dict(cls, d):
         known = {f.name: f for f in fields(cls)}
         for key in d:
             if key not in known:
-                raise ValueError(f"unknown hyper-parameter {key!r}")
+                raise ValueError(f"unknown hyper-parameter {shown(key)}")
         for key, value in d.items():
             want = known[key].type
             ok = isinstance(value, bool) if want is bool else (
                 isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
                 isinstance(value, want) and not isinstance(value, bool))
             if not ok:
-                raise ValueError(f"hyper-parameter {key!r} must be {want.__name__}, got {value!r}")
+                raise ValueError(f"hyper-parameter {key!r} must be {want.__name__}, got {shown(value)}")
+            if want is float and isinstance(value, int) and abs(value) > 2**63:
+                raise ValueError(f"hyper-parameter {key!r} is out of range, got {shown(value)}")
         cfg = cls(**{k: float(v) if known[k].type is float else v for k, v in d.items()})
         cfg.validate()
         return cfg
 
     def validate(self):
+        for f in fields(self):  # what JSON, the command line or BSON cannot carry faithfully
+            v = getattr(self, f.name)
+            if f.type is float and not math.isfinite(v) or f.type is int and not -2**63 <= v < 2**63:
+                raise ValueError(f"hyper-parameter {f.name!r} is out of range, got {shown(v)}")
         positive = ["batch_size", "grad_accum", "train_steps", "log_interval", "eval_interval",
                     "checkpoint_interval", "num_test_sequences"]
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"hyper-parameter {key!r} must be positive, got {getattr(self, key)}")
         for key in ["batch_tokens", "warmup_steps", "num_train_sequences", "min_reasoning_len",
-                    "max_reasoning_len", "seed", "weight_decay", "grad_clip"]:
+                    "max_reasoning_len", "seed", "weight_decay", "grad_clip", "eval_tasks"]:
             if getattr(self, key) < 0:
                 raise ValueError(f"hyper-parameter {key!r} must not be negative, got {getattr(self, key)}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -191,15 +205,58 @@ class Batcher:
         self.epoch, self.index, self._batches = s["epoch"], s["index"], None
 
 
-def loss_terms(model, x, y, plan, autocast):
-    """Summed losses and counts for one micro-batch: [trace loss, trace n, plan loss, plan n, correct]."""
+class Prefetcher:
+    """The Batcher's batches, each step's micro-batches collated one step ahead in a background thread
+    (numpy releases the GIL) and pinned on CUDA so that the copy to the device does not block. Same
+    batches in the same order as the Batcher alone: results do not change."""
+
+    def __init__(self, batcher, rank, device, multiple=1):
+        self.batcher, self.rank, self.device, self.multiple = batcher, rank, device, multiple
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+        self.state, self.pending = batcher.state_dict(), None
+
+    def _prepare(self):
+        batch = self.batcher.next()  # only this thread touches the batcher once prefetching started
+        micro = []
+        for rows in self.batcher.micro_batches(batch, self.rank):
+            x, y, plan = self.batcher.seqs.collate(rows, self.multiple)
+            keep = np.flatnonzero(y.ravel() >= 0)  # positions that carry a loss
+            tensors = [torch.from_numpy(a) for a in (x, y, plan, keep)]
+            micro.append([t.pin_memory() for t in tensors] if self.device.type == "cuda" else tensors)
+        return batch, self.batcher.state_dict(), micro
+
+    def next(self):
+        """(global batch, [[x, y, plan, keep] on the device for each micro-step of this rank])."""
+        if self.pending is None:
+            self.pending = self.pool.submit(self._prepare)
+        batch, self.state, micro = self.pending.result()
+        self.pending = self.pool.submit(self._prepare)  # the next step's, while this one computes
+        return batch, [[t.to(self.device, non_blocking=True) for t in m] for m in micro]
+
+    def state_dict(self):
+        """The data position after the last batch handed out (not after the one prefetched)."""
+        return self.state
+
+    def close(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def loss_terms(model, x, y, plan, autocast, keep=None):
+    """Summed losses and counts for one micro-batch: [trace loss, trace n, plan loss, plan n, correct].
+
+    Logits are made only where a loss is taken (keep: flat indices of y >= 0, found here when not
+    given): the prompt and the padding never reach the vocabulary projection."""
+    y, plan = y.flatten(), plan.flatten()
+    if keep is None:
+        keep = torch.nonzero(y >= 0).squeeze(1)
+    y, plan = y[keep], plan[keep]  # (N,)
     with autocast:
-        logits = model(x)  # (B, T, V)
-    ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1, reduction="none")  # (B*T,)
-    valid, plan = y.flatten() >= 0, plan.flatten()
-    correct = (logits.argmax(-1).flatten() == y.flatten()) & valid
-    trace = valid & ~plan
-    stats = torch.stack([ce[trace].sum(), trace.sum(), ce[plan].sum(), plan.sum(), correct.sum()]).detach()
+        logits = model(x, keep=keep)  # (N, V)
+    ce = F.cross_entropy(logits.float(), y, reduction="none")  # (N,)
+    correct = logits.argmax(-1) == y
+    # masked sums rather than boolean indexing: no device sync
+    stats = torch.stack([torch.where(plan, 0, ce).sum(), (~plan).sum(), torch.where(plan, ce, 0).sum(), plan.sum(),
+                         correct.sum()]).detach()
     return ce.sum(), stats
 
 
@@ -224,6 +281,20 @@ def evaluate(model, seqs, rank, world, device, autocast, rows=16):
     return summarize(all_sum(stats))
 
 
+def autocast_for(device, precision):
+    """bf16 autocast on GPU (tensor cores, flash attention), on CPU when asked (faster on AMX CPUs)."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def wrap_ddp(model, device, grad_accum):
+    """Gradients as views into the all-reduce buckets (no copy); a static graph (every step runs the
+    same one) except with accumulation, whose no_sync() a static graph does not support."""
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
+               bucket_cap_mb=64, static_graph=grad_accum == 1)
+
+
 def load_data(st, cfg, use_cache):
     test_name = cfg.test_name or cfg.train_name
     train_doc, test_doc = data.get_dataset(st.db, cfg.train_name), data.get_dataset(st.db, test_name)
@@ -239,7 +310,13 @@ def load_data(st, cfg, use_cache):
 
 
 def train(cfg, run_id, rt, st, rank, world, device):
+    # one process per machine reads MongoDB and fills the local cache; the others then read the cache
+    first, queue = int(os.environ.get("LOCAL_RANK", 0)) == 0, world > 1 and not rt.no_cache
+    if queue and not first:
+        dist.barrier()
     vocab, train_seqs, test_seqs = load_data(st, cfg, not rt.no_cache)
+    if queue and first:
+        dist.barrier()
     if len(train_seqs) < cfg.batch_size * world or len(test_seqs) == 0:
         raise StoreError(f"too few sequences after filtering: {len(train_seqs)} train, {len(test_seqs)} test; "
                          f"need at least batch_size x world size = {cfg.batch_size * world} train sequences")
@@ -264,7 +341,7 @@ def train(cfg, run_id, rt, st, rank, world, device):
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if rank == 0:
             acc = ckpt["log_acc"].to(device)  # other ranks' shares were folded into rank 0's at save time
-            st.truncate_logs(run_id, step)
+            st.truncate_logs(run_id, step, owner=rt.owner)
         print0(f"resuming {run_id} from step {step}")
     elif cfg.start_checkpoint:
         init = st.load_checkpoint(cfg.start_checkpoint)
@@ -275,23 +352,23 @@ def train(cfg, run_id, rt, st, rank, world, device):
     print0(f"{run_id}: model {cfg.model_size} ({model.num_params() / 1e6:.1f}M params), {len(train_seqs)} train / "
            f"{len(test_seqs)} test sequences, world size {world}, device {device}")
 
-    ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    ddp_model = wrap_ddp(model, device, cfg.grad_accum) if world > 1 else model
     fwd = torch.compile(ddp_model, dynamic=True) if rt.compile else ddp_model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    autocast = autocast_for(device, rt.precision)
+    # compiled on GPU: padded lengths rounded up to a multiple of 64, so few shapes ever occur
+    prefetch = Prefetcher(batcher, rank, device, 64 if rt.compile and device.type == "cuda" else 1)
     busy, tokens_since = 0.0, 0  # training time and non-padding tokens since the last log
     while step < cfg.train_steps:
         t0 = time.perf_counter()
         if rt.lease is not None and rt.lease.lost:
             raise StoreError(f"lost the lease on run {run_id!r} to another process")
-        batch = batcher.next()
+        batch, micro = prefetch.next()
         # the loss is a mean over every target token of the global batch, on every rank alike
         total = int((train_seqs.lengths[batch] - train_seqs.prompt_len[batch]).sum())
-        micro = batcher.micro_batches(batch, rank)
-        for i, rows in enumerate(micro):
-            x, y, plan = (torch.from_numpy(a).to(device, non_blocking=True) for a in train_seqs.collate(rows))
+        for i, (x, y, plan, keep) in enumerate(micro):
             sync = i == len(micro) - 1 or world == 1
             with contextlib.nullcontext() if sync else ddp_model.no_sync():
-                loss_sum, stats = loss_terms(fwd, x, y, plan, autocast)
+                loss_sum, stats = loss_terms(fwd, x, y, plan, autocast, keep)
                 (loss_sum * (world / total)).backward()  # DDP averages over ranks; undo that
             acc += stats
         if cfg.grad_clip > 0:
@@ -310,26 +387,31 @@ def train(cfg, run_id, rt, st, rank, world, device):
             metrics.update(lr=lr, tokens_per_s=tokens_since / busy)
             eta = (cfg.train_steps - step) * busy / max(1, step % cfg.log_interval or cfg.log_interval)
             if rank == 0:
-                st.log(run_id, step, "train", metrics)
+                st.log(run_id, step, "train", metrics, owner=rt.owner)
             print0(f"step {step}/{cfg.train_steps} | loss {metrics['loss']:.4f} (trace {metrics['trace_loss']:.4f} "
                    f"plan {metrics['plan_loss']:.4f}) | acc {metrics['accuracy']:.3f} | lr {lr:.2e} | "
                    f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta / 60:.1f}m")
             busy, tokens_since = 0.0, 0
         if step % cfg.eval_interval == 0 or step == cfg.train_steps:
             metrics = evaluate(model, test_seqs, rank, world, device, autocast)
+            if cfg.eval_tasks:
+                from eval import rollout_metrics  # imported here: only runs that ask for rollouts need it
+                metrics.update({f"rollout_{k}": v for k, v in rollout_metrics(model, st.db, cfg, rank, world, device).items()})
             if rank == 0:
-                st.log(run_id, step, "test", metrics)
-            print0(f"step {step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f}")
+                st.log(run_id, step, "test", metrics, owner=rt.owner)
+            rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" if cfg.eval_tasks else ""
+            print0(f"step {step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f}{rollout}")
         if step % cfg.checkpoint_interval == 0 or step == cfg.train_steps:
             all_sum(acc)  # fold every rank's pending log sums into rank 0's, which the checkpoint keeps
             if rank != 0:
                 acc.zero_()
             if rank == 0:
-                st.save_checkpoint(run_id, step, {
+                st.save_checkpoint(run_id, step, owner=rt.owner, state={
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "run_id": run_id, "step": step, "data": batcher.state_dict(), "rng": {"cpu": torch.get_rng_state()},
+                    "run_id": run_id, "step": step, "data": prefetch.state_dict(), "rng": {"cpu": torch.get_rng_state()},
                     "log_acc": acc.cpu(), "config": cfg.to_dict(), "model_config": model.cfg.to_dict(),
                     "vocabulary": vocab})
+    prefetch.close()
     return model
 
 
@@ -352,6 +434,8 @@ def add_runtime_flags(ap):
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (big models)")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                    help="auto: bf16 autocast on GPU, fp32 on CPU (bf16 there is faster on CPUs with AMX)")
     ap.add_argument("--no-cache", action="store_true", help="read datasets from MongoDB, not the local cache")
     ap.add_argument("--lease-seconds", type=float, default=60.0, help="how long a dead trainer blocks a relaunch")
     ap.add_argument("--db-retry-seconds", type=float, default=300.0,
@@ -382,8 +466,18 @@ def resolve_config(args):
         raise StoreError(str(e)) from None
 
 
+def die_with_parent():
+    """torchrun starts each worker in a session of its own: have the kernel kill a worker when its
+    launcher dies, so that killing torchrun (or its process group) leaves no orphan trainer behind."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def main(argv=None):
     args = parse_args(argv)
+    die_with_parent()
     try:
         cfg = resolve_config(args)
         store.check_name(args.run_id)
@@ -430,24 +524,26 @@ def run(cfg, args, rank, world, device):
         print0(f"error: {err}", file=sys.stderr)
         return 1
     args.lease = Lease(st, args.run_id, owner, args.lease_seconds) if rank == 0 else None
+    args.owner = owner if rank == 0 else None  # rank 0's writes are fenced by its lease
     if args.lease:
         args.lease.start()
     try:
         train(cfg, args.run_id, args, st, rank, world, device)
         if rank == 0:
-            st.set_status(args.run_id, "finished")
+            st.set_status(args.run_id, "finished", owner=owner)
         return 0
     except BaseException as e:
         if rank == 0:
-            with contextlib.suppress(Exception):
-                st.set_status(args.run_id, "failed", f"{type(e).__name__}: {e}"[:2000])
+            with contextlib.suppress(Exception), store.bounded(3):  # one short try: the database may be gone
+                st.with_retry(0).set_status(args.run_id, "failed", f"{type(e).__name__}: {e}"[:2000], owner=owner)
         if isinstance(e, StoreError):
             print(f"error: {e}", file=sys.stderr)
             return 1
         raise
     finally:
         if args.lease:
-            args.lease.stop()
+            with store.bounded(3):
+                args.lease.stop()
 
 
 if __name__ == "__main__":

@@ -13,12 +13,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def start_server(log_path, storage=":memory:", port=0):
-    """Start a SecantusDB process; returns (process, port) once it listens."""
+def start_server(log_path, storage=":memory:", port=0, *extra):
+    """Start a SecantusDB process (extra: more flags, e.g. --sync-on-commit); returns (process, port) once it listens."""
     exe = Path(sys.executable).parent / "secantusd-py"
     log = open(log_path, "w")
     proc = subprocess.Popen([str(exe if exe.exists() else "secantusd-py"), "--standalone", "--host", "127.0.0.1",
-                             "--port", str(port), "--storage-path", str(storage)],
+                             "--port", str(port), "--storage-path", str(storage), *extra],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -36,8 +36,17 @@ def start_server(log_path, storage=":memory:", port=0):
 def server(tmp_path_factory):
     proc, port = start_server(tmp_path_factory.mktemp("db") / "server.log")
     yield port
+    stop_server(proc)
+
+
+def stop_server(proc):
+    """SIGTERM, then SIGKILL: the server can sleep through a SIGTERM that lands on one of its other threads."""
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 @pytest.fixture
@@ -81,3 +90,66 @@ def make_toy_dataset(db, name="toy.copy", n_train=200, n_test=24, seed=0, vocab_
             w.add(split, p, p[::-1], np.sort(p), data.digest(f"{split}{i}".encode()))
     w.commit()
     return name
+
+
+def checkpoint_state(run_id, step=10, seed=0):
+    """A checkpoint dict as train.py writes it, of an untrained tiny model."""
+    import torch
+    from model import ModelConfig, Transformer
+    from train import TrainConfig
+    cfg = TrainConfig(train_name="toy.copy", model_size="tiny", train_steps=step, seed=seed)
+    torch.manual_seed(seed)
+    vocab = [f"t{i}" for i in range(24)]
+    model = Transformer(ModelConfig.from_size("tiny", len(vocab)))
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "run_id": run_id, "step": step, "data": {"epoch": 0, "index": step}, "rng": {"cpu": torch.get_rng_state()},
+            "log_acc": torch.zeros(5, dtype=torch.float64), "config": cfg.to_dict(),
+            "model_config": model.cfg.to_dict(), "vocabulary": vocab}
+
+
+def make_checkpoint(st, run_id, step=10, seed=0, status="finished"):
+    """A run with a real tiny-model checkpoint (without training) and a few logs."""
+    state = checkpoint_state(run_id, step, seed)
+    st.runs.insert_one({"_id": run_id, "config": state["config"], "status": status, "step": step, "lease": None,
+                        "error": None})
+    for s in range(5, step + 1, 5):
+        st.log(run_id, s, "train", {"loss": 1.0 / s, "trace_loss": 1.0, "plan_loss": 1.0, "accuracy": 0.5})
+    st.save_checkpoint(run_id, step, state)
+    return state
+
+
+@pytest.fixture
+def embedded(env, monkeypatch):
+    """MONGODB_URI unset: the embedded server of a fresh data folder (SEARCHFORMER_DB_DIR), stopped afterwards."""
+    folder = env["tmp"] / "db"
+    monkeypatch.delenv("MONGODB_URI")
+    monkeypatch.setenv("SEARCHFORMER_DB_DIR", str(folder))
+    yield folder
+    import store
+    store.stop_embedded(folder)
+
+
+def snapshot(db):
+    """Every collection's document ids (and count): compare two to show that nothing was written."""
+    return {name: sorted(map(str, db[name].distinct("_id"))) for name in sorted(db.list_collection_names())}
+
+
+def call(main, *argv):
+    """A script's main(argv) run in this process (no interpreter start-up): (exit code, stdout, stderr)
+    as the command line would give them."""
+    import contextlib
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main([str(a) for a in argv])
+            code = 0
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                code = e.code or 0
+            else:
+                print(e.code, file=sys.stderr)
+                code = 1
+    return code, out.getvalue(), err.getvalue()

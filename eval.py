@@ -1,0 +1,776 @@
+"""Evaluate a run by sampling responses from its checkpoint; bootstrap a shorter-trace dataset from them.
+
+  python eval.py --run-id ID [--split test] [--num-tasks N] [--samples K] [--temperature T] [--max-tokens M]
+  python eval.py bootstrap --run-id ID [--name NEW_DATASET] [--num-tasks N] [--samples K] ...
+  python eval.py average --run-id A --run-id B ... (or --pattern REGEX) [filters]
+
+(`eval.py run ...` is the same as `eval.py ...`.) Runs as a plain process or under torchrun: each
+rank samples a share of the work and every response goes to MongoDB as soon as its batch is done.
+
+Sampling. Each response continues `<bos> prompt <sep>` with the checkpoint's model, KV-cached, in
+batches of left-padded prompts (per-row positions and a padding mask); the samples of one prompt
+share its prefill. A row stops at <eos> or after max_tokens tokens, and finished rows are dropped
+from the batch. Greedy at temperature 0, else sampled from softmax(logits / T).
+
+Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
+parameters, task, sample index), the tokens as little-endian uint16 binary. Evaluating again
+reuses them; an interrupted evaluation resumes by generating only the missing ones.
+
+Metrics, per task i over its K responses (the plan starts at the first `plan` token; its length is
+its number of moves; l*_i and t*_i come from the dataset: the stored plan, and
+astar_mean_trace_len when `data.py astar-stats` has added it, else the stored trace length):
+  optimal %     tasks with a correct plan of optimal length
+  correct %     tasks with a correct plan
+  SWC           mean of c_i l*_i / max(l_i, l*_i), l_i the shortest correct plan
+  ILR-solved    mean of c_i t*_i / t_i, t_i the mean trace length of the correct responses
+  ILR-optimal   the same over the optimal responses
+  malformed %   responses without <eos> within the limit, with a token outside the task's
+                language (specials), or with no plan or one that does not parse
+  trace/A*      the optimal responses' mean trace length over A*'s, summed over the tasks that have
+                one (0.73 means 27% shorter)
+ILRs and trace/A* are left out for plan-only runs. Results go to the `results` collection
+(see `admin.py show`).
+
+Bootstrapping. For every training prompt of the run (its dataset and filters), sample K responses
+and keep the one with the shortest trace among those whose plan is correct and optimal, when that
+trace is shorter than the sequence's own; otherwise keep the sequence. The new dataset has the same
+task, parameters and vocabulary; its test split is a copy of the run's test dataset's test split,
+so it is self-contained (training on it may still name the original with test_name).
+"""
+import argparse
+import collections
+import contextlib
+import json
+import math
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from bson import Binary
+from pymongo.errors import BulkWriteError
+
+import data
+import store
+from data import BOS, EOS, SEP, SPECIALS
+from model import ModelConfig, Transformer
+from store import StoreError
+
+# rollout limits of the reference: (task, plan_only) -> tokens
+MAX_TOKENS = {("maze", False): 10000, ("maze", True): 10000, ("sokoban", False): 11000, ("sokoban", True): 2000}
+HEADROOM = 256  # positions a full rollout cache grows by, at least (else it doubles)
+KINDS = ("optimal", "correct", "invalid", "malformed")  # a response's verdict; correct = correct, not optimal
+COLUMNS = [("optimal_pct", "optimal %", "{:.1f}"), ("correct_pct", "correct %", "{:.1f}"), ("swc", "SWC", "{:.3f}"),
+           ("ilr_solved", "ILR-solved", "{:.3f}"), ("ilr_optimal", "ILR-optimal", "{:.3f}"),
+           ("malformed_pct", "malformed %", "{:.1f}"), ("trace_ratio", "trace/A*", "{:.3f}")]
+
+
+# ---------------------------------------------------------------------------------------------
+# sampling
+
+
+class RolloutCache:
+    """Keys and values of a batch of rollouts, as Transformer.forward uses a cache, on a time axis
+    shared by all rows: rows can leave (keep), join (extend, aligned at the end) and the positions
+    no row needs any more can be cut (trim). `valid` (B, capacity) marks positions a row may attend
+    to; a row's RoPE position is its cache index minus its `pad`, kept by the caller."""
+
+    def __init__(self, cfg, batch, capacity, dtype, device):
+        shape = (cfg.n_layer, batch, cfg.n_head, capacity, cfg.d_model // cfg.n_head)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        self.length = 0
+
+    def reserve(self, t):
+        """Room for t more positions: at least double the capacity when full."""
+        grow = self.length + t - self.k.size(3)
+        if grow > 0:
+            grow = max(grow, self.k.size(3), HEADROOM)
+            self.k = torch.cat([self.k, self.k.new_zeros(*self.k.shape[:3], grow, self.k.size(4))], dim=3)
+            self.v = torch.cat([self.v, self.v.new_zeros(*self.v.shape[:3], grow, self.v.size(4))], dim=3)
+            self.valid = torch.cat([self.valid, self.valid.new_zeros(self.valid.size(0), grow)], dim=1)
+
+    def keep(self, rows):
+        """Keep (and repeat) the given rows, in that order."""
+        self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
+
+    def trim(self, m):
+        """Drop the first m positions (no row attends to them any more)."""
+        self.k, self.v, self.valid = self.k[:, :, :, m:], self.v[:, :, :, m:], self.valid[:, m:]
+        self.length -= m
+
+    def extend(self, other):
+        """Append other's rows, the shorter cache left-padded so both end at the same position.
+        Returns the shifts (self's, other's) of their positions."""
+        n = max(self.length, other.length)
+        shifts = n - self.length, n - other.length
+
+        def aligned(x, shift, length):  # x (L, B, H, S, hd) -> (L, B, H, n, hd)
+            return torch.cat([x.new_zeros(*x.shape[:3], shift, x.size(4)), x[:, :, :, :length]], dim=3)
+
+        self.k = torch.cat([aligned(self.k, shifts[0], self.length), aligned(other.k, shifts[1], other.length)], dim=1)
+        self.v = torch.cat([aligned(self.v, shifts[0], self.length), aligned(other.v, shifts[1], other.length)], dim=1)
+        self.valid = torch.cat([F.pad(self.valid[:, :self.length], (shifts[0], 0)),
+                                F.pad(other.valid[:, :other.length], (shifts[1], 0))], dim=0)
+        self.length = n
+        return shifts
+
+    def update(self, layer, k, v):
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def pick(logits, temperature, generator=None):
+    """Next token per row from logits (B, V): argmax at temperature 0, else a sample."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def prefill(model, prompts, max_tokens, autocast, dtype):
+    """Left-padded prompts through the model: a Decoding of one row per prompt."""
+    device = model.head.weight.device
+    U, P = len(prompts), max(len(p) for p in prompts)
+    idx = torch.full((U, P), data.PAD, dtype=torch.long)
+    for u, p in enumerate(prompts):
+        idx[u, P - len(p):] = torch.as_tensor(np.asarray(p, np.int64))
+    idx = idx.to(device)
+    pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (U,)
+    ar = torch.arange(P, device=device)
+    valid = ar[None] >= pad[:, None]  # (U, P)
+    pos = (ar[None] - pad[:, None]).clamp(min=0)  # (U, P)
+    mask = torch.ones(P, P, dtype=torch.bool, device=device).tril() & valid[:, None, :]  # (U, P, P)
+    mask |= torch.eye(P, dtype=torch.bool, device=device)  # padding queries see themselves: no empty softmax
+    cache = RolloutCache(model.cfg, U, P, dtype, device)
+    cache.valid[:] = valid
+    with autocast:
+        logits = model(idx, pos=pos, mask=mask[:, None], cache=cache)[:, -1]  # (U, V)
+    return Decoding(cache, pad, logits, max_tokens)
+
+
+class Decoding:
+    """Rows decoding together: their cache, RoPE offsets (position = cache index - pad), next-token
+    logits, tokens so far (out, n) and whether they are still going. `rows` are the caller's ids."""
+    FIELDS = ("rows", "pad", "logits", "out", "n", "alive")
+
+    def __init__(self, cache, pad, logits, max_tokens):
+        B, device = len(pad), pad.device
+        self.cache, self.pad, self.logits, self.max_tokens = cache, pad, logits, max_tokens
+        self.rows = torch.arange(B, device=device)
+        self.out = torch.zeros(B, max_tokens, dtype=torch.int32, device=device)
+        self.n = torch.zeros(B, dtype=torch.long, device=device)
+        self.alive = torch.ones(B, dtype=torch.bool, device=device)
+
+    def select(self, rows):
+        """Keep (and repeat) the given rows, in that order."""
+        self.cache.keep(rows)
+        for f in self.FIELDS:
+            setattr(self, f, getattr(self, f)[rows])
+        return self
+
+    def compact(self):
+        """Drop finished rows, then the positions that only they needed."""
+        self.select(self.alive.nonzero().squeeze(1))
+        if len(self.pad) and self.pad.min() > 0:
+            m = int(self.pad.min())
+            self.cache.trim(m)
+            self.pad = self.pad - m
+
+    def join(self, other):
+        a, b = self.cache.extend(other.cache)
+        other.pad = other.pad + b
+        self.pad = self.pad + a
+        for f in self.FIELDS:
+            setattr(self, f, torch.cat([getattr(self, f), getattr(other, f)]))
+        return self
+
+    def step(self, model, temperature, generator, autocast):
+        """Pick every row's next token; return the rows that finished as [(row, ids, eos)], then feed
+        the new tokens to the model."""
+        tok = pick(self.logits, temperature, generator)  # (B,)
+        eos = tok == EOS
+        grow = self.alive & ~eos
+        self.out[grow, self.n[grow]] = tok[grow].int()
+        self.n = self.n + grow
+        done = self.alive & (eos | (self.n == self.max_tokens))
+        finished = []
+        if done.any():
+            ids = self.out[done].cpu().numpy()
+            finished = [(row, ids[k, :length].astype(data.DTYPE), e) for k, (row, length, e) in
+                        enumerate(zip(self.rows[done].tolist(), self.n[done].tolist(), eos[done].tolist()))]
+            self.alive &= ~done
+        if self.alive.any():
+            c = self.cache
+            c.reserve(1)
+            c.valid[:, c.length] = True
+            pos = (c.length - self.pad)[:, None]  # (B, 1)
+            mask = c.valid[:, None, None, :c.length + 1]  # (B, 1, 1, S)
+            with autocast:
+                self.logits = model(tok[:, None], pos=pos, mask=mask, cache=c)[:, -1]  # (B, V)
+        return finished
+
+
+@torch.no_grad()
+def rollout(model, prompts, src, max_tokens, temperature=0.0, generator=None, batch_size=64, autocast=None,
+            cache_dtype=None):
+    """Yield (i, ids, eos) as row i finishes: row i continues prompts[src[i]] (`<bos> prompt <sep>`
+    ids); ids are the generated tokens before <eos> (uint16), eos whether <eos> came within
+    max_tokens.
+
+    Up to batch_size rows decode at once. Finished rows leave and waiting rows join (one prefill per
+    distinct prompt), so a long response does not hold up the others. Rows that joined together form
+    a cohort with its own cache; a cohort merges into an older one once its window is at least half
+    as long, so young rows never attend over (masked) windows much longer than their own."""
+    autocast = autocast or contextlib.nullcontext()
+    dtype = cache_dtype or model.head.weight.dtype
+    device = model.head.weight.device
+    waiting = collections.deque(range(len(src)))
+    cohorts = []  # oldest (longest window) first
+    while waiting or cohorts:
+        live = sum(int(c.alive.sum()) for c in cohorts)
+        if waiting and live <= 3 * batch_size // 4:  # refill in bulk: a prefill per refill
+            new = [waiting.popleft() for _ in range(min(batch_size - live, len(waiting)))]
+            uniq = {s: u for u, s in enumerate(sorted({src[i] for i in new}))}
+            joining = prefill(model, [prompts[s] for s in uniq], max_tokens, autocast, dtype)
+            joining.select(torch.tensor([uniq[src[i]] for i in new], device=device))
+            joining.rows = torch.tensor(new, device=device)
+            cohorts.append(joining)
+        for i in range(len(cohorts) - 1, 0, -1):
+            if 2 * cohorts[i].cache.length >= cohorts[i - 1].cache.length:
+                cohorts[i - 1].join(cohorts.pop(i))
+        for c in cohorts:
+            yield from c.step(model, temperature, generator, autocast)
+            if 4 * int((~c.alive).sum()) >= len(c.alive):
+                c.compact()  # finished rows still cost compute
+        cohorts = [c for c in cohorts if len(c.rows)]
+
+
+class Tasks:
+    """A data.Split with fast row access: Split.get recomputes the part's offsets on every call."""
+
+    def __init__(self, split):
+        self.ids, self.lens, self.extra, self.flat = split.ids, split.lens, split.extra, split.flat
+        self.offsets = {p: split.offsets(p) for p in data.PARTS}
+
+    def get(self, row, part):
+        off = self.offsets[part]
+        return self.flat[part][off[row]:off[row + 1]]
+
+
+def prompt_ids(split, row):
+    return np.concatenate([[BOS], split.get(row, "prompt"), [SEP]]).astype(np.int64)
+
+
+def rollouts(model, split, pairs, opts, batch_size, device):
+    """Yield ((row, sample), ids, eos) for (row, sample) pairs of a split, as they finish. The
+    random stream depends only on the seed and the first pair."""
+    if not pairs:
+        return
+    rows = sorted({r for r, _ in pairs})
+    where = {r: i for i, r in enumerate(rows)}
+    gen = None
+    if opts.temperature > 0:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(int(np.random.SeedSequence([opts.seed, *pairs[0]]).generate_state(1)[0]))
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
+    for i, ids, eos in rollout(model, [prompt_ids(split, r) for r in rows], [where[r] for r, _ in pairs],
+                               opts.max_tokens, opts.temperature, gen, batch_size, autocast,
+                               torch.bfloat16 if cuda else None):
+        yield pairs[i], ids, eos
+
+
+def auto_batch_size(cfg, max_len, device):
+    """Rows decoding at once: what keeps a full-length KV cache within a memory budget, at most 64
+    on CPU and 512 on GPU."""
+    per_token = 2 * cfg.n_layer * cfg.d_model * (2 if device.type == "cuda" else 4)  # bytes of K and V
+    budget = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else 4 << 30
+    return int(max(1, min(64 if device.type == "cpu" else 512, budget // (per_token * max_len))))
+
+
+# ---------------------------------------------------------------------------------------------
+# stored responses
+
+
+@dataclass
+class Opts:
+    """Sampling parameters: with the dataset and split, they key the stored responses."""
+    temperature: float
+    max_tokens: int
+    seed: int = 0
+
+
+def response_key(run_id, step, dataset_doc, split, opts):
+    params = {"dataset": dataset_doc["_id"], "uid": dataset_doc["uid"], "split": split,
+              "temperature": float(opts.temperature), "max_tokens": opts.max_tokens, "seed": opts.seed}
+    return {"run_id": run_id, "step": step, "pkey": json.dumps(params, sort_keys=True)}
+
+
+def missing_work(coll, key, split, rows, samples):
+    """[(row, [sample, ...])] of responses not stored yet, rows with short prompts first."""
+    ids = split.ids[rows]
+    have = {}
+    for d in coll.find({**key, "sample": {"$lt": samples}}, {"task": 1, "sample": 1}):
+        have.setdefault(d["task"], set()).add(d["sample"])
+    work = [(r, [s for s in range(samples) if s not in have.get(int(i), ())]) for r, i in zip(rows, ids)]
+    work = [(int(r), s) for r, s in work if s]
+    return sorted(work, key=lambda w: split.lens["prompt"][w[0]])
+
+
+def store_responses(coll, key, split, finished):
+    """Insert [((row, sample), ids, eos), ...]."""
+    if not finished:
+        return
+    docs = [{**key, "task": int(split.ids[r]), "sample": s, "tokens": Binary(ids.tobytes()), "n": len(ids), "eos": e}
+            for (r, s), ids, e in finished]
+    try:
+        coll.insert_many(docs, ordered=False)
+    except BulkWriteError as e:  # another evaluation of the same key got there first: keep its copy
+        if any(err["code"] != 11000 for err in e.details["writeErrors"]):
+            raise
+
+
+def iter_responses(coll, key, split, rows, samples, chunk=256):
+    """(row, [(ids, eos), ...]) for each row, samples in index order, read a chunk of tasks at a time."""
+    for i in range(0, len(rows), chunk):
+        part = [int(r) for r in rows[i:i + chunk]]
+        out = {int(split.ids[r]): [] for r in part}
+        query = {**key, "task": {"$in": list(out)}, "sample": {"$lt": samples}}
+        for d in coll.find(query, {"task": 1, "sample": 1, "tokens": 1, "eos": 1}).sort([("task", 1), ("sample", 1)]):
+            out[d["task"]].append((np.frombuffer(d["tokens"], data.DTYPE), d["eos"]))
+        yield from ((r, out[int(split.ids[r])]) for r in part)
+
+
+def sample_missing(st, model, key, split, rows, samples, opts, batch_size, rank, world, device):
+    """Generate this rank's share of the responses missing for rows x samples, storing each batch."""
+    work = missing_work(st.responses, key, split, rows, samples)
+    barrier(device)  # every rank plans from the same stored state before any writes
+    mine = [(r, s) for r, missing in work[rank::world] for s in missing]  # a row's samples share a prefill
+    if rank == 0:
+        have = len(rows) * samples - sum(len(s) for _, s in work)
+        print(f"sampling {len(rows) * samples} responses: {have} stored, {len(mine)} to generate on rank 0"
+              + (f" of {len(rows) * samples - have} over {world} ranks" if world > 1 else ""), flush=True)
+    progress = data.Progress("responses", len(mine))
+    finished, done = [], 0
+    for item in rollouts(model, split, mine, opts, batch_size, device):
+        finished.append(item)
+        if len(finished) >= max(batch_size, 64):  # stored as they come: an interruption loses little
+            store_responses(st.responses, key, split, finished)
+            done += len(finished)
+            finished = []
+            if rank == 0:
+                progress.update(done)
+    store_responses(st.responses, key, split, finished)
+    barrier(device)
+
+
+# ---------------------------------------------------------------------------------------------
+# judging responses
+
+
+@dataclass
+class Verdict:
+    kind: str  # one of KINDS
+    trace_len: int = 0  # tokens before the plan
+    moves: int = 0  # plan length (correct plans only)
+
+
+class Checker:
+    """A dataset's task: parses its prompts and checks plans against them."""
+
+    def __init__(self, doc):
+        self.vocab = doc["vocabulary"]
+        self.plan_id = self.vocab.index("plan")
+        if doc["task"] == "maze":
+            import maze
+            n = doc["params"]["n"]
+            self.parse_prompt, self.parse_plan, self.check = (lambda t: maze.parse_prompt(t, n)), maze.parse_plan, \
+                maze.check_plan
+        elif doc["task"] == "sokoban":
+            import sokoban
+            self.parse_prompt, self.parse_plan, self.check = sokoban.parse_prompt, sokoban.parse_plan, sokoban.simulate
+        else:
+            raise StoreError(f"dataset {doc['_id']!r} has task {doc['task']!r}: only maze and sokoban plans can "
+                             f"be checked")
+
+    def problem(self, prompt):
+        return self.parse_prompt([self.vocab[i] for i in prompt])
+
+    def judge(self, problem, ids, eos, optimal_moves):
+        """The verdict on one response (ids after <sep>, without <eos>)."""
+        ids = np.asarray(ids)
+        starts = np.flatnonzero(ids == self.plan_id)
+        if not eos or (ids < len(SPECIALS)).any() or not len(starts):
+            return Verdict("malformed")
+        start = int(starts[0])
+        plan = self.parse_plan([self.vocab[i] for i in ids[start:]])
+        if plan is None:
+            return Verdict("malformed", start)
+        if not self.check(problem, plan):
+            return Verdict("invalid", start)
+        moves = len(plan) - 1
+        return Verdict("optimal" if moves <= optimal_moves else "correct", start, moves)
+
+
+def optimal_moves(split, row):
+    return int(split.lens["plan"][row]) // 3 - 1  # `plan x y` per state
+
+
+def astar_trace_len(split, row):
+    """t*: the mean over repeated A* runs when astar-stats stored it, else this sequence's trace."""
+    mean = split.extra.get("astar_mean_trace_len")
+    if mean is not None and not np.isnan(mean[row]):
+        return float(mean[row])
+    return float(split.lens["trace"][row])
+
+
+SUM_FIELDS = ("tasks", "responses", "malformed", "optimal", "correct", "swc", "ilr_solved", "ilr_optimal",
+              "trace_optimal", "trace_astar")
+
+
+def task_sums(verdicts, best_moves, t_star):
+    """One task's contributions to the summed metrics (sums over tasks reduce across ranks)."""
+    correct = [v for v in verdicts if v.kind in ("optimal", "correct")]
+    optimal = [v for v in verdicts if v.kind == "optimal"]
+    s = dict.fromkeys(SUM_FIELDS, 0.0)
+    s.update(tasks=1, responses=len(verdicts), malformed=sum(v.kind == "malformed" for v in verdicts))
+    if correct:
+        s["correct"] = 1
+        s["swc"] = best_moves / max(min(v.moves for v in correct), best_moves)
+        s["ilr_solved"] = t_star / max(np.mean([v.trace_len for v in correct]), 1)  # an empty trace counts as 1
+    if optimal:
+        t = float(np.mean([v.trace_len for v in optimal]))
+        s.update(optimal=1, ilr_optimal=t_star / max(t, 1), trace_optimal=t, trace_astar=t_star)
+    return s
+
+
+def summarize(sums, plan_only):
+    n = max(sums["tasks"], 1)
+    m = {"tasks": int(sums["tasks"]), "responses": int(sums["responses"]),
+         "optimal_pct": 100 * sums["optimal"] / n, "correct_pct": 100 * sums["correct"] / n, "swc": sums["swc"] / n,
+         "malformed_pct": 100 * sums["malformed"] / max(sums["responses"], 1)}
+    if not plan_only:
+        m.update(ilr_solved=sums["ilr_solved"] / n, ilr_optimal=sums["ilr_optimal"] / n,
+                 trace_ratio=sums["trace_optimal"] / sums["trace_astar"] if sums["trace_astar"] else None)
+    return m
+
+
+def score(checker, split, tasks, on_task=None):
+    """Summed metrics over tasks, an iterable of (row, [(ids, eos), ...]); on_task(row, responses,
+    verdicts) sees each task on the way."""
+    sums = dict.fromkeys(SUM_FIELDS, 0.0)
+    for row, resp in tasks:
+        problem, best = checker.problem(split.get(row, "prompt")), optimal_moves(split, row)
+        verdicts = [checker.judge(problem, ids, eos, best) for ids, eos in resp]
+        for k, v in task_sums(verdicts, best, astar_trace_len(split, row)).items():
+            sums[k] += v
+        if on_task:
+            on_task(row, resp, verdicts)
+    return sums
+
+
+def rollout_metrics(model, db, cfg, rank, world, device):
+    """For the trainer: greedy rollouts on the first cfg.eval_tasks test tasks, each rank a share,
+    metrics over all of them. Rollouts stop at twice the longest reference response of these tasks
+    (or the usual limit, if lower): an untrained model would otherwise run to the full limit."""
+    name = cfg.test_name or cfg.train_name
+    doc = data.get_dataset(db, name)
+    checker = Checker(doc)
+    split = Tasks(data.load_split(db, name, "test"))
+    rows = np.arange(min(cfg.eval_tasks, len(split.ids)))
+    ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
+    opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))
+    mine = [(int(r), 0) for r in rows[rank::world]]
+    size = auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + opts.max_tokens, device)
+    training = model.training
+    model.eval()
+    tasks = [(r, [(ids, eos)]) for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device)]
+    model.train(training)
+    sums = score(checker, split, tasks)
+    total = torch.tensor([sums[k] for k in SUM_FIELDS], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return summarize(dict(zip(SUM_FIELDS, total.tolist())), cfg.plan_only)
+
+
+# ---------------------------------------------------------------------------------------------
+# bootstrapping
+
+
+def shortest_optimal(verdicts, trace_len):
+    """Index of the response to keep: the shortest trace among the correct and optimal ones, if it
+    is shorter than trace_len (the sequence's own); else None (keep the sequence)."""
+    best = None
+    for i, v in enumerate(verdicts):
+        if v.kind == "optimal" and v.trace_len < trace_len and (best is None or v.trace_len < verdicts[best].trace_len):
+            best = i
+    return best
+
+
+def sequence_key(split_name, split, row):
+    return data.digest(split_name.encode() + int(split.ids[row]).to_bytes(8, "little") + split.get(row, "prompt").tobytes())
+
+
+def extras(split, row):
+    return {k: float(v[row]) for k, v in split.extra.items() if not np.isnan(v[row])}
+
+
+def write_bootstrap(db, name, src_doc, test_name, train, rows, chosen, info, overwrite):
+    """Write the bootstrapped dataset: row r of train becomes chosen[r] = (response ids, trace
+    length) where there is one. Returns (improved, mean trace length before, after)."""
+    w = data.DatasetWriter(db, name, src_doc["task"], {**src_doc["params"], "bootstrap": info},
+                           src_doc["vocabulary"][len(SPECIALS):], overwrite)
+    before, after = [], []
+    for r in rows:
+        prompt, trace, plan = (train.get(r, p) for p in data.PARTS)
+        if r in chosen:
+            ids, cut = chosen[r]
+            trace, plan = ids[:cut], ids[cut:]
+        before.append(train.lens["trace"][r])
+        after.append(len(trace))
+        w.add("train", prompt, trace, plan, sequence_key("train", train, r), source_id=int(train.ids[r]),
+              **extras(train, r))
+    test = Tasks(data.load_split(db, test_name, "test"))
+    for r in range(len(test.ids)):
+        w.add("test", *(test.get(r, p) for p in data.PARTS), sequence_key("test", test, r), **extras(test, r))
+    w.commit()
+    return len(chosen), float(np.mean(before)) if before else 0.0, float(np.mean(after)) if after else 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# running
+
+
+def barrier(device):
+    if dist.is_initialized():
+        dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
+
+
+def load_model(st, run_id, device):
+    """(model in eval mode, checkpoint dict without the optimizer state)."""
+    ck = st.load_checkpoint(run_id)
+    if ck is None:
+        raise StoreError(f"run {run_id!r} has no checkpoint yet")
+    model = Transformer(ModelConfig(**ck["model_config"]))
+    model.load_state_dict(ck.pop("model"))
+    ck.pop("optimizer", None)
+    return model.to(device).eval(), ck
+
+
+def dataset_for(st, ck, split):
+    """The run's dataset for a split (test_name for test), checked against the checkpoint's vocabulary."""
+    cfg = ck["config"]
+    name = (cfg["test_name"] or cfg["train_name"]) if split == "test" else cfg["train_name"]
+    doc = data.get_dataset(st.db, name)
+    if doc["vocabulary"] != ck["vocabulary"]:
+        raise StoreError(f"dataset {name!r} has another vocabulary than run {ck['run_id']!r}'s checkpoint")
+    return doc
+
+
+def resolve_opts(args, doc, plan_only):
+    max_tokens = args.max_tokens or MAX_TOKENS.get((doc["task"], plan_only), 10000)
+    return Opts(args.temperature, max_tokens, args.seed)
+
+
+def sample_run(st, args, split_name, rank, world, device, rows_of=None):
+    """Sample the responses of a run for a split; returns what scoring and writing need (rank 0)."""
+    model, ck = load_model(st, args.run_id, device)
+    cfg = ck["config"]
+    doc = dataset_for(st, ck, split_name)
+    checker = Checker(doc)
+    split = Tasks(data.load_split(st.db, doc["_id"], split_name))
+    rows = rows_of(split, cfg) if rows_of else np.arange(len(split.ids))
+    if args.num_tasks:
+        rows = rows[:args.num_tasks]
+    opts = resolve_opts(args, doc, cfg["plan_only"])
+    key = response_key(args.run_id, ck["step"], doc, split_name, opts)
+    size = args.batch_size or auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + opts.max_tokens,
+                                              device)
+    t0 = time.monotonic()
+    sample_missing(st, model, key, split, rows, args.samples, opts, size, rank, world, device)
+    if rank == 0:
+        print(f"sampling took {time.monotonic() - t0:.0f}s", flush=True)
+    return ck, doc, checker, split, rows, opts, key
+
+
+def params_of(doc, split_name, num_tasks, samples, opts):
+    return {"dataset": doc["_id"], "split": split_name, "num_tasks": num_tasks, "samples": samples,
+            "temperature": float(opts.temperature), "max_tokens": opts.max_tokens, "seed": opts.seed}
+
+
+def fmt(value, spec):
+    return "-" if value is None else spec.format(value)
+
+
+def print_table(rows, label="run"):
+    """rows: [(name, metrics)], metrics values may be (mean, standard error) pairs."""
+    def cell(metrics, key, spec):
+        v = metrics.get(key)
+        return f"{fmt(v[0], spec)} ± {fmt(v[1], spec)}" if isinstance(v, tuple) else fmt(v, spec)
+
+    shown = [c for c in COLUMNS if any(m.get(c[0]) is not None for _, m in rows)]
+    width = max([len(label)] + [len(name) for name, _ in rows])
+    widths = [max(len(title), *(len(cell(m, key, spec)) for _, m in rows)) for key, title, spec in shown]
+    print(f"{label:{width}}  " + "  ".join(f"{title:>{w}}" for (_, title, _), w in zip(shown, widths)))
+    for name, m in rows:
+        print(f"{name:{width}}  " + "  ".join(f"{cell(m, key, spec):>{w}}" for (key, _, spec), w in zip(shown, widths)))
+
+
+def report(st, args, ck, doc, split_name, rows, opts, sums):
+    """Store the metrics with the run (results collection) and print them."""
+    metrics = summarize(sums, ck["config"]["plan_only"])
+    params = params_of(doc, split_name, len(rows), args.samples, opts)
+    rkey = {"run_id": args.run_id, "step": ck["step"], "pkey": json.dumps(params, sort_keys=True)}
+    st.results.replace_one(rkey, {**rkey, "params": params, "metrics": metrics, "time": store.now()}, upsert=True)
+    print(f"run {args.run_id} at step {ck['step']}: {len(rows)} {split_name} tasks of {doc['_id']}, {args.samples} "
+          f"samples each, temperature {opts.temperature:g}, up to {opts.max_tokens} tokens")
+    print_table([(args.run_id, metrics)])
+
+
+def cmd_run(st, args, rank, world, device):
+    ck, doc, checker, split, rows, opts, key = sample_run(st, args, args.split, rank, world, device)
+    if rank == 0:
+        sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples))
+        report(st, args, ck, doc, args.split, rows, opts, sums)
+
+
+def cmd_bootstrap(st, args, rank, world, device):
+    cfg = st.require_run(args.run_id)["config"]
+    if cfg.get("plan_only"):
+        raise StoreError(f"run {args.run_id!r} is plan-only: bootstrapping needs a search-augmented run")
+    name = store.check_name(args.name or f"bootstrap.{args.run_id}", "dataset name")
+    if (st.db.datasets.find_one({"_id": name}) or {}).get("uid") and not args.overwrite:
+        raise StoreError(f"dataset {name!r} exists; pass --overwrite to replace it")
+
+    def training_rows(split, cfg):  # the run's own training sequences
+        return data.filter_split(split, cfg["min_reasoning_len"], cfg["max_reasoning_len"] or None,
+                                 cfg["num_train_sequences"] or None)
+
+    ck, doc, checker, split, rows, opts, key = sample_run(st, args, "train", rank, world, device, training_rows)
+    if rank != 0:
+        return
+    chosen = {}
+
+    def keep_shortest(row, responses, verdicts):
+        k = shortest_optimal(verdicts, split.lens["trace"][row])
+        if k is not None:
+            chosen[row] = (responses[k][0], verdicts[k].trace_len)
+
+    sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples), keep_shortest)
+    report(st, args, ck, doc, "train", rows, opts, sums)
+    info = {"source": doc["_id"], "source_uid": doc["uid"], "run_id": args.run_id, "step": ck["step"],
+            "samples": args.samples, "temperature": float(opts.temperature), "max_tokens": opts.max_tokens,
+            "seed": opts.seed, "rows": len(rows)}
+    test_name = dataset_for(st, ck, "test")["_id"]
+    improved, before, after = write_bootstrap(st.db, name, doc, test_name, split, rows, chosen, info, args.overwrite)
+    change = f" ({100 * (after / before - 1):+.1f}%)" if before else ""
+    print(f"wrote dataset {name}: {len(rows)} train sequences, {improved} improved by a shorter correct optimal "
+          f"response; mean trace length {before:.1f} -> {after:.1f} tokens{change}; test split copied from {test_name}")
+
+
+def cmd_average(st, args, rank, world, device):
+    ids = list(args.run_id or [])
+    if args.pattern:
+        ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
+    if not ids:
+        raise StoreError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
+    wanted = {k: getattr(args, k) for k in ("split", "num_tasks", "samples", "temperature", "max_tokens")
+              if getattr(args, k) is not None}
+    rows = []
+    for run_id in ids:
+        st.require_run(run_id)
+        query = {"run_id": run_id, **{f"params.{k}": v for k, v in wanted.items()}}
+        res = st.results.find_one(query, sort=[("time", -1)])
+        if res is None:
+            shown = ", ".join(f"{k}={v}" for k, v in wanted.items()) or "any parameters"
+            raise StoreError(f"run {run_id!r} has no evaluation result with {shown}; run `python eval.py --run-id "
+                             f"{run_id}` first")
+        rows.append((f"{run_id} @{res['step']}", res["metrics"]))
+    mean = {}
+    for key, *_ in COLUMNS:
+        vals = [m[key] for _, m in rows if m.get(key) is not None]
+        if len(vals) == len(rows):
+            se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else 0.0
+            mean[key] = (float(np.mean(vals)), se)
+    print_table(rows + [(f"mean ± se ({len(rows)} runs)", mean)])
+
+
+def add_sampling_flags(p, samples, num_tasks, help_tasks):
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--num-tasks", type=int, default=num_tasks, help=help_tasks)
+    p.add_argument("--samples", type=int, default=samples, help=f"responses per task (default {samples})")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--max-tokens", type=int, default=0,
+                   help="token limit per response (default: maze 10000, Sokoban 11000, plan-only Sokoban 2000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=0, help="rows per decoding batch (default: from memory)")
+    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("run", help="sample and score a run's responses (the default command)")
+    add_sampling_flags(p, 64, 200, "the first N tasks of the split (default 200; 0 = all)")
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("bootstrap", help="write a dataset of the run's shortest correct optimal responses")
+    add_sampling_flags(p, 32, 0, "only the first N training sequences of the run (default all)")
+    p.add_argument("--name", help="new dataset name (default bootstrap.<run id>)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.set_defaults(fn=cmd_bootstrap)
+    p = sub.add_parser("average", help="mean and standard error of the latest results of several runs")
+    p.add_argument("--run-id", action="append", help="repeatable")
+    p.add_argument("--pattern", help="regular expression matched against whole run ids")
+    p.add_argument("--split", choices=["test", "train"])
+    for flag, kind in (("--num-tasks", int), ("--samples", int), ("--temperature", float), ("--max-tokens", int)):
+        p.add_argument(flag, type=kind, help="only results with this value")
+    p.set_defaults(fn=cmd_average)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("run", "bootstrap", "average", "-h", "--help"):
+        argv = ["run", *argv]  # `eval.py --run-id ID ...` means `eval.py run --run-id ID ...`
+    args = ap.parse_args(argv)
+    if args.cmd != "average":
+        if args.num_tasks < 0 or args.samples < 1 or args.temperature < 0 or args.max_tokens < 0 or args.batch_size < 0:
+            raise StoreError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
+                             "--batch-size >= 0")
+        if args.temperature == 0 and args.samples > 1:
+            raise StoreError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
+    for rid in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []):
+        store.check_name(rid)
+    return args
+
+
+def main(argv=None):
+    try:
+        args = parse_args(argv)
+    except StoreError as e:
+        sys.exit(f"error: {e}")
+    world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
+    dev = getattr(args, "device", "cpu")
+    use_cuda = dev == "cuda" or (dev == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    try:
+        args.fn(store.connect(retry_s=60.0), args, rank, world, device)
+    except StoreError as e:
+        sys.exit(f"error: {e}")
+    finally:
+        if world > 1:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""admin.py: every command's happy path and its bad inputs, checkpoint export/import round trips,
+and the embedded database server's status, stop and first start."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import admin
+import store
+from conftest import ROOT, call, make_checkpoint, make_toy_dataset, run_cli, snapshot
+
+
+def ok(*argv):
+    code, out, err = call(admin.main, *argv)
+    assert code == 0 and not err, (argv, err)
+    return out
+
+
+def refused(st, *argv, words=()):
+    """The command fails with one line on stderr, and the store is as it was."""
+    before = snapshot(st.db)
+    code, out, err = call(admin.main, *argv)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
+    assert all(w in lines[0] for w in words), (words, err)
+    assert snapshot(st.db) == before
+    return lines[0]
+
+
+def same_tensors(a, b):
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_tensors(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(same_tensors(x, y) for x, y in zip(a, b))
+    return torch.equal(a, b) if torch.is_tensor(a) else a == b
+
+
+@pytest.fixture
+def runs(st):
+    make_checkpoint(st, "alpha", step=10)
+    make_checkpoint(st, "beta", step=20, seed=1)
+    st.runs.insert_one({"_id": "gamma", "config": {"train_name": "toy.copy", "train_steps": 5}, "status": "failed",
+                        "error": "ValueError: loss is nan\nmore", "step": 0, "lease": None})
+    return st
+
+
+def test_list_all(st):
+    assert "(no runs)" in ok("list-all")
+    make_checkpoint(st, "alpha")
+    st.runs.insert_one({"_id": "gamma", "config": {}, "status": "failed", "error": "ValueError: loss is nan\nmore"})
+    out = ok("list-all").splitlines()
+    assert out[1].startswith("alpha") and "finished" in out[1] and "10/10" in out[1] and "toy.copy" in out[1]
+    assert out[2].startswith("gamma") and "failed" in out[2] and "error: ValueError: loss is nan" in out[3]
+
+
+def test_show(runs):
+    out = ok("show", "--run-id", "alpha")
+    assert out.startswith("run alpha: finished at step 10") and "checkpoint: step 10" in out
+    assert "train_name             toy.copy" in out
+    assert [l.split()[:2] for l in out.splitlines() if l.strip().startswith(("5 ", "10 "))] == [["5", "train"], ["10", "train"]]
+    assert "checkpoint: none" in ok("show", "--run-id", "gamma")
+    refused(runs, "show", "--run-id", "nope", words=["no run with id 'nope'", "list-all"])
+
+
+def test_drop_run(runs):
+    ok("drop-run", "--run-id", "alpha")
+    assert runs.get_run("alpha") is None and not runs.get_logs("alpha")
+    assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "alpha"}) == 0
+    assert runs.load_checkpoint("beta")["step"] == 20 and runs.get_logs("beta")  # the others are untouched
+    refused(runs, "drop-run", "--run-id", "alpha", words=["no run with id 'alpha'"])
+
+
+def test_bulk_drop_run(runs):
+    refused(runs, "bulk-drop-run", "--run-id", "alpha", "--run-id", "nope", words=["'nope'"])  # all or nothing
+    refused(runs, "bulk-drop-run", words=["give --run-id"])
+    refused(runs, "bulk-drop-run", "--pattern", "zeta.*", words=["no run matched"])
+    refused(runs, "bulk-drop-run", "--pattern", "(alpha", words=["invalid --pattern"])
+    out = ok("bulk-drop-run", "--run-id", "gamma", "--pattern", "al.*a")
+    assert out.splitlines() == ["dropped run gamma", "dropped run alpha"]
+    assert [r["_id"] for r in runs.list_runs()] == ["beta"]
+    assert runs.db["checkpoints.files"].count_documents({}) == 1 and {r["run_id"] for r in runs.logs.find()} == {"beta"}
+
+
+def test_list_all_checkpoints(runs):
+    out = ok("list-all-checkpoints").splitlines()
+    assert [l.split()[:2] for l in out[1:]] == [["alpha", "10"], ["beta", "20"]]
+
+
+def test_export_and_bulk_export(runs, tmp_path):
+    assert "exported alpha step 10" in ok("export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path / "one")
+    assert [p.name for p in (tmp_path / "one").iterdir()] == ["alpha.pt"]
+    refused(runs, "export-checkpoint", "--run-id", "gamma", "--export-dir", tmp_path / "none", words=["no checkpoint"])
+    refused(runs, "export-checkpoint", "--run-id", "nope", "--export-dir", tmp_path / "none", words=["'nope'"])
+    refused(runs, "bulk-export-checkpoint", "--export-dir", tmp_path / "none", "--run-id", "alpha", "--run-id", "nope")
+    assert not (tmp_path / "none").exists()  # nothing written for a refused command
+    (tmp_path / "file").write_text("")
+    refused(runs, "export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path / "file", words=["cannot write"])
+    ok("bulk-export-checkpoint", "--export-dir", tmp_path / "all")
+    assert sorted(p.name for p in (tmp_path / "all").iterdir()) == ["alpha.pt", "beta.pt"]
+    ok("bulk-export-checkpoint", "--export-dir", tmp_path / "some", "--run-id", "beta")
+    assert [p.name for p in (tmp_path / "some").iterdir()] == ["beta.pt"]
+    for name in ("alpha", "beta"):
+        assert (tmp_path / "all" / f"{name}.pt").read_bytes() == \
+            runs.fs.open_download_stream(runs.get_run(name)["checkpoint"]["id"]).read()  # byte for byte
+
+
+def test_trained_checkpoint_export_import_round_trip(st, tmp_path):
+    make_toy_dataset(st.db)
+    run_cli("train.py", "single", "--run-id", "trained", "--train-name", "toy.copy", "--model-size", "tiny",
+            "--train-steps", "6", "--log-interval", "3", "--checkpoint-interval", "3", "--num-test-sequences", "8")
+    r = run_cli("admin.py", "export-checkpoint", "--run-id", "trained", "--export-dir", tmp_path)
+    assert f"exported trained step 6 to {tmp_path / 'trained.pt'}" in r.stdout
+    out = ok("import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy")
+    assert out.strip() == f"imported {tmp_path / 'trained.pt'} as run copy (step 6)"
+    a, b = st.load_checkpoint("trained"), st.load_checkpoint("copy")
+    assert b["run_id"] == "copy" and same_tensors({**a, "run_id": None}, {**b, "run_id": None})
+    run = st.get_run("copy")
+    assert run["status"] == "imported" and run["step"] == 6 and run["config"] == st.get_run("trained")["config"]
+    # importing over an existing run needs --replace
+    refused(st, "import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy", words=["--replace"])
+    st.log("copy", 3, "train", {"loss": 9.0})
+    ok("import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy", "--replace")
+    assert not st.get_logs("copy") and st.db["checkpoints.files"].count_documents({"metadata.run_id": "copy"}) == 1
+    # without --run-id, the id recorded in the file
+    st.drop_run("trained")
+    ok("import-checkpoint", "--filename", tmp_path / "trained.pt")
+    assert same_tensors(st.load_checkpoint("trained")["model"], a["model"])
+    refused(st, "import-checkpoint", "--filename", tmp_path / "missing.pt", words=["no such file"])
+
+
+def test_database_commands_with_the_embedded_server(embedded):
+    assert "embedded server not running" in ok("db", "status") and str(embedded) in ok("db", "status")
+    assert "embedded server was not running" in ok("db", "stop")
+    assert "(no runs)" in ok("list-all")  # first use starts it
+    info = json.loads((embedded / "server.json").read_text())
+    assert f"embedded server up: pid {info['pid']}, mongodb://127.0.0.1:{info['port']}" in ok("db", "status")
+    st = store.connect()
+    make_checkpoint(st, "kept")
+    assert ok("db", "stop").strip() == "embedded server stopped"  # even with this process still connected
+    assert not store._pid_alive(info["pid"]) and not (embedded / "server.json").exists()
+    assert "embedded server not running" in ok("db", "status")
+    assert store.connect().load_checkpoint("kept")["step"] == 10  # restarted on use, the data still there
+
+
+def test_database_commands_with_mongodb_uri(st, env):
+    assert f"MONGODB_URI is set: using {env['uri']}" in ok("db", "status")
+    refused(st, "db", "stop", words=["MONGODB_URI is set"])
+
+
+def test_stale_server_record_is_not_trusted(embedded):
+    """A server.json whose pid is now some other process: status says not running, stop signals nothing."""
+    embedded.mkdir(parents=True)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (embedded / "server.json").write_text(json.dumps({"pid": sleeper.pid, "host": "127.0.0.1", "port": 1, "started": 0}))
+        assert "embedded server not running" in ok("db", "status")
+        assert "embedded server was not running" in ok("db", "stop")
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_concurrent_first_uses_start_exactly_one_server(embedded):
+    procs = [subprocess.Popen([sys.executable, "admin.py", "list-all"], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=180)
+        assert p.returncode == 0 and "(no runs)" in out, err
+    servers = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"secantusd" in a for a in args) and str(embedded / "data").encode() in args:
+            servers.append(int(cmdline.parent.name))
+    assert servers == [json.loads((embedded / "server.json").read_text())["pid"]]
+
+
+def test_bad_command_lines_are_refused(st):
+    for argv in (["show"], ["drop-run"], ["export-checkpoint", "--run-id", "x"], ["db", "restart"], ["frobnicate"], []):
+        code, out, err = call(admin.main, *argv)
+        assert code == 2 and "usage:" in err and "Traceback" not in err

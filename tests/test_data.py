@@ -1,0 +1,109 @@
+"""Maze datasets in MongoDB: generation, resuming, the local cache, A* statistics and the data CLI."""
+import numpy as np
+import pymongo
+import pytest
+
+import data
+import maze
+from conftest import run_cli
+from store import StoreError
+
+NAME = "maze.10-by-10-deterministic.simple"
+
+
+def same_split(a, b):
+    assert np.array_equal(a.ids, b.ids)
+    for p in data.PARTS:
+        assert np.array_equal(a.lens[p], b.lens[p]) and np.array_equal(a.flat[p], b.flat[p])
+    assert a.extra.keys() == b.extra.keys()
+    for k in a.extra:
+        assert np.array_equal(a.extra[k], b.extra[k], equal_nan=True)
+
+
+def test_interrupted_generation_resumes_to_the_same_dataset(env, st, monkeypatch):
+    ref = pymongo.MongoClient(env["uri"] + "b").get_default_database()
+    data.generate_maze(ref, 10, 300, 40, False, seed=3, overwrite=False, workers=1, chunk=16)
+    calls, save = [0], data.DatasetWriter.save_progress
+
+    def dies_after_five(self, **progress):
+        calls[0] += 1
+        if calls[0] > 5:
+            raise KeyboardInterrupt
+        save(self, **progress)
+
+    monkeypatch.setattr(data.DatasetWriter, "save_progress", dies_after_five)
+    with pytest.raises(KeyboardInterrupt):
+        data.generate_maze(st.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=16)
+    monkeypatch.undo()
+    assert st.db.datasets.find_one({"_id": NAME})["building"]["progress"] == {"next_chunk": 5}
+    data.generate_maze(st.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=16)
+    for split in ("train", "test"):
+        same_split(data.load_split(ref, NAME, split, use_cache=False),
+                   data.load_split(st.db, NAME, split, use_cache=False))
+    doc = data.get_dataset(st.db, NAME)
+    assert doc["counts"] == {"train": 300, "test": 40} and "building" not in doc
+    assert len({d["key"] for s in ("train", "test") for d in st.db[f"ds.{NAME}.{doc['uid']}.{s}"].find()}) == 340
+
+
+def test_cache_equals_the_database_and_astar_stats_match_deterministic_traces(st):
+    data.generate_maze(st.db, 10, 50, 12, False, seed=0, overwrite=False, workers=1)
+    fresh = data.load_split(st.db, NAME, "test", use_cache=False)
+    same_split(data.load_split(st.db, NAME, "test"), fresh)  # writes the cache
+    same_split(data.load_split(st.db, NAME, "test"), fresh)  # reads it
+    data.astar_stats(st.db, NAME, runs=5, workers=2)
+    part = data.load_split(st.db, NAME, "test")
+    # deterministic A* has one trace: the stored one
+    assert np.array_equal(part.extra["astar_mean_trace_len"], part.lens["trace"].astype(float))
+    same_split(part, data.load_split(st.db, NAME, "test", use_cache=False))
+
+
+def test_nondeterministic_astar_stats_average_several_runs(st):
+    name = data.generate_maze(st.db, 10, 0, 6, True, seed=0, overwrite=False, workers=1)
+    data.astar_stats(st.db, name, runs=16, workers=1)
+    doc = data.get_dataset(st.db, name)
+    vocab = doc["vocabulary"]
+    part = data.load_split(st.db, name, "test")
+    for r in range(6):
+        m = maze.parse_prompt([vocab[i] for i in part.get(r, "prompt")], 10)
+        rng = np.random.default_rng(data.chunk_seed(0, int(part.ids[r])))
+        lens = [len(maze.trace_tokens(maze.astar(m, rng)[0])) for _ in range(16)]
+        assert part.extra["astar_mean_trace_len"][r] == np.mean(lens)
+
+
+def test_data_cli_list_show_refuse_and_drop(st):
+    data.generate_maze(st.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
+    out = run_cli("data.py", "list").stdout
+    assert NAME in out and "complete" in out and "30" in out
+    r = run_cli("data.py", "show", NAME, "--id", "2")
+    vocab = data.get_dataset(st.db, NAME)["vocabulary"]
+    part = data.load_split(st.db, NAME, "test")
+    task = maze.parse_prompt([vocab[i] for i in part.get(2, "prompt")], 10)
+    plan = maze.parse_plan([vocab[i] for i in part.get(2, "plan")])
+    assert r.stdout.splitlines()[1:] == maze.render(task, plan).splitlines()
+    assert f"trace {part.lens['trace'][2]}, plan {part.lens['plan'][2]} tokens" in r.stdout
+    r = run_cli("data.py", "maze", "--num-train", "3", "--num-test", "1", check=False)
+    assert r.returncode != 0 and r.stderr.strip() == \
+        f"error: dataset '{NAME}' exists; pass --overwrite to replace it, or drop it first"
+    r = run_cli("data.py", "drop", NAME)
+    assert st.db.datasets.find_one({"_id": NAME}) is None
+    assert not [c for c in st.db.list_collection_names() if c.startswith("ds.")]
+    with pytest.raises(StoreError, match="does not exist"):
+        data.get_dataset(st.db, NAME)
+
+
+def test_overwrite_replaces_and_stats_table(st):
+    data.generate_maze(st.db, 10, 20, 4, False, seed=0, overwrite=False, workers=1)
+    old = data.get_dataset(st.db, NAME)["uid"]
+    data.generate_maze(st.db, 10, 10, 2, False, seed=1, overwrite=True, workers=1)
+    doc = data.get_dataset(st.db, NAME)
+    assert doc["uid"] != old and doc["counts"] == {"train": 10, "test": 2}
+    assert f"ds.{NAME}.{old}.train" not in st.db.list_collection_names()
+    rows = data.length_stats(st.db, NAME)
+    counts = (("train", 10), ("test", 2))
+    assert [(s, p, n) for s, p, n, *_ in rows] == [(s, p, n) for s, n in counts for p in data.PARTS]
+
+
+def test_maze_render():
+    m = maze.Maze(3, frozenset({(1, 1)}), (0, 0), (2, 2))
+    assert maze.render(m, [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2)]) == "Soo\n.#o\n..G"
+    assert maze.render(m) == "S..\n.#.\n..G"

@@ -1,0 +1,216 @@
+"""Rollouts, metrics, stored responses and search dynamics bootstrapping."""
+import numpy as np
+import pytest
+import torch
+
+import data
+import eval as ev
+import maze
+from conftest import run_cli
+from data import EOS, SPECIALS
+from model import ModelConfig, Transformer
+
+
+def naive_greedy(model, prompt, max_tokens):
+    """Greedy decoding the slow way: the whole sequence through the model at every step."""
+    seq, out = list(prompt), []
+    for _ in range(max_tokens):
+        t = int(model(torch.tensor([seq]))[0, -1].argmax())
+        if t == EOS:
+            return out, True
+        out.append(t)
+        seq.append(t)
+    return out, False
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 64])
+def test_cached_batched_rollout_equals_uncached_greedy(monkeypatch, batch_size):
+    """Left padding, shared prefills, rows that finish early and leave, rows that join a running batch
+    (batch sizes 1 and 3), a growing cache: the tokens are those of plain greedy decoding."""
+    monkeypatch.setattr(ev, "HEADROOM", 4)
+    torch.manual_seed(1)
+    model = Transformer(ModelConfig(vocab_size=9, d_model=32, n_head=2, d_ff=64, n_layer=2)).double().eval()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(4, 9, (n,), generator=g).numpy() for n in (3, 7, 11, 5, 8, 4)]
+    src = [0, 1, 2, 3, 4, 5, 1, 2, 0]
+    got = {i: (list(ids), e) for i, ids, e in ev.rollout(model, prompts, src, 30, batch_size=batch_size)}
+    ref = [naive_greedy(model, prompts[s], 30) for s in src]
+    assert [got[i] for i in range(len(src))] == ref
+    assert 0 < sum(e for _, e in ref) < len(src)  # rows of both kinds
+
+
+def test_sampled_rollouts_stop_at_eos_or_the_limit():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=9, d_model=32, n_head=2, d_ff=64, n_layer=2)).eval()
+    gen = torch.Generator().manual_seed(0)
+    got = list(ev.rollout(model, [np.array([1, 5, 6, 3])], [0] * 16, 12, temperature=1.0, generator=gen, batch_size=5))
+    assert sorted(i for i, _, _ in got) == list(range(16))
+    assert all(len(o) == 12 for _, o, e in got if not e)
+    assert all(EOS not in o.tolist() and len(o) < 12 for _, o, e in got if e)
+    assert len({tuple(o) for _, o, _ in got}) > 1  # samples differ
+
+
+# --- hand-made maze responses -------------------------------------------------------------------
+
+VOCAB = [*SPECIALS, *maze.vocabulary(5)]
+INDEX = {t: i for i, t in enumerate(VOCAB)}
+DOC = {"_id": "hand", "task": "maze", "params": {"n": 5}, "vocabulary": VOCAB}
+TASK = maze.Maze(5, frozenset({(1, 1)}), (0, 0), (2, 0))  # optimal plan: 2 moves along the top row
+
+
+def ids(tokens):
+    return np.array([INDEX[t] for t in tokens], data.DTYPE)
+
+
+def response(trace_steps, cells):
+    """A response: trace_steps 5-token trace steps, then a plan through cells."""
+    trace = ["close", "0", "0", "c0", "c2"] * trace_steps
+    return ids(trace + maze.plan_tokens(cells))
+
+
+OPTIMAL = [(0, 0), (1, 0), (2, 0)]
+DETOUR = [(0, 0), (0, 1), (0, 2), (1, 2), (2, 2), (2, 1), (2, 0)]  # around the wall: 6 moves
+JUMP = [(0, 0), (2, 0)]
+
+
+def judge(resp, eos=True):
+    checker = ev.Checker(DOC)
+    return checker.judge(TASK, resp, eos, optimal_moves=2)
+
+
+def test_verdicts_on_hand_made_responses():
+    assert judge(response(2, OPTIMAL)) == ev.Verdict("optimal", 10, 2)
+    assert judge(response(1, DETOUR)) == ev.Verdict("correct", 5, 6)
+    assert judge(response(0, JUMP)).kind == "invalid"
+    assert judge(response(2, OPTIMAL), eos=False).kind == "malformed"  # no <eos> within the limit
+    assert judge(ids(["close", "0", "0", "c0", "c2"])).kind == "malformed"  # no plan
+    assert judge(ids(["plan", "0"])).kind == "malformed"  # a plan that does not parse
+    assert judge(np.array([data.SEP], data.DTYPE)).kind == "malformed"  # a special token
+
+
+def test_metrics_on_hand_made_responses():
+    """Three tasks, all with optimal length 2 (l* = 2): A* trace lengths t* = 20, 10, 30."""
+    v = {"a": [judge(response(2, OPTIMAL)), judge(response(1, DETOUR))],  # optimal (trace 10) + long (5)
+         "b": [judge(response(4, DETOUR)), judge(response(0, JUMP))],  # long only (trace 20) + invalid
+         "c": [judge(response(2, OPTIMAL), eos=False), judge(ids(["close", "0", "0", "c0", "c2"]))]}  # malformed
+    sums = dict.fromkeys(ev.SUM_FIELDS, 0.0)
+    for task, t_star in (("a", 20.0), ("b", 10.0), ("c", 30.0)):
+        for k, x in ev.task_sums(v[task], 2, t_star).items():
+            sums[k] += x
+    m = ev.summarize(sums, plan_only=False)
+    assert m["tasks"] == 3 and m["responses"] == 6
+    assert m["optimal_pct"] == pytest.approx(100 / 3)
+    assert m["correct_pct"] == pytest.approx(200 / 3)
+    assert m["swc"] == pytest.approx((1 + 2 / 6 + 0) / 3)
+    assert m["ilr_solved"] == pytest.approx((20 / 7.5 + 10 / 20 + 0) / 3)  # a: mean trace of (10, 5)
+    assert m["ilr_optimal"] == pytest.approx((20 / 10) / 3)
+    assert m["malformed_pct"] == pytest.approx(100 * 2 / 6)
+    assert m["trace_ratio"] == pytest.approx(10 / 20)
+    plan_only = ev.summarize(sums, plan_only=True)
+    assert "ilr_solved" not in plan_only and plan_only["swc"] == m["swc"]
+
+
+def test_reduction_keeps_the_shortest_correct_optimal_response():
+    verdicts = [judge(response(0, JUMP)),  # invalid, shortest
+                judge(response(1, DETOUR)),  # correct but not optimal
+                judge(response(6, OPTIMAL)),  # optimal, trace 30
+                judge(response(3, OPTIMAL)),  # optimal, trace 15: the one
+                judge(response(3, OPTIMAL)),  # a tie: the first one wins
+                judge(response(1, OPTIMAL), eos=False)]  # truncated
+    assert ev.shortest_optimal(verdicts, trace_len=40) == 3
+    assert ev.shortest_optimal(verdicts, trace_len=15) is None  # not shorter than the sequence's own
+    assert ev.shortest_optimal(verdicts[:2] + verdicts[5:], trace_len=40) is None  # fall back to the original
+    assert ev.shortest_optimal([], trace_len=40) is None
+
+
+# --- end to end on tiny mazes -------------------------------------------------------------------
+
+MAZE = "maze.10-by-10-deterministic.simple"
+TRAIN = ["--train-name", MAZE, "--model-size", "tiny", "--warmup-steps", "2", "--lr", "1e-3", "--log-interval", "5",
+         "--eval-interval", "5", "--checkpoint-interval", "5", "--num-test-sequences", "8", "--batch-size", "4"]
+
+
+def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "8", "--chunk", "64", "--workers", "1")
+    r = run_cli("train.py", "single", "--run-id", "base", *TRAIN, "--train-steps", "5", "--eval-tasks", "3")
+    assert "optimal" in r.stdout and "of 3 tasks" in r.stdout
+    assert st.get_logs("base", "test")[-1]["rollout_tasks"] == 3
+
+    # plant two responses, as if an interrupted bootstrap had sampled them: for sequence 1 the A*
+    # sequence with its last trace step cut (correct, optimal, shorter), for sequence 2 an empty
+    # trace with a plan that stops one cell short of the goal (incorrect: ignored)
+    train = data.load_split(st.db, MAZE, "train")
+    doc = data.get_dataset(st.db, MAZE)
+    opts = ev.Opts(temperature=1.0, max_tokens=200)
+    key = ev.response_key("base", 5, doc, "train", opts)
+    short = np.concatenate([train.get(1, "trace")[:-5], train.get(1, "plan")])
+    wrong = train.get(2, "plan")[:-3]
+    ev.store_responses(st.responses, key, train, [((1, 0), short, True), ((2, 0), wrong, True)])
+
+    r = run_cli("eval.py", "bootstrap", "--run-id", "base", "--num-tasks", "6", "--samples", "2",
+                "--max-tokens", "200")
+    assert "2 stored, 10 to generate" in r.stdout
+    assert st.responses.count_documents({"run_id": "base"}) == 12
+    new = data.load_split(st.db, "bootstrap.base", "train")
+    assert len(new.ids) == 6 and len(data.load_split(st.db, "bootstrap.base", "test").ids) == 8
+    checker = ev.Checker(data.get_dataset(st.db, "bootstrap.base"))
+    for row in range(6):
+        assert np.array_equal(new.get(row, "prompt"), train.get(row, "prompt"))
+        assert new.lens["trace"][row] <= train.lens["trace"][row]
+        verdict = checker.judge(checker.problem(new.get(row, "prompt")),
+                                np.concatenate([new.get(row, "trace"), new.get(row, "plan")]), True,
+                                ev.optimal_moves(train, row))
+        assert verdict.kind == "optimal" and verdict.trace_len == new.lens["trace"][row]
+    assert new.lens["trace"][1] == train.lens["trace"][1] - 5  # the planted short response was kept
+    assert f"6 train sequences, {int((new.lens['trace'] < train.lens['trace'][:6]).sum())} improved" in r.stdout
+
+    r = run_cli("train.py", "single", "--run-id", "step1", *TRAIN, "--train-name", "bootstrap.base", "--test-name", MAZE,
+                "--start-checkpoint", "base", "--train-steps", "5")
+    assert "initialised from base" in r.stdout
+
+    # evaluate, then again: the second run only reads stored responses
+    args = ["eval.py", "--run-id", "step1", "--num-tasks", "4", "--samples", "2", "--max-tokens", "150"]
+    first = run_cli(*args).stdout
+    again = run_cli(*args).stdout
+    assert "8 stored, 0 to generate" in again
+    assert first.splitlines()[-1] == again.splitlines()[-1]  # same metrics
+    assert "optimal %" in first and "ILR-solved" in first
+    assert st.results.count_documents({"run_id": "step1"}) == 1
+    assert "evaluations (eval.py)" in run_cli("admin.py", "show", "--run-id", "step1").stdout
+    assert "opt %" in run_cli("admin.py", "list-all").stdout
+    run_cli("admin.py", "drop-run", "--run-id", "step1")
+    assert st.responses.count_documents({"run_id": "step1"}) == 0
+
+
+def test_average_gives_mean_and_standard_error(st):
+    from train import TrainConfig
+    for i, opt in enumerate([80.0, 90.0, 100.0]):
+        st.put_checkpoint(f"seed-{i}", TrainConfig().to_dict(), {"step": 7}, 7)
+        st.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64},
+                               "metrics": {"optimal_pct": opt, "correct_pct": 100.0, "swc": 0.5},
+                               "time": i})
+    out = run_cli("eval.py", "average", "--pattern", "seed-.*", "--samples", "64").stdout
+    assert "90.0 ± 5.8" in out and "100.0 ± 0.0" in out and "3 runs" in out
+    r = run_cli("eval.py", "average", "--pattern", "seed-.*", "--samples", "32", check=False)
+    assert r.returncode != 0 and "no evaluation result" in r.stderr
+
+
+@pytest.mark.parametrize("flags,msg", [
+    (["--run-id", "a/b"], "invalid run id"), (["--run-id", "x", "--temperature", "0"], "greedy"),
+    (["--run-id", "x", "--samples", "0"], "--samples >= 1"), (["--run-id", "nope", "--samples", "1"], "no run"),
+])
+def test_bad_input_gives_one_line_errors(st, flags, msg):
+    r = run_cli("eval.py", *flags, check=False)
+    assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_two_ranks_share_the_work_without_duplicates(st):
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "8", "--num-test", "6", "--chunk", "64", "--workers", "1")
+    run_cli("train.py", "single", "--run-id", "r", *TRAIN, "--train-steps", "5")
+    args = ["eval.py", "--run-id", "r", "--num-tasks", "5", "--samples", "3", "--max-tokens", "60", "--batch-size", "4"]
+    r = run_cli(*args, nproc=2)
+    assert "0 stored, 8 to generate on rank 0 of 15 over 2 ranks" in r.stdout
+    docs = list(st.responses.find({"run_id": "r"}, {"task": 1, "sample": 1}))
+    assert sorted((d["task"], d["sample"]) for d in docs) == [(t, s) for t in range(5) for s in range(3)]
+    assert "15 stored, 0 to generate" in run_cli(*args).stdout
