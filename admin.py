@@ -241,10 +241,8 @@ def main(argv=None):
                 raise StoreError(f"invalid --pattern {args.pattern!r}: {e}") from None
         st = None if args.cmd == "db" else store.connect()
         args.fn(st, args)
-    except StoreError as e:
-        sys.exit(f"error: {e}")
-    except PyMongoError as e:  # e.g. the database went away in the middle of a command
-        sys.exit(f"error: database error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    except (StoreError, PyMongoError) as e:  # the latter: e.g. the database went away mid-command
+        sys.exit(f"error: {store.one_line(e)}")
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ device's dense bf16 peak from DEVICE_PEAKS.
 import argparse
 import contextlib
 import os
+import resource
 import shutil
 import socket
 import tempfile
@@ -82,6 +83,10 @@ def compiled_graphs():
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def max_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def rss():
@@ -241,7 +246,7 @@ class Variant:
             torch.backends.cuda.matmul.allow_tf32 = "tf32" in self.f
         before = torch.cuda.memory_allocated(self.device) if self.device.type == "cuda" else 0
         graphs = compiled_graphs()
-        with PeakRSS() as mem, self.kernel:
+        with self.kernel:
             t0 = time.perf_counter()
             batch, micro = self.next_batch()
             total = int((self.seqs.lengths[batch] - self.seqs.prompt_len[batch]).sum())
@@ -261,12 +266,12 @@ class Variant:
             return
         if not record:
             return
-        step_peak = torch.cuda.max_memory_allocated(self.device) - before if self.device.type == "cuda" else mem.extra
+        if self.device.type == "cuda":
+            self.peak = max(self.peak, self.resident() + torch.cuda.max_memory_allocated(self.device) - before)
         self.times.append(dt)
         self.useful += int(self.seqs.lengths[batch].sum())
         self.computed += sum(m[0].numel() + m[0].size(0) for m in micro)  # inputs plus each row's last target
         self.flops += step_flops(self.model, self.seqs, batch)
-        self.peak = max(self.peak, self.resident() + step_peak)
 
     def resident(self):
         """Bytes held between steps: weights and optimizer state (gradients are freed)."""
@@ -323,7 +328,7 @@ def bench_train(args, device, rng):
         base = base or rate
         mfu = f"{100 * v.flops / busy / peak_flops:.1f}%" if peak_flops else "-"
         rows.append((v.name, f"{rate:,.0f}", f"{100 * v.useful / v.computed:.1f}%",
-                     f"{np.median(v.times):.3f}", gib(v.peak), mfu, f"{rate / base:.2f}x"))
+                     f"{np.median(v.times):.3f}", gib(v.peak) if v.peak else "-", mfu, f"{rate / base:.2f}x"))
     table(["variant", "useful tok/s", "pad eff", "step s (median)", "peak GiB", "MFU", "vs first"], rows)
     if args.show_steps:
         for v in variants:
@@ -336,8 +341,10 @@ def bench_train(args, device, rng):
         print("MFU: not on a GPU, not printed\n")
     elif peak_flops is None:
         print(f"MFU: no bf16 peak known for {device_name(device)} (add it to DEVICE_PEAKS), not printed\n")
-    print("peak GiB: the variant's weights and Adam moments plus its steps' peak above them "
-          f"({'CUDA allocator' if device.type == 'cuda' else 'process RSS, sampled'})\n")
+    if device.type == "cuda":
+        print("peak GiB: the variant's weights and Adam moments plus its steps' peak above them (CUDA allocator)\n")
+    else:  # the C allocator keeps freed memory: a process-wide figure is the only honest one
+        print(f"peak GiB: per variant on GPU only; this process peaked at {gib(max_rss())} GiB resident\n")
 
 
 def device_name(device):
@@ -446,7 +453,7 @@ def bench_checkpoint(args, device):
         st.drop_run(run_id)
     print(f"checkpoint: model {args.size} with AdamW state, {info['size'] / 2**30:.2f} GiB in GridFS "
           f"(tensors {size / 2**30:.2f} GiB)")
-    table(["", "seconds", "MiB/s", "peak RSS above start GiB"], rows)
+    table(["", "seconds", "MiB/s", "RSS growth GiB (clean when run alone)"], rows)
 
 
 # ---------------------------------------------------------------------------------------------

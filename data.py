@@ -753,10 +753,8 @@ def main(argv=None):
             print(f"{'split':6} {'part':7} {'count':>8} {'min':>6} {'q25':>6} {'median':>6} {'q75':>6} {'max':>6}")
             for split, part, count, *q in length_stats(db, args.name):
                 print(f"{split:6} {part:7} {count:>8} " + " ".join(f"{v:>6}" for v in q))
-    except StoreError as e:
-        sys.exit(f"error: {e}")
-    except PyMongoError as e:  # e.g. the database went away in the middle of a command
-        sys.exit(f"error: database error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+    except (StoreError, PyMongoError) as e:  # the latter: e.g. the database went away mid-command
+        sys.exit(f"error: {store.one_line(e)}")
 
 
 if __name__ == "__main__":

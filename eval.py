@@ -5,12 +5,13 @@
   python eval.py average --run-id A --run-id B ... (or --pattern REGEX) [filters]
 
 (`eval.py run ...` is the same as `eval.py ...`.) Runs as a plain process or under torchrun: each
-rank samples a share of the work and every response goes to MongoDB as soon as its batch is done.
+rank samples a share of the tasks, and responses go to MongoDB as they finish (a few dozen at a time).
 
-Sampling. Each response continues `<bos> prompt <sep>` with the checkpoint's model, KV-cached, in
-batches of left-padded prompts (per-row positions and a padding mask); the samples of one prompt
-share its prefill. A row stops at <eos> or after max_tokens tokens, and finished rows are dropped
-from the batch. Greedy at temperature 0, else sampled from softmax(logits / T).
+Sampling. Each response continues `<bos> prompt <sep>` with the checkpoint's model, KV-cached:
+left-padded prompts with per-row positions and a padding mask, one prefill shared by the samples of
+a prompt. A row stops at <eos> or after max_tokens tokens; finished rows leave the batch and waiting
+ones join it (continuous batching). Greedy at temperature 0, else sampled from softmax(logits / T);
+bf16 autocast on GPU.
 
 Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
 parameters, task, sample index), the tokens as little-endian uint16 binary. Evaluating again
@@ -761,6 +762,8 @@ def main(argv=None):
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+    elif "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # decoding steps are small: extra threads mostly wait (use ranks for cores)
     if world > 1:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     try:

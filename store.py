@@ -71,6 +71,13 @@ def _secrets(uri):
     return sorted({x for x in found if x}, key=len, reverse=True)
 
 
+def one_line(e):
+    """The message a command exits with for a StoreError, or a database error met mid-command."""
+    if isinstance(e, PyMongoError):
+        return f"database error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return str(e)
+
+
 def redact(uri):
     """The URI with its password (and any secret-looking option value) replaced by ***, for printing."""
     try:

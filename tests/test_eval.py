@@ -110,6 +110,14 @@ def test_metrics_on_hand_made_responses():
     assert "ilr_solved" not in plan_only and plan_only["swc"] == m["swc"]
 
 
+def test_astar_trace_length_is_the_stored_mean_where_present():
+    lens = {"prompt": np.array([6, 6]), "trace": np.array([50, 60]), "plan": np.array([9, 9])}
+    split = data.Split(np.arange(2), lens, {}, {"astar_mean_trace_len": np.array([42.5, np.nan])})
+    assert ev.astar_trace_len(split, 0) == 42.5 and ev.astar_trace_len(split, 1) == 60.0
+    assert ev.astar_trace_len(data.Split(np.arange(2), lens, {}, {}), 0) == 50.0
+    assert ev.optimal_moves(split, 0) == 2  # three states
+
+
 def test_reduction_keeps_the_shortest_correct_optimal_response():
     verdicts = [judge(response(0, JUMP)),  # invalid, shortest
                 judge(response(1, DETOUR)),  # correct but not optimal
@@ -210,7 +218,7 @@ def test_two_ranks_share_the_work_without_duplicates(st):
     run_cli("train.py", "single", "--run-id", "r", *TRAIN, "--train-steps", "5")
     args = ["eval.py", "--run-id", "r", "--num-tasks", "5", "--samples", "3", "--max-tokens", "60", "--batch-size", "4"]
     r = run_cli(*args, nproc=2)
-    assert "0 stored, 8 to generate on rank 0 of 15 over 2 ranks" in r.stdout
+    assert "0 stored, 9 to generate on rank 0 of 15 over 2 ranks" in r.stdout  # tasks 0, 2 and 4
     docs = list(st.responses.find({"run_id": "r"}, {"task": 1, "sample": 1}))
     assert sorted((d["task"], d["sample"]) for d in docs) == [(t, s) for t in range(5) for s in range(3)]
     assert "15 stored, 0 to generate" in run_cli(*args).stdout
