@@ -683,7 +683,7 @@ def cmd_average(st, args, rank, world, device):
     if args.pattern:
         ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
     if not ids:
-        raise StoreError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
+        raise StoreError(f"no run id matches {args.pattern!r} (see `python admin.py list-all`)")
     wanted = {k: getattr(args, k) for k in ("split", "num_tasks", "samples", "temperature", "max_tokens")
               if getattr(args, k) is not None}
     rows = []
@@ -740,6 +740,13 @@ def parse_args(argv):
     if not argv or argv[0] not in ("run", "bootstrap", "average", "-h", "--help"):
         argv = ["run", *argv]  # `eval.py --run-id ID ...` means `eval.py run --run-id ID ...`
     args = ap.parse_args(argv)
+    if args.cmd == "average":
+        if not (args.run_id or args.pattern):
+            raise StoreError("give --run-id ID (repeatable) or --pattern REGEX")
+        try:
+            re.compile(args.pattern or "")
+        except re.error as e:
+            raise StoreError(f"--pattern is not a regular expression: {e}") from None
     if args.cmd != "average":
         if args.num_tasks < 0 or args.samples < 1 or args.temperature < 0 or args.max_tokens < 0 or args.batch_size < 0:
             raise StoreError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
