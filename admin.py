@@ -77,7 +77,7 @@ def show(st, args):
 
 
 def drop_run(st, args):
-    st.drop_run(args.run_id)
+    st.drop_run(args.run_id, force=args.force)
     print(f"dropped run {args.run_id}")
 
 
@@ -89,8 +89,12 @@ def bulk_drop_run(st, args):
         ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
     if not ids:
         raise StoreError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
+    live = [i for i in ids if st.live_holder(i)]
+    if live and not args.force:
+        raise StoreError(f"{len(live)} of these runs are being trained ({', '.join(live[:3])}); stop them first, "
+                         f"or pass --force to drop them anyway")
     for i in ids:
-        st.drop_run(i)
+        st.drop_run(i, force=args.force)
         print(f"dropped run {i}")
 
 
@@ -204,10 +208,12 @@ def main(argv=None):
     p.set_defaults(fn=show)
     p = sub.add_parser("drop-run", help="delete a run with its logs and checkpoints")
     p.add_argument("--run-id", required=True)
+    p.add_argument("--force", action="store_true", help="drop it even while a trainer holds it")
     p.set_defaults(fn=drop_run)
     p = sub.add_parser("bulk-drop-run", help="delete several runs")
     p.add_argument("--run-id", action="append", help="repeatable")
     p.add_argument("--pattern", help="regular expression matched against whole run ids")
+    p.add_argument("--force", action="store_true", help="drop them even while trainers hold them")
     p.set_defaults(fn=bulk_drop_run)
     sub.add_parser("list-all-checkpoints", help="every run's checkpoint").set_defaults(fn=list_all_checkpoints)
     p = sub.add_parser("export-checkpoint", help="write a run's checkpoint to DIR/<run id>.pt")

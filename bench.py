@@ -450,7 +450,7 @@ def bench_checkpoint(args, device):
         rows.append(("load", f"{dt:.2f}", f"{info['size'] / 2**20 / dt:,.0f}", gib(mem.extra)))
         assert torch.equal(loaded["model"]["head.weight"], state["model"]["head.weight"])
     finally:
-        st.drop_run(run_id)
+        st.drop_run(run_id, force=True)
     print(f"checkpoint: model {args.size} with AdamW state, {info['size'] / 2**30:.2f} GiB in GridFS "
           f"(tensors {size / 2**30:.2f} GiB)")
     table(["", "seconds", "MiB/s", "RSS growth GiB (clean when run alone)"], rows)

@@ -13,6 +13,7 @@ from torch.utils.checkpoint import checkpoint
 # width, heads and FFN hidden size as in the reference; depth ~ reference encoder + decoder budget
 SIZES = {
     "tiny": dict(d_model=64, n_head=2, d_ff=256, n_layer=2),  # tests and smoke runs, not in the paper
+    "xs": dict(d_model=128, n_head=4, d_ff=512, n_layer=6),  # the CPU quick-start planner, not in the paper
     "s": dict(d_model=192, n_head=3, d_ff=512, n_layer=14),
     "m": dict(d_model=384, n_head=4, d_ff=1024, n_layer=19),
     "l": dict(d_model=768, n_head=4, d_ff=2048, n_layer=21),

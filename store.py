@@ -37,7 +37,7 @@ import torch
 from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
 
 DEFAULT_DB = "searchformer"
-NAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no leading "-": it reads as an option
 NAME_MAX = 120
 TRANSIENT = (AutoReconnect, ServerSelectionTimeoutError)  # AutoReconnect covers connection and network timeouts
 
@@ -50,8 +50,8 @@ def check_name(value, what="run id"):
     """The one validation rule for run ids and dataset names, applied before any database call."""
     if not isinstance(value, str) or len(value) > NAME_MAX or not NAME_RE.fullmatch(value):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise StoreError(f"invalid {what} {shown}: use letters, digits, '-' and '_', with single dots "
-                         f"only between parts, at most {NAME_MAX} characters")
+        raise StoreError(f"invalid {what} {shown}: use letters, digits, '-' and '_' (not first), with single "
+                         f"dots only between parts, at most {NAME_MAX} characters")
     return value
 
 
@@ -385,8 +385,17 @@ class Store:
         r = self.runs.update_one(self._held(run_id, owner), {"$set": {"status": status, "error": error, "updated": now()}})
         return r.matched_count > 0
 
-    def drop_run(self, run_id):
+    def live_holder(self, run_id):
+        """The owner of the run's unexpired training lease, or None."""
+        lease = (self.runs.find_one({"_id": run_id}, {"lease": 1}) or {}).get("lease")
+        return lease["owner"] if lease and lease["expires"] > time.time() else None
+
+    def drop_run(self, run_id, force=False):
         self.require_run(run_id)
+        holder = self.live_holder(run_id)
+        if holder and not force:
+            raise StoreError(f"run {run_id!r} is being trained by {holder}; stop that process first, "
+                             f"or pass --force to drop it anyway (the trainer then stops)")
         for f in self.fs.find({"metadata.run_id": run_id}):
             self.fs.delete(f._id)
         self.logs.delete_many({"run_id": run_id})

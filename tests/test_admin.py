@@ -73,6 +73,17 @@ def test_drop_run(runs):
     refused(runs, "drop-run", "--run-id", "alpha", words=["no run with id 'alpha'"])
 
 
+def test_drop_of_a_live_run_needs_force(runs):
+    runs.start_run("live", {"train_name": "toy.copy"}, owner="host:1", lease_s=600, world_size=1, host="host")
+    refused(runs, "drop-run", "--run-id", "live", words=["'live' is being trained by host:1", "--force"])
+    refused(runs, "bulk-drop-run", "--pattern", ".*", words=["live", "--force"])  # nothing dropped
+    runs.runs.update_one({"_id": "live"}, {"$set": {"lease.expires": 0}})  # an expired lease is no holder
+    assert runs.live_holder("live") is None
+    runs.acquire_lease("live", "host:2", 600)
+    ok("drop-run", "--run-id", "live", "--force")
+    assert runs.get_run("live") is None and runs.get_run("alpha") is not None
+
+
 def test_bulk_drop_run(runs):
     refused(runs, "bulk-drop-run", "--run-id", "alpha", "--run-id", "nope", words=["'nope'"])  # all or nothing
     refused(runs, "bulk-drop-run", words=["give --run-id"])

@@ -144,7 +144,7 @@ def test_broken_checkpoint_files_are_refused_with_one_line(st, exported, tmp_pat
 
 BAD_NAMES = ["$where", "a$b", ".lead", "trail.", "a..b", "..", ".", "a/b", "../../etc/passwd", "a b", " lead", "tab\there",
              "new\nline", "ünïcödé", "名前", "x" * 121, "x" * 500, "", "a\x00b", "{}", "a;b", "a*b", "run\\id",
-             "maze..10-by-10", "maze.10-by-10-deterministic.simple."]
+             "maze..10-by-10", "maze.10-by-10-deterministic.simple.", "-lead", "--help"]
 GOOD_NAMES = ["maze.10-by-10-deterministic.simple", "sokoban.7-by-7-walls-2-boxes-2", "run_1", "a", "x" * 120,
               "A-b_c.d-e"]
 
