@@ -191,6 +191,7 @@ def commands_with(name, tmp_path):
     bad = tmp_path / "bad-sweep.json"
     bad.write_text(json.dumps([{"train_name": name}]))
     ck = tmp_path / "x.pt"
+    pos = ["--", name] if name.startswith("-") else [name]  # else argparse reads it as an option
     optional = [] if name == "" else [  # for these, empty means none
         (train.main, ["single", "--run-id", "ok", f"--test-name={name}"]),
         (train.main, ["single", "--run-id", "ok", f"--start-checkpoint={name}"]),
@@ -205,10 +206,10 @@ def commands_with(name, tmp_path):
         (admin.main, ["bulk-drop-run", "--run-id", "ok", f"--run-id={name}"]),
         (admin.main, ["export-checkpoint", f"--run-id={name}", "--export-dir", tmp_path]),
         (admin.main, ["bulk-export-checkpoint", "--export-dir", tmp_path, f"--run-id={name}"]),
-        (data.main, ["show", name]),
-        (data.main, ["drop", name]),
-        (data.main, ["astar-stats", name]),
-        (data.main, ["import", "--from-uri", "mongodb://127.0.0.1:1", "--name", name]),
+        (data.main, ["show", *pos]),
+        (data.main, ["drop", *pos]),
+        (data.main, ["astar-stats", *pos]),
+        (data.main, ["import", "--from-uri", "mongodb://127.0.0.1:1", f"--name={name}"]),
     ]
 
 
