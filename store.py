@@ -394,8 +394,8 @@ class Store:
         self.require_run(run_id)
         holder = self.live_holder(run_id)
         if holder and not force:
-            raise StoreError(f"run {run_id!r} is being trained by {holder}; stop that process first, "
-                             f"or pass --force to drop it anyway (the trainer then stops)")
+            raise StoreError(f"run {run_id!r} is being trained by {holder}; stop that process first, or drop it "
+                             f"anyway with `python admin.py drop-run --run-id {run_id} --force` (the trainer then stops)")
         for f in self.fs.find({"metadata.run_id": run_id}):
             self.fs.delete(f._id)
         self.logs.delete_many({"run_id": run_id})

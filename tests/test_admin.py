@@ -73,10 +73,13 @@ def test_drop_run(runs):
     refused(runs, "drop-run", "--run-id", "alpha", words=["no run with id 'alpha'"])
 
 
-def test_drop_of_a_live_run_needs_force(runs):
+def test_drop_of_a_live_run_needs_force(runs, tmp_path):
     runs.start_run("live", {"train_name": "toy.copy"}, owner="host:1", lease_s=600, world_size=1, host="host")
     refused(runs, "drop-run", "--run-id", "live", words=["'live' is being trained by host:1", "--force"])
     refused(runs, "bulk-drop-run", "--pattern", ".*", words=["live", "--force"])  # nothing dropped
+    torch.save(runs.load_checkpoint("alpha"), tmp_path / "alpha.pt")
+    refused(runs, "import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "live", "--replace",
+            words=["'live' is being trained", "drop-run --run-id live --force"])  # --replace does not drop a live run
     runs.runs.update_one({"_id": "live"}, {"$set": {"lease.expires": 0}})  # an expired lease is no holder
     assert runs.live_holder("live") is None
     runs.acquire_lease("live", "host:2", 600)
