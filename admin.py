@@ -16,6 +16,7 @@ import gridfs
 import torch
 from pymongo.errors import PyMongoError
 
+import data
 import store
 from model import ModelConfig, Transformer
 from store import StoreError
@@ -59,6 +60,11 @@ def show(st, args):
           f"host {r.get('host', '-')}, updated {fmt_time(r.get('updated'))}")
     for k, v in r["config"].items():
         print(f"  {k:22} {v}")
+    for key in ("train_name", "test_name"):
+        name = r["config"].get(key)
+        ds = st.db.datasets.find_one({"_id": name}, {"task": 1, "params": 1}) if name else None
+        if ds:  # datasets made before the reference's generation rules are flagged as such
+            print(f"{key.split('_')[0]} dataset {name}: generation rule {data.generation_rule(ds)}")
     ck = r.get("checkpoint")
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
     print(f"{'step':>8} {'split':5} {'loss':>8} {'trace':>8} {'plan':>8} {'acc':>6}")

@@ -64,8 +64,9 @@ def dataset_name(task, **params):
 class DatasetWriter:
     """Builds a dataset under a fresh uid; `commit()` makes it the live one.
 
-    With the same name and parameters as an interrupted build, it resumes: `counts`, `keys` and
-    `progress` come back as last recorded by `save_progress()`, and later writes are discarded."""
+    With the same name and parameters as an interrupted build, it resumes: `counts`, `keys`, `groups`
+    (the task groups written, see `_generate`) and `progress` come back as last recorded by
+    `save_progress()`, and later writes are discarded."""
 
     def __init__(self, db, name, task, params, vocabulary, overwrite=False):
         self.db, self.name = db, check_name(name, "dataset name")
@@ -79,11 +80,14 @@ class DatasetWriter:
             self.uid, self.progress, self.counts = building["uid"], building["progress"], building["counts"]
             for split, count in self.counts.items():  # writes after the last progress record are void
                 self.coll(split).delete_many({"_id": {"$gte": count}})
-            self.keys = {d["key"] for split in self.counts for d in self.coll(split).find({}, {"key": 1})}
+            docs = [d for split in self.counts for d in self.coll(split).find({}, {"key": 1, "group": 1})]
+            self.keys = {d["key"] for d in docs}
+            self.groups = {d["group"] for d in docs if "group" in d}
         else:
             if building:
                 self._drop_uid(building["uid"])
-            self.uid, self.progress, self.counts, self.keys = uuid.uuid4().hex[:12], {}, {"train": 0, "test": 0}, set()
+            self.uid, self.progress, self.counts = uuid.uuid4().hex[:12], {}, {"train": 0, "test": 0}
+            self.keys, self.groups = set(), set()
         self.building = {"uid": self.uid, "task": task, "params": params, "vocabulary": self.vocabulary,
                          "progress": self.progress, "counts": self.counts}
         db.datasets.update_one({"_id": name}, {"$set": {"building": self.building}}, upsert=True)
@@ -145,6 +149,14 @@ def drop_dataset(db, name):
         for split in ("train", "test"):
             db[f"ds.{name}.{uid}.{split}"].drop()
     db.datasets.delete_one({"_id": name})
+
+
+def generation_rule(doc) -> str:
+    """Which rule made a dataset: generated maze and Sokoban datasets record theirs (`reference`);
+    those made before the reference's rules were adopted have none and are `earlier`."""
+    if doc.get("task") in ("maze", "sokoban"):
+        return doc.get("params", {}).get("rule", "earlier")
+    return doc.get("task") or "-"  # imported or synthetic: not made here
 
 
 def get_dataset(db, name):
@@ -366,16 +378,24 @@ def rank_share(batch, rank, world):
 # generation
 
 
-def _maze_chunk(n, nondeterministic, count, seed, index):
+def _maze_chunk(n, nondeterministic, layouts, seed, index):
+    """One seeded job: [(layout key, [(task key, prompt, trace, plan), ...])] for `layouts` layouts."""
     import maze
-    return [(digest(t["layout"]), *(encode(t[p], index) for p in PARTS))
-            for t in maze.generate(n, count, seed, nondeterministic)]
+    out = []
+    for layout, tasks in maze.generate(n, layouts, seed, nondeterministic):
+        encoded = [[encode(t[p], index) for p in PARTS] for t in tasks]
+        out.append((digest(layout), [(digest(ids[0].tobytes()), *ids) for ids in encoded]))
+    return out
 
 
 def _sokoban_chunk(max_trace_tokens, count, seed, index):
+    """One seeded job: [(level key, [(level key, prompt, trace, plan)])] for `count` levels."""
     import sokoban
-    return [(digest(t["key"]), *(encode(t[p], index) for p in PARTS))
-            for t in sokoban.generate(count, seed, max_trace_tokens)]
+    out = []
+    for t in sokoban.generate(count, seed, max_trace_tokens):
+        key = digest(t["key"])
+        out.append((key, [(key, *(encode(t[p], index) for p in PARTS))]))
+    return out
 
 
 def chunk_seed(seed, chunk):
@@ -398,13 +418,14 @@ class Progress:
 
 
 def _generate(w, what, want, worker, args, seed, workers, chunk):
-    """Fill the splits up to `want` ({"test": n, "train": m}, test first) with the tasks of seeded
-    chunks made by `worker(*args, chunk, seed, index)` in a process pool, then commit.
+    """Fill the splits up to `want` ({"test": n, "train": m}, test first) with the task groups of
+    seeded chunks made by `worker(*args, chunk, seed, index)` in a process pool, then commit.
 
-    Chunks are consumed in order whatever the number of workers, so the dataset depends only on the
-    seed and chunk size. Progress is saved after each chunk: running the same command again after
-    an interruption continues at the next chunk and ends with the same dataset. A task whose key was
-    seen before (in either split) is dropped by the writer, so no task is in both splits."""
+    A group (a maze's wall layout, a Sokoban level) goes whole into one split, cut short where the
+    split fills up; a group seen before is dropped, so no layout is in both splits. Chunks are
+    consumed in order whatever the number of workers, so the dataset depends only on the seed and
+    chunk size. Progress is saved after each chunk: running the same command again after an
+    interruption continues at the next chunk and ends with the same dataset."""
     total = sum(want.values())
     next_chunk = w.progress.get("next_chunk", 0)
     progress = Progress(what, total, sum(w.counts.values()))
@@ -416,10 +437,13 @@ def _generate(w, what, want, worker, args, seed, workers, chunk):
                 job = (*args, chunk, chunk_seed(seed, submitted), w.index)
                 pending.append(pool.apply_async(worker, job))
                 submitted += 1
-            for key, prompt, trace, plan in pending.popleft().get():
+            for group, tasks in pending.popleft().get():
                 split = "test" if w.counts["test"] < want["test"] else "train"
-                if w.counts[split] < want[split]:
-                    w.add(split, prompt, trace, plan, key)
+                if group in w.groups or w.counts[split] >= want[split]:
+                    continue
+                w.groups.add(group)
+                for key, prompt, trace, plan in tasks[:want[split] - w.counts[split]]:
+                    w.add(split, prompt, trace, plan, key, group=Binary(group))
             next_chunk += 1
             w.save_progress(next_chunk=next_chunk)
             progress.update(sum(w.counts.values()))
@@ -427,13 +451,13 @@ def _generate(w, what, want, worker, args, seed, workers, chunk):
     progress.update(total, force=True)
 
 
-def generate_maze(db, n, num_train, num_test, nondeterministic, seed, overwrite, workers, chunk=256):
+def generate_maze(db, n, num_train, num_test, nondeterministic, seed, overwrite, workers, chunk=16):
     import maze
     name = dataset_name("maze", n=n, nondeterministic=nondeterministic)
     params = {"n": n, "nondeterministic": nondeterministic, "seed": seed, "num_train": num_train,
-              "num_test": num_test, "chunk": chunk}
+              "num_test": num_test, "chunk": chunk, "rule": maze.RULE}
     w = DatasetWriter(db, name, "maze", params, maze.vocabulary(n), overwrite)
-    # one task per wall layout and the key is the layout: the split is by layout
+    # a group is a wall layout: the split is by layout
     _generate(w, f"maze {n}x{n}", {"test": num_test, "train": num_train}, _maze_chunk, (n, nondeterministic),
               seed, workers, chunk)
     return name
@@ -443,7 +467,7 @@ def generate_sokoban(db, num_train, num_test, seed, overwrite, workers, max_trac
     import sokoban
     name = dataset_name("sokoban")
     params = {"seed": seed, "num_train": num_train, "num_test": num_test, "max_trace_tokens": max_trace_tokens,
-              "chunk": chunk}
+              "chunk": chunk, "rule": sokoban.RULE}
     w = DatasetWriter(db, name, "sokoban", params, sokoban.vocabulary(), overwrite)
     _generate(w, "sokoban 7x7", {"test": num_test, "train": num_train}, _sokoban_chunk, (max_trace_tokens,),
               seed, workers, chunk)
@@ -669,7 +693,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.add_argument("--workers", type=int, default=os.cpu_count())
-    p.add_argument("--chunk", type=int, default=256, help="tasks per seeded job (part of the dataset's identity)")
+    p.add_argument("--chunk", type=int, default=16,
+                   help="wall layouts per seeded job, about 17 tasks each (part of the dataset's identity)")
     p = sub.add_parser("sokoban", help="generate 7x7 Sokoban levels (2 walls, 2 boxes) with A* traces")
     p.add_argument("--num-train", type=int, required=True)
     p.add_argument("--num-test", type=int, required=True)
@@ -734,13 +759,13 @@ def main(argv=None):
             print(f"imported {args.name} as {name}: {counts['train']} train, {counts['test']} test sequences"
                   + (f", {skipped} skipped" if skipped else ""))
         elif args.cmd == "list":
-            print(f"{'name':45} {'task':8} {'train':>9} {'test':>8}  state")
+            print(f"{'name':45} {'task':8} {'rule':9} {'train':>9} {'test':>8}  state")
             for d in db.datasets.find().sort("_id", 1):
                 b = d.get("building")
                 state = f"building ({sum(b['counts'].values())} written)" if b else "complete"
                 counts = d.get("counts", {})
-                print(f"{d['_id']:45} {d.get('task', b and b['task']):8} {counts.get('train', '-'):>9} "
-                      f"{counts.get('test', '-'):>8}  {state}")
+                print(f"{d['_id']:45} {d.get('task', b and b['task']):8} {generation_rule(d if d.get('uid') else b):9} "
+                      f"{counts.get('train', '-'):>9} {counts.get('test', '-'):>8}  {state}")
         elif args.cmd == "drop":
             drop_dataset(db, args.name)
             print(f"dropped dataset {args.name}")
@@ -748,8 +773,8 @@ def main(argv=None):
             print(show_sequence(db, args.name, args.split, args.id))
         elif args.cmd == "show":
             doc = get_dataset(db, args.name)
-            print(f"{args.name}: task {doc['task']}, vocabulary {len(doc['vocabulary'])} tokens, "
-                  f"params {doc['params']}")
+            print(f"{args.name}: task {doc['task']}, generation rule {generation_rule(doc)}, "
+                  f"vocabulary {len(doc['vocabulary'])} tokens, params {doc['params']}")
             print(f"{'split':6} {'part':7} {'count':>8} {'min':>6} {'q25':>6} {'median':>6} {'q75':>6} {'max':>6}")
             for split, part, count, *q in length_stats(db, args.name):
                 print(f"{split:6} {part:7} {count:>8} " + " ".join(f"{v:>6}" for v in q))

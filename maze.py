@@ -10,25 +10,31 @@ Token format (one sequence per task):
           the start, H the Manhattan distance to the goal. The trace ends with the close of the goal.
   plan:   `plan x y` for every cell from the start to the goal, inclusive.
 
-A* uses unit step costs and the 4-neighbourhood; Manhattan distance is consistent there, so a
-closed node is never re-opened. A frontier node may be re-created with a lower g (logged as a
-new `create`); the older, worse entry is skipped when popped.
-Tie-breaks: deterministic A* pops the lowest f, then the lowest h (i.e. the highest g), then the
-first cell in row-major order (lowest y, then lowest x); children are visited up, right, down,
-left. Nondeterministic A* shuffles the child order at every expansion and breaks ties on f by a
-random number, both drawn from the caller's numpy Generator.
+Tasks follow the reference's rule (`layout_tasks`): for each random wall layout, every distinct
+(start, goal) pair among 100 random attempts whose optimal plan has at least n states is a task,
+so a dataset holds about 16-18 tasks per layout, all in one split.
+
+A* follows the reference's rules (astar.py): unit step costs, the 4-neighbourhood, the Manhattan
+heuristic (consistent, so a closed node is never re-opened; a frontier node reached on a better
+path is replaced and logged as a new `create`). Deterministic A* breaks f-ties by the lower
+x + 100000 * y (row by row) and visits children in the order (x, y+1), (x, y-1), (x-1, y),
+(x+1, y); nondeterministic A* shuffles the children and decides each f-tie comparison by a coin
+flip, both drawn from the caller's numpy Generator.
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
+from astar import search
+
 KEYWORDS = ("start", "goal", "wall", "create", "close", "plan")
-TRIES = 100  # (start, goal) pairs tried per wall layout
+TRIES = 100  # (start, goal) attempts per wall layout
+# the generation rule, recorded with each dataset: datasets without it were made by the earlier
+# rule (one task per layout, A* f-ties broken by h then row-major order)
+RULE = "reference"
 
 
 def vocabulary(n: int) -> list[str]:
@@ -55,14 +61,12 @@ class Maze:
 
 @lru_cache(maxsize=None)
 def _tables(n):
-    """(xs, ys, interior, orders) for the padded grid: cell coordinates per index, the wall-free
-    grid, and the 24 orders of the neighbour offsets up, right, down, left (first one unshuffled)."""
+    """(xs, ys, interior) for the padded grid: cell coordinates per index and the wall-free grid."""
     w = n + 2
     xs = [i % w - 1 for i in range(w * w)]
     ys = [i // w - 1 for i in range(w * w)]
     interior = bytes(1 if 0 <= xs[i] < n and 0 <= ys[i] < n else 0 for i in range(w * w))
-    orders = [tuple((-w, 1, w, -1)[k] for k in p) for p in itertools.permutations(range(4))]
-    return xs, ys, interior, orders
+    return xs, ys, interior
 
 
 def _free(n, walls) -> bytearray:
@@ -92,18 +96,22 @@ def bfs_distance(maze: Maze, a, b) -> int | None:
     return _distances(free, w, ia).get(ib) if free[ia] else None
 
 
-# --- task generation
+# --- task generation (the reference's rule)
 
 
 def random_layout(n: int, rng: np.random.Generator) -> frozenset:
-    k = int(rng.integers((3 * n * n + 9) // 10, n * n // 2 + 1))  # 30%..50% of the cells
+    """n*n//10*3 to n*n//10*5 walls (inclusive) on a uniformly random set of cells."""
+    k = int(rng.integers(n * n // 10 * 3, n * n // 10 * 5 + 1))
     cells = rng.choice(n * n, size=k, replace=False)
     return frozenset((int(c) % n, int(c) // n) for c in cells)
 
 
-def make_task(n: int, rng: np.random.Generator) -> Maze | None:
-    """One random layout; the first of up to 100 random (start, goal) pairs that is solvable with
-    an optimal plan of at least n states, or None if there is none."""
+def layout_tasks(n: int, rng: np.random.Generator) -> tuple[frozenset, list[Maze]]:
+    """One random wall layout and every distinct qualifying task on it.
+
+    As the reference does: 100 attempts, each a uniformly random ordered pair of distinct free cells
+    as (start, goal); an attempt qualifies when the goal is reachable and the optimal plan has at
+    least n states. Tasks come in the order of their first qualifying attempt."""
     walls = random_layout(n, rng)
     w = n + 2
     free = _free(n, walls)
@@ -111,69 +119,42 @@ def make_task(n: int, rng: np.random.Generator) -> Maze | None:
     # all pairs are drawn up front so the rng use per layout does not depend on the outcome
     a = rng.integers(len(cells), size=TRIES)
     b = rng.integers(len(cells) - 1, size=TRIES)
-    b += b >= a  # distinct and uniform over ordered pairs
-    comp = {}  # free index -> a representative of its connected component
-    for c in cells:
-        if c not in comp:
-            comp.update(dict.fromkeys(_distances(free, w, c), c))
+    b += b >= a  # distinct and uniform over ordered pairs, as the first two of a shuffle
     xs, ys = _tables(n)[:2]
+    dist, seen, out = {}, set(), []
     for s, g in zip(a.tolist(), b.tolist()):
         s, g = cells[s], cells[g]
-        if comp[s] != comp[g]:
-            continue
-        # a plan never beats the Manhattan distance, so BFS is only needed for close pairs
-        if abs(xs[s] - xs[g]) + abs(ys[s] - ys[g]) >= n - 1 or _distances(free, w, s)[g] >= n - 1:
-            return Maze(n, walls, (xs[s], ys[s]), (xs[g], ys[g]))
-    return None
+        if s not in dist:
+            dist[s] = _distances(free, w, s)
+        d = dist[s].get(g)
+        if d is not None and d + 1 >= n and (s, g) not in seen:
+            seen.add((s, g))
+            out.append(Maze(n, walls, (xs[s], ys[s]), (xs[g], ys[g])))
+    return walls, out
 
 
-# --- A*
+# --- A* (the reference's rules, see astar.py)
 
 
 def astar(maze: Maze, rng: np.random.Generator | None = None):
     """Returns (trace, plan): trace steps ("create" | "close", x, y, g, h) and the plan as (x, y)
-    cells from start to goal ([] if unsolvable). Deterministic when rng is None."""
+    cells from start to goal ([] if unsolvable). Deterministic when rng is None: equal f is broken
+    by the lower x + 100000 * y; children come in the order (x, y+1), (x, y-1), (x-1, y), (x+1, y)."""
     n, w = maze.n, maze.n + 2
-    xs, ys, _, orders = _tables(n)
+    xs, ys, _ = _tables(n)
     free = _free(n, maze.walls)
     gx, gy = maze.goal
     start, goal = (maze.start[1] + 1) * w + maze.start[0] + 1, (gy + 1) * w + gx + 1
-    nondet = rng is not None
-    if nondet:
-        # drawn up front in bulk (cheaper than per push): each node is pushed at most once per
-        # neighbour plus the start, and expanded at most once
-        keys = rng.random(4 * n * n + 1).tolist()
-        shuffles = rng.integers(24, size=n * n).tolist()
-    best = [n * n + 1] * (w * w)
-    parent, closed = {}, bytearray(w * w)
-    h = abs(xs[start] - gx) + abs(ys[start] - gy)
-    best[start] = 0
-    heap = [(h, keys[0] if nondet else h, start, 0)]
-    trace = [("create", xs[start], ys[start], 0, h)]
-    pushes = expansions = 0
-    while heap:
-        _, _, i, gi = heapq.heappop(heap)
-        if closed[i] or gi > best[i]:  # stale: i was re-created with a lower g or already closed
-            continue
-        closed[i] = 1
-        trace.append(("close", xs[i], ys[i], gi, abs(xs[i] - gx) + abs(ys[i] - gy)))
-        if i == goal:
-            plan = [i]
-            while plan[-1] != start:
-                plan.append(parent[plan[-1]])
-            return trace, [(xs[j], ys[j]) for j in reversed(plan)]
-        order = orders[shuffles[expansions] if nondet else 0]
-        expansions += 1
-        gj = gi + 1
-        for d in order:
-            j = i + d
-            if free[j] and not closed[j] and gj < best[j]:
-                best[j], parent[j] = gj, i
-                hj = abs(xs[j] - gx) + abs(ys[j] - gy)
-                pushes += 1
-                heapq.heappush(heap, (gj + hj, keys[pushes] if nondet else hj, j, gj))
-                trace.append(("create", xs[j], ys[j], gj, hj))
-    return trace, []
+    order = (w, -w, -1, 1)  # padded index offsets of (x, y+1), (x, y-1), (x-1, y), (x+1, y)
+
+    def expand(i):
+        return [(j, abs(xs[j] - gx) + abs(ys[j] - gy)) for j in (i + d for d in order) if free[j]]
+
+    found = search(start, abs(xs[start] - gx) + abs(ys[start] - gy), expand, goal.__eq__,
+                   tie=lambda i: xs[i] + 100000 * ys[i], rng=rng)
+    log, plan = found
+    trace = [("create" if create else "close", xs[i], ys[i], g, h) for create, i, g, h in log]
+    return trace, [(xs[i], ys[i]) for i in plan or ()]
 
 
 # --- tokens
@@ -257,17 +238,18 @@ def render(maze: Maze, plan=None) -> str:
     return "\n".join("".join(row) for row in grid)
 
 
-def generate(n: int, count: int, seed: int, nondeterministic: bool) -> list[dict]:
-    """Up to `count` tasks with A* traces, reproducible from the arguments (one pool job)."""
+def generate(n: int, layouts: int, seed: int, nondeterministic: bool) -> list[tuple[bytes, list[dict]]]:
+    """`layouts` random wall layouts, each with its tasks and their A* traces (one pool job),
+    reproducible from the arguments: [(layout key, [task, ...])]; a layout without a qualifying
+    task is dropped, as the reference drops it."""
     rng = np.random.default_rng(seed)
     out = []
-    for _ in range(100 * count):  # guard: give up rather than loop forever on hopeless settings
-        if len(out) >= count:
-            break
-        maze = make_task(n, rng)
-        if maze is None:
-            continue
-        trace, plan = astar(maze, rng if nondeterministic else None)
-        out.append({"layout": maze.layout_key(), "prompt": prompt_tokens(maze),
-                    "trace": trace_tokens(trace), "plan": plan_tokens(plan)})
+    for _ in range(layouts):
+        walls, found = layout_tasks(n, rng)
+        tasks = []
+        for maze in found:
+            trace, plan = astar(maze, rng if nondeterministic else None)
+            tasks.append({"prompt": prompt_tokens(maze), "trace": trace_tokens(trace), "plan": plan_tokens(plan)})
+        if tasks:
+            out.append((found[0].layout_key(), tasks))
     return out

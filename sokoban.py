@@ -1,11 +1,15 @@
 """Sokoban "7722" levels, a nondeterministic A* solver that logs its search, and the token format.
 
-A level is a 7x7 grid with a wall border, 2 interior walls, 2 boxes (starting in the inner 3x3),
-2 docks and 1 worker. x is the column, y the row; coordinates are the tokens "0".."6".
+A level is a 7x7 grid with a wall border, 2 interior walls, 2 boxes, 2 docks and 1 worker. x is
+the column, y the row; coordinates are the tokens "0".."6".
 
-Token format (one sequence per level):
+Levels are drawn as the reference draws them (`random_level`): the border; 2 walls on random free
+cells; the 2 boxes on random free cells of the inner 3x3 (2 or more cells from the border); the
+worker on a random free cell; the 2 docks on random free cells. Unsolvable levels are skipped.
+
+Token format (one sequence per level), positions sorted by x then y as the reference sorts them:
   prompt: `worker x y`, `box x y` per box, `dock x y` per dock, `wall x y` per wall (border
-          included); each group in row-major order.
+          included).
   trace:  one step per A* event, `create worker x y box x y ... cG cH` when a node is pushed on
           the frontier (the start first, with g=0) or `close worker x y box x y ... cG cH` when it
           is expanded. Boxes already on a dock are left out. The trace ends with the close of the
@@ -13,43 +17,43 @@ Token format (one sequence per level):
   plan:   `plan x y` for every worker position from the start to the final one, inclusive.
 Costs are the tokens "c0".."c{COST_MAX}"; the generator rejects levels that would need more.
 
-Heuristic: the sum over boxes of the Manhattan distance to the nearest dock (free or not). Every
-box must travel at least that far, each push is one worker move, and one move shifts at most one
-box by one cell, so h is admissible and consistent; A* with a closed set thus returns an optimal
-plan without re-opening. A box off-dock in a corner (walls on two orthogonal sides) can never move
-again, so such states get h = infinity and are pruned (never created); they cannot reach a goal.
-Nondeterminism: children are expanded in a random order and frontier ties on f = g + h are broken
-by a random number, both drawn from the caller's numpy Generator.
+Heuristic (the reference's): 0 when every box is docked; infinite when an undocked box can be
+pushed along neither axis (a wall on at least one side horizontally and on at least one side
+vertically; other boxes do not count), so such states are never created; else the sum over
+undocked boxes of the Manhattan distance to the nearest dock that holds no box. That last term is
+not admissible in every level (a box may be better off taking a docked box's place), so a plan is
+the reference A*'s plan: optimal in all but rare levels, and always checked by simulation.
+A* follows the reference's rules (astar.py): children shuffled, f-ties decided by coin flips,
+states reached again on a better path re-opened.
 """
 from __future__ import annotations
 
-import heapq
-import itertools
 from dataclasses import dataclass
 
 import numpy as np
+
+from astar import search
 
 SIZE = 7
 KEYWORDS = ("worker", "box", "dock", "wall", "create", "close", "plan")
 # over 20,000 random draws the largest g in any trace was 41 and the largest h 12 (optimal plans
 # reach 41 moves), so 63 leaves ample room; rarer levels beyond it are rejected by generate()
 COST_MAX = 63
+# the generation rule, recorded with each dataset: datasets without it were made by the earlier
+# rule (boxes drawn first, h to the nearest dock whether free or not, row-major token order)
+RULE = "reference"
 
-_INF = 1 << 20
-_PERMS = list(itertools.permutations(range(4)))
+_INF = float("inf")
 _BORDER = frozenset((x, y) for y in range(SIZE) for x in range(SIZE)
                     if x in (0, SIZE - 1) or y in (0, SIZE - 1))
 _INTERIOR = [(x, y) for y in range(1, SIZE - 1) for x in range(1, SIZE - 1)]
 _INNER = [(x, y) for y in range(2, SIZE - 2) for x in range(2, SIZE - 2)]
 _NUM = {str(i): i for i in range(SIZE)}
+_MOVES = ((0, -1), (0, 1), (-1, 0), (1, 0))  # up, down, left, right: the reference's child order
 
 
 def vocabulary() -> list[str]:
     return list(KEYWORDS) + [str(i) for i in range(SIZE)] + [f"c{i}" for i in range(COST_MAX + 1)]
-
-
-def _rowmajor(cells) -> tuple:
-    return tuple(sorted(cells, key=lambda c: (c[1], c[0])))
 
 
 @dataclass(frozen=True)
@@ -69,93 +73,95 @@ class Level:
         return bytes(code)
 
 
+def _pick(cells, k, taken, rng):
+    """k distinct cells drawn uniformly from those of `cells` not in `taken`."""
+    free = [c for c in cells if c not in taken]
+    return [free[i] for i in rng.choice(len(free), size=k, replace=False)]
+
+
 def random_level(rng: np.random.Generator) -> Level:
-    boxes = [_INNER[i] for i in rng.choice(len(_INNER), size=2, replace=False)]
-    free = [c for c in _INTERIOR if c not in boxes]
-    # five distinct free cells: two interior walls, two docks, the worker
-    picks = [free[i] for i in rng.choice(len(free), size=5, replace=False)]
-    return Level(walls=_BORDER | frozenset(picks[:2]), boxes=tuple(sorted(boxes)),
-                 docks=tuple(sorted(picks[2:4])), worker=picks[4])
+    walls = _pick(_INTERIOR, 2, (), rng)
+    boxes = _pick(_INNER, 2, walls, rng)
+    worker = _pick(_INTERIOR, 1, walls + boxes, rng)[0]
+    docks = _pick(_INTERIOR, 2, walls + boxes + [worker], rng)
+    return Level(walls=_BORDER | frozenset(walls), boxes=tuple(sorted(boxes)), docks=tuple(sorted(docks)),
+                 worker=worker)
 
 
-def _tables(level: Level):
-    """Neighbour table (-1 = blocked) and per-cell box cost (distance to nearest dock, or _INF)."""
-    def blocked(x, y):  # cells off the grid count as walls, so borderless levels stay safe
-        return not (0 <= x < SIZE and 0 <= y < SIZE) or (x, y) in level.walls
+class _Board:
+    """Bit-mask view of a level for the search: a state is (box mask << 6) | worker cell."""
 
-    nbr, hcell = [], []
-    for c in range(SIZE * SIZE):
-        x, y = c % SIZE, c // SIZE
-        nbr.append([-1 if blocked(x + dx, y + dy) else c + dx + dy * SIZE
-                    for dx, dy in ((0, -1), (1, 0), (0, 1), (-1, 0))])
-        near = min(abs(x - dx) + abs(y - dy) for dx, dy in level.docks)
-        cornered = ((blocked(x, y - 1) or blocked(x, y + 1))
-                    and (blocked(x - 1, y) or blocked(x + 1, y)))
-        hcell.append(_INF if cornered and near > 0 else near)
-    dockmask = sum(1 << (y * SIZE + x) for x, y in level.docks)
-    return nbr, hcell, dockmask
+    def __init__(self, level: Level):
+        def blocked(x, y):  # cells off the grid count as walls, so borderless levels stay safe
+            return not (0 <= x < SIZE and 0 <= y < SIZE) or (x, y) in level.walls
+
+        self.nbr, self.stuck = [], []
+        for c in range(SIZE * SIZE):
+            x, y = c % SIZE, c // SIZE
+            self.nbr.append([-1 if blocked(x + dx, y + dy) else c + dx + dy * SIZE for dx, dy in _MOVES])
+            self.stuck.append((blocked(x, y - 1) or blocked(x, y + 1)) and (blocked(x - 1, y) or blocked(x + 1, y)))
+        self.docks = [y * SIZE + x for x, y in level.docks]
+        self.dockmask = sum(1 << d for d in self.docks)
+        self.cells = [c for c in range(SIZE * SIZE) if not blocked(c % SIZE, c // SIZE)]
+        self.h_of = {}  # box mask -> h
+
+    def h(self, m: int) -> float:
+        h = self.h_of.get(m)
+        if h is None:
+            loose = [c for c in self.cells if m >> c & 1 and not self.dockmask >> c & 1]
+            open_docks = [d for d in self.docks if not m >> d & 1]
+            if any(self.stuck[c] for c in loose):
+                h = _INF
+            else:
+                h = sum(min(abs(c % SIZE - d % SIZE) + abs(c // SIZE - d // SIZE) for d in open_docks)
+                        for c in loose) if open_docks else 0
+            self.h_of[m] = h
+        return h
+
+    def expand(self, s: int):
+        """Children in the order up, down, left, right; moves into a wall or an unpushable box change
+        nothing (the reference skips such a child as already closed) and are left out."""
+        w, m = s & 63, s >> 6
+        out = []
+        for d, c in enumerate(self.nbr[w]):
+            if c < 0:
+                continue
+            cm = m
+            if m >> c & 1:
+                b = self.nbr[c][d]
+                if b < 0 or m >> b & 1:
+                    continue
+                cm = m ^ (1 << c) ^ (1 << b)
+            h = self.h(cm)
+            if h != _INF:
+                out.append((cm << 6 | c, h))
+        return out
+
+    def tokens(self, s: int) -> int:  # trace tokens of one step: kind, worker x y, box x y..., cG cH
+        return 6 + 3 * ((s >> 6) & ~self.dockmask).bit_count()
 
 
-def _randoms(rng: np.random.Generator):
-    # batched draws: one numpy call per 256 numbers instead of one per use
-    while True:
-        yield from rng.random(256).tolist()
+def heuristic(level: Level, boxes) -> float:
+    """h of the state with boxes on these cells (the worker does not matter); inf when pruned."""
+    return _Board(level).h(sum(1 << (y * SIZE + x) for x, y in boxes))
 
 
 def astar(level: Level, rng: np.random.Generator, max_steps: int | None = None, *,
           max_tokens: int | None = None):
-    """Optimal plan and trace, or None if unsolvable or past max_steps steps / max_tokens tokens."""
-    nbr, hcell, dockmask = _tables(level)
-    rnd = _randoms(rng).__next__
-    w0 = level.worker[1] * SIZE + level.worker[0]
+    """(trace, plan), or None if unsolvable or past max_steps steps / max_tokens trace tokens."""
+    board = _Board(level)
     m0 = sum(1 << (y * SIZE + x) for x, y in level.boxes)
-    h0 = sum(hcell[y * SIZE + x] for x, y in level.boxes)
-    if h0 >= _INF:
+    start = m0 << 6 | level.worker[1] * SIZE + level.worker[0]
+    h0 = board.h(m0)
+    if h0 == _INF:
         return None
-    undocked = ~dockmask
-    steps = max_steps if max_steps is not None else _INF
-    tokens = max_tokens if max_tokens is not None else _INF
-    start = m0 << 6 | w0  # state: box bitmask above, worker cell in the low 6 bits
-    best, parent, closed = {start: 0}, {start: None}, set()
-    log = [(True, start, 0, h0)]
-    ntok = 6 + 3 * (m0 & undocked).bit_count()
-    heap = [(h0 + rnd(), 0, h0, start)]
-    while heap:
-        _, g, h, s = heapq.heappop(heap)
-        if s in closed or g > best[s]:
-            continue  # stale frontier entry
-        closed.add(s)
-        log.append((False, s, g, h))
-        w, m = s & 63, s >> 6
-        ntok += 6 + 3 * (m & undocked).bit_count()
-        if len(log) > steps or ntok > tokens:
-            return None
-        if h == 0:  # h is zero exactly when every box is on a dock
-            return _trace(log, level), _plan(parent, s)
-        row = nbr[w]
-        for d in _PERMS[int(rnd() * 24)]:
-            c = row[d]
-            if c < 0:
-                continue
-            ch, cm = h, m
-            if m >> c & 1:
-                b = nbr[c][d]
-                if b < 0 or m >> b & 1:
-                    continue
-                ch = h - hcell[c] + hcell[b]
-                if ch >= _INF:
-                    continue  # box pushed into a dead corner
-                cm = m ^ (1 << c) ^ (1 << b)
-            t, cg = cm << 6 | c, g + 1
-            if t in closed or best.get(t, _INF) <= cg:
-                continue
-            best[t], parent[t] = cg, s
-            heapq.heappush(heap, (cg + ch + rnd(), cg, ch, t))
-            log.append((True, t, cg, ch))
-            ntok += 6 + 3 * (cm & undocked).bit_count()
-            if len(log) > steps or ntok > tokens:
-                return None
-    return None
+    found = search(start, h0, board.expand, lambda s: not ((s >> 6) & ~board.dockmask), rng=rng,
+                   max_steps=max_steps, step_cost=board.tokens if max_tokens is not None else None,
+                   max_cost=max_tokens)
+    if found is None or found[1] is None:
+        return None
+    log, plan = found
+    return _trace(log, level), [_cell(s & 63) for s in plan]
 
 
 def _cell(c: int) -> tuple[int, int]:
@@ -169,23 +175,15 @@ def _trace(log, level: Level) -> list[tuple]:
     for create, s, g, h in log:
         m = (s >> 6) & undocked
         if m not in cache:
-            cache[m] = tuple(_cell(c) for c in range(SIZE * SIZE) if m >> c & 1)
+            cache[m] = tuple(sorted(_cell(c) for c in range(SIZE * SIZE) if m >> c & 1))
         out.append(("create" if create else "close", _cell(s & 63), cache[m], g, h))
     return out
-
-
-def _plan(parent: dict, s: int) -> list[tuple[int, int]]:
-    path = []
-    while s is not None:
-        path.append(_cell(s & 63))
-        s = parent[s]
-    return path[::-1]
 
 
 def prompt_tokens(level: Level) -> list[str]:
     out = ["worker", str(level.worker[0]), str(level.worker[1])]
     for name, cells in (("box", level.boxes), ("dock", level.docks), ("wall", level.walls)):
-        for x, y in _rowmajor(cells):
+        for x, y in sorted(cells):
             out += [name, str(x), str(y)]
     return out
 

@@ -1,11 +1,14 @@
 """Maze datasets in MongoDB: generation, resuming, the local cache, A* statistics and the data CLI."""
+import re
+
 import numpy as np
 import pymongo
 import pytest
 
+import admin
 import data
 import maze
-from conftest import run_cli
+from conftest import call, run_cli
 from store import StoreError
 
 NAME = "maze.10-by-10-deterministic.simple"
@@ -22,7 +25,7 @@ def same_split(a, b):
 
 def test_interrupted_generation_resumes_to_the_same_dataset(env, st, monkeypatch):
     ref = pymongo.MongoClient(env["uri"] + "b").get_default_database()
-    data.generate_maze(ref, 10, 300, 40, False, seed=3, overwrite=False, workers=1, chunk=16)
+    data.generate_maze(ref, 10, 300, 40, False, seed=3, overwrite=False, workers=1, chunk=1)
     calls, save = [0], data.DatasetWriter.save_progress
 
     def dies_after_five(self, **progress):
@@ -33,10 +36,10 @@ def test_interrupted_generation_resumes_to_the_same_dataset(env, st, monkeypatch
 
     monkeypatch.setattr(data.DatasetWriter, "save_progress", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
-        data.generate_maze(st.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=16)
+        data.generate_maze(st.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=1)
     monkeypatch.undo()
     assert st.db.datasets.find_one({"_id": NAME})["building"]["progress"] == {"next_chunk": 5}
-    data.generate_maze(st.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=16)
+    data.generate_maze(st.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=1)
     for split in ("train", "test"):
         same_split(data.load_split(ref, NAME, split, use_cache=False),
                    data.load_split(st.db, NAME, split, use_cache=False))
@@ -107,3 +110,35 @@ def test_maze_render():
     m = maze.Maze(3, frozenset({(1, 1)}), (0, 0), (2, 2))
     assert maze.render(m, [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2)]) == "Soo\n.#o\n..G"
     assert maze.render(m) == "S..\n.#.\n..G"
+
+
+def test_datasets_record_their_generation_rule_and_earlier_ones_stay_usable(st):
+    data.generate_maze(st.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
+    assert data.get_dataset(st.db, NAME)["params"]["rule"] == maze.RULE == "reference"
+    assert re.search(rf"{re.escape(NAME)}\s+maze\s+reference\s+30\s+5\s+complete", run_cli("data.py", "list").stdout)
+    # a dataset made before the rule was recorded: flagged, and still loads and batches as before
+    st.db.datasets.update_one({"_id": NAME}, {"$unset": {"params.rule": ""}})
+    assert re.search(rf"{re.escape(NAME)}\s+maze\s+earlier\s+30", run_cli("data.py", "list").stdout)
+    assert "generation rule earlier" in run_cli("data.py", "show", NAME).stdout
+    seqs = data.Sequences.build(data.load_split(st.db, NAME, "train", use_cache=False), range(30), plan_only=False)
+    assert len(seqs) == 30
+    st.runs.insert_one({"_id": "old-data", "config": {"train_name": NAME, "test_name": ""}, "status": "finished",
+                        "step": 0, "lease": None, "error": None})
+    code, out, _ = call(admin.main, "show", "--run-id", "old-data")
+    assert code == 0 and f"train dataset {NAME}: generation rule earlier" in out
+
+
+def test_every_task_of_a_layout_is_kept_in_one_split(st):
+    data.generate_maze(st.db, 10, 200, 40, True, seed=2, overwrite=False, workers=1, chunk=2)
+    name = "maze.10-by-10-nondeterministic.simple"
+    doc = data.get_dataset(st.db, name)
+    assert doc["counts"] == {"train": 200, "test": 40}
+    groups = {s: [d["group"] for d in st.db[f"ds.{name}.{doc['uid']}.{s}"].find({}, {"group": 1})] for s in ("train", "test")}
+    assert not set(groups["train"]) & set(groups["test"])  # split by layout
+    assert len(set(groups["train"])) < 200 / 5  # many tasks per layout, as the reference keeps them
+    vocab = doc["vocabulary"]
+    part = data.load_split(st.db, name, "train", use_cache=False)
+    first = [r for r in range(200) if groups["train"][r] == groups["train"][0]]
+    prompts = [[vocab[i] for i in part.get(r, "prompt")] for r in first]
+    assert len({tuple(p[:6]) for p in prompts}) == len(first) > 1  # distinct (start, goal) pairs
+    assert len({tuple(p[6:]) for p in prompts}) == 1  # on one wall layout

@@ -139,7 +139,7 @@ TRAIN = ["--train-name", MAZE, "--model-size", "tiny", "--warmup-steps", "2", "-
 
 
 def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
-    run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "8", "--chunk", "64", "--workers", "1")
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "8", "--chunk", "2", "--workers", "1")
     r = run_cli("train.py", "single", "--run-id", "base", *TRAIN, "--train-steps", "5", "--eval-tasks", "3")
     assert "optimal" in r.stdout and "of 3 tasks" in r.stdout
     assert st.get_logs("base", "test")[-1]["rollout_tasks"] == 3
@@ -214,7 +214,7 @@ def test_bad_input_gives_one_line_errors(st, flags, msg):
 
 @pytest.mark.slow
 def test_two_ranks_share_the_work_without_duplicates(st):
-    run_cli("data.py", "maze", "--size", "10", "--num-train", "8", "--num-test", "6", "--chunk", "64", "--workers", "1")
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "8", "--num-test", "6", "--chunk", "2", "--workers", "1")
     run_cli("train.py", "single", "--run-id", "r", *TRAIN, "--train-steps", "5")
     args = ["eval.py", "--run-id", "r", "--num-tasks", "5", "--samples", "3", "--max-tokens", "60", "--batch-size", "4"]
     r = run_cli(*args, nproc=2)

@@ -25,12 +25,12 @@ def bfs(m, src):
 
 
 def tasks(n, count, seed):
+    """The first task of each of `count` layouts that have one."""
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < count:
-        m = maze.make_task(n, rng)
-        if m is not None:
-            out.append(m)
+        found = maze.layout_tasks(n, rng)[1]
+        out += found[:1]
     return out
 
 
@@ -87,12 +87,17 @@ def test_nondeterminism():
 
 
 @pytest.mark.parametrize("n", [10, 20, 30])
-def test_make_task_rule(n):
-    for m in TASKS[n]:
-        assert 0.3 * n * n <= len(m.walls) <= 0.5 * n * n
-        assert all(0 <= x < n and 0 <= y < n for x, y in m.walls)
-        assert m.start != m.goal and m.start not in m.walls and m.goal not in m.walls
-        assert bfs(m, m.start)[m.goal] + 1 >= n
+def test_layout_tasks_rule(n):
+    rng = np.random.default_rng(n)
+    for _ in range(20 if n == 10 else 4):
+        walls, found = maze.layout_tasks(n, rng)
+        assert n * n // 10 * 3 <= len(walls) <= n * n // 10 * 5
+        assert all(0 <= x < n and 0 <= y < n for x, y in walls)
+        assert len(found) <= maze.TRIES and len({(m.start, m.goal) for m in found}) == len(found)
+        for m in found:
+            assert m.walls == walls and m.n == n
+            assert m.start != m.goal and m.start not in m.walls and m.goal not in m.walls
+            assert bfs(m, m.start)[m.goal] + 1 >= n
 
 
 def test_random_layout_fraction():
@@ -166,18 +171,22 @@ def test_vocabulary():
 @pytest.mark.parametrize("n", [10, 20, 30])
 @pytest.mark.parametrize("nondet", [False, True])
 def test_generate(n, nondet):
-    out = maze.generate(n, 8, 123, nondet)
-    assert len(out) == 8
+    out = maze.generate(n, 3, 123, nondet)
+    assert 1 <= len(out) <= 3
     vocab = set(maze.vocabulary(n))
-    for t in out:
-        assert set(t) == {"layout", "prompt", "trace", "plan"}
-        for part in ("prompt", "trace", "plan"):
-            assert set(t[part]) <= vocab
-        assert len(t["trace"]) % 5 == 0 and len(t["plan"]) % 3 == 0
-        m = maze.parse_prompt(t["prompt"], n)
-        assert t["layout"] == m.layout_key()
-        plan = maze.parse_plan(t["plan"])
-        assert maze.check_plan(m, plan) and len(plan) == bfs(m, m.start)[m.goal] + 1
-    assert out == maze.generate(n, 8, 123, nondet)
-    other = maze.generate(n, 8, 124, nondet)
-    assert [t["layout"] for t in other] != [t["layout"] for t in out]
+    for layout, tasks in out:
+        assert tasks
+        for t in tasks:
+            assert set(t) == {"prompt", "trace", "plan"}
+            for part in ("prompt", "trace", "plan"):
+                assert set(t[part]) <= vocab
+            assert len(t["trace"]) % 5 == 0 and len(t["plan"]) % 3 == 0
+            m = maze.parse_prompt(t["prompt"], n)
+            assert layout == m.layout_key()
+            plan = maze.parse_plan(t["plan"])
+            assert maze.check_plan(m, plan) and len(plan) == bfs(m, m.start)[m.goal] + 1
+            if not nondet:
+                assert t["trace"] == maze.trace_tokens(maze.astar(m)[0])
+    assert out == maze.generate(n, 3, 123, nondet)
+    other = maze.generate(n, 3, 124, nondet)
+    assert [k for k, _ in other] != [k for k, _ in out]
