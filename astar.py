@@ -19,29 +19,31 @@ import heapq
 import numpy as np
 
 
-class Coin:
-    """Fair coin flips from a numpy Generator, drawn in bulk (heapq compares many times per push)."""
+def _draws(rng: np.random.Generator, draw):
+    """An endless stream of draw(rng) values, drawn from numpy in bulk: one call per 1024 uses."""
+    while True:
+        yield from draw(rng).tolist()
 
-    def __init__(self, rng: np.random.Generator):
-        self.rng, self.bits, self.pos = rng, [], 0
 
-    def flip(self) -> bool:
-        if self.pos == len(self.bits):
-            self.bits, self.pos = self.rng.integers(0, 2, size=1024).tolist(), 0
-        self.pos += 1
-        return self.bits[self.pos - 1] == 1
+def _shuffled(items: list, uniform) -> list:
+    """A uniformly random permutation of items (Fisher-Yates on the uniform stream)."""
+    items = list(items)
+    for i in range(len(items) - 1, 0, -1):
+        j = int(next(uniform) * (i + 1))
+        items[i], items[j] = items[j], items[i]
+    return items
 
 
 class Node:
-    __slots__ = ("f", "g", "h", "state", "parent", "tie", "coin")
+    """A search node. The heap holds (f, node) pairs, so Python compares nodes only on equal f, and
+    there the reference's rule applies: a coin flip, or the lower tie key when deterministic."""
+    __slots__ = ("g", "h", "state", "parent", "tie", "coin")
 
     def __init__(self, state, g, h, parent, tie, coin):
-        self.f, self.g, self.h, self.state, self.parent, self.tie, self.coin = g + h, g, h, state, parent, tie, coin
+        self.g, self.h, self.state, self.parent, self.tie, self.coin = g, h, state, parent, tie, coin
 
     def __lt__(self, other: Node) -> bool:
-        if self.f != other.f:
-            return self.f < other.f
-        return self.coin.flip() if self.coin is not None else self.tie < other.tie
+        return next(self.coin) if self.coin is not None else self.tie < other.tie
 
 
 def search(start, h0, expand, is_goal, tie=None, rng=None, max_steps=None, step_cost=None, max_cost=None):
@@ -52,18 +54,22 @@ def search(start, h0, expand, is_goal, tie=None, rng=None, max_steps=None, step_
     Returns (log, plan): log a list of (is_create, state, g, h), plan the states from start to goal
     (None when the goal is unreachable). Returns None instead once the log has more than max_steps
     steps or the summed step_cost(state) of its steps exceeds max_cost."""
-    coin = Coin(rng) if rng is not None else None
+    coin = uniform = None  # nondeterministic: streams of fair coin flips and of uniforms in [0, 1)
+    if rng is not None:
+        coin = _draws(rng, lambda r: r.integers(0, 2, size=1024).astype(bool))
+        uniform = _draws(rng, lambda r: r.random(1024))
     tie = tie or (lambda s: 0)
-    node = Node(start, 0, h0, None, 0 if coin else tie(start), coin)
-    heap, frontier, closed = [node], {start: node}, {}
+    entry = (h0, Node(start, 0, h0, None, 0 if coin else tie(start), coin))
+    heap, frontier, closed = [entry], {start: entry}, {}  # frontier and closed: state -> (f, node)
     log = [(True, start, 0, h0)]
     cost = step_cost(start) if step_cost else 0
     limit_steps = max_steps if max_steps is not None else float("inf")
     limit_cost = max_cost if max_cost is not None else float("inf")
     while heap:
-        node = heapq.heappop(heap)
+        entry = heapq.heappop(heap)
+        node = entry[1]
         del frontier[node.state]
-        closed[node.state] = node
+        closed[node.state] = entry
         log.append((False, node.state, node.g, node.h))
         if step_cost:
             cost += step_cost(node.state)
@@ -77,23 +83,23 @@ def search(start, h0, expand, is_goal, tie=None, rng=None, max_steps=None, step_
             return log, plan[::-1]
         children = expand(node.state)
         if coin is not None:
-            children = [children[i] for i in rng.permutation(len(children))]
+            children = _shuffled(children, uniform)
         g = node.g + 1
         for child, h in children:
             f = g + h
             old = frontier.get(child)
             if old is not None:
-                if old.f <= f:
+                if old[0] <= f:
                     continue
                 heap.remove(old)  # a better path to a frontier state: replace its entry
                 heapq.heapify(heap)
                 del frontier[child]
             old = closed.get(child)
-            if old is not None and old.f <= f:
+            if old is not None and old[0] <= f:
                 continue
-            new = Node(child, g, h, node, 0 if coin else tie(child), coin)
-            heapq.heappush(heap, new)
-            frontier[child] = new
+            entry = (f, Node(child, g, h, node, 0 if coin else tie(child), coin))
+            heapq.heappush(heap, entry)
+            frontier[child] = entry
             log.append((True, child, g, h))
             if step_cost:
                 cost += step_cost(child)

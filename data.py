@@ -637,6 +637,8 @@ def import_dataset(db, uri, from_db, name, new_name=None, overwrite=False, batch
 
 
 def length_stats(db, name):
+    """[(split, part, count, min, q25, median, q75, max)] of token lengths, parts as stored and
+    `response` = trace + plan (what a search-augmented model generates)."""
     doc = get_dataset(db, name)
     rows = []
     for split in ("train", "test"):
@@ -644,10 +646,11 @@ def length_stats(db, name):
         for d in db[f"ds.{name}.{doc['uid']}.{split}"].find({}, {f"{p}_len": 1 for p in PARTS}):
             for p in PARTS:
                 lens[p].append(d[f"{p}_len"])
-        for p in PARTS:
-            if lens[p]:
-                q = np.percentile(lens[p], [0, 25, 50, 75, 100]).astype(int)
-                rows.append((split, p, len(lens[p]), *q))
+        lens["response"] = np.add(lens["trace"], lens["plan"])
+        for p, v in lens.items():
+            if len(v):
+                q = np.percentile(v, [0, 25, 50, 75, 100]).astype(int)
+                rows.append((split, p, len(v), *q))
     return rows
 
 
@@ -775,9 +778,9 @@ def main(argv=None):
             doc = get_dataset(db, args.name)
             print(f"{args.name}: task {doc['task']}, generation rule {generation_rule(doc)}, "
                   f"vocabulary {len(doc['vocabulary'])} tokens, params {doc['params']}")
-            print(f"{'split':6} {'part':7} {'count':>8} {'min':>6} {'q25':>6} {'median':>6} {'q75':>6} {'max':>6}")
+            print(f"{'split':6} {'part':8} {'count':>8} {'min':>6} {'q25':>6} {'median':>6} {'q75':>6} {'max':>6}")
             for split, part, count, *q in length_stats(db, args.name):
-                print(f"{split:6} {part:7} {count:>8} " + " ".join(f"{v:>6}" for v in q))
+                print(f"{split:6} {part:8} {count:>8} " + " ".join(f"{v:>6}" for v in q))
     except (StoreError, PyMongoError) as e:  # the latter: e.g. the database went away mid-command
         sys.exit(f"error: {store.one_line(e)}")
 

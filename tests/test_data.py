@@ -103,7 +103,9 @@ def test_overwrite_replaces_and_stats_table(st):
     assert f"ds.{NAME}.{old}.train" not in st.db.list_collection_names()
     rows = data.length_stats(st.db, NAME)
     counts = (("train", 10), ("test", 2))
-    assert [(s, p, n) for s, p, n, *_ in rows] == [(s, p, n) for s, n in counts for p in data.PARTS]
+    assert [(s, p, n) for s, p, n, *_ in rows] == [(s, p, n) for s, n in counts for p in (*data.PARTS, "response")]
+    trace, plan, response = (r[3:] for r in rows[1:4])
+    assert response[0] >= trace[0] + plan[0] and response[-1] <= trace[-1] + plan[-1]
 
 
 def test_maze_render():
