@@ -283,7 +283,8 @@ class Tasks:
 def prompt_ids(split, row, prefix_len=0):
     """`<bos> prompt <sep>`, then the first prefix_len tokens of the sequence's stored (A*) trace: a
     rollout continues from there (the whole trace when it is shorter)."""
-    return np.concatenate([[BOS], split.get(row, "prompt"), [SEP], split.get(row, "trace")[:prefix_len]]).astype(np.int64)
+    prefix = split.get(row, "trace")[:prefix_len]
+    return np.concatenate([[BOS], split.get(row, "prompt"), [SEP], prefix]).astype(np.int64)
 
 
 def rollouts(model, split, pairs, opts, batch_size, device):
@@ -850,7 +851,8 @@ def parse_args(argv):
     p.add_argument("--split", choices=["test", "train"])
     for flag, kind in (("--num-tasks", int), ("--samples", int), ("--temperature", float), ("--max-tokens", int)):
         p.add_argument(flag, type=kind, help="only results with this value")
-    p.add_argument("--prefix-len", type=int, default=0, help="results of rollouts after this trace prefix (default: none)")
+    p.add_argument("--prefix-len", type=int, default=0,
+                   help="results of rollouts after this trace prefix (default: none)")
     p.add_argument("--scoring", choices=["strict", "reference"], default="strict",
                    help="reference: the figures of the reference's lenient checker")
     p.set_defaults(fn=cmd_average)

@@ -316,7 +316,8 @@ def loss_denominator(cfg, seqs, batch):
 
 @torch.no_grad()
 def evaluate(model, seqs, rank, world, device, autocast, rows=16):
-    """Test loss, token accuracy and exact sequences over all of seqs, each rank taking a share, reduced over ranks."""
+    """Test loss, token accuracy and exact sequences over all of seqs, each rank taking a share,
+    reduced over ranks."""
     model.eval()
     order = np.argsort(seqs.lengths, kind="stable")[rank::world]
     stats = torch.zeros(STATS, dtype=torch.float64, device=device)
@@ -464,8 +465,8 @@ def train(cfg, run_id, rt, st, rank, world, device):
             if rank == 0:
                 st.log(run_id, step, "train", metrics, owner=rt.owner)
             print0(f"step {step}/{cfg.train_steps} | loss {metrics['loss']:.4f} (trace {metrics['trace_loss']:.4f} "
-                   f"plan {metrics['plan_loss']:.4f}) | acc {metrics['accuracy']:.3f} exact {metrics['response_exact']:.3f} "
-                   f"| lr {lr:.2e} | "
+                   f"plan {metrics['plan_loss']:.4f}) | acc {metrics['accuracy']:.3f} "
+                   f"exact {metrics['response_exact']:.3f} | lr {lr:.2e} | "
                    f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta / 60:.1f}m")
             busy, tokens_since = 0.0, 0
         if step % cfg.eval_interval == 0 or step == cfg.train_steps:
