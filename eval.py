@@ -1,8 +1,9 @@
 """Evaluate a run by sampling responses from its checkpoint; bootstrap a shorter-trace dataset from them.
 
   python eval.py --run-id ID [--split test] [--num-tasks N] [--samples K] [--temperature T] [--max-tokens M]
-  python eval.py bootstrap --run-id ID [--name NEW_DATASET] [--num-tasks N] [--samples K] ...
-  python eval.py average --run-id A --run-id B ... (or --pattern REGEX) [filters]
+                 [--scoring reference] [--prefix-len K]
+  python eval.py bootstrap --run-id ID [--name NEW_DATASET] [--num-tasks N] [--samples K] [--only-shorter] ...
+  python eval.py average --run-id A --run-id B ... (or --pattern REGEX) [filters] [--scoring reference]
 
 (`eval.py run ...` is the same as `eval.py ...`.) Runs as a plain process or under torchrun: each
 rank samples a share of the tasks, and responses go to MongoDB as they finish (a few dozen at a time).
@@ -13,16 +14,23 @@ a prompt. A row stops at <eos> or after max_tokens tokens; finished rows leave t
 ones join it (continuous batching). Greedy at temperature 0, else sampled from softmax(logits / T);
 bf16 autocast on GPU.
 
-Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
-parameters, task, sample index), the tokens as little-endian uint16 binary. Evaluating again
-reuses them; an interrupted evaluation resumes by generating only the missing ones.
+With --prefix-len K a response continues `<bos> prompt <sep>` and the first K tokens of the task's
+stored (A*) trace (all of it when shorter); the response is scored and stored with that prefix.
 
-Metrics, per task i over its K responses (the plan starts at the first `plan` token; its length is
-its number of moves; l*_i and t*_i come from the dataset: the stored plan, and
-astar_mean_trace_len when `data.py astar-stats` has added it, else the stored trace length):
+Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
+parameters (prefix length included), task, sample index), the tokens as little-endian uint16
+binary. Evaluating again reuses them; an interrupted evaluation resumes by generating only the
+missing ones.
+
+Metrics, per task i over its K responses (strict checking: a response must end with <eos>, hold
+only task tokens and a plan of `plan x y` states from its first `plan` token on, from start to
+goal (maze) or solving the level by legal moves from the worker (Sokoban); l*_i and t*_i come from
+the dataset: the stored plan, and astar_mean_trace_len when `data.py astar-stats` has added it,
+else the stored trace length):
   optimal %     tasks with a correct plan of optimal length
   correct %     tasks with a correct plan
-  SWC           mean of c_i l*_i / max(l_i, l*_i), l_i the shortest correct plan
+  SWC           mean of c_i l*_i / max(l_i, l*_i), l_i the shortest correct plan, lengths in states
+                (moves + 1) as in the paper
   ILR-solved    mean of c_i t*_i / t_i, t_i the mean trace length of the correct responses
   ILR-optimal   the same over the optimal responses
   malformed %   responses without <eos> within the limit, with a token outside the task's
@@ -30,11 +38,16 @@ astar_mean_trace_len when `data.py astar-stats` has added it, else the stored tr
   trace/A*      the optimal responses' mean trace length over A*'s, summed over the tasks that have
                 one (0.73 means 27% shorter)
 ILRs and trace/A* are left out for plan-only runs. Results go to the `results` collection
-(see `admin.py show`).
+(see `admin.py show`). --scoring reference also computes them with the reference's more lenient
+checker and stores them as reference_metrics: no <eos> needed, the plan is every token from the
+first `plan` token on read as triples whose keyword is not checked, and for Sokoban the plan's
+steps are replayed as moves from the worker, illegal ones changing nothing, wherever the plan
+starts.
 
-Bootstrapping. For every training prompt of the run (its dataset and filters), sample K responses
-and keep the one with the shortest trace among those whose plan is correct and optimal, when that
-trace is shorter than the sequence's own; otherwise keep the sequence. The new dataset has the same
+Bootstrapping. For every training prompt of the run (its dataset and filters), sample K responses;
+among those whose plan is correct and optimal (strict checking), the one with the fewest trace
+tokens replaces the sequence, even when its trace is longer, as the reference did (--only-shorter:
+only when shorter); with none, the sequence stays. The new dataset has the same
 task, parameters and vocabulary; its test split is a copy of the run's test dataset's test split,
 so it is self-contained (training on it may still name the original with test_name).
 """
@@ -267,13 +280,17 @@ class Tasks:
         return self.flat[part][off[row]:off[row + 1]]
 
 
-def prompt_ids(split, row):
-    return np.concatenate([[BOS], split.get(row, "prompt"), [SEP]]).astype(np.int64)
+def prompt_ids(split, row, prefix_len=0):
+    """`<bos> prompt <sep>`, then the first prefix_len tokens of the sequence's stored (A*) trace: a
+    rollout continues from there (the whole trace when it is shorter)."""
+    prefix = split.get(row, "trace")[:prefix_len]
+    return np.concatenate([[BOS], split.get(row, "prompt"), [SEP], prefix]).astype(np.int64)
 
 
 def rollouts(model, split, pairs, opts, batch_size, device):
-    """Yield ((row, sample), ids, eos) for (row, sample) pairs of a split, as they finish. The
-    random stream depends only on the seed and the first pair."""
+    """Yield ((row, sample), ids, eos) for (row, sample) pairs of a split, as they finish; with
+    opts.prefix_len, ids start with the given trace prefix. The random stream depends only on the
+    seed and the first pair."""
     if not pairs:
         return
     rows = sorted({r for r, _ in pairs})
@@ -284,9 +301,11 @@ def rollouts(model, split, pairs, opts, batch_size, device):
         gen.manual_seed(int(np.random.SeedSequence([opts.seed, *pairs[0]]).generate_state(1)[0]))
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
-    for i, ids, eos in rollout(model, [prompt_ids(split, r) for r in rows], [where[r] for r, _ in pairs],
-                               opts.max_tokens, opts.temperature, gen, batch_size, autocast,
-                               torch.bfloat16 if cuda else None):
+    for i, ids, eos in rollout(model, [prompt_ids(split, r, opts.prefix_len) for r in rows],
+                               [where[r] for r, _ in pairs], opts.max_tokens, opts.temperature, gen, batch_size,
+                               autocast, torch.bfloat16 if cuda else None):
+        if opts.prefix_len:  # the response as scored and stored: the given prefix, then what was generated
+            ids = np.concatenate([split.get(pairs[i][0], "trace")[:opts.prefix_len], ids]).astype(data.DTYPE)
         yield pairs[i], ids, eos
 
 
@@ -306,13 +325,16 @@ def auto_batch_size(cfg, max_len, device):
 class Opts:
     """Sampling parameters: with the dataset and split, they key the stored responses."""
     temperature: float
-    max_tokens: int
+    max_tokens: int  # generated tokens (after any prefix)
     seed: int = 0
+    prefix_len: int = 0  # rollouts start after this many tokens of the stored trace
 
 
 def response_key(run_id, step, dataset_doc, split, opts):
     params = {"dataset": dataset_doc["_id"], "uid": dataset_doc["uid"], "split": split,
               "temperature": float(opts.temperature), "max_tokens": opts.max_tokens, "seed": opts.seed}
+    if opts.prefix_len:  # absent at 0, so responses stored before the option keep their key
+        params["prefix_len"] = opts.prefix_len
     return {"run_id": run_id, "step": step, "pkey": json.dumps(params, sort_keys=True)}
 
 
@@ -396,9 +418,11 @@ class Checker:
             n = doc["params"]["n"]
             self.parse_prompt, self.parse_plan, self.check = (lambda t: maze.parse_prompt(t, n)), maze.parse_plan, \
                 maze.check_plan
+            self.check_reference = reference_maze_check
         elif doc["task"] == "sokoban":
             import sokoban
             self.parse_prompt, self.parse_plan, self.check = sokoban.parse_prompt, sokoban.parse_plan, sokoban.simulate
+            self.check_reference = reference_sokoban_check
         else:
             raise StoreError(f"dataset {doc['_id']!r} has task {doc['task']!r}: only maze and sokoban plans can "
                              f"be checked")
@@ -420,6 +444,56 @@ class Checker:
             return Verdict("invalid", start)
         moves = len(plan) - 1
         return Verdict("optimal" if moves <= optimal_moves else "correct", start, moves)
+
+    def judge_reference(self, problem, ids, eos, optimal_moves):
+        """The reference's more lenient verdict: <eos> is not needed; the plan is every token from the
+        first `plan` on, read as triples whose first token is not checked (malformed when the count is
+        not a multiple of 3 or a coordinate is not a number); see reference_maze_check and
+        reference_sokoban_check for the rest."""
+        ids = np.asarray(ids)
+        starts = np.flatnonzero(ids == self.plan_id)
+        if not len(starts):
+            return Verdict("malformed")
+        start = int(starts[0])
+        tokens = [self.vocab[i] for i in ids[start:]]
+        coords = tokens[1::3] + tokens[2::3]
+        if len(tokens) % 3 or not all(t.isdigit() for t in coords):
+            return Verdict("malformed", start)
+        plan = [(int(x), int(y)) for x, y in zip(tokens[1::3], tokens[2::3])]
+        if not self.check_reference(problem, plan):
+            return Verdict("invalid", start)
+        moves = len(plan) - 1
+        return Verdict("optimal" if moves <= optimal_moves else "correct", start, moves)
+
+
+def reference_maze_check(maze, plan):
+    """The reference's maze check: starts at the start, ends at the goal, steps of one cell, no wall."""
+    return (tuple(plan[0]) == maze.start and tuple(plan[-1]) == maze.goal and not any(c in maze.walls for c in plan)
+            and all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a, b in zip(plan, plan[1:])))
+
+
+def reference_sokoban_check(level, plan):
+    """The reference's Sokoban check: the plan's steps (each of one cell) are read as moves and played
+    from the level's worker, wherever the plan starts; a move into a wall, or pushing a box into a
+    wall or another box, changes nothing; solved when every box ends on a dock."""
+    import sokoban
+    free = lambda c: 0 <= c[0] < sokoban.SIZE and 0 <= c[1] < sokoban.SIZE and c not in level.walls
+    boxes, (x, y) = set(level.boxes), level.worker
+    for a, b in zip(plan, plan[1:]):
+        dx, dy = b[0] - a[0], b[1] - a[1]
+        if abs(dx) + abs(dy) != 1:
+            return False
+        nxt = (x + dx, y + dy)
+        if nxt in boxes:
+            beyond = (nxt[0] + dx, nxt[1] + dy)
+            if not free(beyond) or beyond in boxes:
+                continue  # the box does not move, nor does the worker
+            boxes.remove(nxt)
+            boxes.add(beyond)
+        elif not free(nxt):
+            continue
+        x, y = nxt
+    return boxes == set(level.docks)
 
 
 def optimal_moves(split, row):
@@ -446,7 +520,7 @@ def task_sums(verdicts, best_moves, t_star):
     s.update(tasks=1, responses=len(verdicts), malformed=sum(v.kind == "malformed" for v in verdicts))
     if correct:
         s["correct"] = 1
-        s["swc"] = best_moves / max(min(v.moves for v in correct), best_moves)
+        s["swc"] = (best_moves + 1) / max(min(v.moves for v in correct) + 1, best_moves + 1)  # lengths in states
         s["ilr_solved"] = t_star / max(np.mean([v.trace_len for v in correct]), 1)  # an empty trace counts as 1
     if optimal:
         t = float(np.mean([v.trace_len for v in optimal]))
@@ -465,15 +539,22 @@ def summarize(sums, plan_only):
     return m
 
 
-def score(checker, split, tasks, on_task=None):
+def score(checker, split, tasks, on_task=None, reference=None):
     """Summed metrics over tasks, an iterable of (row, [(ids, eos), ...]); on_task(row, responses,
-    verdicts) sees each task on the way."""
+    verdicts) sees each task on the way. reference: a dict to fill with the same sums under the
+    reference's lenient checker."""
     sums = dict.fromkeys(SUM_FIELDS, 0.0)
+    if reference is not None:
+        reference.update(dict.fromkeys(SUM_FIELDS, 0.0))
     for row, resp in tasks:
         problem, best = checker.problem(split.get(row, "prompt")), optimal_moves(split, row)
         verdicts = [checker.judge(problem, ids, eos, best) for ids, eos in resp]
         for k, v in task_sums(verdicts, best, astar_trace_len(split, row)).items():
             sums[k] += v
+        if reference is not None:
+            lenient = [checker.judge_reference(problem, ids, eos, best) for ids, eos in resp]
+            for k, v in task_sums(lenient, best, astar_trace_len(split, row)).items():
+                reference[k] += v
         if on_task:
             on_task(row, resp, verdicts)
     return sums
@@ -507,12 +588,14 @@ def rollout_metrics(model, db, cfg, rank, world, device):
 # bootstrapping
 
 
-def shortest_optimal(verdicts, trace_len):
-    """Index of the response to keep: the shortest trace among the correct and optimal ones, if it
-    is shorter than trace_len (the sequence's own); else None (keep the sequence)."""
+def shortest_optimal(verdicts, trace_len, only_shorter=False):
+    """Index of the response that replaces the sequence: the fewest trace tokens among the correct and
+    optimal ones (the first on ties), even when longer than trace_len (the sequence's own), as the
+    reference did; with only_shorter, only when shorter. None: keep the sequence."""
     best = None
     for i, v in enumerate(verdicts):
-        if v.kind == "optimal" and v.trace_len < trace_len and (best is None or v.trace_len < verdicts[best].trace_len):
+        if v.kind == "optimal" and (not only_shorter or v.trace_len < trace_len) and \
+                (best is None or v.trace_len < verdicts[best].trace_len):
             best = i
     return best
 
@@ -527,7 +610,7 @@ def extras(split, row):
 
 def write_bootstrap(db, name, src_doc, test_name, train, rows, chosen, info, overwrite):
     """Write the bootstrapped dataset: row r of train becomes chosen[r] = (response ids, trace
-    length) where there is one. Returns (improved, mean trace length before, after)."""
+    length) where there is one. Returns (replaced, mean trace length before, after)."""
     w = data.DatasetWriter(db, name, src_doc["task"], {**src_doc["params"], "bootstrap": info},
                            src_doc["vocabulary"][len(SPECIALS):], overwrite)
     before, after = [], []
@@ -579,7 +662,11 @@ def dataset_for(st, ck, split):
 
 def resolve_opts(args, doc, plan_only):
     max_tokens = args.max_tokens or MAX_TOKENS.get((doc["task"], plan_only), 10000)
-    return Opts(args.temperature, max_tokens, args.seed)
+    prefix_len = getattr(args, "prefix_len", 0)
+    if prefix_len and plan_only:
+        raise StoreError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
+                         f"(drop --prefix-len)")
+    return Opts(args.temperature, max_tokens, args.seed, prefix_len)
 
 
 def sample_run(st, args, split_name, rank, world, device, rows_of=None):
@@ -594,8 +681,8 @@ def sample_run(st, args, split_name, rank, world, device, rows_of=None):
         rows = rows[:args.num_tasks]
     opts = resolve_opts(args, doc, cfg["plan_only"])
     key = response_key(args.run_id, ck["step"], doc, split_name, opts)
-    size = args.batch_size or auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + opts.max_tokens,
-                                              device)
+    longest = int(split.lens["prompt"].max(initial=0)) + 2 + opts.prefix_len + opts.max_tokens
+    size = args.batch_size or auto_batch_size(model.cfg, longest, device)
     t0 = time.monotonic()
     sample_missing(st, model, key, split, rows, args.samples, opts, size, rank, world, device)
     if rank == 0:
@@ -604,8 +691,11 @@ def sample_run(st, args, split_name, rank, world, device, rows_of=None):
 
 
 def params_of(doc, split_name, num_tasks, samples, opts):
-    return {"dataset": doc["_id"], "split": split_name, "num_tasks": num_tasks, "samples": samples,
-            "temperature": float(opts.temperature), "max_tokens": opts.max_tokens, "seed": opts.seed}
+    params = {"dataset": doc["_id"], "split": split_name, "num_tasks": num_tasks, "samples": samples,
+              "temperature": float(opts.temperature), "max_tokens": opts.max_tokens, "seed": opts.seed}
+    if opts.prefix_len:
+        params["prefix_len"] = opts.prefix_len
+    return params
 
 
 def fmt(value, spec):
@@ -626,22 +716,31 @@ def print_table(rows, label="run"):
         print(f"{name:{width}}  " + "  ".join(f"{cell(m, key, spec):>{w}}" for (key, _, spec), w in zip(shown, widths)))
 
 
-def report(st, args, ck, doc, split_name, rows, opts, sums):
-    """Store the metrics with the run (results collection) and print them."""
+def report(st, args, ck, doc, split_name, rows, opts, sums, reference=None):
+    """Store the metrics with the run (results collection) and print them; reference: the sums under
+    the reference's checker, stored as reference_metrics and shown in a second row."""
     metrics = summarize(sums, ck["config"]["plan_only"])
     params = params_of(doc, split_name, len(rows), args.samples, opts)
     rkey = {"run_id": args.run_id, "step": ck["step"], "pkey": json.dumps(params, sort_keys=True)}
-    st.results.replace_one(rkey, {**rkey, "params": params, "metrics": metrics, "time": store.now()}, upsert=True)
+    result = {**rkey, "params": params, "metrics": metrics, "time": store.now()}
+    if reference:
+        result["reference_metrics"] = summarize(reference, ck["config"]["plan_only"])
+    st.results.replace_one(rkey, result, upsert=True)
+    prefix = f", starting after {opts.prefix_len} trace tokens" if opts.prefix_len else ""
     print(f"run {args.run_id} at step {ck['step']}: {len(rows)} {split_name} tasks of {doc['_id']}, {args.samples} "
-          f"samples each, temperature {opts.temperature:g}, up to {opts.max_tokens} tokens")
-    print_table([(args.run_id, metrics)])
+          f"samples each, temperature {opts.temperature:g}, up to {opts.max_tokens} tokens{prefix}")
+    rows = [(args.run_id, metrics)]
+    if reference:
+        rows.append((f"{args.run_id} (reference scoring)", result["reference_metrics"]))
+    print_table(rows)
 
 
 def cmd_run(st, args, rank, world, device):
     ck, doc, checker, split, rows, opts, key = sample_run(st, args, args.split, rank, world, device)
     if rank == 0:
-        sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples))
-        report(st, args, ck, doc, args.split, rows, opts, sums)
+        reference = {} if args.scoring == "reference" else None
+        sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples), reference=reference)
+        report(st, args, ck, doc, args.split, rows, opts, sums, reference)
 
 
 def cmd_bootstrap(st, args, rank, world, device):
@@ -662,7 +761,7 @@ def cmd_bootstrap(st, args, rank, world, device):
     chosen = {}
 
     def keep_shortest(row, responses, verdicts):
-        k = shortest_optimal(verdicts, split.lens["trace"][row])
+        k = shortest_optimal(verdicts, split.lens["trace"][row], args.only_shorter)
         if k is not None:
             chosen[row] = (responses[k][0], verdicts[k].trace_len)
 
@@ -670,12 +769,14 @@ def cmd_bootstrap(st, args, rank, world, device):
     report(st, args, ck, doc, "train", rows, opts, sums)
     info = {"source": doc["_id"], "source_uid": doc["uid"], "run_id": args.run_id, "step": ck["step"],
             "samples": args.samples, "temperature": float(opts.temperature), "max_tokens": opts.max_tokens,
-            "seed": opts.seed, "rows": len(rows)}
+            "seed": opts.seed, "rows": len(rows), "rule": "only-shorter" if args.only_shorter else "reference"}
     test_name = dataset_for(st, ck, "test")["_id"]
-    improved, before, after = write_bootstrap(st.db, name, doc, test_name, split, rows, chosen, info, args.overwrite)
+    replaced, before, after = write_bootstrap(st.db, name, doc, test_name, split, rows, chosen, info, args.overwrite)
+    shorter = sum(cut < split.lens["trace"][r] for r, (_, cut) in chosen.items())
     change = f" ({100 * (after / before - 1):+.1f}%)" if before else ""
-    print(f"wrote dataset {name}: {len(rows)} train sequences, {improved} improved by a shorter correct optimal "
-          f"response; mean trace length {before:.1f} -> {after:.1f} tokens{change}; test split copied from {test_name}")
+    print(f"wrote dataset {name}: {len(rows)} train sequences, {replaced} replaced by their shortest correct optimal "
+          f"response ({shorter} shorter than the original); mean trace length {before:.1f} -> {after:.1f} "
+          f"tokens{change}; test split copied from {test_name}")
 
 
 def cmd_average(st, args, rank, world, device):
@@ -686,23 +787,29 @@ def cmd_average(st, args, rank, world, device):
         raise StoreError(f"no run id matches {args.pattern!r} (see `python admin.py list-all`)")
     wanted = {k: getattr(args, k) for k in ("split", "num_tasks", "samples", "temperature", "max_tokens")
               if getattr(args, k) is not None}
+    # results with a trace prefix only when asked for, and then only that prefix
+    prefix = {"params.prefix_len": args.prefix_len} if args.prefix_len else {"params.prefix_len": {"$exists": False}}
+    field = "reference_metrics" if args.scoring == "reference" else "metrics"
     rows = []
     for run_id in ids:
         st.require_run(run_id)
-        query = {"run_id": run_id, **{f"params.{k}": v for k, v in wanted.items()}}
+        query = {"run_id": run_id, **{f"params.{k}": v for k, v in wanted.items()}, **prefix, field: {"$exists": True}}
         res = st.results.find_one(query, sort=[("time", -1)])
         if res is None:
             shown = ", ".join(f"{k}={v}" for k, v in wanted.items()) or "any parameters"
-            raise StoreError(f"run {run_id!r} has no evaluation result with {shown}; run `python eval.py --run-id "
-                             f"{run_id}` first")
-        rows.append((f"{run_id} @{res['step']}", res["metrics"]))
+            shown += f", prefix_len={args.prefix_len}" if args.prefix_len else ""
+            how = " --scoring reference" if args.scoring == "reference" else ""
+            raise StoreError(f"run {run_id!r} has no evaluation result{' with reference scoring' if how else ''} "
+                             f"with {shown}; run `python eval.py --run-id {run_id}{how}` first")
+        rows.append((f"{run_id} @{res['step']}", res[field]))
     mean = {}
     for key, *_ in COLUMNS:
         vals = [m[key] for _, m in rows if m.get(key) is not None]
         if len(vals) == len(rows):
             se = float(np.std(vals, ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else 0.0
             mean[key] = (float(np.mean(vals)), se)
-    print_table(rows + [(f"mean ± se ({len(rows)} runs)", mean)])
+    print_table(rows + [(f"mean ± se ({len(rows)} runs)", mean)],
+                "run (reference scoring)" if args.scoring == "reference" else "run")
 
 
 def add_sampling_flags(p, samples, num_tasks, help_tasks):
@@ -723,11 +830,20 @@ def parse_args(argv):
     p = sub.add_parser("run", help="sample and score a run's responses (the default command)")
     add_sampling_flags(p, 64, 200, "the first N tasks of the split (default 200; 0 = all)")
     p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--scoring", choices=["strict", "reference"], default="strict",
+                   help="reference: also score with the reference's lenient checker (no <eos> needed, plan from the "
+                        "first `plan` token, Sokoban moves replayed with illegal ones as no-ops), stored and shown "
+                        "beside the strict figures")
+    p.add_argument("--prefix-len", type=int, default=0,
+                   help="start each rollout after the first K tokens of the task's stored (A*) trace")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("bootstrap", help="write a dataset of the run's shortest correct optimal responses")
     add_sampling_flags(p, 32, 0, "only the first N training sequences of the run (default all)")
     p.add_argument("--name", help="new dataset name (default bootstrap.<run id>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument("--only-shorter", action="store_true",
+                   help="replace a sequence only by a response with a shorter trace (default, as the reference: by "
+                        "the shortest-trace optimal response even when longer)")
     p.set_defaults(fn=cmd_bootstrap)
     p = sub.add_parser("average", help="mean and standard error of the latest results of several runs")
     p.add_argument("--run-id", action="append", help="repeatable")
@@ -735,6 +851,10 @@ def parse_args(argv):
     p.add_argument("--split", choices=["test", "train"])
     for flag, kind in (("--num-tasks", int), ("--samples", int), ("--temperature", float), ("--max-tokens", int)):
         p.add_argument(flag, type=kind, help="only results with this value")
+    p.add_argument("--prefix-len", type=int, default=0,
+                   help="results of rollouts after this trace prefix (default: none)")
+    p.add_argument("--scoring", choices=["strict", "reference"], default="strict",
+                   help="reference: the figures of the reference's lenient checker")
     p.set_defaults(fn=cmd_average)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("run", "bootstrap", "average", "-h", "--help"):
@@ -753,6 +873,8 @@ def parse_args(argv):
                              "--batch-size >= 0")
         if args.temperature == 0 and args.samples > 1:
             raise StoreError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
+    if getattr(args, "prefix_len", 0) < 0:
+        raise StoreError("need --prefix-len >= 0")
     for rid in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []):
         store.check_name(rid)
     return args

@@ -30,7 +30,8 @@ def read(path):
     return entries
 
 
-def to_config(entry, where):
+def to_config(entry, where, defaults=None):
+    """The entry's TrainConfig; keys it leaves out take `defaults` (a dict), then TrainConfig's."""
     entry = dict(entry)
     sizes = set()
     for key in ("encoder", "decoder"):
@@ -47,14 +48,14 @@ def to_config(entry, where):
             raise StoreError(f"{where}: key 'model_size' disagrees with encoder/decoder")
         entry["model_size"] = sizes.pop()
     try:
-        return TrainConfig.from_dict(entry)
+        return TrainConfig.from_dict({**(defaults or {}), **entry})
     except (ValueError, TypeError, StoreError) as e:
         raise StoreError(f"{where}: {e}") from None
 
 
-def load(path, index):
+def load(path, index, defaults=None):
     entries = read(path)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(entries):
         have = f"0..{len(entries) - 1}" if entries else "none"
         raise StoreError(f"{path}: index {shown(index)} out of range (the file's entries: {have})")
-    return to_config(entries[index], f"{path}[{index}]")
+    return to_config(entries[index], f"{path}[{index}]", defaults)

@@ -50,9 +50,12 @@ class TrainConfig:
     warmup_steps: int = 2000
     min_lr_ratio: float = 0.1  # cosine ends at this fraction of lr
     weight_decay: float = 0.01
+    decay_params: str = "all"  # AdamW decay on every parameter (the reference), or "matrices": not on norm weights
     beta1: float = 0.9
     beta2: float = 0.99
-    grad_clip: float = 1.0  # 0 disables
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping (the reference)
+    loss_norm: str = "sequence"  # mean over sequences of each one's mean token loss (the reference), or "token":
+    # the mean over every loss token of the global batch (long traces weigh more)
     train_steps: int = 400000
     log_interval: int = 1000
     eval_interval: int = 40000
@@ -61,7 +64,8 @@ class TrainConfig:
     num_test_sequences: int = 1000
     min_reasoning_len: int = 0
     max_reasoning_len: int = 0  # 0: no bound
-    start_checkpoint: str = ""  # run id whose checkpoint initialises the weights (step starts at 0)
+    start_checkpoint: str = ""  # run id whose checkpoint initialises this run (step starts at 0)
+    start_optimizer: bool = True  # with start_checkpoint: its AdamW state too (the reference); false: weights only
     seed: int = 0
     eval_tasks: int = 0  # > 0: greedy rollouts on this many test tasks at each eval (rollout_* in the test log)
 
@@ -102,8 +106,10 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and betas in [0, 1)")
         if self.model_size not in SIZES:
             raise ValueError(f"hyper-parameter 'model_size' must be one of {', '.join(SIZES)}, got {self.model_size!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"hyper-parameter 'lr_schedule' must be cosine or constant, got {self.lr_schedule!r}")
+        for key, allowed in (("lr_schedule", ("cosine", "constant")), ("loss_norm", ("sequence", "token")),
+                             ("decay_params", ("all", "matrices"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"hyper-parameter {key!r} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
         store.check_name(self.train_name, "dataset name")
         for key in ("test_name", "start_checkpoint"):
             if getattr(self, key):
@@ -111,6 +117,11 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_stored(cls, d):
+        """A stored config: one written before a key existed trained as that key's old value says."""
+        return cls.from_dict({**{k: v for k, v in LEGACY.items() if k in ADDED}, **d})
 
     def lr_at(self, step):
         """Linear warm-up, then cosine decay to min_lr_ratio x lr at train_steps (or constant)."""
@@ -120,6 +131,12 @@ class TrainConfig:
             return self.lr
         t = min(1.0, (step - self.warmup_steps) / max(1, self.train_steps - self.warmup_steps))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# the defaults before the reference's training rules became the defaults; ADDED: the keys that came with
+# them, so a stored config without them was made under the old defaults
+LEGACY = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "grad_clip": 1.0}
+ADDED = ("loss_norm", "decay_params", "start_optimizer")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,39 +258,69 @@ class Prefetcher:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
-def loss_terms(model, x, y, plan, autocast, keep=None):
-    """Summed losses and counts for one micro-batch: [trace loss, trace n, plan loss, plan n, correct].
+STATS = 10  # length of the stats vector of loss_terms
 
-    Logits are made only where a loss is taken (keep: flat indices of y >= 0, found here when not
-    given): the prompt and the padding never reach the vocabulary projection."""
+
+def loss_terms(model, x, y, plan, autocast, keep=None, loss_norm="token"):
+    """Summed losses and counts for one micro-batch: the loss to scale and backpropagate, and the stats
+    [trace loss, trace n, plan loss, plan n, correct tokens, sequences, sequences with a trace,
+    exact traces, exact plans, exact responses] (exact: every token's argmax right; the plan part
+    ends with <eos>).
+
+    loss_norm "token": the summed token losses; "sequence": the sum over sequences of each one's mean
+    token loss. Logits are made only where a loss is taken (keep: flat indices of y >= 0, found here
+    when not given): the prompt and the padding never reach the vocabulary projection."""
+    B, T = y.shape
+    per_row = (y >= 0).sum(1)  # (B,) loss tokens of each sequence
     y, plan = y.flatten(), plan.flatten()
     if keep is None:
         keep = torch.nonzero(y >= 0).squeeze(1)
-    y, plan = y[keep], plan[keep]  # (N,)
+    y, plan, row = y[keep], plan[keep], keep // T  # (N,)
     with autocast:
         logits = model(x, keep=keep)  # (N, V)
     ce = F.cross_entropy(logits.float(), y, reduction="none")  # (N,)
     correct = logits.argmax(-1) == y
-    # masked sums rather than boolean indexing: no device sync
+    loss = ce.sum() if loss_norm == "token" else (ce / per_row.clamp(min=1)[row]).sum()
+    # masked sums and per-row counts rather than boolean indexing: no device sync
+    wrong = torch.zeros(2, B, device=ce.device).index_put_((plan.long(), row), (~correct).float(), accumulate=True)
+    trace_n = torch.zeros(B, device=ce.device).index_add_(0, row, (~plan).float())  # (B,)
+    has_trace = trace_n > 0
     stats = torch.stack([torch.where(plan, 0, ce).sum(), (~plan).sum(), torch.where(plan, ce, 0).sum(), plan.sum(),
-                         correct.sum()]).detach()
-    return ce.sum(), stats
+                         correct.sum(), torch.tensor(B, device=ce.device), has_trace.sum(),
+                         (has_trace & (wrong[0] == 0)).sum(), (wrong[1] == 0).sum(), (wrong.sum(0) == 0).sum()]
+                        ).detach()
+    return loss, stats
 
 
 def summarize(stats):
-    """[trace loss, trace n, plan loss, plan n, correct] sums -> metrics."""
-    tl, tn, pl, pn, c = stats.tolist()
+    """loss_terms' stats, summed -> metrics. Losses and accuracy are token means; *_exact are the
+    fractions of sequences predicted exactly (trace_exact of those with a trace; absent without)."""
+    tl, tn, pl, pn, c, seqs, tseqs, te, pe, re_ = stats.tolist()
     n = max(tn + pn, 1)
-    return {"loss": (tl + pl) / n, "trace_loss": tl / max(tn, 1), "plan_loss": pl / max(pn, 1),
-            "accuracy": c / n, "tokens": int(tn + pn)}
+    m = {"loss": (tl + pl) / n, "trace_loss": tl / max(tn, 1), "plan_loss": pl / max(pn, 1),
+         "accuracy": c / n, "tokens": int(tn + pn), "sequences": int(seqs),
+         "plan_exact": pe / max(seqs, 1), "response_exact": re_ / max(seqs, 1)}
+    if tseqs:
+        m["trace_exact"] = te / tseqs
+    return m
+
+
+def loss_denominator(cfg, seqs, batch):
+    """What the summed loss_terms losses of a global batch are divided by: its sequences (each counted
+    with its own token mean) or its loss tokens. It depends on the whole global batch only, so every
+    rank and micro-step scales alike and any split gives the same gradient."""
+    if cfg.loss_norm == "sequence":
+        return len(batch)
+    return int((seqs.lengths[batch] - seqs.prompt_len[batch]).sum())
 
 
 @torch.no_grad()
 def evaluate(model, seqs, rank, world, device, autocast, rows=16):
-    """Test loss and token accuracy over all of seqs, each rank taking a share, reduced over ranks."""
+    """Test loss, token accuracy and exact sequences over all of seqs, each rank taking a share,
+    reduced over ranks."""
     model.eval()
     order = np.argsort(seqs.lengths, kind="stable")[rank::world]
-    stats = torch.zeros(5, dtype=torch.float64, device=device)
+    stats = torch.zeros(STATS, dtype=torch.float64, device=device)
     for i in range(0, len(order), rows):
         x, y, plan = (torch.from_numpy(a).to(device) for a in seqs.collate(order[i:i + rows]))
         stats += loss_terms(model, x, y, plan, autocast)[1]
@@ -293,6 +340,37 @@ def wrap_ddp(model, device, grad_accum):
     same one) except with accumulation, whose no_sync() a static graph does not support."""
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None, gradient_as_bucket_view=True,
                bucket_cap_mb=64, static_graph=grad_accum == 1)
+
+
+def make_optimizer(model, cfg, device):
+    """AdamW over two groups, matrices then the rest (norm weights), whatever decays: every checkpoint's
+    optimizer state has one layout, so a run can start from any other's state."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    rest_decay = cfg.weight_decay if cfg.decay_params == "all" else 0.0
+    return torch.optim.AdamW([{"params": matrices, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": rest_decay}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def start_from(model, opt, init, cfg):
+    """Initialise a new run from another run's checkpoint: its weights and, with start_optimizer, its
+    AdamW moments and per-parameter step counts (the reference's fine-tuning). Hyper-parameters (lr,
+    betas, decay) stay this run's, and its step counter and LR schedule start at 0."""
+    why = lambda e: (str(e).splitlines() or [type(e).__name__])[0][:120]
+    try:
+        model.load_state_dict(init["model"])
+    except (RuntimeError, KeyError) as e:
+        raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model ({why(e)})") from None
+    if cfg.start_optimizer:
+        mine = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        try:
+            opt.load_state_dict(init["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r}: its optimizer state does not fit "
+                             f"({why(e)}); start_optimizer=false takes the weights only") from None
+        for g, m in zip(opt.param_groups, mine):
+            g.update(m)
 
 
 def load_data(st, cfg, use_cache):
@@ -323,13 +401,10 @@ def train(cfg, run_id, rt, st, rank, world, device):
     torch.manual_seed(cfg.seed)
     model = Transformer(ModelConfig.from_size(cfg.model_size, len(vocab))).to(device)
     model.activation_checkpointing = rt.activation_checkpointing
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+    opt = make_optimizer(model, cfg, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s) / cfg.lr)
     batcher = Batcher(train_seqs, cfg, world)
-    step, acc = 0, torch.zeros(5, dtype=torch.float64, device=device)
+    step, acc = 0, torch.zeros(STATS, dtype=torch.float64, device=device)
 
     ckpt = st.load_checkpoint(run_id)
     if ckpt is not None:
@@ -341,14 +416,16 @@ def train(cfg, run_id, rt, st, rank, world, device):
         torch.set_rng_state(ckpt["rng"]["cpu"])
         if rank == 0:
             acc = ckpt["log_acc"].to(device)  # other ranks' shares were folded into rank 0's at save time
+            acc = F.pad(acc, (0, STATS - len(acc)))  # a checkpoint from before the exact-sequence counts
             st.truncate_logs(run_id, step, owner=rt.owner)
         print0(f"resuming {run_id} from step {step}")
     elif cfg.start_checkpoint:
         init = st.load_checkpoint(cfg.start_checkpoint)
         if init is None:
             raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has no checkpoint")
-        model.load_state_dict(init["model"])
-        print0(f"initialised from {cfg.start_checkpoint} (step {init['step']})")
+        start_from(model, opt, init, cfg)
+        print0(f"initialised from {cfg.start_checkpoint} (step {init['step']}): "
+               f"{'weights and optimizer state' if cfg.start_optimizer else 'weights only'}, step reset to 0")
     print0(f"{run_id}: model {cfg.model_size} ({model.num_params() / 1e6:.1f}M params), {len(train_seqs)} train / "
            f"{len(test_seqs)} test sequences, world size {world}, device {device}")
 
@@ -363,12 +440,11 @@ def train(cfg, run_id, rt, st, rank, world, device):
         if rt.lease is not None and rt.lease.lost:
             raise StoreError(f"lost the lease on run {run_id!r} to another process")
         batch, micro = prefetch.next()
-        # the loss is a mean over every target token of the global batch, on every rank alike
-        total = int((train_seqs.lengths[batch] - train_seqs.prompt_len[batch]).sum())
+        total = loss_denominator(cfg, train_seqs, batch)
         for i, (x, y, plan, keep) in enumerate(micro):
             sync = i == len(micro) - 1 or world == 1
             with contextlib.nullcontext() if sync else ddp_model.no_sync():
-                loss_sum, stats = loss_terms(fwd, x, y, plan, autocast, keep)
+                loss_sum, stats = loss_terms(fwd, x, y, plan, autocast, keep, cfg.loss_norm)
                 (loss_sum * (world / total)).backward()  # DDP averages over ranks; undo that
             acc += stats
         if cfg.grad_clip > 0:
@@ -389,7 +465,8 @@ def train(cfg, run_id, rt, st, rank, world, device):
             if rank == 0:
                 st.log(run_id, step, "train", metrics, owner=rt.owner)
             print0(f"step {step}/{cfg.train_steps} | loss {metrics['loss']:.4f} (trace {metrics['trace_loss']:.4f} "
-                   f"plan {metrics['plan_loss']:.4f}) | acc {metrics['accuracy']:.3f} | lr {lr:.2e} | "
+                   f"plan {metrics['plan_loss']:.4f}) | acc {metrics['accuracy']:.3f} "
+                   f"exact {metrics['response_exact']:.3f} | lr {lr:.2e} | "
                    f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta / 60:.1f}m")
             busy, tokens_since = 0.0, 0
         if step % cfg.eval_interval == 0 or step == cfg.train_steps:
@@ -400,7 +477,8 @@ def train(cfg, run_id, rt, st, rank, world, device):
             if rank == 0:
                 st.log(run_id, step, "test", metrics, owner=rt.owner)
             rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" if cfg.eval_tasks else ""
-            print0(f"step {step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f}{rollout}")
+            print0(f"step {step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f} | exact plan "
+                   f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}")
         if step % cfg.checkpoint_interval == 0 or step == cfg.train_steps:
             all_sum(acc)  # fold every rank's pending log sums into rank 0's, which the checkpoint keeps
             if rank != 0:
@@ -455,15 +533,30 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
-def resolve_config(args):
+def resolve_config(args, defaults=None):
+    """The config the flags or the sweep entry give; keys they leave out take `defaults`, then TrainConfig's."""
     if args.mode == "sweep":
         import sweep  # imported here: sweep imports this module's TrainConfig
-        return sweep.load(args.sweep, args.index)
+        return sweep.load(args.sweep, args.index, defaults)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     try:
-        return TrainConfig.from_dict(given)
+        return TrainConfig.from_dict({**(defaults or {}), **given})
     except (ValueError, StoreError) as e:
         raise StoreError(str(e)) from None
+
+
+def settle_legacy(st, args, cfg):
+    """A run stored before the reference's training rules became the defaults trained under the old
+    ones: a relaunch takes those for what its flags leave out (so the same command resumes it as it
+    trained), and its stored config gains the new keys with their old values."""
+    doc = st.get_run(args.run_id)
+    if doc is None or all(k in doc["config"] for k in ADDED):
+        return cfg
+    cfg = resolve_config(args, LEGACY)
+    missing = [k for k in ADDED if k not in doc["config"]]
+    st.runs.update_one({"_id": args.run_id, **{f"config.{k}": {"$exists": False} for k in missing}},
+                       {"$set": {f"config.{k}": LEGACY[k] for k in missing}})
+    return cfg
 
 
 def die_with_parent():
@@ -516,13 +609,15 @@ def run(cfg, args, rank, world, device):
     err = None
     if rank == 0:
         try:
+            cfg = settle_legacy(st, args, cfg)
             st.start_run(args.run_id, cfg.to_dict(), owner, args.lease_seconds, world, socket.gethostname())
         except StoreError as e:
             err = str(e)
-    err = broadcast_obj(err)
+    err, stored = broadcast_obj((err, cfg.to_dict()))
     if err:
         print0(f"error: {err}", file=sys.stderr)
         return 1
+    cfg = TrainConfig.from_dict(stored)  # every rank trains with rank 0's config
     args.lease = Lease(st, args.run_id, owner, args.lease_seconds) if rank == 0 else None
     args.owner = owner if rank == 0 else None  # rank 0's writes are fenced by its lease
     if args.lease:

@@ -1,4 +1,6 @@
 """Rollouts, metrics, stored responses and search dynamics bootstrapping."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -101,7 +103,7 @@ def test_metrics_on_hand_made_responses():
     assert m["tasks"] == 3 and m["responses"] == 6
     assert m["optimal_pct"] == pytest.approx(100 / 3)
     assert m["correct_pct"] == pytest.approx(200 / 3)
-    assert m["swc"] == pytest.approx((1 + 2 / 6 + 0) / 3)
+    assert m["swc"] == pytest.approx((1 + 3 / 7 + 0) / 3)  # plan lengths in states: l* = 3, detour 7
     assert m["ilr_solved"] == pytest.approx((20 / 7.5 + 10 / 20 + 0) / 3)  # a: mean trace of (10, 5)
     assert m["ilr_optimal"] == pytest.approx((20 / 10) / 3)
     assert m["malformed_pct"] == pytest.approx(100 * 2 / 6)
@@ -126,9 +128,81 @@ def test_reduction_keeps_the_shortest_correct_optimal_response():
                 judge(response(3, OPTIMAL)),  # a tie: the first one wins
                 judge(response(1, OPTIMAL), eos=False)]  # truncated
     assert ev.shortest_optimal(verdicts, trace_len=40) == 3
-    assert ev.shortest_optimal(verdicts, trace_len=15) is None  # not shorter than the sequence's own
-    assert ev.shortest_optimal(verdicts[:2] + verdicts[5:], trace_len=40) is None  # fall back to the original
-    assert ev.shortest_optimal([], trace_len=40) is None
+    # the reference's rule: the shortest optimal response even when longer than the sequence's own trace
+    assert ev.shortest_optimal(verdicts, trace_len=15) == 3 and ev.shortest_optimal(verdicts, trace_len=5) == 3
+    assert ev.shortest_optimal(verdicts, trace_len=40, only_shorter=True) == 3
+    assert ev.shortest_optimal(verdicts, trace_len=15, only_shorter=True) is None  # not shorter than its own
+    for only_shorter in (False, True):
+        assert ev.shortest_optimal(verdicts[:2] + verdicts[5:], 40, only_shorter) is None  # fall back to the original
+        assert ev.shortest_optimal([], 40, only_shorter) is None
+
+
+def judge_both(resp, eos=True):
+    checker = ev.Checker(DOC)
+    return checker.judge(TASK, resp, eos, 2).kind, checker.judge_reference(TASK, resp, eos, 2).kind
+
+
+def test_reference_scoring_of_maze_responses_is_more_lenient():
+    assert judge_both(response(2, OPTIMAL)) == ("optimal", "optimal")
+    assert judge_both(response(2, OPTIMAL), eos=False) == ("malformed", "optimal")  # no <eos> needed
+    sep_in_trace = np.concatenate([np.array([data.SEP], data.DTYPE), response(1, OPTIMAL)])
+    assert judge_both(sep_in_trace) == ("malformed", "optimal")  # tokens before the plan are not checked
+    keyword = ids(["close", "0", "0", "c0", "c2", "plan", "0", "0", "wall", "1", "0", "plan", "2", "0"])
+    assert judge_both(keyword) == ("malformed", "optimal")  # a triple's keyword is not checked
+    assert judge_both(response(1, DETOUR)) == ("correct", "correct")
+    assert judge_both(response(0, JUMP)) == ("invalid", "invalid")
+    assert judge_both(np.concatenate([response(0, OPTIMAL), ids(["close", "0", "0"])])) == ("malformed", "invalid")
+    assert judge_both(np.concatenate([response(0, OPTIMAL), ids(["plan", "2"])])) == ("malformed", "malformed")
+    assert judge_both(ids(["plan", "0", "c0"])) == ("malformed", "malformed")  # not a coordinate
+    assert judge_both(ids(["close", "0", "0", "c0", "c2"])) == ("malformed", "malformed")  # no plan
+    assert judge_both(response(0, [(0, 0), (0, 1), (1, 1), (2, 1), (2, 0)])) == ("invalid", "invalid")  # a wall
+
+
+def test_reference_scoring_of_sokoban_plans_replays_moves_from_the_worker():
+    import sokoban
+    border = {(x, y) for x in range(7) for y in range(7) if x in (0, 6) or y in (0, 6)}
+    level = sokoban.Level(walls=frozenset(border | {(5, 5), (1, 5)}), boxes=((3, 2), (3, 4)), docks=((4, 2), (4, 4)),
+                          worker=(2, 2))
+    doc = {"_id": "sok", "task": "sokoban", "params": {}, "vocabulary": [*SPECIALS, *sokoban.vocabulary()]}
+    checker = ev.Checker(doc)
+    index = {t: i for i, t in enumerate(doc["vocabulary"])}
+
+    def both(cells, eos=True):
+        toks = np.array([index[t] for c in cells for t in ("plan", str(c[0]), str(c[1]))], data.DTYPE)
+        return checker.judge(level, toks, eos, 5).kind, checker.judge_reference(level, toks, eos, 5).kind
+
+    solution = [(2, 2), (3, 2), (3, 3), (2, 3), (2, 4), (3, 4)]  # push right, round, push right: 5 moves
+    assert sokoban.simulate(level, solution)
+    assert both(solution) == ("optimal", "optimal")
+    assert both(solution, eos=False) == ("malformed", "optimal")
+    # the same moves from another start cell: the plan's start is not checked
+    assert both([(x - 1, y - 1) for x, y in solution]) == ("invalid", "optimal")
+    # a move into the border wall changes nothing; the plan's cells then run one row off the worker's
+    bumped = [(2, 2), (2, 1), (2, 0), (2, 1), (3, 1), (3, 2), (2, 2), (2, 3), (3, 3)]
+    assert both(bumped) == ("invalid", "correct")
+    assert both(solution[:-1]) == ("invalid", "invalid")  # a box left off its dock
+    assert both([(2, 2), (4, 2), (4, 3)]) == ("invalid", "invalid")  # a jump
+
+
+def test_rollouts_from_a_trace_prefix_continue_prompt_and_prefix():
+    """--prefix-len K: the model continues `<bos> prompt <sep>` and the first K trace tokens; the
+    response holds the prefix, then what was generated."""
+    torch.manual_seed(2)
+    model = Transformer(ModelConfig(vocab_size=12, d_model=32, n_head=2, d_ff=64, n_layer=2)).double().eval()
+    rng = np.random.default_rng(0)
+    lens = {"prompt": np.array([4, 6, 3]), "trace": np.array([9, 2, 7]), "plan": np.array([3, 3, 3])}
+    flat = {p: rng.integers(4, 12, int(v.sum())).astype(data.DTYPE) for p, v in lens.items()}
+    split = ev.Tasks(data.Split(np.arange(3), lens, flat, {}))
+    for k in (0, 5):
+        opts = ev.Opts(0.0, 12, 0, prefix_len=k)
+        got = {p: (list(i), e) for p, i, e in ev.rollouts(model, split, [(0, 0), (1, 0), (2, 0)], opts, 4,
+                                                           torch.device("cpu"))}
+        for r in range(3):
+            prefix = split.get(r, "trace")[:k]  # row 1's trace is shorter than 5: all of it
+            assert np.array_equal(ev.prompt_ids(split, r, k), np.concatenate([[data.BOS], split.get(r, "prompt"),
+                                                                               [data.SEP], prefix]))
+            out, eos = naive_greedy(model, ev.prompt_ids(split, r, k), 12)
+            assert got[(r, 0)] == ([*prefix.tolist(), *out], eos)
 
 
 # --- end to end on tiny mazes -------------------------------------------------------------------
@@ -155,26 +229,40 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
     wrong = train.get(2, "plan")[:-3]
     ev.store_responses(st.responses, key, train, [((1, 0), short, True), ((2, 0), wrong, True)])
 
+    # and for sequence 3 an optimal response whose trace is longer than A*'s (its last step repeated)
+    longer = np.concatenate([train.get(3, "trace"), train.get(3, "trace")[-5:], train.get(3, "plan")])
+    ev.store_responses(st.responses, key, train, [((3, 0), longer, True)])
+
     r = run_cli("eval.py", "bootstrap", "--run-id", "base", "--num-tasks", "6", "--samples", "2",
                 "--max-tokens", "200")
-    assert "2 stored, 10 to generate" in r.stdout
+    assert "3 stored, 9 to generate" in r.stdout
     assert st.responses.count_documents({"run_id": "base"}) == 12
-    new = data.load_split(st.db, "bootstrap.base", "train")
-    assert len(new.ids) == 6 and len(data.load_split(st.db, "bootstrap.base", "test").ids) == 8
-    checker = ev.Checker(data.get_dataset(st.db, "bootstrap.base"))
-    for row in range(6):
-        assert np.array_equal(new.get(row, "prompt"), train.get(row, "prompt"))
-        assert new.lens["trace"][row] <= train.lens["trace"][row]
-        verdict = checker.judge(checker.problem(new.get(row, "prompt")),
-                                np.concatenate([new.get(row, "trace"), new.get(row, "plan")]), True,
-                                ev.optimal_moves(train, row))
-        assert verdict.kind == "optimal" and verdict.trace_len == new.lens["trace"][row]
-    assert new.lens["trace"][1] == train.lens["trace"][1] - 5  # the planted short response was kept
-    assert f"6 train sequences, {int((new.lens['trace'] < train.lens['trace'][:6]).sum())} improved" in r.stdout
+    r2 = run_cli("eval.py", "bootstrap", "--run-id", "base", "--num-tasks", "6", "--samples", "2",
+                 "--max-tokens", "200", "--only-shorter", "--name", "bootstrap.base-shorter")
+    assert "12 stored, 0 to generate" in r2.stdout
+    for name, rule in (("bootstrap.base", "reference"), ("bootstrap.base-shorter", "only-shorter")):
+        new = data.load_split(st.db, name, "train")
+        assert len(new.ids) == 6 and len(data.load_split(st.db, name, "test").ids) == 8
+        assert data.get_dataset(st.db, name)["params"]["bootstrap"]["rule"] == rule
+        checker = ev.Checker(data.get_dataset(st.db, name))
+        for row in range(6):
+            assert np.array_equal(new.get(row, "prompt"), train.get(row, "prompt"))
+            verdict = checker.judge(checker.problem(new.get(row, "prompt")),
+                                    np.concatenate([new.get(row, "trace"), new.get(row, "plan")]), True,
+                                    ev.optimal_moves(train, row))
+            assert verdict.kind == "optimal" and verdict.trace_len == new.lens["trace"][row]
+        assert new.lens["trace"][1] == train.lens["trace"][1] - 5  # the planted short response was kept
+        # the longer optimal response replaces the A* sequence under the reference's rule only
+        assert new.lens["trace"][3] == train.lens["trace"][3] + (5 if rule == "reference" else 0)
+        if rule == "only-shorter":
+            assert (new.lens["trace"] <= train.lens["trace"][:6]).all()
+    # (an untrained model's samples hold no optimal plan: only the planted responses count)
+    assert "6 train sequences, 2 replaced" in r.stdout and "(1 shorter than the original)" in r.stdout
+    assert "6 train sequences, 1 replaced" in r2.stdout
 
     r = run_cli("train.py", "single", "--run-id", "step1", *TRAIN, "--train-name", "bootstrap.base", "--test-name", MAZE,
                 "--start-checkpoint", "base", "--train-steps", "5")
-    assert "initialised from base" in r.stdout
+    assert "initialised from base (step 5): weights and optimizer state" in r.stdout
 
     # evaluate, then again: the second run only reads stored responses
     args = ["eval.py", "--run-id", "step1", "--num-tasks", "4", "--samples", "2", "--max-tokens", "150"]
@@ -184,6 +272,23 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
     assert first.splitlines()[-1] == again.splitlines()[-1]  # same metrics
     assert "optimal %" in first and "ILR-solved" in first
     assert st.results.count_documents({"run_id": "step1"}) == 1
+    # the reference's checker beside the strict one: stored with the same result, shown in a second row
+    out = run_cli(*args, "--scoring", "reference").stdout
+    assert "8 stored, 0 to generate" in out and "step1 (reference scoring)" in out
+    res = st.results.find_one({"run_id": "step1"})
+    assert st.results.count_documents({"run_id": "step1"}) == 1 and set(res["reference_metrics"]) == set(res["metrics"])
+    assert res["reference_metrics"]["correct_pct"] >= res["metrics"]["correct_pct"]
+    # rollouts from a trace prefix are stored under their own key, each starting with that prefix
+    test = data.load_split(st.db, MAZE, "test")
+    out = run_cli("eval.py", "--run-id", "step1", "--num-tasks", "4", "--samples", "1", "--temperature", "0",
+                  "--max-tokens", "150", "--prefix-len", "7").stdout
+    assert "0 stored, 4 to generate" in out and "starting after 7 trace tokens" in out
+    docs = list(st.responses.find({"run_id": "step1", "pkey": {"$regex": "prefix_len"}}))
+    assert len(docs) == 4 and all(json.loads(d["pkey"])["prefix_len"] == 7 for d in docs)
+    for d in docs:
+        row = int(np.flatnonzero(test.ids == d["task"])[0])
+        assert np.array_equal(np.frombuffer(d["tokens"], data.DTYPE)[:7], test.get(row, "trace")[:7])
+    assert st.results.count_documents({"run_id": "step1"}) == 2
     assert "evaluations (eval.py)" in run_cli("admin.py", "show", "--run-id", "step1").stdout
     assert "opt %" in run_cli("admin.py", "list-all").stdout
     run_cli("admin.py", "drop-run", "--run-id", "step1")
@@ -197,8 +302,17 @@ def test_average_gives_mean_and_standard_error(st):
         st.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64},
                                "metrics": {"optimal_pct": opt, "correct_pct": 100.0, "swc": 0.5},
                                "time": i})
+    # newer results with a trace prefix, and reference-scored ones, are only taken when asked for
+    for i in range(3):
+        st.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64, "prefix_len": 5},
+                               "metrics": {"optimal_pct": 1.0, "correct_pct": 1.0, "swc": 0.1}, "time": 10 + i})
+    st.results.update_one({"run_id": "seed-0", "time": 0}, {"$set": {"reference_metrics": {"optimal_pct": 50.0}}})
     out = run_cli("eval.py", "average", "--pattern", "seed-.*", "--samples", "64").stdout
     assert "90.0 ± 5.8" in out and "100.0 ± 0.0" in out and "3 runs" in out
+    assert "1.0 ± 0.0" in run_cli("eval.py", "average", "--pattern", "seed-.*", "--prefix-len", "5").stdout
+    assert "50.0" in run_cli("eval.py", "average", "--run-id", "seed-0", "--scoring", "reference").stdout
+    r = run_cli("eval.py", "average", "--pattern", "seed-.*", "--scoring", "reference", check=False)
+    assert r.returncode != 0 and "seed-1" in r.stderr and "--scoring reference" in r.stderr
     r = run_cli("eval.py", "average", "--pattern", "seed-.*", "--samples", "32", check=False)
     assert r.returncode != 0 and "no evaluation result" in r.stderr
 

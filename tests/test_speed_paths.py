@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import data
 from conftest import make_toy_dataset, run_cli
 from model import ModelConfig, Transformer
-from train import Batcher, Prefetcher, TrainConfig, loss_terms, summarize
+from train import STATS, Batcher, Prefetcher, TrainConfig, loss_denominator, loss_terms, summarize
 
 
 def random_split(n=60, seed=0):
@@ -105,6 +105,76 @@ def full_logits_stats(model, x, y, plan):
                                   correct.sum()]).double()
 
 
+def slow_sequence_terms(model, x, y, plan):
+    """The reference's loss and exact-match counts, one sequence at a time from the full logits: each
+    sequence's mean token loss, summed; sequences whose trace / plan / whole response is all argmax-right."""
+    logits = model(x).float()
+    loss, counts = 0.0, np.zeros(5)
+    for b in range(len(x)):
+        valid = y[b] >= 0
+        ce = F.cross_entropy(logits[b][valid], y[b][valid], reduction="none")
+        loss = loss + ce.mean()
+        right = logits[b][valid].argmax(-1) == y[b][valid]
+        in_plan = plan[b][valid]
+        has_trace = bool((~in_plan).any())
+        counts += [1, has_trace, has_trace and bool(right[~in_plan].all()), bool(right[in_plan].all()),
+                   bool(right.all())]
+    return loss, counts
+
+
+@pytest.mark.parametrize("plan_only", [False, True])
+def test_sequence_loss_and_exact_counts_equal_a_loop_over_sequences(plan_only):
+    split = random_split()
+    seqs = data.Sequences.build(split, np.arange(60), plan_only)
+    x, y, plan = (torch.from_numpy(a) for a in seqs.collate(np.arange(12)))
+    model = tiny_model()
+    # a model that gets some sequences exactly right: a few rows' targets set to its own argmax
+    with torch.no_grad():
+        guess = model(x).argmax(-1)
+    y = y.clone()
+    for b, part in ((0, None), (1, "trace"), (2, "plan"), (5, None)):
+        where = (y[b] >= 0) & (True if part is None else (plan[b] if part == "plan" else ~plan[b]))
+        y[b][where] = guess[b][where]
+    want_loss, want_counts = slow_sequence_terms(model, x, y, plan)
+    want_loss.backward()
+    want_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    got_loss, stats = loss_terms(model, x, y, plan, contextlib.nullcontext(), loss_norm="sequence")
+    torch.testing.assert_close(got_loss, want_loss)
+    assert stats[5:].tolist() == want_counts.tolist()
+    assert want_counts[4] >= 2 and want_counts[3] >= 3 and (plan_only or want_counts[2] >= 3)  # exact rows occur
+    got_loss.backward()
+    for p, g in zip(model.parameters(), want_grads):
+        torch.testing.assert_close(p.grad, g)
+    m = summarize(stats.double())
+    assert m["sequences"] == 12 and m["response_exact"] == want_counts[4] / 12
+    assert ("trace_exact" in m) == (not plan_only)
+
+
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_any_split_of_a_global_batch_gives_its_loss(norm):
+    """Over ranks and micro-steps, the scaled losses (x world / denominator, then DDP's mean over ranks)
+    add up to the global batch's loss: the mean of per-sequence means, or of all loss tokens."""
+    seqs = data.Sequences.build(random_split(), np.arange(60), False)
+    batch = np.arange(3, 19)
+    model = tiny_model()
+    x, y, plan = (torch.from_numpy(a) for a in seqs.collate(batch))
+    want = slow_sequence_terms(model, x, y, plan)[0] / len(batch) if norm == "sequence" else \
+        full_logits_stats(model, x, y, plan)[0] / (y >= 0).sum()
+    cfg = TrainConfig(loss_norm=norm)
+    for world, accum in ((1, 1), (2, 1), (1, 4), (2, 2), (4, 2)):
+        total = loss_denominator(cfg, seqs, batch)
+        got = 0.0
+        for rank in range(world):
+            for i in range(accum):
+                rows = data.rank_share(batch[i::accum], rank, world)
+                if len(rows):
+                    loss = loss_terms(model, *(torch.from_numpy(a) for a in seqs.collate(rows)), contextlib.nullcontext(),
+                                      loss_norm=norm)[0]
+                    got = got + loss * (world / total) / world
+        torch.testing.assert_close(got, want)
+
+
 def test_loss_at_kept_positions_equals_the_full_loss_with_gradients():
     seqs = data.Sequences.build(random_split(), np.arange(60), False)
     x, y, plan = (torch.from_numpy(a) for a in seqs.collate(np.arange(8)))
@@ -117,7 +187,7 @@ def test_loss_at_kept_positions_equals_the_full_loss_with_gradients():
     for k in (keep, None):  # given by the prefetcher, or found by loss_terms
         got, got_stats = loss_terms(model, x, y, plan, contextlib.nullcontext(), k)
         torch.testing.assert_close(got, loss)
-        torch.testing.assert_close(got_stats.double(), stats, rtol=1e-6, atol=0)  # fp32 sums in another order
+        torch.testing.assert_close(got_stats[:5].double(), stats, rtol=1e-6, atol=0)  # fp32 sums in another order
     got.backward()
     for p, g in zip(model.parameters(), want):
         torch.testing.assert_close(p.grad, g)
@@ -127,13 +197,14 @@ def test_rounded_length_and_token_budget_give_the_padded_loss():
     seqs = data.Sequences.build(random_split(), np.arange(60), False)
     model = tiny_model()
     def total(batches, multiple):
-        s = torch.zeros(5, dtype=torch.float64)
+        s = torch.zeros(STATS, dtype=torch.float64)
         for b in batches:
             s += loss_terms(model, *(torch.from_numpy(a) for a in seqs.collate(b, multiple)), contextlib.nullcontext())[1]
         return summarize(s)
     padded = total(np.array_split(np.random.default_rng(0).permutation(60), 6), 1)
     bucketed = total(data.epoch_batches(seqs.lengths, 0, 0, rows=4, world=1, token_budget=100, window=4), 64)
-    for k in ("loss", "trace_loss", "plan_loss", "accuracy", "tokens"):
+    for k in ("loss", "trace_loss", "plan_loss", "accuracy", "tokens", "sequences", "trace_exact", "plan_exact",
+              "response_exact"):
         assert bucketed[k] == pytest.approx(padded[k], rel=1e-6)
 
 
@@ -191,11 +262,12 @@ def test_activation_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
-def test_ddp_with_accumulation_equals_one_process(st):
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_ddp_with_accumulation_equals_one_process(st, norm):
     """Bucket views, static graph and no_sync over micro-steps: the same training as one process."""
     make_toy_dataset(st.db)
     from test_train import FAST, assert_same_weights, losses, weights
-    common = [*FAST, "--train-steps", "10", "--seed", "5"]
+    common = [*FAST, "--train-steps", "10", "--seed", "5", "--loss-norm", norm]
     run_cli("train.py", "single", "--run-id", "one", *common, "--batch-size", "4", "--grad-accum", "2")
     run_cli("train.py", "single", "--run-id", "two", *common, "--batch-size", "2", "--grad-accum", "2", nproc=2)
     assert_same_weights(weights(st, "one"), weights(st, "two"), exact=False)
@@ -214,3 +286,20 @@ def test_compiled_model_gives_the_eager_loss():
         fast = loss_terms(compiled, x, y, plan, contextlib.nullcontext())
         torch.testing.assert_close(fast[0], eager[0], rtol=1e-4, atol=1e-4)
         assert torch.equal(fast[1][[1, 3]], eager[1][[1, 3]])
+
+
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_ddp_token_budget_accumulation_equals_the_bigger_budget(st, norm):
+    """Two processes, each with a token budget: budget 2B in one step trains as budget B over 2 micro-steps."""
+    make_toy_dataset(st.db)
+    from test_train import FAST, assert_same_weights, losses, weights
+    # a seed whose first 10 global batches have 4 rows or more, so no rank's micro-step is empty
+    split = data.load_split(st.db, "toy.copy", "train")
+    lengths = data.Sequences.build(split, np.arange(len(split.ids)), False).lengths
+    seed = next(s for s in range(100) if min(map(len, data.epoch_batches(lengths, s, 0, 2, 2, 160)[:10])) >= 4)
+    common = [*FAST, "--train-steps", "10", "--seed", seed, "--loss-norm", norm, "--batch-size", "1"]
+    run_cli("train.py", "single", "--run-id", "one", *common, "--batch-tokens", "160", nproc=2)
+    run_cli("train.py", "single", "--run-id", "two", *common, "--batch-tokens", "80", "--grad-accum", "2", nproc=2)
+    assert_same_weights(weights(st, "one"), weights(st, "two"), exact=False)
+    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "one"), losses(st, "two")):
+        assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-4

@@ -73,9 +73,10 @@ def test_kill_and_resume_equals_uninterrupted(st):
     assert losses(st, "straight") == losses(st, "killed")  # replaced, not duplicated
 
 
-def test_two_process_ddp_equals_one_process_on_same_global_batch(st):
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_two_process_ddp_equals_one_process_on_same_global_batch(st, norm):
     make_toy_dataset(st.db)
-    common = [*FAST, "--train-steps", "10", "--seed", "1"]
+    common = [*FAST, "--train-steps", "10", "--seed", "1", "--loss-norm", norm]
     run_cli("train.py", "single", "--run-id", "w1", *common, "--batch-size", "8")
     run_cli("train.py", "single", "--run-id", "w2", *common, "--batch-size", "4", nproc=2)
     assert st.get_run("w2")["world_size"] == 2
@@ -84,14 +85,42 @@ def test_two_process_ddp_equals_one_process_on_same_global_batch(st):
         assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-4 and abs(a1 - a2) < 1e-6
 
 
-def test_grad_accumulation_equals_bigger_batch(st):
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_grad_accumulation_equals_bigger_batch(st, norm):
     make_toy_dataset(st.db)
-    common = [*FAST, "--train-steps", "10", "--seed", "2"]
+    common = [*FAST, "--train-steps", "10", "--seed", "2", "--loss-norm", norm]
     run_cli("train.py", "single", "--run-id", "big", *common, "--batch-size", "8")
     run_cli("train.py", "single", "--run-id", "acc", *common, "--batch-size", "2", "--grad-accum", "4")
     assert_same_weights(weights(st, "big"), weights(st, "acc"), exact=False)
     for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "big"), losses(st, "acc")):
         assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-5
+
+
+@pytest.mark.parametrize("norm", ["sequence", "token"])
+def test_token_budget_accumulation_equals_the_bigger_budget(st, norm):
+    """A token budget per micro-step: budget 2B in one step trains as budget B over 2 accumulation steps."""
+    make_toy_dataset(st.db)
+    # a seed whose first 10 global batches all have 2 rows or more: a smaller one would leave a
+    # micro-step empty, which the trainer does not take (a matter of the batcher, not of the loss)
+    split = data.load_split(st.db, "toy.copy", "train")
+    lengths = data.Sequences.build(split, np.arange(len(split.ids)), False).lengths
+    seed = next(s for s in range(100) if min(map(len, data.epoch_batches(lengths, s, 0, 2, 1, 160)[:10])) >= 2)
+    common = [*FAST, "--train-steps", "10", "--seed", seed, "--loss-norm", norm, "--batch-size", "1"]
+    run_cli("train.py", "single", "--run-id", "budget", *common, "--batch-tokens", "160")
+    run_cli("train.py", "single", "--run-id", "halves", *common, "--batch-tokens", "80", "--grad-accum", "2")
+    assert_same_weights(weights(st, "budget"), weights(st, "halves"), exact=False)
+    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "budget"), losses(st, "halves")):
+        assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-5
+
+
+def test_the_two_loss_normalisations_train_differently(st):
+    """So the equivalence tests above compare two distinct trainings, not one under two names."""
+    make_toy_dataset(st.db)
+    common = [*FAST, "--train-steps", "5", "--seed", "1", "--batch-size", "8"]
+    run_cli("train.py", "single", "--run-id", "seq", *common)
+    run_cli("train.py", "single", "--run-id", "tok", *common, "--loss-norm", "token")
+    a, b = weights(st, "seq"), weights(st, "tok")
+    assert any(not torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
 
 
 def test_relaunch_with_other_hyper_parameters_is_refused(st):
@@ -125,15 +154,108 @@ def test_failing_run_records_failed_status(st):
     assert run["status"] == "failed" and "too few sequences" in run["error"]
 
 
-def test_start_checkpoint_initialises_weights_with_step_reset(st):
+def adam_steps(ck):
+    return {float(v["step"]) for v in ck["optimizer"]["state"].values()}
+
+
+def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(st):
     make_toy_dataset(st.db)
     run_cli("train.py", "single", "--run-id", "base", *FAST, "--train-steps", "10")
-    r = run_cli("train.py", "single", "--run-id", "tuned", *FAST, "--train-steps", "5", "--start-checkpoint", "base")
-    assert "initialised from base (step 10)" in r.stdout
-    assert st.get_run("tuned")["step"] == 5
+    base = st.load_checkpoint("base")
+    # the reference: weights and AdamW moments continue, the step counter and LR schedule restart,
+    # the hyper-parameters are the new run's
+    r = run_cli("train.py", "single", "--run-id", "tuned", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
+                "--lr", "5e-4", "--weight-decay", "0.02")
+    assert "initialised from base (step 10): weights and optimizer state" in r.stdout
+    assert st.get_run("tuned")["step"] == 5 and st.get_run("tuned")["config"]["start_optimizer"] is True
+    tuned = st.load_checkpoint("tuned")
+    assert adam_steps(base) == {10.0} and adam_steps(tuned) == {15.0}  # moments carried on
+    assert tuned["scheduler"]["last_epoch"] == 5
+    groups = tuned["optimizer"]["param_groups"]
+    assert [g["initial_lr"] for g in groups] == [5e-4, 5e-4] and [g["weight_decay"] for g in groups] == [0.02, 0.02]
+    assert groups[0]["lr"] == pytest.approx(TrainConfig(lr=5e-4, warmup_steps=5, train_steps=5).lr_at(5))
+    # weights only: fresh AdamW moments
+    r = run_cli("train.py", "single", "--run-id", "fresh", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
+                "--no-start-optimizer")
+    assert "initialised from base (step 10): weights only" in r.stdout
+    assert adam_steps(st.load_checkpoint("fresh")) == {5.0}
     r = run_cli("train.py", "single", "--run-id", "orphan", *FAST, "--train-steps", "5", "--start-checkpoint", "nope",
                 check=False)
     assert r.returncode != 0 and "nope" in r.stderr
+    r = run_cli("train.py", "single", "--run-id", "misfit", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
+                "--model-size", "xs", check=False)
+    assert r.returncode != 0 and "has another model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_start_checkpoint_from_a_run_with_decay_on_matrices_only(st):
+    """Both decay choices keep one optimizer layout: a run can start from the other's AdamW state."""
+    make_toy_dataset(st.db)
+    run_cli("train.py", "single", "--run-id", "mat", *FAST, "--train-steps", "5", "--decay-params", "matrices")
+    assert [g["weight_decay"] for g in st.load_checkpoint("mat")["optimizer"]["param_groups"]] == [0.01, 0.0]
+    run_cli("train.py", "single", "--run-id", "all", *FAST, "--train-steps", "5", "--start-checkpoint", "mat")
+    ck = st.load_checkpoint("all")
+    assert [g["weight_decay"] for g in ck["optimizer"]["param_groups"]] == [0.01, 0.01] and adam_steps(ck) == {10.0}
+
+
+def test_defaults_and_sweep_files_train_as_the_reference():
+    import sweep
+    cfg = TrainConfig()
+    assert (cfg.loss_norm, cfg.decay_params, cfg.grad_clip, cfg.start_optimizer) == ("sequence", "all", 0.0, True)
+    for k in (1, 2, 3):
+        for i in range(3):
+            c = sweep.load(str(ROOT / f"config/sweep/sokoban-7722-m-trace-plan-100k-step-{k}.json"), i)
+            assert c.start_checkpoint and c.start_optimizer and c.loss_norm == "sequence" and c.grad_clip == 0
+    old = {k: v for k, v in cfg.to_dict().items() if k not in ("loss_norm", "decay_params", "start_optimizer")}
+    legacy = TrainConfig.from_stored(old)  # stored before the keys existed: the old behaviour
+    assert (legacy.loss_norm, legacy.decay_params, legacy.start_optimizer) == ("token", "matrices", False)
+    assert TrainConfig.from_stored(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_stored({**old, "loss_normalisation": "token"})
+
+
+def test_a_run_stored_before_the_new_defaults_resumes_as_it_trained(st):
+    """A run made by the previous version (no loss_norm / decay_params / start_optimizer in its config,
+    grad_clip 1 by default, a 5-entry log accumulator), killed and relaunched with the command that made
+    it, resumes with token-mean loss, decay on matrices and clipping: it ends as an uninterrupted run
+    with those settings."""
+    make_toy_dataset(st.db)
+    args = [*FAST, "--train-steps", "20", "--seed", "3"]
+    old_flags = ["--loss-norm", "token", "--decay-params", "matrices", "--grad-clip", "1"]
+    run_cli("train.py", "single", "--run-id", "straight", *args, *old_flags)
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "old", *args, *old_flags,
+                             "--lease-seconds", "1"], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 15/"):  # the step-10 checkpoint is written
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    # make it what the previous version stored
+    new_keys = {"config.loss_norm": "", "config.decay_params": "", "config.start_optimizer": ""}
+    st.runs.update_one({"_id": "old"}, {"$unset": new_keys})
+    ck = st.load_checkpoint("old")
+    ck["log_acc"] = ck["log_acc"][:5]
+    ck["config"] = {k: v for k, v in ck["config"].items() if k not in ("loss_norm", "decay_params", "start_optimizer")}
+    st.save_checkpoint("old", ck["step"], ck)
+    import time
+    time.sleep(1.1)  # let the dead trainer's lease expire
+    r = run_cli("train.py", "single", "--run-id", "old", *args)  # the old command: no new flags
+    assert "resuming old from step 10" in r.stdout
+    cfg = st.get_run("old")["config"]
+    assert (cfg["loss_norm"], cfg["decay_params"], cfg["grad_clip"], cfg["start_optimizer"]) == ("token", "matrices", 1.0, False)
+    assert_same_weights(weights(st, "straight"), weights(st, "old"))
+    assert losses(st, "straight") == losses(st, "old")
+    r = run_cli("train.py", "single", "--run-id", "old", *args, "--loss-norm", "sequence", check=False)
+    assert r.returncode != 0 and "loss_norm: 'token' -> 'sequence'" in r.stderr
+
+
+def test_logs_hold_exact_sequence_fractions(st):
+    make_toy_dataset(st.db)
+    run_cli("train.py", "single", "--run-id", "ex", *FAST, "--train-steps", "5")
+    for rec in st.get_logs("ex"):
+        assert rec["sequences"] > 0 and 0 <= rec["response_exact"] <= rec["plan_exact"] <= 1
+        assert rec["response_exact"] <= rec["trace_exact"] <= 1
+    run_cli("train.py", "single", "--run-id", "ex-plan", *FAST, "--train-steps", "5", "--plan-only")
+    assert all("trace_exact" not in rec and "plan_exact" in rec for rec in st.get_logs("ex-plan"))
 
 
 def test_dry_run_prints_config_without_touching_the_database(monkeypatch):
@@ -155,6 +277,7 @@ def test_bad_flags_give_one_line_errors(flags, msg):
 def test_bucketed_batches_give_the_padded_loss(st):
     """Per-token loss over the data is the same whether batches are length-sorted or padded at random."""
     from model import ModelConfig, Transformer
+    import train
     from train import loss_terms, summarize
     make_toy_dataset(st.db, n_train=64)
     split = data.load_split(st.db, "toy.copy", "train")
@@ -163,7 +286,7 @@ def test_bucketed_batches_give_the_padded_loss(st):
     model = Transformer(ModelConfig(vocab_size=24, d_model=32, n_head=2, d_ff=64, n_layer=2)).double()
     import contextlib
     def total(batches):
-        s = torch.zeros(5, dtype=torch.float64)
+        s = torch.zeros(train.STATS, dtype=torch.float64)
         for b in batches:
             s += loss_terms(model, *(torch.from_numpy(a) for a in seqs.collate(b)), contextlib.nullcontext())[1]
         return summarize(s)
@@ -171,7 +294,8 @@ def test_bucketed_batches_give_the_padded_loss(st):
     padded = np.array_split(np.random.default_rng(0).permutation(64), 8)
     budget = data.epoch_batches(seqs.lengths, 0, 0, rows=8, world=1, token_budget=120)
     a, b, c = total(bucketed), total(padded), total(budget)
-    for k in ("loss", "trace_loss", "plan_loss", "accuracy", "tokens"):
+    for k in ("loss", "trace_loss", "plan_loss", "accuracy", "tokens", "sequences", "trace_exact", "plan_exact",
+              "response_exact"):
         assert a[k] == pytest.approx(b[k], rel=1e-6) and c[k] == pytest.approx(b[k], rel=1e-6)
     pad = lambda bs: sum(len(x) * seqs.lengths[x].max() for x in bs)
     assert pad(bucketed) < pad(padded)
