@@ -95,15 +95,11 @@ def make_toy_dataset(db, name="toy.copy", n_train=200, n_test=24, seed=0, vocab_
 def checkpoint_state(run_id, step=10, seed=0):
     """A checkpoint dict as train.py writes it, of an untrained tiny model."""
     import torch
-    from model import ModelConfig, Transformer
-    from train import TrainConfig
+    from train import TrainConfig, build
     cfg = TrainConfig(train_name="toy.copy", model_size="tiny", train_steps=step, seed=seed)
-    torch.manual_seed(seed)
     vocab = [f"t{i}" for i in range(24)]
-    model = Transformer(ModelConfig.from_size("tiny", len(vocab)))
-    opt = torch.optim.AdamW(model.parameters())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+    model, opt, sched = build(cfg, len(vocab), torch.device("cpu"))
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": {**sched.state_dict(), "last_epoch": step},
             "run_id": run_id, "step": step, "data": {"epoch": 0, "index": step}, "rng": {"cpu": torch.get_rng_state()},
             "log_acc": torch.zeros(5, dtype=torch.float64), "config": cfg.to_dict(),
             "model_config": model.cfg.to_dict(), "vocabulary": vocab}
