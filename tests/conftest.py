@@ -149,3 +149,38 @@ def call(main, *argv):
                 print(e.code, file=sys.stderr)
                 code = 1
     return code, out.getvalue(), err.getvalue()
+
+
+class Pauses:
+    """The trainer's test hook (testhook.py): a process started with env(points) stops at each of
+    those points until release(point). Tests wait for these handshakes, never for output or time."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def env(self, *points):
+        return {"SEARCHFORMER_PAUSE_AT": ",".join(points), "SEARCHFORMER_PAUSE_DIR": str(self.folder)}
+
+    def reached(self, point):
+        return sorted(int(p.name.rsplit(".", 1)[1]) for p in self.folder.glob(f"{point}.*")
+                      if p.name.rsplit(".", 1)[1].isdigit())
+
+    def wait(self, point, proc=None, count=1, timeout=600):
+        """The pids stopped at point, once count of them are; fails if proc exits first. (The timeout
+        only turns a hang into a failure.)"""
+        deadline = time.monotonic() + timeout
+        while len(self.reached(point)) < count:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"exited {proc.returncode} before reaching {point}")
+            assert time.monotonic() < deadline, f"nothing reached {point} in {timeout}s"
+            time.sleep(0.02)
+        return self.reached(point)
+
+    def release(self, point):
+        (self.folder / f"{point}.go").touch()
+
+
+@pytest.fixture
+def pauses(tmp_path):
+    return Pauses(tmp_path / "pauses")
