@@ -1,6 +1,7 @@
 """Faults: killed and relaunched trainers, a database that goes away, concurrent launches, load,
 interrupted exports. Whatever happens, a run ends as if it had never been interrupted."""
 import contextlib
+import json
 import os
 import random
 import re
@@ -424,6 +425,51 @@ def test_eight_runs_at_once_on_one_embedded_server(embedded, pauses):
         Transformer(ModelConfig(**ck["model_config"])).load_state_dict(ck["model"])
     servers = [p for p in processes() if str(embedded) in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
     assert len(servers) == 1
+
+
+@pytest.mark.slow
+def test_a_restarted_embedded_server_is_found_by_a_running_trainer(embedded, pauses):
+    """The default setup: the embedded server is killed under a running trainer and restarted by the
+    next command that needs it; it comes back at its address, and the trainer carries on."""
+    st = store.connect()
+    make_toy_dataset(st.db)
+    args = [*FAST, "--train-steps", 30, "--log-interval", 5, "--eval-interval", 15, "--checkpoint-interval", 10,
+            "--db-retry-seconds", 120]
+    proc = launch("survives", *args, env=pauses.env("step-12"))
+    pauses.wait("step-12", proc)
+    old = json.loads((embedded / "server.json").read_text())
+    os.kill(old["pid"], signal.SIGKILL)
+    while store._pid_alive(old["pid"]):
+        time.sleep(0.05)
+    assert "(no runs)" not in run_cli("admin.py", "list-all").stdout  # restarts it
+    new = json.loads((embedded / "server.json").read_text())
+    assert new["pid"] != old["pid"] and new["port"] == old["port"]
+    pauses.release("step-12")
+    out = output(proc, 300)
+    assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
+    assert st.get_run("survives")["status"] == "finished"
+    assert [(x["split"], x["step"]) for x in st.get_logs("survives")] == \
+        [("test", 15), ("test", 30)] + [("train", s) for s in range(5, 31, 5)]
+
+
+def test_a_client_follows_the_embedded_server_to_a_new_address(embedded):
+    """When its old port was taken meanwhile the server restarts elsewhere; a client that lost it
+    re-reads the data folder's record and follows."""
+    st = store.connect(retry_s=120)
+    st.runs.insert_one({"_id": "r", "config": {}, "lease": None})
+    old = json.loads((embedded / "server.json").read_text())
+    os.kill(old["pid"], signal.SIGKILL)
+    while store._pid_alive(old["pid"]):
+        time.sleep(0.05)
+    with socket.socket() as squatter:  # another program took the port
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", old["port"]))
+        squatter.listen()
+        store.embedded_uri()  # the next command restarts the server
+        new = json.loads((embedded / "server.json").read_text())
+        assert new["port"] != old["port"]
+        st.log("r", 1, "train", {"loss": 1.0})  # retried, then rebound to the new address
+    assert st.address == f"mongodb://127.0.0.1:{new['port']}/searchformer" and st.get_run("r")["step"] == 1
 
 
 def test_interrupted_export_leaves_nothing_that_import_accepts(st, tmp_path):
