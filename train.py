@@ -16,7 +16,10 @@ def die_with_parent():
     Called before the slow imports, and a worker whose launcher died before that exits at once."""
     if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform.startswith("linux"):
         import ctypes
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
         if os.getppid() == 1:  # reparented to init: the launcher is already gone, no signal will come
             os._exit(1)
 
