@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import gridfs
-import torch
 from pymongo.errors import PyMongoError
 
 import store
@@ -181,6 +180,7 @@ def read_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: no such file")
+    import torch  # imported here: the other commands start without it (and report a lost database sooner)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:

@@ -33,7 +33,6 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import gridfs
 import pymongo
-import torch
 from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
 
 import testhook
@@ -502,6 +501,7 @@ class Store:
             raise self._lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
         if before.get("pending_checkpoint") is not None:  # left by a killed process or a failed attempt
             self._delete_upload(before["pending_checkpoint"])
+        import torch  # imported here, as in the other checkpoint methods: commands without checkpoints start faster
         writer = _Writer(stream)
         try:
             torch.save(state, writer)  # streamed in chunks, no second copy in memory
@@ -552,6 +552,7 @@ class Store:
                     # file to local disk in one sequential read, then load (one copy in memory)
                     shutil.copyfileobj(f, tmp, 16 << 20)
                     tmp.seek(0)
+                    import torch
                     return torch.load(tmp, map_location=map_location, weights_only=True)
             except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
                 moved = (self.runs.find_one({"_id": run_id}, {"checkpoint": 1}) or {}).get("checkpoint") != info
@@ -582,6 +583,7 @@ class Store:
             before = self.runs.find_one_and_update({"_id": run_id}, {"$set": {"pending_checkpoint": stream._id}})
             if before and before.get("pending_checkpoint") is not None:
                 self._delete_upload(before["pending_checkpoint"])
+        import torch
         try:
             torch.save(state, _Writer(stream))
             testhook.pause("import-upload")  # tests: the new file written, the old run not yet switched

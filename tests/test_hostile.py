@@ -392,6 +392,9 @@ def test_unreachable_database_is_one_line_naming_the_address_within_seconds(monk
     code, out, err = call(admin.main, "show", "--run-id", "x")
     one_line_error(code, err, f"cannot reach MongoDB at {uri}", f"connection refused by 127.0.0.1:{port}")
     assert time.monotonic() - t < 3  # a refused connection is said at once, not after server selection's 5 s
+    # and admin.py and data.py get there without importing torch (seconds on a loaded machine)
+    r = subprocess.run([sys.executable, "-c", "import sys, admin, data; sys.exit('torch' in sys.modules)"], cwd=ROOT)
+    assert r.returncode == 0
 
 
 def test_unusable_embedded_server_folder_is_one_line(monkeypatch, tmp_path):
