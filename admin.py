@@ -10,18 +10,18 @@ import os
 import re
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import gridfs
-import torch
 from pymongo.errors import PyMongoError
 
 import data
 import store
-from model import ModelConfig, Transformer
 from store import StoreError
 
-CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "step", "data", "config", "model_config", "vocabulary"}
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_acc", "config", "model_config",
+                   "vocabulary"}
 
 
 def fmt_time(t):
@@ -33,6 +33,28 @@ def fmt_loss(doc, split):
     return f"{v:.4f}" if v is not None else "-"
 
 
+def fmt_age(seconds):
+    s = int(max(0, seconds))
+    return f"{s}s" if s < 120 else f"{s // 60}m" if s < 7200 else f"{s // 3600}h{s % 3600 // 60:02d}m" if s < 172800 \
+        else f"{s // 86400}d"
+
+
+def status_of(doc):
+    """The run's status as stored, except that a `running` run whose trainer's lease has expired (it
+    died, or gave up on the database, without a word) is `interrupted`; with the time since it was
+    last seen. Reading only: nothing is written."""
+    status, lease = doc.get("status", "-"), doc.get("lease")
+    if status != "running" or (lease and lease.get("expires", 0) > time.time()):
+        return status, None
+    seen = (lease or {}).get("seen") or (doc["updated"].timestamp() if doc.get("updated") else None)
+    return "interrupted", (time.time() - seen if seen else None)
+
+
+def interrupted_note(age):
+    return (f"trainer last seen {fmt_age(age)} ago" if age is not None else "trainer gone") + \
+        "; relaunch the same command to resume"
+
+
 def fmt_optimal(st, run_id):
     """optimal % of the run's latest evaluation by eval.py."""
     res = st.results.find_one({"run_id": run_id}, sort=[("time", -1)])
@@ -41,22 +63,27 @@ def fmt_optimal(st, run_id):
 
 def list_all(st, args):
     runs = st.list_runs()
-    print(f"{'run id':40} {'status':9} {'step':>15} {'dataset':38} {'size':4} {'train':>7} {'test':>7} {'opt %':>6}  updated")
+    print(f"{'run id':40} {'status':11} {'step':>15} {'dataset':38} {'size':4} {'train':>7} {'test':>7} {'opt %':>6}  updated")
     for r in runs:
         cfg = r.get("config", {})
         step = f"{r.get('step', 0)}/{cfg.get('train_steps', '?')}"
-        print(f"{r['_id']:40} {r.get('status', '-'):9} {step:>15} {cfg.get('train_name', '-'):38} "
+        status, age = status_of(r)
+        print(f"{r['_id']:40} {status:11} {step:>15} {cfg.get('train_name', '-'):38} "
               f"{cfg.get('model_size', '-'):4} {fmt_loss(r, 'train'):>7} {fmt_loss(r, 'test'):>7} "
               f"{fmt_optimal(st, r['_id']):>6}  {fmt_time(r.get('updated'))}")
         if r.get("status") == "failed" and r.get("error"):
             print(f"{'':40}   error: {r['error'].splitlines()[0][:100]}")
+        if status == "interrupted":
+            print(f"{'':40}   {interrupted_note(age)}")
     if not runs:
         print("(no runs)")
 
 
 def show(st, args):
     r = st.require_run(args.run_id)
-    print(f"run {r['_id']}: {r.get('status')} at step {r.get('step', 0)}, world size {r.get('world_size', '-')}, "
+    status, age = status_of(r)
+    note = f" ({interrupted_note(age)})" if status == "interrupted" else ""
+    print(f"run {r['_id']}: {status}{note} at step {r.get('step', 0)}, world size {r.get('world_size', '-')}, "
           f"host {r.get('host', '-')}, updated {fmt_time(r.get('updated'))}")
     for k, v in r["config"].items():
         print(f"  {k:22} {v}")
@@ -159,6 +186,7 @@ def read_checkpoint(path):
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: no such file")
+    import torch  # imported here: the other commands start without it (and report a lost database sooner)
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
@@ -166,13 +194,9 @@ def read_checkpoint(path):
         raise StoreError(f"{path}: not a valid checkpoint file ({reason})") from None
     if not isinstance(ck, dict) or not CHECKPOINT_KEYS <= ck.keys():
         raise StoreError(f"{path}: not a searchformer checkpoint (missing {sorted(CHECKPOINT_KEYS - set(ck) if isinstance(ck, dict) else CHECKPOINT_KEYS)})")
-    from train import TrainConfig
+    from train import check_resumable
     try:
-        TrainConfig.from_dict(ck["config"])
-        model = Transformer(ModelConfig(**ck["model_config"]))
-        model.load_state_dict(ck["model"])  # shapes and names must match the architecture
-        if not isinstance(ck["step"], int) or ck["step"] < 0:
-            raise ValueError("bad step")
+        check_resumable(ck)  # everything a resume reads, loaded as a resume loads it
     except Exception as e:
         raise StoreError(f"{path}: checkpoint contents are invalid ({str(e).splitlines()[0][:160]})") from None
     return ck

@@ -33,6 +33,7 @@ from bson import Binary
 from pymongo.errors import PyMongoError
 
 import store
+import testhook
 from store import StoreError, check_name
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<sep>"]
@@ -122,6 +123,7 @@ class DatasetWriter:
         self.flush()
         self.progress.update(progress)
         self.db.datasets.update_one({"_id": self.name}, {"$set": {"building": self.building}})
+        testhook.pause("dataset-progress")  # tests: a build stopped part-way, its progress recorded
 
     def commit(self, **info):
         # no secondary indexes: nothing queries by field (the loader reads whole splits), and building

@@ -33,8 +33,9 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import gridfs
 import pymongo
-import torch
 from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
+
+import testhook
 
 DEFAULT_DB = "searchformer"
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no leading "-": it reads as an option
@@ -97,6 +98,11 @@ def scrub(text, uri):
     for secret in _secrets(uri):
         text = text.replace(secret, "***")
     return text
+
+
+def world_size_refusal(run_id, was, world_size):
+    return (f"run {run_id!r} was trained with world size {was} and its data order depends on it; relaunch it with "
+            f"{was} processes in all (e.g. torchrun --nproc-per-node {was}), not {world_size}, or use a new --run-id")
 
 
 def now():
@@ -171,6 +177,34 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def _port_free(port):
+    """Whether a server could listen on this local port now (as servers do, past old connections' TIME_WAIT)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except (OSError, OverflowError, TypeError):
+            return False
+
+
+def _start_server(folder, port, wait_s):
+    cmd = [_server_exe(), "--standalone", "--sync-on-commit", "--host", "127.0.0.1",
+           "--port", str(port), "--storage-path", str(folder / "data"), "--log-level", "WARNING"]
+    with open(folder / "server.log", "ab") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True, close_fds=True)  # outlives this process
+    deadline = time.monotonic() + wait_s
+    while not _port_open("127.0.0.1", port, timeout=0.5):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            tail = (folder / "server.log").read_text(errors="replace").strip().splitlines()[-1:]
+            raise StoreError(f"the embedded server did not start (see {folder / 'server.log'}): "
+                             f"{tail[0] if tail else 'no output'}")
+        time.sleep(0.1)
+    return proc
+
+
 def embedded_uri(folder=None, start=True, wait_s=60.0):
     """URI of the folder's server, starting it (detached, under a file lock) when it is not up."""
     folder = Path(folder or db_dir())
@@ -187,20 +221,9 @@ def embedded_uri(folder=None, start=True, wait_s=60.0):
             return f"mongodb://{info['host']}:{info['port']}/{DEFAULT_DB}"
         if not start:
             raise StoreError(f"the embedded server of {folder} is not running")
-        port = _free_port()
-        cmd = [_server_exe(), "--standalone", "--sync-on-commit", "--host", "127.0.0.1",
-               "--port", str(port), "--storage-path", str(folder / "data"), "--log-level", "WARNING"]
-        with open(folder / "server.log", "ab") as log:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                    start_new_session=True, close_fds=True)  # outlives this process
-        deadline = time.monotonic() + wait_s
-        while not _port_open("127.0.0.1", port, timeout=0.5):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                tail = (folder / "server.log").read_text(errors="replace").strip().splitlines()[-1:]
-                raise StoreError(f"the embedded server did not start (see {folder / 'server.log'}): "
-                                 f"{tail[0] if tail else 'no output'}")
-            time.sleep(0.1)
+        # a restarted server keeps its address when it can, so that running clients find it again
+        port = info["port"] if info and _port_free(info["port"]) else _free_port()
+        proc = _start_server(folder, port, wait_s)
         info = {"pid": proc.pid, "host": "127.0.0.1", "port": port, "started": time.time()}
         tmp = folder / "server.json.tmp"
         tmp.write_text(json.dumps(info))
@@ -257,6 +280,7 @@ def retrying(method):
             try:
                 return method(self, *args, **kwargs)
             except TRANSIENT as e:
+                self._follow_embedded()
                 if time.monotonic() + delay > deadline:
                     raise StoreError(f"lost the database at {self.address} for over {self.retry_s:.0f}s: "
                                      f"{type(e).__name__}") from e
@@ -272,6 +296,26 @@ def bounded(seconds):
     return pymongo.timeout(seconds)
 
 
+def _probe(uri, timeout_s):
+    """Raise OSError at once when no host of a mongodb:// URI takes a TCP connection (refused, unknown
+    host), or none does within timeout_s: pymongo would retry until its selection timeout."""
+    if not uri.startswith("mongodb://"):
+        return  # mongodb+srv: the hosts come from DNS, leave them to pymongo
+    nodes = pymongo.uri_parser.parse_uri(uri)["nodelist"]
+    deadline, reasons = time.monotonic() + timeout_s, []
+    for host, port in nodes:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, deadline - time.monotonic())):
+                return
+        except socket.gaierror:
+            reasons.append(f"unknown host {host}")
+        except ConnectionRefusedError:
+            reasons.append(f"connection refused by {host}:{port}")
+        except OSError as e:
+            reasons.append(f"{host}:{port}: {e.strerror or type(e).__name__}")
+    raise OSError("; ".join(reasons[:3]))
+
+
 def connect(uri=None, timeout_s=5.0, retry_s=0.0):
     """Connect to MONGODB_URI (or `uri`), or to the embedded server when neither is given."""
     uri = uri or os.environ.get("MONGODB_URI")
@@ -280,13 +324,15 @@ def connect(uri=None, timeout_s=5.0, retry_s=0.0):
         uri = embedded_uri()
     ms = int(timeout_s * 1000)
     try:
+        if not embedded:
+            _probe(uri, min(timeout_s, 2.5))
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # pymongo only warns about (and ignores) an invalid option
             client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, tz_aware=True)
         client.admin.command("ping")
         name = client.get_default_database(default=DEFAULT_DB).name
-        return Store(client[name], redact(uri), retry_s)
-    except (PyMongoError, ValueError, TypeError, Warning) as e:  # a malformed URI is a ValueError
+        return Store(client[name], redact(uri), retry_s, db_dir() if embedded else None)
+    except (PyMongoError, ValueError, TypeError, Warning, OSError) as e:  # a malformed URI is a ValueError
         hint = ("run `python admin.py db status`" if embedded else
                 "check MONGODB_URI, or unset it to use the embedded server (started on first use)")
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0].split(", full error")[0]
@@ -295,10 +341,11 @@ def connect(uri=None, timeout_s=5.0, retry_s=0.0):
 
 
 class Store:
-    def __init__(self, db, address, retry_s=0.0):
+    def __init__(self, db, address, retry_s=0.0, folder=None):
         self.db = db
         self.address = address
         self.retry_s = retry_s
+        self.folder = folder  # the embedded server's data folder, else None
         self.runs = db["runs"]
         self.logs = db["logs"]
         self.results = db["results"]
@@ -308,6 +355,16 @@ class Store:
         self.results.create_index([("run_id", 1)])
         self.responses.create_index([("run_id", 1), ("step", 1), ("pkey", 1), ("task", 1), ("sample", 1)], unique=True)
         db["checkpoints.files"].create_index([("metadata.run_id", 1)])
+
+    def _follow_embedded(self):
+        """After a lost connection to the embedded server: when it was restarted on another address
+        (its port was taken meanwhile), rebind to the one its folder's record names."""
+        info = server_info(self.folder) if self.folder else None
+        uri = info and info["up"] and f"mongodb://{info['host']}:{info['port']}/{DEFAULT_DB}"
+        if uri and redact(uri) != self.address:
+            client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, tz_aware=True)
+            print(f"the embedded server moved to {uri}: reconnecting", file=sys.stderr)
+            self.__init__(client[self.db.name], redact(uri), self.retry_s, self.folder)
 
     # runs ------------------------------------------------------------------------------------
 
@@ -322,7 +379,7 @@ class Store:
 
     def list_runs(self, pattern=None):
         query = {"_id": {"$regex": pattern}} if pattern else {}
-        return list(self.runs.find(query, {"lease": 0}).sort("_id", 1))
+        return list(self.runs.find(query).sort("_id", 1))
 
     def start_run(self, run_id, config, owner, lease_s, world_size, host):
         """Create the run or re-open it for resuming; refuses a changed config or a live holder.
@@ -330,7 +387,7 @@ class Store:
         Returns the run document as it was before this call (None for a new run)."""
         check_name(run_id)
         t = now()
-        lease = {"owner": owner, "expires": time.time() + lease_s}
+        lease = {"owner": owner, "expires": time.time() + lease_s, "seen": time.time()}
         fields = {"status": "running", "error": None, "world_size": world_size, "host": host, "updated": t}
         doc = self.runs.find_one({"_id": run_id})
         if doc is None:
@@ -345,6 +402,8 @@ class Store:
             shown = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
             raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({shown}); "
                              f"use a new --run-id or drop it with `python admin.py drop-run --run-id {run_id}`")
+        if doc.get("checkpoint") and doc.get("world_size") not in (None, world_size):
+            raise StoreError(world_size_refusal(run_id, doc["world_size"], world_size))
         if not self.acquire_lease(run_id, owner, lease_s):
             held = self.runs.find_one({"_id": run_id})["lease"]
             left = held["expires"] - time.time()
@@ -356,7 +415,7 @@ class Store:
     def acquire_lease(self, run_id, owner, lease_s):
         t = time.time()
         free = {"$or": [{"lease": None}, {"lease.expires": {"$lt": t}}, {"lease.owner": owner}]}
-        new = {"$set": {"lease": {"owner": owner, "expires": t + lease_s}}}
+        new = {"$set": {"lease": {"owner": owner, "expires": t + lease_s, "seen": t}}}
         return self.runs.find_one_and_update({"_id": run_id, **free}, new) is not None
 
     def release_lease(self, run_id, owner):
@@ -442,9 +501,11 @@ class Store:
             raise self._lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
         if before.get("pending_checkpoint") is not None:  # left by a killed process or a failed attempt
             self._delete_upload(before["pending_checkpoint"])
+        import torch  # imported here, as in the other checkpoint methods: commands without checkpoints start faster
         writer = _Writer(stream)
         try:
             torch.save(state, writer)  # streamed in chunks, no second copy in memory
+            testhook.pause(f"checkpoint-{step}")  # tests: stop here, the upload written and not closed
             stream.close()
         except BaseException as e:
             with contextlib.suppress(PyMongoError):
@@ -491,6 +552,7 @@ class Store:
                     # file to local disk in one sequential read, then load (one copy in memory)
                     shutil.copyfileobj(f, tmp, 16 << 20)
                     tmp.seek(0)
+                    import torch
                     return torch.load(tmp, map_location=map_location, weights_only=True)
             except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
                 moved = (self.runs.find_one({"_id": run_id}, {"checkpoint": 1}) or {}).get("checkpoint") != info
@@ -503,16 +565,53 @@ class Store:
                 if d.get("checkpoint")]
 
     def put_checkpoint(self, run_id, config, state, step, replace=False):
-        """Create (or replace) a finished run from an imported checkpoint."""
+        """Create (or with replace, replace) a finished run from an imported checkpoint, all or nothing:
+        the new checkpoint is written in full first (as the old run's pending upload, so that a killed
+        import's chunks are cleaned away like a killed save's), then the run document is switched to
+        it in one write, then the old run's logs, results and checkpoint files are deleted."""
         check_name(run_id)
-        if self.get_run(run_id) is not None:
+        old = self.get_run(run_id)
+        if old is not None:
             if not replace:
                 raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW")
-            self.drop_run(run_id)
+            holder = self.live_holder(run_id)
+            if holder:
+                raise StoreError(f"run {run_id!r} is being trained by {holder}; stop that process first, or drop it with "
+                                 f"`python admin.py drop-run --run-id {run_id} --force`, then import")
+        stream = self.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
+        if old is not None:
+            before = self.runs.find_one_and_update({"_id": run_id}, {"$set": {"pending_checkpoint": stream._id}})
+            if before and before.get("pending_checkpoint") is not None:
+                self._delete_upload(before["pending_checkpoint"])
+        import torch
+        try:
+            torch.save(state, _Writer(stream))
+            testhook.pause("import-upload")  # tests: the new file written, the old run not yet switched
+            stream.close()
+        except BaseException:
+            with contextlib.suppress(PyMongoError):
+                stream.abort()
+                self.runs.update_one({"_id": run_id, "pending_checkpoint": stream._id}, {"$set": {"pending_checkpoint": None}})
+            raise
         t = now()
-        self.runs.insert_one({"_id": run_id, "config": config, "created": t, "updated": t, "step": step,
-                              "status": "imported", "error": None, "lease": None})
-        self.save_checkpoint(run_id, step, state)
+        doc = {"_id": run_id, "config": config, "created": t, "updated": t, "step": step, "status": "imported",
+               "error": None, "lease": None, "world_size": state.get("world_size"), "pending_checkpoint": None,
+               "checkpoint": {"id": stream._id, "step": step, "size": stream.length, "time": t}}
+        try:
+            if old is None:
+                self.runs.insert_one(doc)
+            elif self.runs.replace_one({"_id": run_id, "pending_checkpoint": stream._id}, doc).matched_count == 0:
+                raise StoreError(f"run {run_id!r} changed during the import (relaunched or dropped); try again")
+        except BaseException as e:
+            self._delete_upload(stream._id)
+            if isinstance(e, DuplicateKeyError):  # another import of this id went first
+                raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW") from None
+            raise
+        if old is not None:  # the old run's records: its run document no longer points at any of them
+            self.logs.delete_many({"run_id": run_id})
+            self.results.delete_many({"run_id": run_id})
+            self.responses.delete_many({"run_id": run_id})
+            self._delete_stale_checkpoints(run_id, keep=stream._id)
 
 
 class _Writer:

@@ -3,15 +3,38 @@
 Runs as a plain process or under torchrun (DDP; gloo on CPU, NCCL on GPU). Hyper-parameters, logs
 and checkpoints live in MongoDB under the run id; launching an existing id resumes it exactly.
 """
+import os
+import signal
+import sys
+
+import testhook
+
+
+def die_with_parent():
+    """torchrun starts each worker in a session of its own: have the kernel kill a worker when its
+    launcher dies, so that killing torchrun (or its process group) leaves no orphan trainer behind.
+    Called before the slow imports, and a worker whose launcher died before that exits at once."""
+    if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            return
+        if os.getppid() == 1:  # reparented to init: the launcher is already gone, no signal will come
+            os._exit(1)
+
+
+if __name__ == "__main__":
+    testhook.pause("start")
+    die_with_parent()
+
 import argparse
 import contextlib
 import dataclasses
 import json
 import math
-import os
-import signal
+import re
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -193,17 +216,23 @@ class Lease(threading.Thread):
 class Batcher:
     """Deterministic stream of global batches, one per optimizer step, each of
     batch_size x world x grad_accum sequences (or the token budget's equivalent); its position
-    (epoch, batch) is checkpointed."""
+    (epoch, batch) is checkpointed.
+
+    Each (micro-step, rank) pair is a share of its own: batches are cut for world x grad_accum
+    shares, so every share of every batch holds at least one sequence and fits the token budget
+    alone (a sequence longer than the budget still trains, in a share of one); an epoch's last
+    sequences that cannot give every share one are skipped."""
 
     def __init__(self, seqs, cfg, world):
         self.seqs, self.cfg, self.world = seqs, cfg, world
+        self.shares = world * cfg.grad_accum
         self.epoch, self.index, self._batches = 0, 0, None
 
     def next(self):
         if self._batches is None:
             c = self.cfg
-            self._batches = data.epoch_batches(self.seqs.lengths, c.seed, self.epoch, c.batch_size * c.grad_accum,
-                                               self.world, c.batch_tokens * c.grad_accum)
+            self._batches = data.epoch_batches(self.seqs.lengths, c.seed, self.epoch, c.batch_size, self.shares,
+                                               c.batch_tokens)
         if self.index >= len(self._batches):
             self.epoch, self.index, self._batches = self.epoch + 1, 0, None
             return self.next()
@@ -211,9 +240,9 @@ class Batcher:
         return self._batches[self.index - 1]
 
     def micro_batches(self, batch, rank):
-        """This rank's rows for each micro-step: strided splits of the length-sorted batch, so every
-        micro-step and rank gets a similar mix of lengths."""
-        return [data.rank_share(batch[i::self.cfg.grad_accum], rank, self.world) for i in range(self.cfg.grad_accum)]
+        """This rank's rows for each micro-step: strided shares of the length-sorted batch, so every
+        micro-step and rank gets a similar mix of lengths, and none is empty."""
+        return [data.rank_share(batch, i * self.world + rank, self.shares) for i in range(self.cfg.grad_accum)]
 
     def state_dict(self):
         return {"epoch": self.epoch, "index": self.index}
@@ -387,7 +416,108 @@ def load_data(st, cfg, use_cache):
     return train_doc["vocabulary"], seqs["train"], seqs["test"]
 
 
-def train(cfg, run_id, rt, st, rank, world, device):
+def build(cfg, vocab_size, device):
+    """A run's model, optimizer and LR schedule, fresh: what a checkpoint's states are loaded into."""
+    torch.manual_seed(cfg.seed)
+    model = Transformer(ModelConfig.from_size(cfg.model_size, vocab_size)).to(device)
+    opt = make_optimizer(model, cfg, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s) / cfg.lr)
+    return model, opt, sched
+
+
+def restore(ck, model, opt, sched, batcher, acc):
+    """Load a checkpoint's training state into these objects, as a resume does, checking every part
+    it reads; ValueError (one line) when one is missing or does not fit. Returns (step, log sums)."""
+    try:
+        step = ck["step"]
+        if type(step) is not int or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {shown(step)}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        for p, state in opt.state.items():  # load_state_dict checks group sizes, not the tensors' shapes
+            for key, t in state.items():
+                if key != "step" and (not torch.is_tensor(t) or t.shape != p.shape):
+                    raise ValueError(f"optimizer state {key!r} does not fit a parameter of shape {tuple(p.shape)}")
+        sc = ck["scheduler"]
+        if not isinstance(sc, dict) or sc.get("last_epoch") != step or len(sc.get("base_lrs", ())) != len(opt.param_groups):
+            raise ValueError("the LR scheduler state does not match the step and the optimizer")
+        sched.load_state_dict(sc)
+        pos = ck["data"]
+        if not isinstance(pos, dict) or sorted(pos) != ["epoch", "index"] or \
+                not all(type(v) is int and 0 <= v < 2**62 for v in pos.values()):
+            raise ValueError(f"malformed data position {shown(pos)}")
+        batcher.load_state_dict(pos)
+        rng = ck["rng"]["cpu"]
+        torch.Generator().set_state(rng)  # raises on anything that is not a CPU generator state
+        log_acc = ck["log_acc"]
+        if torch.is_tensor(log_acc) and log_acc.shape == (5,):  # from before the exact-sequence counts
+            log_acc = F.pad(log_acc, (0, len(acc) - 5))
+        if not torch.is_tensor(log_acc) or log_acc.dtype != acc.dtype or log_acc.shape != acc.shape:
+            raise ValueError(f"log_acc must be a {acc.dtype} tensor of shape {tuple(acc.shape)}")
+    except KeyError as e:
+        raise ValueError(f"missing {e}") from None
+    except (TypeError, RuntimeError, IndexError) as e:
+        raise ValueError((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from None
+    return step, rng, log_acc
+
+
+def check_resumable(ck):
+    """Raise ValueError (one line) unless a training run can resume from this checkpoint dict."""
+    cfg = TrainConfig.from_stored(ck["config"])
+    vocab = ck["vocabulary"]
+    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+        raise ValueError("vocabulary must be a list of token strings")
+    model, opt, sched = build(cfg, len(vocab), torch.device("cpu"))
+    if ck["model_config"] != model.cfg.to_dict():
+        raise ValueError(f"model_config does not match model size {cfg.model_size!r} with {len(vocab)} tokens")
+    if "world_size" in ck and (type(ck["world_size"]) is not int or ck["world_size"] < 1):
+        raise ValueError(f"bad world_size {shown(ck['world_size'])}")
+    restore(ck, model, opt, sched, Batcher(None, cfg, ck.get("world_size", 1)), torch.zeros(STATS, dtype=torch.float64))
+
+
+def check_inputs(st, cfg, run_id):
+    """What a launch can check before it creates or re-opens the run, so that bad input changes
+    nothing: the datasets, and the start checkpoint when it will be used (returned, loaded)."""
+    test_name = cfg.test_name or cfg.train_name
+    vocab = data.get_dataset(st.db, cfg.train_name)["vocabulary"]
+    if data.get_dataset(st.db, test_name)["vocabulary"] != vocab:
+        raise StoreError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
+    if not cfg.start_checkpoint or (st.get_run(run_id) or {}).get("checkpoint"):
+        return None  # a new run, or one that resumes from its own checkpoint
+    init = st.load_checkpoint(cfg.start_checkpoint)  # raises for a run that does not exist
+    if init is None:
+        raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has no checkpoint yet")
+    check_vocabulary(init, vocab, f"start_checkpoint run {cfg.start_checkpoint!r}", cfg.train_name)
+    if init.get("model_config") != ModelConfig.from_size(cfg.model_size, len(vocab)).to_dict():
+        raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model than model_size "
+                         f"{cfg.model_size!r}; give the size it was trained with")
+    return init
+
+
+def check_vocabulary(ck, vocab, what, dataset):
+    if ck.get("vocabulary") != vocab:
+        theirs = ck.get("vocabulary") or []
+        diff = next((i for i, (a, b) in enumerate(zip(theirs, vocab)) if a != b), min(len(theirs), len(vocab)))
+        raise StoreError(f"{what} was trained on another vocabulary than dataset {dataset!r} ({len(theirs)} vs "
+                         f"{len(vocab)} tokens, first difference at id {diff}); train on a dataset with its vocabulary")
+
+
+def device_sync(device):
+    """Wait for the device's queued work: on a GPU the host runs ahead, and a time taken without this
+    is the time to enqueue the work, not to do it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def eta_seconds(cfg, step, step_s, eval_s, checkpoint_s):
+    """Time left after the log at `step`: the remaining steps at step_s each, plus every evaluation and
+    checkpoint still due (this step's and the final ones included) at their last measured durations."""
+    def due(interval):  # multiples of interval in [step, train_steps], and train_steps itself
+        return cfg.train_steps // interval - (step - 1) // interval + (cfg.train_steps % interval != 0)
+    return (cfg.train_steps - step) * step_s + due(cfg.eval_interval) * eval_s + due(cfg.checkpoint_interval) * checkpoint_s
+
+
+def train(cfg, run_id, rt, st, rank, world, device, init=None):
     # one process per machine reads MongoDB and fills the local cache; the others then read the cache
     first, queue = int(os.environ.get("LOCAL_RANK", 0)) == 0, world > 1 and not rt.no_cache
     if queue and not first:
@@ -395,34 +525,31 @@ def train(cfg, run_id, rt, st, rank, world, device):
     vocab, train_seqs, test_seqs = load_data(st, cfg, not rt.no_cache)
     if queue and first:
         dist.barrier()
-    if len(train_seqs) < cfg.batch_size * world or len(test_seqs) == 0:
-        raise StoreError(f"too few sequences after filtering: {len(train_seqs)} train, {len(test_seqs)} test; "
-                         f"need at least batch_size x world size = {cfg.batch_size * world} train sequences")
-    torch.manual_seed(cfg.seed)
-    model = Transformer(ModelConfig.from_size(cfg.model_size, len(vocab))).to(device)
-    model.activation_checkpointing = rt.activation_checkpointing
-    opt = make_optimizer(model, cfg, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s) / cfg.lr)
     batcher = Batcher(train_seqs, cfg, world)
+    need = batcher.shares if cfg.batch_tokens else cfg.batch_size * batcher.shares
+    if len(train_seqs) < need or len(test_seqs) == 0:
+        raise StoreError(f"too few sequences after filtering: {len(train_seqs)} train, {len(test_seqs)} test; "
+                         f"need at least {need} train sequences (batch_size x world size x grad_accum)")
+    model, opt, sched = build(cfg, len(vocab), device)
+    model.activation_checkpointing = rt.activation_checkpointing
     step, acc = 0, torch.zeros(STATS, dtype=torch.float64, device=device)
 
     ckpt = st.load_checkpoint(run_id)
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        sched.load_state_dict(ckpt["scheduler"])
-        batcher.load_state_dict(ckpt["data"])
-        step = ckpt["step"]
-        torch.set_rng_state(ckpt["rng"]["cpu"])
+        if ckpt.get("world_size", world) != world:
+            raise StoreError(store.world_size_refusal(run_id, ckpt["world_size"], world))
+        check_vocabulary(ckpt, vocab, f"the checkpoint of run {run_id!r}", cfg.train_name)
+        try:
+            step, rng, log_acc = restore(ckpt, model, opt, sched, batcher, acc)
+        except ValueError as e:
+            raise StoreError(f"the checkpoint of run {run_id!r} cannot be resumed: {e}") from None
+        torch.set_rng_state(rng)
         if rank == 0:
-            acc = ckpt["log_acc"].to(device)  # other ranks' shares were folded into rank 0's at save time
-            acc = F.pad(acc, (0, STATS - len(acc)))  # a checkpoint from before the exact-sequence counts
+            acc = log_acc.to(device)  # other ranks' shares were folded into rank 0's at save time
             st.truncate_logs(run_id, step, owner=rt.owner)
         print0(f"resuming {run_id} from step {step}")
     elif cfg.start_checkpoint:
-        init = st.load_checkpoint(cfg.start_checkpoint)
-        if init is None:
-            raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has no checkpoint")
+        init = init or check_inputs(st, cfg, run_id)  # rank 0 loaded and checked it before starting the run
         start_from(model, opt, init, cfg)
         print0(f"initialised from {cfg.start_checkpoint} (step {init['step']}): "
                f"{'weights and optimizer state' if cfg.start_optimizer else 'weights only'}, step reset to 0")
@@ -434,9 +561,11 @@ def train(cfg, run_id, rt, st, rank, world, device):
     autocast = autocast_for(device, rt.precision)
     # compiled on GPU: padded lengths rounded up to a multiple of 64, so few shapes ever occur
     prefetch = Prefetcher(batcher, rank, device, 64 if rt.compile and device.type == "cuda" else 1)
-    busy, tokens_since = 0.0, 0  # training time and non-padding tokens since the last log
+    # training time (device work included, evaluations, checkpoints and logging left out) and
+    # non-padding tokens since the last log; the last evaluation's and checkpoint's durations
+    busy, tokens_since, eval_s, checkpoint_s, logged = 0.0, 0, 0.0, 0.0, step
+    t0 = time.perf_counter()
     while step < cfg.train_steps:
-        t0 = time.perf_counter()
         if rt.lease is not None and rt.lease.lost:
             raise StoreError(f"lost the lease on run {run_id!r} to another process")
         batch, micro = prefetch.next()
@@ -455,13 +584,15 @@ def train(cfg, run_id, rt, st, rank, world, device):
         opt.zero_grad(set_to_none=True)
         step += 1
         tokens_since += int(train_seqs.lengths[batch].sum())  # non-padding tokens
-        busy += time.perf_counter() - t0
 
         if step % cfg.log_interval == 0 or step == cfg.train_steps:
+            device_sync(device)
+            busy += time.perf_counter() - t0
             metrics = summarize(all_sum(acc))
             acc.zero_()
             metrics.update(lr=lr, tokens_per_s=tokens_since / busy)
-            eta = (cfg.train_steps - step) * busy / max(1, step % cfg.log_interval or cfg.log_interval)
+            step_s, logged = busy / (step - logged), step
+            eta = eta_seconds(cfg, step, step_s, eval_s, checkpoint_s)
             if rank == 0:
                 st.log(run_id, step, "train", metrics, owner=rt.owner)
             print0(f"step {step}/{cfg.train_steps} | loss {metrics['loss']:.4f} (trace {metrics['trace_loss']:.4f} "
@@ -469,7 +600,10 @@ def train(cfg, run_id, rt, st, rank, world, device):
                    f"exact {metrics['response_exact']:.3f} | lr {lr:.2e} | "
                    f"{metrics['tokens_per_s']:,.0f} tok/s | ETA {eta / 60:.1f}m")
             busy, tokens_since = 0.0, 0
+            t0 = time.perf_counter()
         if step % cfg.eval_interval == 0 or step == cfg.train_steps:
+            device_sync(device)
+            busy += (t1 := time.perf_counter()) - t0
             metrics = evaluate(model, test_seqs, rank, world, device, autocast)
             if cfg.eval_tasks:
                 from eval import rollout_metrics  # imported here: only runs that ask for rollouts need it
@@ -479,7 +613,11 @@ def train(cfg, run_id, rt, st, rank, world, device):
             rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" if cfg.eval_tasks else ""
             print0(f"step {step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f} | exact plan "
                    f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}")
+            device_sync(device)
+            eval_s = (t0 := time.perf_counter()) - t1
         if step % cfg.checkpoint_interval == 0 or step == cfg.train_steps:
+            device_sync(device)
+            busy += (t1 := time.perf_counter()) - t0
             all_sum(acc)  # fold every rank's pending log sums into rank 0's, which the checkpoint keeps
             if rank != 0:
                 acc.zero_()
@@ -488,7 +626,9 @@ def train(cfg, run_id, rt, st, rank, world, device):
                     "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                     "run_id": run_id, "step": step, "data": prefetch.state_dict(), "rng": {"cpu": torch.get_rng_state()},
                     "log_acc": acc.cpu(), "config": cfg.to_dict(), "model_config": model.cfg.to_dict(),
-                    "vocabulary": vocab})
+                    "vocabulary": vocab, "world_size": world})
+            checkpoint_s = (t0 := time.perf_counter()) - t1
+        testhook.pause(f"step-{step}")
     prefetch.close()
     return model
 
@@ -520,7 +660,15 @@ def add_runtime_flags(ap):
                     help="how long to wait for a lost database before failing")
 
 
+NEGATIVE = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-inf(inity)?|-nan", re.IGNORECASE)
+
+
 def parse_args(argv):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # argparse takes "-1e-3" for an option: join a negative number to the flag before it ("--lr=-1e-3")
+    for i in range(len(argv) - 1, 0, -1):
+        if NEGATIVE.fullmatch(argv[i]) and argv[i - 1].startswith("--") and "=" not in argv[i - 1]:
+            argv[i - 1:i + 1] = [f"{argv[i - 1]}={argv[i]}"]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
     single = sub.add_parser("single", help="one run from flags (defaults as in TrainConfig)")
@@ -559,18 +707,8 @@ def settle_legacy(st, args, cfg):
     return cfg
 
 
-def die_with_parent():
-    """torchrun starts each worker in a session of its own: have the kernel kill a worker when its
-    launcher dies, so that killing torchrun (or its process group) leaves no orphan trainer behind."""
-    if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform.startswith("linux"):
-        with contextlib.suppress(Exception):
-            import ctypes
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def main(argv=None):
     args = parse_args(argv)
-    die_with_parent()
     try:
         cfg = resolve_config(args)
         store.check_name(args.run_id)
@@ -606,10 +744,11 @@ def run(cfg, args, rank, world, device):
         print(f"error: {e}", file=sys.stderr)
         return 1
     owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    err = None
+    err, init = None, None
     if rank == 0:
         try:
             cfg = settle_legacy(st, args, cfg)
+            init = check_inputs(st, cfg, args.run_id)  # before the run is created: bad input changes nothing
             st.start_run(args.run_id, cfg.to_dict(), owner, args.lease_seconds, world, socket.gethostname())
         except StoreError as e:
             err = str(e)
@@ -623,7 +762,7 @@ def run(cfg, args, rank, world, device):
     if args.lease:
         args.lease.start()
     try:
-        train(cfg, args.run_id, args, st, rank, world, device)
+        train(cfg, args.run_id, args, st, rank, world, device, init)
         if rank == 0:
             st.set_status(args.run_id, "finished", owner=owner)
         return 0

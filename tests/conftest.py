@@ -95,15 +95,11 @@ def make_toy_dataset(db, name="toy.copy", n_train=200, n_test=24, seed=0, vocab_
 def checkpoint_state(run_id, step=10, seed=0):
     """A checkpoint dict as train.py writes it, of an untrained tiny model."""
     import torch
-    from model import ModelConfig, Transformer
-    from train import TrainConfig
+    from train import TrainConfig, build
     cfg = TrainConfig(train_name="toy.copy", model_size="tiny", train_steps=step, seed=seed)
-    torch.manual_seed(seed)
     vocab = [f"t{i}" for i in range(24)]
-    model = Transformer(ModelConfig.from_size("tiny", len(vocab)))
-    opt = torch.optim.AdamW(model.parameters())
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+    model, opt, sched = build(cfg, len(vocab), torch.device("cpu"))
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": {**sched.state_dict(), "last_epoch": step},
             "run_id": run_id, "step": step, "data": {"epoch": 0, "index": step}, "rng": {"cpu": torch.get_rng_state()},
             "log_acc": torch.zeros(5, dtype=torch.float64), "config": cfg.to_dict(),
             "model_config": model.cfg.to_dict(), "vocabulary": vocab}
@@ -153,3 +149,38 @@ def call(main, *argv):
                 print(e.code, file=sys.stderr)
                 code = 1
     return code, out.getvalue(), err.getvalue()
+
+
+class Pauses:
+    """The trainer's test hook (testhook.py): a process started with env(points) stops at each of
+    those points until release(point). Tests wait for these handshakes, never for output or time."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def env(self, *points):
+        return {"SEARCHFORMER_PAUSE_AT": ",".join(points), "SEARCHFORMER_PAUSE_DIR": str(self.folder)}
+
+    def reached(self, point):
+        return sorted(int(p.name.rsplit(".", 1)[1]) for p in self.folder.glob(f"{point}.*")
+                      if p.name.rsplit(".", 1)[1].isdigit())
+
+    def wait(self, point, proc=None, count=1, timeout=600):
+        """The pids stopped at point, once count of them are; fails if proc exits first. (The timeout
+        only turns a hang into a failure.)"""
+        deadline = time.monotonic() + timeout
+        while len(self.reached(point)) < count:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"exited {proc.returncode} before reaching {point}")
+            assert time.monotonic() < deadline, f"nothing reached {point} in {timeout}s"
+            time.sleep(0.02)
+        return self.reached(point)
+
+    def release(self, point):
+        (self.folder / f"{point}.go").touch()
+
+
+@pytest.fixture
+def pauses(tmp_path):
+    return Pauses(tmp_path / "pauses")

@@ -1,8 +1,11 @@
 """admin.py: every command's happy path and its bad inputs, checkpoint export/import round trips,
 and the embedded database server's status, stop and first start."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -123,8 +126,9 @@ def test_export_and_bulk_export(runs, tmp_path):
 
 def test_trained_checkpoint_export_import_round_trip(st, tmp_path):
     make_toy_dataset(st.db)
-    run_cli("train.py", "single", "--run-id", "trained", "--train-name", "toy.copy", "--model-size", "tiny",
-            "--train-steps", "6", "--log-interval", "3", "--checkpoint-interval", "3", "--num-test-sequences", "8")
+    flags = ["--train-name", "toy.copy", "--model-size", "tiny", "--log-interval", "3", "--checkpoint-interval", "3",
+             "--num-test-sequences", "8"]
+    run_cli("train.py", "single", "--run-id", "trained", *flags, "--train-steps", "6")
     r = run_cli("admin.py", "export-checkpoint", "--run-id", "trained", "--export-dir", tmp_path)
     assert f"exported trained step 6 to {tmp_path / 'trained.pt'}" in r.stdout
     out = ok("import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy")
@@ -138,6 +142,9 @@ def test_trained_checkpoint_export_import_round_trip(st, tmp_path):
     st.log("copy", 3, "train", {"loss": 9.0})
     ok("import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy", "--replace")
     assert not st.get_logs("copy") and st.db["checkpoints.files"].count_documents({"metadata.run_id": "copy"}) == 1
+    # an imported run resumes like the original
+    r = run_cli("train.py", "single", "--run-id", "copy", *flags, "--train-steps", "6")
+    assert "resuming copy from step 6" in r.stdout and st.get_run("copy")["status"] == "finished"
     # without --run-id, the id recorded in the file
     st.drop_run("trained")
     ok("import-checkpoint", "--filename", tmp_path / "trained.pt")
@@ -199,3 +206,55 @@ def test_bad_command_lines_are_refused(st):
     for argv in (["show"], ["drop-run"], ["export-checkpoint", "--run-id", "x"], ["db", "restart"], ["frobnicate"], []):
         code, out, err = call(admin.main, *argv)
         assert code == 2 and "usage:" in err and "Traceback" not in err
+
+
+def test_import_replace_is_all_or_nothing(runs, tmp_path, pauses):
+    """An import --replace killed after writing the new checkpoint and before switching leaves the old
+    run whole; one that completes leaves only the new one."""
+    ok("export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path)
+    doc, logs = runs.get_run("beta"), runs.get_logs("beta")
+    without_pending = lambda d: {k: v for k, v in d.items() if k != "pending_checkpoint"}
+
+    def fails(self, data):  # the connection lost half-way through the new file
+        raise OSError("connection reset")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store._Writer, "write", fails)
+        with pytest.raises((OSError, RuntimeError)):  # the error, or torch.save's wrapping of it
+            call(admin.main, "import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "beta", "--replace")
+    assert without_pending(runs.get_run("beta")) == without_pending(doc) and runs.get_logs("beta") == logs
+    proc = subprocess.Popen([sys.executable, "admin.py", "import-checkpoint", "--filename", tmp_path / "alpha.pt",
+                             "--run-id", "beta", "--replace"], cwd=ROOT, env={**os.environ, **pauses.env("import-upload")})
+    pauses.wait("import-upload", proc)
+    proc.kill()
+    proc.wait()
+    assert without_pending(runs.get_run("beta")) == without_pending(doc)
+    assert runs.get_logs("beta") == logs and runs.load_checkpoint("beta")["step"] == 20
+    # that load removed the killed import's upload, as it removes a killed save's
+    assert runs.get_run("beta")["pending_checkpoint"] is None
+    files = [f["_id"] for f in runs.db["checkpoints.files"].find()]
+    assert runs.db["checkpoints.chunks"].count_documents({"files_id": {"$nin": files}}) == 0
+    ok("import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "beta", "--replace")
+    assert same_tensors(runs.load_checkpoint("beta")["model"], runs.load_checkpoint("alpha")["model"])
+    assert runs.get_run("beta")["step"] == 10 and not runs.get_logs("beta")
+    assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "beta"}) == 1
+
+
+def test_a_run_whose_trainer_died_shows_as_interrupted(runs):
+    t = time.time()
+    cfg = {"train_name": "toy.copy", "train_steps": 50}
+    runs.runs.insert_many([
+        {"_id": "dead", "config": cfg, "status": "running", "step": 20, "lease": {"owner": "h:1:a", "expires": t - 240,
+                                                                                 "seen": t - 300}},
+        {"_id": "gave-up", "config": cfg, "status": "running", "step": 20, "lease": None},  # released, never marked
+        {"_id": "live", "config": cfg, "status": "running", "step": 20, "lease": {"owner": "h:2:b", "expires": t + 600,
+                                                                                 "seen": t}}])
+    before, docs = snapshot(runs.db), list(runs.runs.find())
+    out = ok("list-all").splitlines() + [""]
+    line = {l.split()[0]: (l, out[i + 1]) for i, l in enumerate(out[:-1]) if l and not l.startswith(" ")}
+    assert line["dead"][0].split()[1] == "interrupted" and "trainer last seen 5m ago" in line["dead"][1]
+    assert line["gave-up"][0].split()[1] == "interrupted" and "relaunch" in line["gave-up"][1]
+    assert line["live"][0].split()[1] == "running"
+    shown = ok("show", "--run-id", "dead").splitlines()[0]
+    assert shown.startswith("run dead: interrupted (trainer last seen 5m ago; relaunch the same command to resume)")
+    assert ok("show", "--run-id", "live").startswith("run live: running at step 20")
+    assert snapshot(runs.db) == before and list(runs.runs.find()) == docs  # reading only

@@ -105,17 +105,15 @@ def test_stored_plans_are_valid_and_optimal_and_show_draws_them(st):
         data.show_sequence(st.db, NAME, "test", 99)
 
 
-def test_killed_generation_resumes_to_the_same_dataset(env, st):
+def test_killed_generation_resumes_to_the_same_dataset(env, st, pauses):
     other = env["uri"] + "b"  # a second database for the uninterrupted run
     args = ["sokoban", "--num-train", "300", "--num-test", "20", "--seed", "7", *SMALL]
     ref = pymongo.MongoClient(other).get_default_database()
     data.generate_sokoban(ref, 300, 20, seed=7, overwrite=False, workers=2, max_trace_tokens=3000, chunk=4)
-    proc = subprocess.Popen([sys.executable, "data.py", *args], cwd=ROOT, stderr=subprocess.PIPE, text=True,
-                            env=os.environ)
-    for line in proc.stderr:
-        if line.startswith("sokoban 7x7:"):  # the first progress report
-            proc.send_signal(signal.SIGKILL)
-            break
+    proc = subprocess.Popen([sys.executable, "data.py", *args], cwd=ROOT, stderr=subprocess.DEVNULL,
+                            env={**os.environ, **pauses.env("dataset-progress")})
+    pauses.wait("dataset-progress", proc)  # held by the test hook once its first progress is recorded
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     doc = st.db.datasets.find_one({"_id": NAME})

@@ -50,12 +50,13 @@ def test_log_rewrite_replaces_and_truncate_drops_later_steps(st):
 
 def test_lease_is_exclusive_until_it_expires(st):
     st.runs.insert_one({"_id": "l", "config": {}, "lease": None})
-    assert st.acquire_lease("l", "a", 0.5)
-    assert not st.acquire_lease("l", "b", 0.5)
-    assert st.acquire_lease("l", "a", 0.5)  # the holder renews
+    assert st.acquire_lease("l", "a", 600)
+    assert not st.acquire_lease("l", "b", 600)
+    assert st.acquire_lease("l", "a", 600)  # the holder renews
     import time
-    time.sleep(0.6)
-    assert st.acquire_lease("l", "b", 0.5)
+    st.runs.update_one({"_id": "l"}, {"$set": {"lease.expires": time.time() - 1}})  # "a" died 10 minutes ago
+    assert st.acquire_lease("l", "b", 600)
+    assert not st.acquire_lease("l", "a", 600)
 
 
 def test_epoch_batches_are_seeded_cover_the_epoch_and_balance_ranks():

@@ -1,5 +1,6 @@
 """Training end to end: single runs, exact resume, DDP equivalence, refusals."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -50,23 +51,20 @@ def test_single_run_logs_checkpoints_and_lists(st):
     assert "one" in out and "finished" in out and "20/20" in out
 
 
-def test_kill_and_resume_equals_uninterrupted(st):
+def test_kill_and_resume_equals_uninterrupted(st, pauses):
     make_toy_dataset(st.db)
     args = [*FAST, "--train-steps", "40", "--seed", "3"]
     run_cli("train.py", "single", "--run-id", "straight", *args)
-    # second run: killed right after the step-35 log line (checkpoint at 30), then relaunched
-    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *args, "--lease-seconds", "1"],
-                            cwd=ROOT, stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("step 35/"):
-            proc.send_signal(signal.SIGKILL)
-            break
+    # second run: killed where its test hook holds it, right after the step-35 log (checkpoint at 30)
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env("step-35")})
+    pauses.wait("step-35", proc)
+    proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
     assert st.get_run("killed")["checkpoint"]["step"] == 30
     assert ("train", 35) in [(s, n) for s, n, *_ in losses(st, "killed")]  # written after the checkpoint
-    import time
-    time.sleep(1.1)  # let the dead trainer's lease expire
+    st.runs.update_one({"_id": "killed"}, {"$set": {"lease.expires": 0}})  # as if its lease had run out
     r = run_cli("train.py", "single", "--run-id", "killed", *args)
     assert "resuming killed from step 30" in r.stdout
     assert_same_weights(weights(st, "straight"), weights(st, "killed"))
@@ -97,19 +95,15 @@ def test_grad_accumulation_equals_bigger_batch(st, norm):
 
 
 @pytest.mark.parametrize("norm", ["sequence", "token"])
-def test_token_budget_accumulation_equals_the_bigger_budget(st, norm):
-    """A token budget per micro-step: budget 2B in one step trains as budget B over 2 accumulation steps."""
+def test_token_budget_accumulation_equals_two_processes(st, norm):
+    """The token budget is per micro-step and process: budget B over 2 accumulation steps in one process
+    trains as 2 processes with budget B each (both cut every global batch into 2 shares)."""
     make_toy_dataset(st.db)
-    # a seed whose first 10 global batches all have 2 rows or more: a smaller one would leave a
-    # micro-step empty, which the trainer does not take (a matter of the batcher, not of the loss)
-    split = data.load_split(st.db, "toy.copy", "train")
-    lengths = data.Sequences.build(split, np.arange(len(split.ids)), False).lengths
-    seed = next(s for s in range(100) if min(map(len, data.epoch_batches(lengths, s, 0, 2, 1, 160)[:10])) >= 2)
-    common = [*FAST, "--train-steps", "10", "--seed", seed, "--loss-norm", norm, "--batch-size", "1"]
-    run_cli("train.py", "single", "--run-id", "budget", *common, "--batch-tokens", "160")
-    run_cli("train.py", "single", "--run-id", "halves", *common, "--batch-tokens", "80", "--grad-accum", "2")
-    assert_same_weights(weights(st, "budget"), weights(st, "halves"), exact=False)
-    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "budget"), losses(st, "halves")):
+    common = [*FAST, "--train-steps", "10", "--seed", "3", "--loss-norm", norm, "--batch-size", "1", "--batch-tokens", "80"]
+    run_cli("train.py", "single", "--run-id", "accum", *common, "--grad-accum", "2")
+    run_cli("train.py", "single", "--run-id", "ranks", *common, nproc=2)
+    assert_same_weights(weights(st, "accum"), weights(st, "ranks"), exact=False)
+    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "accum"), losses(st, "ranks")):
         assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-5
 
 
@@ -300,3 +294,107 @@ def test_bucketed_batches_give_the_padded_loss(st):
     pad = lambda bs: sum(len(x) * seqs.lengths[x].max() for x in bs)
     assert pad(bucketed) < pad(padded)
     assert sum(len(x) for x in budget) == 64 and all(len(x) * seqs.lengths[x].max() <= 120 for x in budget)
+
+
+# ---------------------------------------------------------------------------------------------
+# empty micro-batches, world size, bad input, timing
+
+
+@pytest.mark.parametrize("n,world,accum,rows,budget", [
+    (203, 1, 4, 2, 0), (203, 2, 4, 2, 0), (205, 2, 3, 1, 0), (17, 3, 2, 1, 0),  # uneven sizes, partial last batches
+    (203, 1, 4, 2, 20), (203, 2, 2, 2, 20), (64, 2, 3, 1, 5)])  # token budgets below the longest sequence
+def test_every_micro_batch_of_every_rank_is_non_empty(n, world, accum, rows, budget):
+    from train import Batcher
+    lengths = np.random.default_rng(n).integers(8, 42, n)
+    seqs = type("Seqs", (), {"lengths": lengths})()
+    cfg = TrainConfig(batch_size=rows, grad_accum=accum, batch_tokens=budget, seed=1)
+    b = Batcher(seqs, cfg, world)
+    seen = []
+    for _ in range(3 * n):  # several epochs
+        batch = b.next()
+        shares = [m for r in range(world) for m in b.micro_batches(batch, r)]
+        assert all(len(m) > 0 for m in shares)
+        assert sorted(np.concatenate(shares).tolist()) == sorted(batch.tolist())  # each row once
+        if budget:
+            assert all(len(m) == 1 or len(m) * lengths[m].max() <= budget for m in shares)
+        seen += batch.tolist() if b.epoch == 0 else []
+    assert len(seen) >= n - world * accum * max(rows, 1) * 2  # only an epoch's last few are skipped
+
+
+@pytest.mark.parametrize("nproc", [0, 2])
+def test_uneven_data_with_accumulation_and_a_small_token_budget_trains(st, nproc):
+    make_toy_dataset(st.db, n_train=203)  # sequences of 11 to 41 tokens
+    per = 1 if nproc else 2
+    common = [*FAST, "--train-steps", "30", "--log-interval", "10", "--eval-interval", "30", "--checkpoint-interval", "30"]
+    run_cli("train.py", "single", "--run-id", "uneven", *common, "--batch-size", per, "--grad-accum", "4",
+            nproc=nproc)  # 203 sequences in global batches of 8 x world: a partial batch each epoch
+    run_cli("train.py", "single", "--run-id", "budget", *common, "--batch-tokens", "20", "--grad-accum", "2",
+            nproc=nproc)  # most sequences are longer than the budget
+    for run_id in ("uneven", "budget"):
+        assert st.get_run(run_id)["status"] == "finished" and st.get_run(run_id)["step"] == 30
+
+
+def test_resume_with_another_world_size_is_refused(st):
+    make_toy_dataset(st.db)
+    run_cli("train.py", "single", "--run-id", "w1", *FAST, "--train-steps", "10", "--batch-size", "4")
+    before = st.get_run("w1")
+    r = run_cli("train.py", "single", "--run-id", "w1", *FAST, "--train-steps", "10", "--batch-size", "4", nproc=2,
+                check=False)
+    errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+    assert r.returncode != 0 and len(errors) == 1, r.stderr[-2000:]
+    assert "world size 1" in errors[0] and "--nproc-per-node 1" in errors[0] and "not 2" in errors[0]
+    assert st.get_run("w1") == before  # nothing written
+
+
+def test_start_checkpoint_with_another_vocabulary_is_refused(st):
+    make_toy_dataset(st.db)
+    run_cli("train.py", "single", "--run-id", "base", *FAST, "--train-steps", "5")
+    make_toy_dataset(st.db, name="toy.reordered")
+    vocab = data.get_dataset(st.db, "toy.copy")["vocabulary"]
+    swapped = vocab[:4] + vocab[4:][::-1]  # same size, another order
+    st.db.datasets.update_one({"_id": "toy.reordered"}, {"$set": {"vocabulary": swapped}})
+    r = run_cli("train.py", "single", "--run-id", "tuned", *FAST, "--train-name", "toy.reordered", "--train-steps", "5",
+                "--start-checkpoint", "base", check=False)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "another vocabulary than dataset 'toy.reordered'" in r.stderr and "first difference at id 4" in r.stderr
+    assert st.get_run("tuned") is None
+
+
+def test_bad_training_input_leaves_no_run_behind(st):
+    make_toy_dataset(st.db)
+    for flags, words in ((["--train-name", "toy.missing"], "dataset 'toy.missing' does not exist"),
+                         (["--test-name", "toy.missing"], "dataset 'toy.missing' does not exist"),
+                         (["--start-checkpoint", "nope"], "no run with id 'nope'")):
+        r = run_cli("train.py", "single", "--run-id", "fixme", *FAST, "--train-steps", "5", *flags, check=False)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
+        assert st.get_run("fixme") is None
+    run_cli("train.py", "single", "--run-id", "fixme", *FAST, "--train-steps", "5")  # the corrected launch, no drop-run
+    assert st.get_run("fixme")["status"] == "finished"
+
+
+def test_eta_counts_the_evaluations_and_checkpoints_still_due():
+    from train import eta_seconds
+    cfg = TrainConfig(train_steps=100, eval_interval=30, checkpoint_interval=25)
+    # at step 50: 50 steps, evaluations at 60, 90 and the final 100, checkpoints at 50 (after this log), 75, 100
+    assert eta_seconds(cfg, 50, step_s=1.0, eval_s=10.0, checkpoint_s=100.0) == 50 + 3 * 10 + 3 * 100
+    assert eta_seconds(cfg, 100, 1.0, 10.0, 100.0) == 10 + 100  # the final evaluation and checkpoint
+    assert eta_seconds(cfg, 99, 1.0, 0.0, 0.0) == 1
+
+
+def test_step_timing_waits_for_the_device(monkeypatch):
+    """On a GPU the host enqueues work and runs ahead: a step is timed only after the device has done it."""
+    import train
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(device))
+    train.device_sync(torch.device("cuda", 0))
+    train.device_sync(torch.device("cpu"))
+    assert calls == [torch.device("cuda", 0)]
+
+
+@pytest.mark.parametrize("flags,msg", [(["--lr", "-1e-3"], "lr > 0"), (["--lr", "-.5"], "lr > 0"),
+                                       (["--seed", "-3"], "'seed' must not be negative"),
+                                       (["--min-lr-ratio", "-1E-2"], "min_lr_ratio")])
+def test_negative_numbers_reach_the_value_check(flags, msg):
+    r = run_cli("train.py", "single", "--run-id", "x", *flags, "--dry-run", check=False)
+    assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "expected one argument" not in r.stderr
