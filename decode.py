@@ -8,10 +8,11 @@ before <eos> (uint16), eos whether <eos> came within max_tokens.
 
 Layout. Rows decode in lanes: a lane holds up to `slots` rows whose positions fit its capacity C,
 with a preallocated cache (n_layer, slots, H, C + 1, hd) and each row's tokens by position. Lane
-capacities double from twice the longest prompt up to the longest possible row, so a row attends
-over a window at most about twice its own length, and memory follows the rows' actual lengths
-rather than the token limit. A row that fills its lane moves to the next (its keys and values are
-copied), growing that lane (slot counts double) while the memory budget allows; else it waits.
+capacities grow by half from the longest prompt plus 64 up to the longest possible row, so a row
+attends over a window at most about 1.5 times its own length, and memory follows the rows' actual
+lengths rather than the token limit. A row about to fill its lane moves to the next (its keys and
+values are copied), growing that lane (slot counts double) while the memory budget allows; else it
+waits. Lanes that are mostly idle shrink.
 
 Per token, `decode_step` feeds every running row's last token at its own position, picks the next
 one (argmax, or Gumbel-max with noise hashed from (seed, row key, position), so a row's samples do
@@ -137,8 +138,13 @@ def bytes_per_token(cfg, dtype):
 
 
 def first_capacity(prompt_len):
-    """The smallest lane: room for twice the longest prompt, a multiple of 64."""
-    return max(128, -(-2 * prompt_len // 64) * 64)
+    """The smallest lane: the longest prompt and 64 tokens more, a multiple of 64."""
+    return max(128, -(-(prompt_len + 64) // 64) * 64)
+
+
+def next_capacity(capacity):
+    """Lanes grow by half (a multiple of 16): a row attends over at most 1.5 times its length."""
+    return -(-3 * capacity // 32) * 16
 
 
 def auto_batch_size(cfg, prompt_len, device, dtype=None, memory=None):
@@ -163,7 +169,7 @@ class Engine:
         top = max_prompt - 1 + max_tokens  # the last position a row can reach
         caps = [min(first_capacity(max_prompt), top)]
         while caps[-1] < top:
-            caps.append(min(2 * caps[-1], top))
+            caps.append(min(next_capacity(caps[-1]), top))
         self.lanes = [Lane(model, batch_size, caps[0], self.dtype)] + [None] * (len(caps) - 1)
         self.caps = caps
         cuda = self.device.type == "cuda"
@@ -208,7 +214,8 @@ class Engine:
                     finished.append((int(lane.row[s]), seqs[k, lane.start[s]:pos[s] + 1].astype(data.DTYPE),
                                      bool(eos[s])))
                 lane.row[done] = -1
-            full = np.flatnonzero(used & live & (pos == lane.capacity))
+            # rows that would fill the lane before the next collection move up now, so none idles
+            full = np.flatnonzero(used & live & (pos + self.every >= lane.capacity)) if i + 1 < len(self.lanes) else []
             if len(full):
                 self.move_up(i, full)
             lane.running = bool(((lane.row >= 0) & live & (pos < lane.capacity)).any())
@@ -227,7 +234,8 @@ class Engine:
                 self.lanes[i] = self.prepare(lane.resize(self.model, 1 << max(0, (2 * n - 1).bit_length())))
 
     def move_up(self, i, full):
-        """Move full rows of lane i into lane i + 1, growing it while the budget allows."""
+        """Move rows of lane i into lane i + 1, growing it while the budget allows; rows that find
+        no room stay (and wait, once full)."""
         lane, up = self.lanes[i], self.lanes[i + 1]
         want = len(full) + (0 if up is None else int((up.row >= 0).sum()))
         size = 0 if up is None else up.slots
@@ -296,7 +304,7 @@ class Engine:
 
 @torch.no_grad()
 def generate(model, prompts, src, max_tokens, temperature=0.0, seed=0, keys=None, batch_size=64, memory=None,
-             autocast=None, cache_dtype=None, compile=False, every=16):
+             autocast=None, cache_dtype=None, compile=False, every=8):
     """Yield (i, ids, eos) as row i finishes (see the module's docstring). keys: an int per row
     that, with seed, fixes its random stream (default: i); batch_size: rows decoding at once;
     memory: bytes the caches may take (default half the free memory); every: decode steps between
