@@ -821,6 +821,17 @@ def bench_rollout(args, device, rng):
                         dt = time.perf_counter() - t0
                     peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else mem.extra
                     runs[v].append((dt, out, peak))
+            if args.rollout_profile:  # where the time goes: one more run of each variant under torch.profiler
+                from torch.profiler import ProfilerActivity, profile
+                for v in variants:
+                    if v == "naive":
+                        continue
+                    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+                    with profile(activities=acts) as prof:
+                        fns[v]()
+                    print(f"  profile of {v} ({size}, {lengths}):")
+                    print(prof.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda"
+                                                    else "self_cpu_time_total", row_limit=12))
             rows, base_rate = [], None
             for v in variants:
                 dt = float(np.median([r[0] for r in runs[v]]))
@@ -894,6 +905,7 @@ def parse_args(argv=None):
     ap.add_argument("--rollout-samples", type=int, default=32)
     ap.add_argument("--rollout-reps", type=int, default=3, help="interleaved repetitions (medians are shown)")
     ap.add_argument("--rollout-every", type=int, default=8, help="decode steps between collections")
+    ap.add_argument("--rollout-profile", action="store_true", help="also profile one run of each variant")
     ap.add_argument("--naive-rows", type=int, default=8)
     ap.add_argument("--naive-tokens", type=int, default=32)
     args = ap.parse_args(argv)

@@ -15,8 +15,8 @@ values are copied), growing that lane (slot counts double) while the memory budg
 waits. Lanes that are mostly idle shrink.
 
 Per token, `decode_step` feeds every running row's last token at its own position, picks the next
-one (argmax, or Gumbel-max with noise hashed from (seed, row key, position), so a row's samples do
-not depend on batching), and updates tokens, positions and flags in place. Every `every` steps the
+one (argmax, or Gumbel-max with noise hashed from (seed, row key, position) for the next `every`
+steps at once, so a row's samples do not depend on batching), and updates tokens, positions and flags in place. Every `every` steps the
 host collects: finished rows leave, full rows move up, waiting rows join (refills keep the batch
 full). Joining rows share one prefill per distinct prompt; its keys and values are copied into
 their slots. Position C of a lane's cache is scratch: rows that are not running write there.
@@ -48,27 +48,27 @@ def mix(z):
 
 
 def gumbel(key, pos, vocab):
-    """Gumbel noise (B, V) hashed from each row's key (B,) and position (B,)."""
-    base = mix(key + pos * GOLDEN)  # (B,)
-    z = mix(base[:, None] + torch.arange(1, vocab + 1, device=key.device) * GOLDEN)  # (B, V)
+    """Gumbel noise (..., V), float32, hashed from each row's key (...) and position (...)."""
+    base = mix(key + pos * GOLDEN)  # (...)
+    z = mix(base[..., None] + torch.arange(1, vocab + 1, device=key.device) * GOLDEN)  # (..., V)
     u = (srl(z, 11).double() + 0.5) * 2.0 ** -53  # uniform in (0, 1)
-    return -torch.log(-torch.log(u))
+    return (-torch.log(-torch.log(u))).float()
 
 
-def decode_step(model, cache, seq, pos, stop, key, live, eos, temperature):
+def decode_step(model, cache, seq, pos, stop, live, eos, noise, temperature):
     """One token for every running row of a lane, all on the device, in place.
 
     seq (B, C + 2) tokens by position (column C + 1 is scratch); pos (B,) position of each row's
     last token, whose keys are not cached yet; stop (B,) the position of a row's last allowed token;
-    key (B,) its noise key; live (B,) still generating; eos (B,) ended with <eos>. A live row at
-    pos == C is full: it waits for the host to move it to a larger lane."""
+    live (B,) still generating; eos (B,) ended with <eos>; noise (B, V) Gumbel noise (None when
+    greedy). A live row at pos == C is full: it waits for the host to move it to a larger lane."""
     C = seq.size(1) - 2
     run = live & (pos < C)  # (B,)
     at = torch.where(run, pos, C)  # (B,) rows not running write to the scratch position
     tok = seq.gather(1, at[:, None])  # (B, 1)
     logits = model(tok, pos=at[:, None], cache=cache)[:, -1].float()  # (B, V)
-    if temperature > 0:
-        logits = logits / temperature + gumbel(key, at, logits.size(1))  # Gumbel-max: a softmax sample
+    if noise is not None:
+        logits = logits / temperature + noise  # Gumbel-max: a sample of softmax(logits / T)
     nxt = logits.argmax(-1)  # (B,)
     ended = nxt == EOS
     grow = run & ~ended
@@ -192,10 +192,17 @@ class Engine:
     def run(self, steps):
         """`steps` decode steps of every lane with running rows."""
         busy = [lane for lane in self.lanes if lane is not None and lane.running]
+        noise = {}
+        if self.temperature > 0:  # a running row feeds positions pos, pos + 1, ...: all its noise at once
+            for lane in busy:  # (hashing outside the compiled step: inductor 2.13 miscompiles it on CPU)
+                at = lane.pos[:, None] + torch.arange(steps, device=self.device)  # (B, steps)
+                noise[id(lane)] = gumbel(lane.key[:, None], at, self.model.cfg.vocab_size)  # (B, steps, V)
         with self.autocast:
-            for _ in range(steps):
+            for j in range(steps):
                 for lane in busy:
-                    self.step(self.model, *lane.tensors(), self.temperature)
+                    n = noise[id(lane)][:, j] if noise else None
+                    self.step(self.model, lane.cache, lane.seq, lane.pos, lane.stop, lane.live, lane.eos, n,
+                              self.temperature)
 
     def collect(self):
         """Finished rows as [(row, ids, eos)], freeing their slots; full rows move up a lane."""
