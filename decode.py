@@ -93,6 +93,7 @@ class Lane:
         self.row = np.full(slots, -1)  # caller's row per slot, -1 = free
         self.start = np.zeros(slots, dtype=np.int64)  # prompt length: where the response starts
         self.running = False  # some row can take a step (known at the last collection)
+        self.high = 0  # the highest position of a running row at the last collection
 
     @property
     def slots(self):
@@ -117,7 +118,7 @@ class Lane:
         new.cache.v[:, :n] = self.cache.v[:, k]
         for a, b in zip(new.tensors()[1:], self.tensors()[1:]):
             a[:n] = b[k]
-        new.row[:n], new.start[:n], new.running = self.row[keep], self.start[keep], self.running
+        new.row[:n], new.start[:n], new.running, new.high = self.row[keep], self.start[keep], self.running, self.high
         return new
 
 
@@ -172,8 +173,9 @@ class Engine:
             caps.append(min(next_capacity(caps[-1]), top))
         self.lanes = [Lane(model, batch_size, caps[0], self.dtype)] + [None] * (len(caps) - 1)
         self.caps = caps
+        self.slot_steps = 0  # rows computed, busy or idle (the bench's utilisation figure)
         cuda = self.device.type == "cuda"
-        self.step = decode_step
+        self.step, self.compiled = decode_step, compile
         if compile:
             self.step = torch.compile(decode_step, mode="reduce-overhead" if cuda else None, dynamic=True)
 
@@ -197,9 +199,12 @@ class Engine:
             for lane in busy:  # (hashing outside the compiled step: inductor 2.13 miscompiles it on CPU)
                 at = lane.pos[:, None] + torch.arange(steps, device=self.device)  # (B, steps)
                 noise[id(lane)] = gumbel(lane.key[:, None], at, self.model.cfg.vocab_size)  # (B, steps, V)
+        self.slot_steps += steps * sum(lane.slots for lane in busy)
         with self.autocast:
             for j in range(steps):
                 for lane in busy:
+                    if not self.compiled:  # eager: attend only up to the furthest running row (compiled: one shape)
+                        lane.cache.window = min(lane.capacity + 1, -(-(lane.high + j + 1) // 32) * 32)
                     n = noise[id(lane)][:, j] if noise else None
                     self.step(self.model, lane.cache, lane.seq, lane.pos, lane.stop, lane.live, lane.eos, n,
                               self.temperature)
@@ -225,20 +230,21 @@ class Engine:
             full = np.flatnonzero(used & live & (pos + self.every >= lane.capacity)) if i + 1 < len(self.lanes) else []
             if len(full):
                 self.move_up(i, full)
-            lane.running = bool(((lane.row >= 0) & live & (pos < lane.capacity)).any())
+            running = (lane.row >= 0) & live & (pos < lane.capacity)
+            lane.running, lane.high = bool(running.any()), int(pos[running].max(initial=0))
         return finished
 
     def shrink(self, waiting):
-        """Lanes at most a quarter full shrink (pack their rows; empty upper lanes go): idle slots
-        cost as much compute as busy ones. The first lane keeps its size while rows wait to join."""
+        """Lanes at most half full shrink (pack their rows; empty upper lanes go): idle slots cost as
+        much compute as busy ones. The first lane keeps its size while rows wait to join."""
         for i, lane in enumerate(self.lanes):
             if lane is None or (i == 0 and waiting):
                 continue
             n = int((lane.row >= 0).sum())
             if i > 0 and n == 0:
                 self.lanes[i] = None  # gives its memory back
-            elif 4 * n <= lane.slots and lane.slots > 1:
-                self.lanes[i] = self.prepare(lane.resize(self.model, 1 << max(0, (2 * n - 1).bit_length())))
+            elif 2 * n <= lane.slots and lane.slots > 1:
+                self.lanes[i] = self.prepare(lane.resize(self.model, 1 << max(0, (n - 1).bit_length())))
 
     def move_up(self, i, full):
         """Move rows of lane i into lane i + 1, growing it while the budget allows; rows that find
@@ -269,7 +275,7 @@ class Engine:
         lane.live[s] = False
         up.row[dst], up.start[dst] = lane.row[src], lane.start[src]
         lane.row[src] = -1
-        up.running = True
+        up.running, up.high = True, max(up.high, lane.capacity)
 
     def admit(self, prompts, src, keys, rows, max_tokens, seed):
         """Rows join the first lane: one prefill per distinct prompt, copied into their slots."""
@@ -306,6 +312,7 @@ class Engine:
             lane.live[d], lane.eos[d] = True, False
             for (_, r, s), n in zip(pairs, lens.tolist()):
                 lane.row[s], lane.start[s] = r, n
+            lane.high = max(lane.high, int(lens.max()) - 1)
         lane.running = True
 
 
@@ -313,9 +320,10 @@ class Engine:
 def generate(model, prompts, src, max_tokens, temperature=0.0, seed=0, keys=None, batch_size=64, memory=None,
              autocast=None, cache_dtype=None, compile=False, every=8):
     """Yield (i, ids, eos) as row i finishes (see the module's docstring). keys: an int per row
-    that, with seed, fixes its random stream (default: i); batch_size: rows decoding at once;
-    memory: bytes the caches may take (default half the free memory); every: decode steps between
-    collections of finished rows."""
+    that, with seed, fixes its random stream (default: i); batch_size: slots of the first lane,
+    kept full while rows wait (rows that outgrow it move to larger lanes of up to as many slots);
+    memory: bytes the larger lanes may grow to (default half the free memory); every: decode steps
+    between collections of finished rows."""
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
     if not len(src):
@@ -328,7 +336,7 @@ def generate(model, prompts, src, max_tokens, temperature=0.0, seed=0, keys=None
     while True:
         yield from eng.collect()
         eng.shrink(len(waiting))
-        room = min(len(eng.lanes[0].free()), batch_size - eng.occupied(), len(waiting))
+        room = min(len(eng.lanes[0].free()), len(waiting))
         if room > 0:
             eng.admit(prompts, src, keys, [waiting.popleft() for _ in range(room)], max_tokens, seed)
         if not waiting and not eng.occupied():

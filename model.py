@@ -62,9 +62,11 @@ class KVCache(nn.Module):
         shape = (n_layer, batch, n_head, max_len, head_dim)
         self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
         self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.window = max_len  # positions attention reads: the first `window` (no query is beyond them)
 
     def update(self, layer, k, v, pos):
-        """Write k, v (B, H, T, hd) at positions pos (T,) or (B, T); return the layer's whole buffers."""
+        """Write k, v (B, H, T, hd) at positions pos (T,) or (B, T); return the layer's buffers up to
+        the window."""
         kc, vc = self.k[layer], self.v[layer]  # (B, H, S, hd)
         if pos.dim() == 1:  # the same positions for every row (a prefill)
             kc[:, :, pos] = k.to(kc.dtype)
@@ -73,7 +75,7 @@ class KVCache(nn.Module):
             rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
             kc[rows, :, pos] = k.transpose(1, 2).to(kc.dtype)  # (B, T, H, hd) into (B, T) row/position pairs
             vc[rows, :, pos] = v.transpose(1, 2).to(vc.dtype)
-        return kc, vc
+        return kc[:, :, :self.window], vc[:, :, :self.window]
 
 
 class Attention(nn.Module):
@@ -163,7 +165,7 @@ class Transformer(nn.Module):
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd/2) broadcasts over heads
         if cache is not None and mask is None:
             # positions beyond a query's own may hold stale or padding keys: never attend to them
-            mask = torch.arange(cache.k.size(3), device=idx.device) <= pos[..., None]  # (T, S) or (B, T, S)
+            mask = torch.arange(cache.window, device=idx.device) <= pos[..., None]  # (T, S) or (B, T, S)
             mask = mask[:, None] if mask.dim() == 3 else mask  # (B, 1, T, S) or (T, S)
         x = self.embed(idx)  # (B, T, C)
         for block in self.blocks:
