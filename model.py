@@ -53,15 +53,15 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-class KVCache(nn.Module):
+class KVCache:
     """Preallocated keys and values, written at positions: (n_layer, B, H, max_len, hd). Each row
-    has its own positions, so rows of different lengths share one static buffer."""
+    has its own positions, so rows of different lengths share one static buffer. A plain object,
+    not a module: torch.compile treats module buffers as fixed shapes, these are dynamic."""
 
     def __init__(self, n_layer, batch, n_head, max_len, head_dim, device, dtype):
-        super().__init__()
         shape = (n_layer, batch, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
         self.window = max_len  # positions attention reads: the first `window` (no query is beyond them)
 
     def update(self, layer, k, v, pos):
