@@ -1,10 +1,11 @@
 """Speed benchmark: training throughput against a reference-style baseline, dataset loading,
-checkpoint save and load, rollout tokens per second.
+checkpoint save and load, and rollouts (naive, the previous engine, decode.py eager and compiled).
 
   python bench.py --size s --lengths maze20 --device cpu --precision bf16
   python bench.py --sections train --size m --lengths sokoban --batch-tokens 32768 --compile   (GPU)
   python bench.py --sections train --size xl --lengths 10000:1.0 --batch-tokens 10000 --variants project
   python bench.py --sections load --dataset maze.10-by-10-deterministic.simple --load-rows 1000000
+  python bench.py --sections rollout --threads 1 --rollout-sizes xs,s --rollout-lengths maze10,sokoban
 
 Training runs each variant on the same sequences, one step of each in turn (so that a busy machine
 slows them alike), and prints useful (non-padding) tokens per second and the ratio to the first;
