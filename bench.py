@@ -1,10 +1,11 @@
 """Speed benchmark: training throughput against a reference-style baseline, dataset loading,
-checkpoint save and load, rollout tokens per second.
+checkpoint save and load, and rollouts (naive, the previous engine, decode.py eager and compiled).
 
   python bench.py --size s --lengths maze20 --device cpu --precision bf16
   python bench.py --sections train --size m --lengths sokoban --batch-tokens 32768 --compile   (GPU)
   python bench.py --sections train --size xl --lengths 10000:1.0 --batch-tokens 10000 --variants project
   python bench.py --sections load --dataset maze.10-by-10-deterministic.simple --load-rows 1000000
+  python bench.py --sections rollout --threads 1 --rollout-sizes xs,s --rollout-lengths maze10,sokoban
 
 Training runs each variant on the same sequences, one step of each in turn (so that a busy machine
 slows them alike), and prints useful (non-padding) tokens per second and the ratio to the first;
@@ -25,6 +26,7 @@ MFU on GPU counts the useful FLOPs only (causal attention, no padding, no recomp
 device's dense bf16 peak from DEVICE_PEAKS.
 """
 import argparse
+import collections
 import contextlib
 import os
 import resource
@@ -42,17 +44,19 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import data
+import model as model_lib
 import train
-from model import ModelConfig, Transformer
+from model import ModelConfig, Transformer, apply_rope
 
-# length quantiles (q, total sequence length), prompt share of the tokens, vocabulary size
+# length quantiles (q, total sequence length), prompt share of the tokens, vocabulary size, measured on
+# 2,000 to 5,000 generated training sequences of each (deterministic mazes)
 PRESETS = {
-    "maze10": ([(0, 250), (.1, 295), (.25, 314), (.5, 345), (.75, 393), (.9, 465), (.99, 657), (1, 805)], 0.34, 121),
-    "maze20": ([(0, 720), (.1, 894), (.25, 976), (.5, 1108), (.75, 1307), (.9, 1620), (.99, 2297), (1, 3037)], 0.40, 431),
-    "maze30": ([(0, 1392), (.1, 1806), (.25, 2004), (.5, 2281), (.75, 2762), (.9, 3550), (.99, 5318), (1, 6269)],
-               0.42, 941),
-    "sokoban": ([(0, 204), (.1, 1275), (.25, 2430), (.5, 4507), (.75, 6873), (.9, 8703), (.99, 9996), (1, 10137)],
-                0.03, 82),
+    "maze10": ([(0, 242), (.1, 306), (.25, 335), (.5, 382), (.75, 456), (.9, 562), (.99, 728), (1, 817)], 0.28, 121),
+    "maze20": ([(0, 731), (.1, 929), (.25, 1050), (.5, 1257), (.75, 1578), (.9, 1998), (.99, 2677), (1, 3055)], 0.32, 431),
+    "maze30": ([(0, 1451), (.1, 1878), (.25, 2123), (.5, 2523), (.75, 3103), (.9, 3807), (.99, 5179), (1, 6888)],
+               0.36, 941),
+    "sokoban": ([(0, 201), (.1, 1199), (.25, 2271), (.5, 4371), (.75, 6977), (.9, 8711), (.99, 10011), (1, 10119)],
+                0.02, 82),
 }
 
 # dense bf16 tensor-core peak FLOP/s, matched in order as substrings of torch.cuda.get_device_name()
@@ -457,50 +461,413 @@ def bench_checkpoint(args, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# rollouts
+# rollouts: today's engine, kept as the baseline
+#
+# eval.py's decoding engine as of commit 1236d91, copied verbatim but for the three lines marked
+# [adapted] (model.py's cache interface changed) and the names (today_*). It runs under
+# todays_attention(), the Attention.forward of that commit (SDPA for one-query decoding too).
+
+
+TODAY_HEADROOM = 256
+
+
+class TodayCache:
+    """Keys and values of a batch of rollouts, as Transformer.forward uses a cache, on a time axis
+    shared by all rows: rows can leave (keep), join (extend, aligned at the end) and the positions
+    no row needs any more can be cut (trim). `valid` (B, capacity) marks positions a row may attend
+    to; a row's RoPE position is its cache index minus its `pad`, kept by the caller."""
+
+    def __init__(self, cfg, batch, capacity, dtype, device):
+        shape = (cfg.n_layer, batch, cfg.n_head, capacity, cfg.d_model // cfg.n_head)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
+        self.length = 0
+
+    def reserve(self, t):
+        """Room for t more positions: at least double the capacity when full."""
+        grow = self.length + t - self.k.size(3)
+        if grow > 0:
+            grow = max(grow, self.k.size(3), TODAY_HEADROOM)
+            self.k = torch.cat([self.k, self.k.new_zeros(*self.k.shape[:3], grow, self.k.size(4))], dim=3)
+            self.v = torch.cat([self.v, self.v.new_zeros(*self.v.shape[:3], grow, self.v.size(4))], dim=3)
+            self.valid = torch.cat([self.valid, self.valid.new_zeros(self.valid.size(0), grow)], dim=1)
+
+    def keep(self, rows):
+        """Keep (and repeat) the given rows, in that order."""
+        self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
+
+    def trim(self, m):
+        """Drop the first m positions (no row attends to them any more)."""
+        self.k, self.v, self.valid = self.k[:, :, :, m:], self.v[:, :, :, m:], self.valid[:, m:]
+        self.length -= m
+
+    def extend(self, other):
+        """Append other's rows, the shorter cache left-padded so both end at the same position.
+        Returns the shifts (self's, other's) of their positions."""
+        n = max(self.length, other.length)
+        shifts = n - self.length, n - other.length
+
+        def aligned(x, shift, length):  # x (L, B, H, S, hd) -> (L, B, H, n, hd)
+            return torch.cat([x.new_zeros(*x.shape[:3], shift, x.size(4)), x[:, :, :, :length]], dim=3)
+
+        self.k = torch.cat([aligned(self.k, shifts[0], self.length), aligned(other.k, shifts[1], other.length)], dim=1)
+        self.v = torch.cat([aligned(self.v, shifts[0], self.length), aligned(other.v, shifts[1], other.length)], dim=1)
+        self.valid = torch.cat([F.pad(self.valid[:, :self.length], (shifts[0], 0)),
+                                F.pad(other.valid[:, :other.length], (shifts[1], 0))], dim=0)
+        self.length = n
+        return shifts
+
+    def update(self, layer, k, v, pos=None):  # [adapted] model.py now passes the positions
+        end = self.length + k.size(2)
+        self.k[layer, :, :, self.length:end] = k
+        self.v[layer, :, :, self.length:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def today_pick(logits, temperature, generator=None):
+    """Next token per row from logits (B, V): argmax at temperature 0, else a sample."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def today_prefill(model, prompts, max_tokens, autocast, dtype):
+    """Left-padded prompts through the model: a Decoding of one row per prompt."""
+    device = model.head.weight.device
+    U, P = len(prompts), max(len(p) for p in prompts)
+    idx = torch.full((U, P), data.PAD, dtype=torch.long)
+    for u, p in enumerate(prompts):
+        idx[u, P - len(p):] = torch.as_tensor(np.asarray(p, np.int64))
+    idx = idx.to(device)
+    pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (U,)
+    ar = torch.arange(P, device=device)
+    valid = ar[None] >= pad[:, None]  # (U, P)
+    pos = (ar[None] - pad[:, None]).clamp(min=0)  # (U, P)
+    mask = torch.ones(P, P, dtype=torch.bool, device=device).tril() & valid[:, None, :]  # (U, P, P)
+    mask |= torch.eye(P, dtype=torch.bool, device=device)  # padding queries see themselves: no empty softmax
+    cache = TodayCache(model.cfg, U, P, dtype, device)
+    cache.valid[:] = valid
+    with autocast:
+        logits = model(idx, pos=pos, mask=mask[:, None], cache=cache)[:, -1]  # (U, V)
+    cache.length += P  # [adapted] the old model.forward advanced the cache itself
+    return TodayDecoding(cache, pad, logits, max_tokens)
+
+
+class TodayDecoding:
+    """Rows decoding together: their cache, RoPE offsets (position = cache index - pad), next-token
+    logits, tokens so far (out, n) and whether they are still going. `rows` are the caller's ids."""
+    FIELDS = ("rows", "pad", "logits", "out", "n", "alive")
+
+    def __init__(self, cache, pad, logits, max_tokens):
+        B, device = len(pad), pad.device
+        self.cache, self.pad, self.logits, self.max_tokens = cache, pad, logits, max_tokens
+        self.rows = torch.arange(B, device=device)
+        self.out = torch.zeros(B, max_tokens, dtype=torch.int32, device=device)
+        self.n = torch.zeros(B, dtype=torch.long, device=device)
+        self.alive = torch.ones(B, dtype=torch.bool, device=device)
+
+    def select(self, rows):
+        """Keep (and repeat) the given rows, in that order."""
+        self.cache.keep(rows)
+        for f in self.FIELDS:
+            setattr(self, f, getattr(self, f)[rows])
+        return self
+
+    def compact(self):
+        """Drop finished rows, then the positions that only they needed."""
+        self.select(self.alive.nonzero().squeeze(1))
+        if len(self.pad) and self.pad.min() > 0:
+            m = int(self.pad.min())
+            self.cache.trim(m)
+            self.pad = self.pad - m
+
+    def join(self, other):
+        a, b = self.cache.extend(other.cache)
+        other.pad = other.pad + b
+        self.pad = self.pad + a
+        for f in self.FIELDS:
+            setattr(self, f, torch.cat([getattr(self, f), getattr(other, f)]))
+        return self
+
+    def step(self, model, temperature, generator, autocast):
+        """Pick every row's next token; return the rows that finished as [(row, ids, eos)], then feed
+        the new tokens to the model."""
+        tok = today_pick(self.logits, temperature, generator)  # (B,)
+        eos = tok == data.EOS
+        grow = self.alive & ~eos
+        self.out[grow, self.n[grow]] = tok[grow].int()
+        self.n = self.n + grow
+        done = self.alive & (eos | (self.n == self.max_tokens))
+        finished = []
+        if done.any():
+            ids = self.out[done].cpu().numpy()
+            finished = [(row, ids[k, :length].astype(data.DTYPE), e) for k, (row, length, e) in
+                        enumerate(zip(self.rows[done].tolist(), self.n[done].tolist(), eos[done].tolist()))]
+            self.alive &= ~done
+        if self.alive.any():
+            c = self.cache
+            c.reserve(1)
+            c.valid[:, c.length] = True
+            pos = (c.length - self.pad)[:, None]  # (B, 1)
+            mask = c.valid[:, None, None, :c.length + 1]  # (B, 1, 1, S)
+            with autocast:
+                self.logits = model(tok[:, None], pos=pos, mask=mask, cache=c)[:, -1]  # (B, V)
+            c.length += 1  # [adapted] as above
+        return finished
 
 
 @torch.no_grad()
-def greedy_rollout(model, prompts, samples, max_tokens, autocast):
-    """A minimal KV-cached greedy loop: every row is a prompt repeated `samples` times."""
-    idx = torch.as_tensor(np.repeat(np.stack(prompts), samples, axis=0), device=model.head.weight.device)
-    cache = model.new_cache(len(idx), idx.size(1) + max_tokens)
-    with autocast:
-        tok = model(idx, cache=cache)[:, -1].argmax(-1)
-        for _ in range(max_tokens - 1):
-            tok = model(tok[:, None], cache=cache)[:, -1].argmax(-1)
-    return len(idx) * max_tokens
+def today_rollout(model, prompts, src, max_tokens, temperature=0.0, generator=None, batch_size=64, autocast=None,
+            cache_dtype=None):
+    """Yield (i, ids, eos) as row i finishes: row i continues prompts[src[i]] (`<bos> prompt <sep>`
+    ids); ids are the generated tokens before <eos> (uint16), eos whether <eos> came within
+    max_tokens.
+
+    Up to batch_size rows decode at once. Finished rows leave and waiting rows join (one prefill per
+    distinct prompt), so a long response does not hold up the others. Rows that joined together form
+    a cohort with its own cache; a cohort merges into an older one once its window is at least half
+    as long, so young rows never attend over (masked) windows much longer than their own."""
+    autocast = autocast or contextlib.nullcontext()
+    dtype = cache_dtype or model.head.weight.dtype
+    device = model.head.weight.device
+    waiting = collections.deque(range(len(src)))
+    cohorts = []  # oldest (longest window) first
+    while waiting or cohorts:
+        live = sum(int(c.alive.sum()) for c in cohorts)
+        if waiting and live <= 3 * batch_size // 4:  # refill in bulk: a prefill per refill
+            new = [waiting.popleft() for _ in range(min(batch_size - live, len(waiting)))]
+            uniq = {s: u for u, s in enumerate(sorted({src[i] for i in new}))}
+            joining = today_prefill(model, [prompts[s] for s in uniq], max_tokens, autocast, dtype)
+            joining.select(torch.tensor([uniq[src[i]] for i in new], device=device))
+            joining.rows = torch.tensor(new, device=device)
+            cohorts.append(joining)
+        for i in range(len(cohorts) - 1, 0, -1):
+            if 2 * cohorts[i].cache.length >= cohorts[i - 1].cache.length:
+                cohorts[i - 1].join(cohorts.pop(i))
+        for c in cohorts:
+            yield from c.step(model, temperature, generator, autocast)
+            if 4 * int((~c.alive).sum()) >= len(c.alive):
+                c.compact()  # finished rows still cost compute
+        cohorts = [c for c in cohorts if len(c.rows)]
+
+
+
+
+def todays_attention_forward(self, x, cos, sin, mask=None, cache=None, pos=None):
+    """model.Attention.forward as of commit 1236d91 (the cache call adapted as above)."""
+    B, T, C = x.shape
+    q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    if cache is not None:
+        k, v = cache.update(self.layer, k, v, pos)
+    if mask is None:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+@contextlib.contextmanager
+def todays_attention():
+    new = model_lib.Attention.forward
+    model_lib.Attention.forward = todays_attention_forward
+    try:
+        yield
+    finally:
+        model_lib.Attention.forward = new
+
+
+# ---------------------------------------------------------------------------------------------
+# rollouts: the comparison
+
+
+class LengthModel(torch.nn.Module):
+    """A Transformer whose <eos> probability at each position (temperature 1) makes sequence
+    lengths follow a preset's distribution: random weights alone would end rows after about
+    vocabulary-size tokens. Every engine runs this same model."""
+
+    def __init__(self, net, hazard):
+        super().__init__()
+        self.net, self.cfg, self.head = net, net.cfg, net.head
+        self.register_buffer("logit", torch.tensor(np.log(hazard) - np.log1p(-hazard), dtype=torch.float32))
+
+    def new_cache(self, *a, **kw):
+        return self.net.new_cache(*a, **kw)
+
+    def forward(self, idx, pos=None, mask=None, cache=None, keep=None):
+        logits = self.net(idx, pos=pos, mask=mask, cache=cache, keep=keep)
+        if keep is not None:
+            return logits  # a prefill: its logits are not used
+        B, T = idx.shape
+        p = torch.arange(T, device=idx.device) if pos is None else pos
+        p = p.expand(B, T).clamp(max=len(self.logit) - 1)  # (B, T) position of the input token
+        others = logits.float().index_fill(-1, torch.tensor([data.EOS], device=idx.device), float("-inf"))
+        eos = self.logit[p] + others.logsumexp(-1)  # P(<eos> next) = hazard of a length of p + 2
+        return torch.cat([logits[..., :data.EOS], eos[..., None].to(logits.dtype), logits[..., data.EOS + 1:]], -1)
+
+
+def length_hazard(points, rng, draws=1_000_000):
+    """hazard[p]: the probability that a sequence of at least p + 2 tokens has exactly p + 2."""
+    q, lengths = zip(*points)
+    drawn = np.interp(rng.random(draws), q, lengths).round().astype(np.int64)
+    pmf = np.bincount(drawn, minlength=drawn.max() + 3).astype(np.float64)
+    survival = pmf[::-1].cumsum()[::-1]  # sequences of at least l tokens
+    hazard = np.divide(pmf, survival, out=np.zeros_like(pmf), where=survival > 0)[2:]
+    return np.clip(np.append(hazard, 1.0), 1e-12, 1 - 1e-9)  # beyond the longest: certain
+
+
+@torch.no_grad()
+def naive_generate(model, prompt, rows, max_new, gen):
+    """No cache: every step runs the whole sequence of every row through the model."""
+    seq = torch.as_tensor(np.asarray(prompt, np.int64), device=model.head.weight.device).repeat(rows, 1)
+    alive = torch.ones(rows, dtype=torch.bool, device=seq.device)
+    tokens = 0
+    for _ in range(max_new):
+        probs = model(seq)[:, -1].float().softmax(-1)  # (rows, V)
+        nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        tokens += int(alive.sum())
+        alive &= nxt != data.EOS
+        if not alive.any():
+            break
+        seq = torch.cat([seq, nxt[:, None]], 1)
+    return tokens
+
+
+def machine_limits(device):
+    """(matmul FLOP/s, memory bandwidth B/s) measured now on this device."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n = 8192 if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    x = torch.randn(256 << 20 if device.type == "cuda" else 128 << 20, device=device)  # 1 GiB / 512 MiB fp32
+    flops, bw = [], []
+    for _ in range(4):
+        sync(device)
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        flops.append(2 * n ** 3 / (time.perf_counter() - t0))
+        t0 = time.perf_counter()
+        x.sum()
+        sync(device)
+        bw.append(x.numel() * 4 / (time.perf_counter() - t0))
+    return max(flops[1:]), max(bw[1:])
+
+
+def decode_cost(cfg, attended, dtype_bytes):
+    """(FLOPs, KV cache bytes read) of generating tokens that attend over `attended` keys in all."""
+    per_token = 2 * (cfg.n_layer * (4 * cfg.d_model ** 2 + 3 * cfg.d_model * cfg.d_ff) + cfg.d_model * cfg.vocab_size)
+    return per_token, 4 * cfg.n_layer * cfg.d_model * attended, 2 * cfg.n_layer * cfg.d_model * dtype_bytes * attended
 
 
 def bench_rollout(args, device, rng):
-    torch.manual_seed(0)
-    _, _, vocab = PRESETS.get(args.lengths, (None, None, args.vocab or 1000))
-    model = Transformer(ModelConfig.from_size(args.size, args.vocab or vocab)).to(device).eval()
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
+    import decode
+    bf16 = device.type == "cuda" and args.precision != "fp32"
     autocast = train.autocast_for(device, "bf16" if bf16 else "fp32")
-    prompts = [rng.integers(len(data.SPECIALS), model.cfg.vocab_size, args.rollout_prompt_len) for _ in range(args.rollout_prompts)]
-    try:
-        import eval as evaluation
-        how = "eval.rollout (KV cache, shared prefill per prompt, rows leave and join as they finish)"
-        src = np.repeat(np.arange(len(prompts)), args.rollout_samples)
-        def run():
-            rows = evaluation.rollout(model, prompts, src, args.rollout_tokens, temperature=1.0,
-                                      generator=torch.Generator(device).manual_seed(0), batch_size=len(src),
-                                      autocast=autocast, cache_dtype=torch.bfloat16 if bf16 else None)
-            return sum(len(ids) + bool(eos) for _, ids, eos in rows)  # <eos> is a generated token too
-    except ImportError:
-        how = "greedy loop over model.new_cache"
-        run = lambda: greedy_rollout(model, prompts, args.rollout_samples, args.rollout_tokens, autocast)
-    run()  # warm-up
-    sync(device)
-    t0 = time.perf_counter()
-    tokens = run()
-    sync(device)
-    dt = time.perf_counter() - t0
-    print(f"rollout: {how}; model {args.size}, {args.rollout_prompts} prompts x {args.rollout_samples} samples, "
-          f"prompt {args.rollout_prompt_len} tokens, up to {args.rollout_tokens} new tokens, temperature 1")
-    table(["rows", "tokens", "seconds", "tokens/s"],
-          [(args.rollout_prompts * args.rollout_samples, tokens, f"{dt:.2f}", f"{tokens / dt:,.0f}")])
+    cache_dtype = torch.bfloat16 if bf16 else None
+    peak_flops, bandwidth = machine_limits(device)
+    variants = args.rollout_variants.split(",")
+    unknown = set(variants) - {"naive", "today", "eager", "compiled"}
+    if unknown:
+        raise SystemExit(f"unknown rollout variant(s) {', '.join(sorted(unknown))}")
+    print(f"rollout: device {device_name(device)}, {torch.get_num_threads()} threads, "
+          f"{'bf16' if bf16 else 'fp32'}; measured now: matmul {peak_flops / 1e9:,.0f} GFLOP/s, "
+          f"memory bandwidth {bandwidth / 1e9:,.1f} GB/s; temperature 1, batch {args.rollout_rows} rows")
+    for size in args.rollout_sizes.split(","):
+        for lengths in args.rollout_lengths.split(","):
+            points, share, vocab = PRESETS[lengths]
+            torch.manual_seed(0)
+            net = Transformer(ModelConfig.from_size(size, vocab)).to(device).eval()
+            model = LengthModel(net, length_hazard(points, rng)).to(device)
+            q, ls = zip(*points)
+            drawn = np.interp(rng.random(args.rollout_prompts), q, ls)
+            prompts = [np.concatenate([[data.BOS], rng.integers(len(data.SPECIALS), vocab, max(1, round(share * n) - 2)),
+                                       [data.SEP]]) for n in drawn]
+            src = np.repeat(np.arange(len(prompts)), args.rollout_samples)
+            max_tokens = int(max(ls)) + 1
+            runs = {v: [] for v in variants}
+
+            def today():
+                gen = torch.Generator(device).manual_seed(0)
+                with todays_attention():
+                    return [(i, len(ids), e) for i, ids, e in today_rollout(
+                        model, prompts, src, max_tokens, 1.0, gen, args.rollout_rows, autocast, cache_dtype)]
+
+            def new(compiled):
+                return lambda: [(i, len(ids), e) for i, ids, e in decode.generate(
+                    model, prompts, src, max_tokens, 1.0, 0, None, args.rollout_rows, autocast=autocast,
+                    cache_dtype=cache_dtype, compile=compiled, every=args.rollout_every)]
+
+            fns = {"today": today, "eager": new(False), "compiled": new(True)}
+            if "compiled" in variants:  # compiling is not decoding: once before the timed runs
+                t0 = time.perf_counter()
+                list(decode.generate(model, prompts[:1], [0] * min(4, args.rollout_rows), max_tokens, 1.0,
+                                     batch_size=args.rollout_rows, autocast=autocast, cache_dtype=cache_dtype,
+                                     compile=True, every=args.rollout_every))
+                print(f"  {size} {lengths}: compiling took {time.perf_counter() - t0:.0f} s (left out)")
+            for rep in range(args.rollout_reps):  # interleaved: each variant once per repetition
+                for v in variants:
+                    sync(device)
+                    if device.type == "cuda":
+                        torch.cuda.reset_peak_memory_stats(device)
+                    base = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+                    with PeakRSS() as mem:
+                        t0 = time.perf_counter()
+                        if v == "naive":
+                            gen = torch.Generator(device).manual_seed(rep)
+                            out = naive_generate(model, prompts[0], args.naive_rows, args.naive_tokens, gen)
+                        else:
+                            out = fns[v]()
+                        sync(device)
+                        dt = time.perf_counter() - t0
+                    peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else mem.extra
+                    runs[v].append((dt, out, peak))
+            if args.rollout_profile:  # where the time goes: one more run of each variant under torch.profiler
+                from torch.profiler import ProfilerActivity, profile
+                for v in variants:
+                    if v == "naive":
+                        continue
+                    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+                    with profile(activities=acts) as prof:
+                        fns[v]()
+                    print(f"  profile of {v} ({size}, {lengths}):")
+                    print(prof.key_averages().table(sort_by="self_cuda_time_total" if device.type == "cuda"
+                                                    else "self_cpu_time_total", row_limit=12))
+            rows, base_rate = [], None
+            for v in variants:
+                dt = float(np.median([r[0] for r in runs[v]]))
+                out = runs[v][int(np.argsort([r[0] for r in runs[v]])[len(runs[v]) // 2])][1]
+                if v == "naive":
+                    tokens, responses, attended = out, 0, None
+                    note = f"{args.naive_rows} rows x <= {args.naive_tokens} tokens"
+                else:
+                    tokens = sum(n + e for _, n, e in out)  # <eos> is a generated token too
+                    responses = len(out)
+                    # row i fed positions len(prompt) - 1 ... len(prompt) - 1 + n (+ the <eos> step)
+                    attended = sum(sum(range(len(prompts[src[i]]), len(prompts[src[i]]) + n + e)) for i, n, e in out)
+                    note = f"{len(out)} rows, {tokens / len(out):.0f} tokens each"
+                rate = tokens / dt
+                if v == "today":
+                    base_rate = rate
+                share = "-"
+                if attended:
+                    mm, att, kv = decode_cost(net.cfg, attended / tokens, 2 if bf16 else 4)
+                    limit = min(peak_flops / (mm + att), bandwidth / kv)
+                    bound = "compute" if peak_flops / (mm + att) < bandwidth / kv else "KV bandwidth"
+                    share = (f"{100 * rate / limit:.0f}% of {limit:,.0f} ({bound}); "
+                             f"{rate * (mm + att) / 1e9:.1f} GFLOP/s, {rate * kv / 1e9:.1f} GB/s")
+                rows.append((v, f"{rate:,.0f}", f"{responses / dt:,.1f}" if responses else "-", f"{dt:.1f}",
+                             gib(max(r[2] for r in runs[v])), share, note))
+            rows = [r + (f"{float(r[1].replace(',', '')) / base_rate:.2f}x" if base_rate else "-",) for r in rows]
+            print(f"  {size} ({net.num_params() / 1e6:.1f}M params) on {lengths} lengths: {args.rollout_prompts} prompts "
+                  f"x {args.rollout_samples} samples, up to {max_tokens} tokens; medians of {args.rollout_reps} "
+                  f"interleaved runs")
+            table(["variant", "tok/s", "resp/s", "seconds", "peak GiB", "share of the machine's limit (tok/s)",
+                   "workload", "vs today"], rows)
+    print("naive: no cache, the whole sequence through the model per token, on a short workload (its cost per "
+          "token grows with the length); today: eval.py's engine before decode.py; eager/compiled: decode.py. "
+          "peak GiB: CUDA allocator peak on GPU, resident-memory growth on CPU\n")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -531,10 +898,18 @@ def parse_args(argv=None):
     ap.add_argument("--sdpa", choices=["auto", *SDPA], default="auto",
                     help="attention kernel of the bf16 variants (auto: torch's choice)")
     ap.add_argument("--load-rows", type=int, default=1_000_000, help="sequences for the cache load test")
-    ap.add_argument("--rollout-prompts", type=int, default=8)
-    ap.add_argument("--rollout-samples", type=int, default=8)
-    ap.add_argument("--rollout-prompt-len", type=int, default=400)
-    ap.add_argument("--rollout-tokens", type=int, default=256)
+    ap.add_argument("--rollout-sizes", default="xs,s", help="model sizes of the rollout comparison")
+    ap.add_argument("--rollout-lengths", default="maze10", help="length presets of the rollout comparison")
+    ap.add_argument("--rollout-variants", default="naive,today,eager,compiled",
+                    help="naive (no cache), today (the engine before decode.py), eager, compiled (decode.py)")
+    ap.add_argument("--rollout-rows", type=int, default=256, help="rows decoding at once")
+    ap.add_argument("--rollout-prompts", type=int, default=12)
+    ap.add_argument("--rollout-samples", type=int, default=32)
+    ap.add_argument("--rollout-reps", type=int, default=3, help="interleaved repetitions (medians are shown)")
+    ap.add_argument("--rollout-every", type=int, default=8, help="decode steps between collections")
+    ap.add_argument("--rollout-profile", action="store_true", help="also profile one run of each variant")
+    ap.add_argument("--naive-rows", type=int, default=8)
+    ap.add_argument("--naive-tokens", type=int, default=32)
     args = ap.parse_args(argv)
     args.warmup = args.warmup or (4 if args.compile else 2)
     return args

@@ -8,11 +8,12 @@
 (`eval.py run ...` is the same as `eval.py ...`.) Runs as a plain process or under torchrun: each
 rank samples a share of the tasks, and responses go to MongoDB as they finish (a few dozen at a time).
 
-Sampling. Each response continues `<bos> prompt <sep>` with the checkpoint's model, KV-cached:
-left-padded prompts with per-row positions and a padding mask, one prefill shared by the samples of
-a prompt. A row stops at <eos> or after max_tokens tokens; finished rows leave the batch and waiting
-ones join it (continuous batching). Greedy at temperature 0, else sampled from softmax(logits / T);
-bf16 autocast on GPU.
+Sampling (decode.py). Each response continues `<bos> prompt <sep>` with the checkpoint's model:
+static KV caches written at positions, one prefill per prompt shared by its samples, a decode step
+without host synchronisation (compiled on GPU, --compile elsewhere), finished rows collected every
+few steps and replaced by waiting ones. A row stops at <eos> or after max_tokens tokens. Greedy at
+temperature 0, else a sample of softmax(logits / T) drawn from noise keyed by the seed, the task and
+the sample index; bf16 autocast on GPU.
 
 With --prefix-len K a response continues `<bos> prompt <sep>` and the first K tokens of the task's
 stored (A*) trace (all of it when shorter); the response is scored and stored with that prefix.
@@ -52,8 +53,6 @@ task, parameters and vocabulary; its test split is a copy of the run's test data
 so it is self-contained (training on it may still name the original with test_name).
 """
 import argparse
-import collections
-import contextlib
 import json
 import math
 import os
@@ -65,19 +64,18 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from bson import Binary
 from pymongo.errors import BulkWriteError
 
 import data
+import decode
 import store
-from data import BOS, EOS, SEP, SPECIALS
+from data import BOS, SEP, SPECIALS
 from model import ModelConfig, Transformer
 from store import StoreError
 
 # rollout limits of the reference: (task, plan_only) -> tokens
 MAX_TOKENS = {("maze", False): 10000, ("maze", True): 10000, ("sokoban", False): 11000, ("sokoban", True): 2000}
-HEADROOM = 256  # positions a full rollout cache grows by, at least (else it doubles)
 KINDS = ("optimal", "correct", "invalid", "malformed")  # a response's verdict; correct = correct, not optimal
 COLUMNS = [("optimal_pct", "optimal %", "{:.1f}"), ("correct_pct", "correct %", "{:.1f}"), ("swc", "SWC", "{:.3f}"),
            ("ilr_solved", "ILR-solved", "{:.3f}"), ("ilr_optimal", "ILR-optimal", "{:.3f}"),
@@ -86,186 +84,6 @@ COLUMNS = [("optimal_pct", "optimal %", "{:.1f}"), ("correct_pct", "correct %", 
 
 # ---------------------------------------------------------------------------------------------
 # sampling
-
-
-class RolloutCache:
-    """Keys and values of a batch of rollouts, as Transformer.forward uses a cache, on a time axis
-    shared by all rows: rows can leave (keep), join (extend, aligned at the end) and the positions
-    no row needs any more can be cut (trim). `valid` (B, capacity) marks positions a row may attend
-    to; a row's RoPE position is its cache index minus its `pad`, kept by the caller."""
-
-    def __init__(self, cfg, batch, capacity, dtype, device):
-        shape = (cfg.n_layer, batch, cfg.n_head, capacity, cfg.d_model // cfg.n_head)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self.valid = torch.zeros(batch, capacity, dtype=torch.bool, device=device)
-        self.length = 0
-
-    def reserve(self, t):
-        """Room for t more positions: at least double the capacity when full."""
-        grow = self.length + t - self.k.size(3)
-        if grow > 0:
-            grow = max(grow, self.k.size(3), HEADROOM)
-            self.k = torch.cat([self.k, self.k.new_zeros(*self.k.shape[:3], grow, self.k.size(4))], dim=3)
-            self.v = torch.cat([self.v, self.v.new_zeros(*self.v.shape[:3], grow, self.v.size(4))], dim=3)
-            self.valid = torch.cat([self.valid, self.valid.new_zeros(self.valid.size(0), grow)], dim=1)
-
-    def keep(self, rows):
-        """Keep (and repeat) the given rows, in that order."""
-        self.k, self.v, self.valid = self.k[:, rows], self.v[:, rows], self.valid[rows]
-
-    def trim(self, m):
-        """Drop the first m positions (no row attends to them any more)."""
-        self.k, self.v, self.valid = self.k[:, :, :, m:], self.v[:, :, :, m:], self.valid[:, m:]
-        self.length -= m
-
-    def extend(self, other):
-        """Append other's rows, the shorter cache left-padded so both end at the same position.
-        Returns the shifts (self's, other's) of their positions."""
-        n = max(self.length, other.length)
-        shifts = n - self.length, n - other.length
-
-        def aligned(x, shift, length):  # x (L, B, H, S, hd) -> (L, B, H, n, hd)
-            return torch.cat([x.new_zeros(*x.shape[:3], shift, x.size(4)), x[:, :, :, :length]], dim=3)
-
-        self.k = torch.cat([aligned(self.k, shifts[0], self.length), aligned(other.k, shifts[1], other.length)], dim=1)
-        self.v = torch.cat([aligned(self.v, shifts[0], self.length), aligned(other.v, shifts[1], other.length)], dim=1)
-        self.valid = torch.cat([F.pad(self.valid[:, :self.length], (shifts[0], 0)),
-                                F.pad(other.valid[:, :other.length], (shifts[1], 0))], dim=0)
-        self.length = n
-        return shifts
-
-    def update(self, layer, k, v):
-        end = self.length + k.size(2)
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
-
-
-def pick(logits, temperature, generator=None):
-    """Next token per row from logits (B, V): argmax at temperature 0, else a sample."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)  # (B, V)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
-
-
-def prefill(model, prompts, max_tokens, autocast, dtype):
-    """Left-padded prompts through the model: a Decoding of one row per prompt."""
-    device = model.head.weight.device
-    U, P = len(prompts), max(len(p) for p in prompts)
-    idx = torch.full((U, P), data.PAD, dtype=torch.long)
-    for u, p in enumerate(prompts):
-        idx[u, P - len(p):] = torch.as_tensor(np.asarray(p, np.int64))
-    idx = idx.to(device)
-    pad = torch.tensor([P - len(p) for p in prompts], device=device)  # (U,)
-    ar = torch.arange(P, device=device)
-    valid = ar[None] >= pad[:, None]  # (U, P)
-    pos = (ar[None] - pad[:, None]).clamp(min=0)  # (U, P)
-    mask = torch.ones(P, P, dtype=torch.bool, device=device).tril() & valid[:, None, :]  # (U, P, P)
-    mask |= torch.eye(P, dtype=torch.bool, device=device)  # padding queries see themselves: no empty softmax
-    cache = RolloutCache(model.cfg, U, P, dtype, device)
-    cache.valid[:] = valid
-    with autocast:
-        logits = model(idx, pos=pos, mask=mask[:, None], cache=cache)[:, -1]  # (U, V)
-    return Decoding(cache, pad, logits, max_tokens)
-
-
-class Decoding:
-    """Rows decoding together: their cache, RoPE offsets (position = cache index - pad), next-token
-    logits, tokens so far (out, n) and whether they are still going. `rows` are the caller's ids."""
-    FIELDS = ("rows", "pad", "logits", "out", "n", "alive")
-
-    def __init__(self, cache, pad, logits, max_tokens):
-        B, device = len(pad), pad.device
-        self.cache, self.pad, self.logits, self.max_tokens = cache, pad, logits, max_tokens
-        self.rows = torch.arange(B, device=device)
-        self.out = torch.zeros(B, max_tokens, dtype=torch.int32, device=device)
-        self.n = torch.zeros(B, dtype=torch.long, device=device)
-        self.alive = torch.ones(B, dtype=torch.bool, device=device)
-
-    def select(self, rows):
-        """Keep (and repeat) the given rows, in that order."""
-        self.cache.keep(rows)
-        for f in self.FIELDS:
-            setattr(self, f, getattr(self, f)[rows])
-        return self
-
-    def compact(self):
-        """Drop finished rows, then the positions that only they needed."""
-        self.select(self.alive.nonzero().squeeze(1))
-        if len(self.pad) and self.pad.min() > 0:
-            m = int(self.pad.min())
-            self.cache.trim(m)
-            self.pad = self.pad - m
-
-    def join(self, other):
-        a, b = self.cache.extend(other.cache)
-        other.pad = other.pad + b
-        self.pad = self.pad + a
-        for f in self.FIELDS:
-            setattr(self, f, torch.cat([getattr(self, f), getattr(other, f)]))
-        return self
-
-    def step(self, model, temperature, generator, autocast):
-        """Pick every row's next token; return the rows that finished as [(row, ids, eos)], then feed
-        the new tokens to the model."""
-        tok = pick(self.logits, temperature, generator)  # (B,)
-        eos = tok == EOS
-        grow = self.alive & ~eos
-        self.out[grow, self.n[grow]] = tok[grow].int()
-        self.n = self.n + grow
-        done = self.alive & (eos | (self.n == self.max_tokens))
-        finished = []
-        if done.any():
-            ids = self.out[done].cpu().numpy()
-            finished = [(row, ids[k, :length].astype(data.DTYPE), e) for k, (row, length, e) in
-                        enumerate(zip(self.rows[done].tolist(), self.n[done].tolist(), eos[done].tolist()))]
-            self.alive &= ~done
-        if self.alive.any():
-            c = self.cache
-            c.reserve(1)
-            c.valid[:, c.length] = True
-            pos = (c.length - self.pad)[:, None]  # (B, 1)
-            mask = c.valid[:, None, None, :c.length + 1]  # (B, 1, 1, S)
-            with autocast:
-                self.logits = model(tok[:, None], pos=pos, mask=mask, cache=c)[:, -1]  # (B, V)
-        return finished
-
-
-@torch.no_grad()
-def rollout(model, prompts, src, max_tokens, temperature=0.0, generator=None, batch_size=64, autocast=None,
-            cache_dtype=None):
-    """Yield (i, ids, eos) as row i finishes: row i continues prompts[src[i]] (`<bos> prompt <sep>`
-    ids); ids are the generated tokens before <eos> (uint16), eos whether <eos> came within
-    max_tokens.
-
-    Up to batch_size rows decode at once. Finished rows leave and waiting rows join (one prefill per
-    distinct prompt), so a long response does not hold up the others. Rows that joined together form
-    a cohort with its own cache; a cohort merges into an older one once its window is at least half
-    as long, so young rows never attend over (masked) windows much longer than their own."""
-    autocast = autocast or contextlib.nullcontext()
-    dtype = cache_dtype or model.head.weight.dtype
-    device = model.head.weight.device
-    waiting = collections.deque(range(len(src)))
-    cohorts = []  # oldest (longest window) first
-    while waiting or cohorts:
-        live = sum(int(c.alive.sum()) for c in cohorts)
-        if waiting and live <= 3 * batch_size // 4:  # refill in bulk: a prefill per refill
-            new = [waiting.popleft() for _ in range(min(batch_size - live, len(waiting)))]
-            uniq = {s: u for u, s in enumerate(sorted({src[i] for i in new}))}
-            joining = prefill(model, [prompts[s] for s in uniq], max_tokens, autocast, dtype)
-            joining.select(torch.tensor([uniq[src[i]] for i in new], device=device))
-            joining.rows = torch.tensor(new, device=device)
-            cohorts.append(joining)
-        for i in range(len(cohorts) - 1, 0, -1):
-            if 2 * cohorts[i].cache.length >= cohorts[i - 1].cache.length:
-                cohorts[i - 1].join(cohorts.pop(i))
-        for c in cohorts:
-            yield from c.step(model, temperature, generator, autocast)
-            if 4 * int((~c.alive).sum()) >= len(c.alive):
-                c.compact()  # finished rows still cost compute
-        cohorts = [c for c in cohorts if len(c.rows)]
 
 
 class Tasks:
@@ -287,34 +105,31 @@ def prompt_ids(split, row, prefix_len=0):
     return np.concatenate([[BOS], split.get(row, "prompt"), [SEP], prefix]).astype(np.int64)
 
 
-def rollouts(model, split, pairs, opts, batch_size, device):
+def rollouts(model, split, pairs, opts, batch_size, device, compile=None):
     """Yield ((row, sample), ids, eos) for (row, sample) pairs of a split, as they finish; with
-    opts.prefix_len, ids start with the given trace prefix. The random stream depends only on the
-    seed and the first pair."""
+    opts.prefix_len, ids start with the given trace prefix. A response's random stream depends only
+    on the seed, its task id and its sample index, so an interrupted evaluation resumes with the
+    samples it would have drawn."""
     if not pairs:
         return
     rows = sorted({r for r, _ in pairs})
     where = {r: i for i, r in enumerate(rows)}
-    gen = None
-    if opts.temperature > 0:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(np.random.SeedSequence([opts.seed, *pairs[0]]).generate_state(1)[0]))
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
-    for i, ids, eos in rollout(model, [prompt_ids(split, r, opts.prefix_len) for r in rows],
-                               [where[r] for r, _ in pairs], opts.max_tokens, opts.temperature, gen, batch_size,
-                               autocast, torch.bfloat16 if cuda else None):
+    keys = [(int(split.ids[r]) << 20) + s for r, s in pairs]
+    for i, ids, eos in decode.generate(model, [prompt_ids(split, r, opts.prefix_len) for r in rows],
+                                       [where[r] for r, _ in pairs], opts.max_tokens, opts.temperature, opts.seed,
+                                       keys, batch_size, autocast=autocast,
+                                       cache_dtype=torch.bfloat16 if cuda else None,
+                                       compile=cuda if compile is None else compile):
         if opts.prefix_len:  # the response as scored and stored: the given prefix, then what was generated
             ids = np.concatenate([split.get(pairs[i][0], "trace")[:opts.prefix_len], ids]).astype(data.DTYPE)
         yield pairs[i], ids, eos
 
 
-def auto_batch_size(cfg, max_len, device):
-    """Rows decoding at once: what keeps a full-length KV cache within a memory budget, at most 64
-    on CPU and 512 on GPU."""
-    per_token = 2 * cfg.n_layer * cfg.d_model * (2 if device.type == "cuda" else 4)  # bytes of K and V
-    budget = torch.cuda.mem_get_info(device)[0] // 2 if device.type == "cuda" else 4 << 30
-    return int(max(1, min(64 if device.type == "cpu" else 512, budget // (per_token * max_len))))
+def batch_size_for(model, split, device, prefix_len=0):
+    """Rows decoding at once, from the memory available (decode.auto_batch_size)."""
+    return decode.auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + prefix_len, device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -373,7 +188,7 @@ def iter_responses(coll, key, split, rows, samples, chunk=256):
         yield from ((r, out[int(split.ids[r])]) for r in part)
 
 
-def sample_missing(st, model, key, split, rows, samples, opts, batch_size, rank, world, device):
+def sample_missing(st, model, key, split, rows, samples, opts, batch_size, rank, world, device, compile=None):
     """Generate this rank's share of the responses missing for rows x samples, storing each batch."""
     work = missing_work(st.responses, key, split, rows, samples)
     barrier(device)  # every rank plans from the same stored state before any writes
@@ -384,7 +199,7 @@ def sample_missing(st, model, key, split, rows, samples, opts, batch_size, rank,
               + (f" of {len(rows) * samples - have} over {world} ranks" if world > 1 else ""), flush=True)
     progress = data.Progress("responses", len(mine))
     finished, done = [], 0
-    for item in rollouts(model, split, mine, opts, batch_size, device):
+    for item in rollouts(model, split, mine, opts, batch_size, device, compile):
         finished.append(item)
         if len(finished) >= max(batch_size, 64):  # stored as they come: an interruption loses little
             store_responses(st.responses, key, split, finished)
@@ -572,7 +387,7 @@ def rollout_metrics(model, db, cfg, rank, world, device):
     ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
     opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))
     mine = [(int(r), 0) for r in rows[rank::world]]
-    size = auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + opts.max_tokens, device)
+    size = batch_size_for(model, split, device)
     training = model.training
     model.eval()
     tasks = [(r, [(ids, eos)]) for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device)]
@@ -681,10 +496,9 @@ def sample_run(st, args, split_name, rank, world, device, rows_of=None):
         rows = rows[:args.num_tasks]
     opts = resolve_opts(args, doc, cfg["plan_only"])
     key = response_key(args.run_id, ck["step"], doc, split_name, opts)
-    longest = int(split.lens["prompt"].max(initial=0)) + 2 + opts.prefix_len + opts.max_tokens
-    size = args.batch_size or auto_batch_size(model.cfg, longest, device)
+    size = args.batch_size or batch_size_for(model, split, device, opts.prefix_len)
     t0 = time.monotonic()
-    sample_missing(st, model, key, split, rows, args.samples, opts, size, rank, world, device)
+    sample_missing(st, model, key, split, rows, args.samples, opts, size, rank, world, device, args.compile)
     if rank == 0:
         print(f"sampling took {time.monotonic() - t0:.0f}s", flush=True)
     return ck, doc, checker, split, rows, opts, key
@@ -821,6 +635,8 @@ def add_sampling_flags(p, samples, num_tasks, help_tasks):
                    help="token limit per response (default: maze 10000, Sokoban 11000, plan-only Sokoban 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0, help="rows per decoding batch (default: from memory)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the decode step (default: on GPU only; on CPU compiling takes minutes)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
 
 

@@ -53,22 +53,29 @@ def apply_rope(x, cos, sin):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
 
 
-class KVCache(nn.Module):
-    """Preallocated keys and values for incremental decoding: (B, H, max_len, hd) per layer."""
+class KVCache:
+    """Preallocated keys and values, written at positions: (n_layer, B, H, max_len, hd). Each row
+    has its own positions, so rows of different lengths share one static buffer. A plain object,
+    not a module: torch.compile treats module buffers as fixed shapes, these are dynamic."""
 
     def __init__(self, n_layer, batch, n_head, max_len, head_dim, device, dtype):
-        super().__init__()
         shape = (n_layer, batch, n_head, max_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, device=device, dtype=dtype), persistent=False)
-        self.length = 0  # positions filled so far (same for every row)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.window = max_len  # positions attention reads: the first `window` (no query is beyond them)
 
-    def update(self, layer, k, v):
-        t = k.size(2)
-        self.k[layer, :, :, self.length:self.length + t] = k
-        self.v[layer, :, :, self.length:self.length + t] = v
-        end = self.length + t
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+    def update(self, layer, k, v, pos):
+        """Write k, v (B, H, T, hd) at positions pos (T,) or (B, T); return the layer's buffers up to
+        the window."""
+        kc, vc = self.k[layer], self.v[layer]  # (B, H, S, hd)
+        if pos.dim() == 1:  # the same positions for every row (a prefill)
+            kc[:, :, pos] = k.to(kc.dtype)
+            vc[:, :, pos] = v.to(vc.dtype)
+        else:
+            rows = torch.arange(k.size(0), device=k.device)[:, None]  # (B, 1)
+            kc[rows, :, pos] = k.transpose(1, 2).to(kc.dtype)  # (B, T, H, hd) into (B, T) row/position pairs
+            vc[rows, :, pos] = v.transpose(1, 2).to(vc.dtype)
+        return kc[:, :, :self.window], vc[:, :, :self.window]
 
 
 class Attention(nn.Module):
@@ -78,14 +85,18 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, mask=None, cache=None):
+    def forward(self, x, cos, sin, mask=None, cache=None, pos=None):
         B, T, C = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, T, hd) each
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, H, S, hd) with S = cached + T
+            k, v = cache.update(self.layer, k, v, pos)  # (B, H, S, hd), S the cache's length
         if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # no cache, or prefill from empty
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        elif T == 1 and x.device.type == "cpu":
+            # one query per row (decoding): two matmuls; SDPA's CPU kernels would copy the whole cache
+            att = (q * self.head_dim ** -0.5) @ k.transpose(-1, -2).to(q.dtype)  # (B, H, 1, S)
+            y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v.to(q.dtype)  # (B, H, 1, hd)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -110,8 +121,8 @@ class Block(nn.Module):
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
         self.ffn = FeedForward(cfg)
 
-    def forward(self, x, cos, sin, mask=None, cache=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
+    def forward(self, x, cos, sin, mask=None, cache=None, pos=None):
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, pos)
         return x + self.ffn(self.ffn_norm(x))
 
 
@@ -141,28 +152,27 @@ class Transformer(nn.Module):
     def forward(self, idx, pos=None, mask=None, cache=None, keep=None):
         """idx (B, T) token ids -> logits (B, T, V).
 
-        pos: positions (B, T) when rows are offset (left-padded prompts); default 0..T-1 after the
-        cache. mask: boolean (B, 1, T, S) attention mask, True = attend; default causal.
+        pos: positions (T,) or (B, T) when rows are offset; default 0..T-1. mask: boolean (B, 1, T, S)
+        attention mask, True = attend; default causal. cache: a KVCache written at pos; then the
+        default mask lets each query see the cached positions up to its own.
         keep: (N,) indices into the flattened B*T positions: logits (N, V) of those only (training
         needs them where a loss is taken, not on the prompt or the padding)."""
         B, T = idx.shape
         if pos is None:
-            start = cache.length if cache is not None else 0
-            pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+            pos = torch.arange(T, device=idx.device)  # (T,)
         cos, sin = rope(pos, self.cfg.d_model // self.cfg.n_head, self.cfg.rope_base)
         if pos.dim() == 2:
             cos, sin = cos[:, None], sin[:, None]  # (B, 1, T, hd/2) broadcasts over heads
-        if cache is not None and cache.length > 0 and mask is None:
-            # decoding after a prefix: every cached key is in the past
-            mask = torch.ones(B, 1, T, cache.length + T, dtype=torch.bool, device=idx.device).tril(cache.length)
+        if cache is not None and mask is None:
+            # positions beyond a query's own may hold stale or padding keys: never attend to them
+            mask = torch.arange(cache.window, device=idx.device) <= pos[..., None]  # (T, S) or (B, T, S)
+            mask = mask[:, None] if mask.dim() == 3 else mask  # (B, 1, T, S) or (T, S)
         x = self.embed(idx)  # (B, T, C)
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
-                x = checkpoint(block, x, cos, sin, mask, cache, use_reentrant=False)
+                x = checkpoint(block, x, cos, sin, mask, cache, pos, use_reentrant=False)
             else:
-                x = block(x, cos, sin, mask, cache)
-        if cache is not None:
-            cache.length += T
+                x = block(x, cos, sin, mask, cache, pos)
         if keep is not None:
             x = x.flatten(0, 1).index_select(0, keep)  # (N, C)
         return self.head(self.norm(x))  # (B, T, V) or (N, V)

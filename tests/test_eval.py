@@ -3,53 +3,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 import data
 import eval as ev
 import maze
 from conftest import run_cli
-from data import EOS, SPECIALS
-from model import ModelConfig, Transformer
-
-
-def naive_greedy(model, prompt, max_tokens):
-    """Greedy decoding the slow way: the whole sequence through the model at every step."""
-    seq, out = list(prompt), []
-    for _ in range(max_tokens):
-        t = int(model(torch.tensor([seq]))[0, -1].argmax())
-        if t == EOS:
-            return out, True
-        out.append(t)
-        seq.append(t)
-    return out, False
-
-
-@pytest.mark.parametrize("batch_size", [1, 3, 64])
-def test_cached_batched_rollout_equals_uncached_greedy(monkeypatch, batch_size):
-    """Left padding, shared prefills, rows that finish early and leave, rows that join a running batch
-    (batch sizes 1 and 3), a growing cache: the tokens are those of plain greedy decoding."""
-    monkeypatch.setattr(ev, "HEADROOM", 4)
-    torch.manual_seed(1)
-    model = Transformer(ModelConfig(vocab_size=9, d_model=32, n_head=2, d_ff=64, n_layer=2)).double().eval()
-    g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(4, 9, (n,), generator=g).numpy() for n in (3, 7, 11, 5, 8, 4)]
-    src = [0, 1, 2, 3, 4, 5, 1, 2, 0]
-    got = {i: (list(ids), e) for i, ids, e in ev.rollout(model, prompts, src, 30, batch_size=batch_size)}
-    ref = [naive_greedy(model, prompts[s], 30) for s in src]
-    assert [got[i] for i in range(len(src))] == ref
-    assert 0 < sum(e for _, e in ref) < len(src)  # rows of both kinds
-
-
-def test_sampled_rollouts_stop_at_eos_or_the_limit():
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(vocab_size=9, d_model=32, n_head=2, d_ff=64, n_layer=2)).eval()
-    gen = torch.Generator().manual_seed(0)
-    got = list(ev.rollout(model, [np.array([1, 5, 6, 3])], [0] * 16, 12, temperature=1.0, generator=gen, batch_size=5))
-    assert sorted(i for i, _, _ in got) == list(range(16))
-    assert all(len(o) == 12 for _, o, e in got if not e)
-    assert all(EOS not in o.tolist() and len(o) < 12 for _, o, e in got if e)
-    assert len({tuple(o) for _, o, _ in got}) > 1  # samples differ
+from data import SPECIALS
 
 
 # --- hand-made maze responses -------------------------------------------------------------------

@@ -65,8 +65,27 @@ def test_kv_cache_decoding_equals_full_forward():
     cache = model.new_cache(2, 32)
     steps = [model(idx[:, :6], cache=cache)]
     for t in range(6, 15):
-        steps.append(model(idx[:, t:t + 1], cache=cache))
+        steps.append(model(idx[:, t:t + 1], pos=torch.tensor([t]), cache=cache))
     torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-9)
+
+
+def test_kv_cache_rows_at_their_own_positions_equal_full_forward():
+    """Rows decode at different positions in one static cache; stale keys past a row's position
+    (padding of a shorter prompt) are never attended to."""
+    model = tiny()
+    a, b = torch.randint(1, 37, (1, 12)), torch.randint(1, 37, (1, 7))
+    cache = model.new_cache(2, 16)
+    prompt = torch.cat([a[:, :5], torch.cat([b[:, :3], torch.zeros(1, 2, dtype=torch.long)], 1)])  # b right-padded
+    model(prompt, cache=cache)
+    pos = torch.tensor([[5], [3]])
+    out = {0: [], 1: []}
+    for _ in range(4):  # one token per row per step, each at its own position
+        logits = model(torch.stack([a[0, pos[0]], b[0, pos[1]]]), pos=pos, cache=cache)
+        out[0].append(logits[0])
+        out[1].append(logits[1])
+        pos = pos + 1
+    torch.testing.assert_close(torch.cat(out[0]), model(a)[0, 5:9], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(torch.cat(out[1]), model(b)[0, 3:7], rtol=1e-9, atol=1e-9)
 
 
 def test_left_padded_rows_with_positions_and_mask_match_unpadded():
