@@ -3,12 +3,15 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import data
 import eval as ev
 import maze
 from conftest import run_cli
 from data import SPECIALS
+from model import ModelConfig, Transformer
+from test_decode import naive_greedy
 
 
 # --- hand-made maze responses -------------------------------------------------------------------
