@@ -463,7 +463,17 @@ def test_a_client_follows_the_embedded_server_to_a_new_address(embedded):
         time.sleep(0.05)
     with socket.socket() as squatter:  # another program took the port
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        squatter.bind(("127.0.0.1", old["port"]))
+        # the killed server's connections can hold its port until the client drops them: wait for it
+        # to come free (bounded, so a port that never frees fails the test rather than hangs it)
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                squatter.bind(("127.0.0.1", old["port"]))
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
         squatter.listen()
         store.embedded_uri()  # the next command restarts the server
         new = json.loads((embedded / "server.json").read_text())
