@@ -694,7 +694,8 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=10, help="maze side n (default 10)")
     p.add_argument("--num-train", type=int, required=True)
     p.add_argument("--num-test", type=int, required=True)
-    p.add_argument("--nondeterministic", action="store_true", help="shuffled A* tie-breaks")
+    p.add_argument("--nondeterministic", action="store_true",
+                   help="the reference's nondeterministic A*: shuffled children, coin-flip f-ties")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.add_argument("--workers", type=int, default=os.cpu_count())
