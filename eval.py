@@ -530,13 +530,15 @@ def print_table(rows, label="run"):
         print(f"{name:{width}}  " + "  ".join(f"{cell(m, key, spec):>{w}}" for (key, _, spec), w in zip(shown, widths)))
 
 
-def report(st, args, ck, doc, split_name, rows, opts, sums, reference=None):
-    """Store the metrics with the run (results collection) and print them; reference: the sums under
+def report(st, args, ck, doc, split_name, rows, opts, sums, optimal_traces, reference=None):
+    """Store the metrics with the run (results collection) and print them. optimal_traces: the trace
+    length of every optimal response (report.py plots their distribution); reference: the sums under
     the reference's checker, stored as reference_metrics and shown in a second row."""
     metrics = summarize(sums, ck["config"]["plan_only"])
     params = params_of(doc, split_name, len(rows), args.samples, opts)
     rkey = {"run_id": args.run_id, "step": ck["step"], "pkey": json.dumps(params, sort_keys=True)}
-    result = {**rkey, "params": params, "metrics": metrics, "time": store.now()}
+    result = {**rkey, "params": params, "metrics": metrics, "optimal_trace_lens": [int(t) for t in optimal_traces],
+              "time": store.now()}
     if reference:
         result["reference_metrics"] = summarize(reference, ck["config"]["plan_only"])
     st.results.replace_one(rkey, result, upsert=True)
@@ -553,8 +555,14 @@ def cmd_run(st, args, rank, world, device):
     ck, doc, checker, split, rows, opts, key = sample_run(st, args, args.split, rank, world, device)
     if rank == 0:
         reference = {} if args.scoring == "reference" else None
-        sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples), reference=reference)
-        report(st, args, ck, doc, args.split, rows, opts, sums, reference)
+        optimal_traces = []
+
+        def keep_optimal_traces(row, responses, verdicts):
+            optimal_traces.extend(v.trace_len for v in verdicts if v.kind == "optimal")
+
+        sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples), keep_optimal_traces,
+                     reference)
+        report(st, args, ck, doc, args.split, rows, opts, sums, optimal_traces, reference)
 
 
 def cmd_bootstrap(st, args, rank, world, device):
@@ -572,15 +580,16 @@ def cmd_bootstrap(st, args, rank, world, device):
     ck, doc, checker, split, rows, opts, key = sample_run(st, args, "train", rank, world, device, training_rows)
     if rank != 0:
         return
-    chosen = {}
+    chosen, optimal_traces = {}, []
 
     def keep_shortest(row, responses, verdicts):
+        optimal_traces.extend(v.trace_len for v in verdicts if v.kind == "optimal")
         k = shortest_optimal(verdicts, split.lens["trace"][row], args.only_shorter)
         if k is not None:
             chosen[row] = (responses[k][0], verdicts[k].trace_len)
 
     sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples), keep_shortest)
-    report(st, args, ck, doc, "train", rows, opts, sums)
+    report(st, args, ck, doc, "train", rows, opts, sums, optimal_traces)
     info = {"source": doc["_id"], "source_uid": doc["uid"], "run_id": args.run_id, "step": ck["step"],
             "samples": args.samples, "temperature": float(opts.temperature), "max_tokens": opts.max_tokens,
             "seed": opts.seed, "rows": len(rows), "rule": "only-shorter" if args.only_shorter else "reference"}
