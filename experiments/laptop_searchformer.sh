@@ -18,9 +18,9 @@ STEPS=${STEPS:-1500}            # training steps of both models, 32 sequences ea
 FT_STEPS=${FT_STEPS:-500}       # fine-tuning steps per bootstrapping step
 BOOT_STEPS=${BOOT_STEPS:-1}     # bootstrapping steps
 SAMPLES=${SAMPLES:-8}           # responses per test task
-BOOT_SAMPLES=${BOOT_SAMPLES:-4} # responses per training prompt when bootstrapping
+BOOT_SAMPLES=${BOOT_SAMPLES:-2} # responses per training prompt when bootstrapping
 EVAL_TASKS=${EVAL_TASKS:-200}   # test tasks
-NPROC=${NPROC:-2}               # sampling processes (one per core)
+NPROC=${NPROC:-2}               # training and sampling processes (one per core; 1, 2, 4, 8, 16 or 32)
 PREFIX=${PREFIX:-laptop}
 FIGURES=${FIGURES:-docs/laptop}
 DATA=maze.7-by-7-nondeterministic.simple
@@ -30,8 +30,9 @@ start=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - start )) s] $*"; }
 sample() { OMP_NUM_THREADS=1 "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" eval.py "$@"; }
 have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
-train() {
-    "$PY" train.py single --model-size xs --batch-size 32 --lr 2e-3 --warmup-steps 100 --log-interval 50 \
+train() {  # NPROC processes of one thread each (DDP, gloo), 32 sequences per step in all
+    OMP_NUM_THREADS=1 "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" train.py single \
+        --model-size xs --batch-size $(( 32 / NPROC )) --lr 2e-3 --warmup-steps 100 --log-interval 50 \
         --eval-interval 250 --checkpoint-interval 250 --num-test-sequences 200 --eval-tasks 50 "$@"
 }
 
