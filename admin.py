@@ -16,13 +16,10 @@ from pathlib import Path
 import gridfs
 from pymongo.errors import PyMongoError
 
-import data
 import store
+from dataset import generation_rule
+from metrics import print_table
 from store import StoreError
-
-CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_acc", "config", "model_config",
-                   "vocabulary"}
-
 
 def fmt_time(t):
     return t.strftime("%Y-%m-%d %H:%M") if t else "-"
@@ -91,7 +88,7 @@ def show(st, args):
         name = r["config"].get(key)
         ds = st.db.datasets.find_one({"_id": name}, {"task": 1, "params": 1}) if name else None
         if ds:  # datasets made before the reference's generation rules are flagged as such
-            print(f"{key.split('_')[0]} dataset {name}: generation rule {data.generation_rule(ds)}")
+            print(f"{key.split('_')[0]} dataset {name}: generation rule {generation_rule(ds)}")
     ck = r.get("checkpoint")
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
     print(f"{'step':>8} {'split':5} {'loss':>8} {'trace':>8} {'plan':>8} {'acc':>6}")
@@ -102,9 +99,8 @@ def show(st, args):
               f"{rec['plan_loss']:>8.4f} {rec['accuracy']:>6.3f}{rollout}")
     results = list(st.results.find({"run_id": args.run_id}).sort([("step", 1), ("time", 1)]))
     if results:
-        import eval  # imported here: only this view needs it
         print("evaluations (eval.py):")
-        eval.print_table([(f"step {e['step']}: {p['num_tasks']} {p['split']} x {p['samples']}, T {p['temperature']:g}, "
+        print_table([(f"step {e['step']}: {p['num_tasks']} {p['split']} x {p['samples']}, T {p['temperature']:g}, "
                            f"max {p['max_tokens']}", e["metrics"]) for e in results for p in [e["params"]]],
                          label="checkpoint and sampling")
 
@@ -181,25 +177,13 @@ def bulk_export_checkpoint(st, args):
 
 
 def read_checkpoint(path):
-    """Load and check an exported file without running code (weights_only) and without reading it
-    all into memory (mmap); raises StoreError on anything that is not a whole, valid checkpoint."""
+    """An exported checkpoint file, loaded and checked (checkpoint.read_exported); StoreError on
+    anything that is not a whole, valid checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise StoreError(f"{path}: no such file")
-    import torch  # imported here: the other commands start without it (and report a lost database sooner)
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise StoreError(f"{path}: not a valid checkpoint file ({reason})") from None
-    if not isinstance(ck, dict) or not CHECKPOINT_KEYS <= ck.keys():
-        raise StoreError(f"{path}: not a searchformer checkpoint (missing {sorted(CHECKPOINT_KEYS - set(ck) if isinstance(ck, dict) else CHECKPOINT_KEYS)})")
-    from train import check_resumable
-    try:
-        check_resumable(ck)  # everything a resume reads, loaded as a resume loads it
-    except Exception as e:
-        raise StoreError(f"{path}: checkpoint contents are invalid ({str(e).splitlines()[0][:160]})") from None
-    return ck
+    import checkpoint  # imported here (it imports torch): the other commands start without it
+    return checkpoint.read_exported(path)
 
 
 def import_checkpoint(st, args):

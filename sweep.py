@@ -6,8 +6,8 @@ Missing keys take TrainConfig's defaults.
 """
 import json
 
+from hparams import TrainConfig, shown
 from store import StoreError
-from train import TrainConfig, shown
 
 # reference encoder/decoder names -> decoder-only size of about the same parameter budget
 MODEL_NAMES = {"enc-s": "s", "dec-s": "s", "enc-m-s": "m", "dec-m-s": "m", "enc-l": "l", "dec-l": "l",

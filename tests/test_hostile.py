@@ -1,6 +1,7 @@
 """Hostile and bad input: checkpoint files that run code or are broken, names that are not names,
 malformed sweep files, URIs with passwords, an unreachable database. Each is refused with one line
 on stderr, runs nothing and writes nothing."""
+import dataclasses
 import io
 import json
 import os
@@ -25,6 +26,7 @@ import sweep
 import train
 from conftest import (ROOT, call, checkpoint_state, make_checkpoint, make_toy_dataset, run_cli, snapshot, start_server,
                       stop_server)
+from hparams import TrainConfig
 from store import StoreError
 
 
@@ -268,7 +270,7 @@ json_values = hs.recursive(hs.none() | hs.booleans() | hs.integers() | hs.intege
                            hs.floats(allow_nan=True, allow_infinity=True) | hs.text(max_size=30),
                            lambda inner: hs.lists(inner, max_size=4) | hs.dictionaries(hs.text(max_size=10), inner, max_size=4),
                            max_leaves=10)
-known_keys = hs.sampled_from([f.name for f in train.fields(train.TrainConfig)] + ["encoder", "decoder"])
+known_keys = hs.sampled_from([f.name for f in dataclasses.fields(TrainConfig)] + ["encoder", "decoder"])
 plausible = {"train_name": hs.sampled_from(GOOD_NAMES[:2] + BAD_NAMES[:6]), "model_size": hs.sampled_from(["tiny", "s", "xxl"]),
              "encoder": hs.sampled_from(sorted(sweep.MODEL_NAMES) + ["enc-huge"]), "lr": hs.floats(),
              "decoder": hs.sampled_from(sorted(sweep.MODEL_NAMES)), "batch_size": hs.integers(-3, 2**64)}
