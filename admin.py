@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 
 import gridfs
-from pymongo.errors import PyMongoError
 
+import errors
+import server
 import store
 from dataset import generation_rule
+from errors import CheckpointError, ConfigError, StoreError
 from metrics import print_table
-from store import StoreError
 
 def fmt_time(t):
     return t.strftime("%Y-%m-%d %H:%M") if t else "-"
@@ -117,7 +118,7 @@ def bulk_drop_run(st, args):
     if args.pattern:
         ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
     if not ids:
-        raise StoreError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
+        raise ConfigError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
     live = [i for i in ids if st.live_holder(i)]
     if live and not args.force:
         raise StoreError(f"{len(live)} of these runs are being trained ({', '.join(live[:3])}); stop them first, "
@@ -139,7 +140,7 @@ def export_one(st, run_id, export_dir):
     tmp = export_dir / f".{run_id}.pt.partial-{os.getpid()}"
     for stale in export_dir.glob(f".{run_id}.pt.partial-*"):  # left by an export that was killed
         pid = stale.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not store._pid_alive(int(pid)):
+        if not pid.isdigit() or not server.pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     for attempt in range(3):
         info = st.require_run(run_id).get("checkpoint")
@@ -155,9 +156,9 @@ def export_one(st, run_id, export_dir):
             break
         except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
             if attempt == 2:  # else the run saved a newer checkpoint meanwhile and deleted this one: export that
-                raise StoreError(f"the checkpoint of run {run_id!r} is unreadable ({type(e).__name__})") from None
+                raise CheckpointError(f"the checkpoint of run {run_id!r} is unreadable ({type(e).__name__})") from None
         except OSError as e:
-            raise StoreError(f"cannot write {final}: {e.strerror or e}") from None
+            raise ConfigError(f"cannot write {final}: {e.strerror or e}") from None
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -177,11 +178,11 @@ def bulk_export_checkpoint(st, args):
 
 
 def read_checkpoint(path):
-    """An exported checkpoint file, loaded and checked (checkpoint.read_exported); StoreError on
-    anything that is not a whole, valid checkpoint."""
+    """An exported checkpoint file, loaded and checked (checkpoint.read_exported); ConfigError or
+    CheckpointError on anything that is not a whole, valid checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise StoreError(f"{path}: no such file")
+        raise ConfigError(f"{path}: no such file")
     import checkpoint  # imported here (it imports torch): the other commands start without it
     return checkpoint.read_exported(path)
 
@@ -200,16 +201,16 @@ def db_cmd(st_unused, args):
             st = store.connect()
             print(f"MONGODB_URI is set: using {st.address} (database {st.db.name}), reachable")
             return
-        info = store.server_info()
-        folder = store.db_dir()
+        info = server.server_info()
+        folder = server.db_dir()
         if info and info["up"]:
             print(f"embedded server up: pid {info['pid']}, mongodb://{info['host']}:{info['port']}, data {folder}")
         else:
             print(f"embedded server not running (data {folder}); it starts on first use")
     else:
         if uri:
-            raise StoreError("MONGODB_URI is set: `db stop` only stops the embedded server")
-        stopped = store.stop_embedded()
+            raise ConfigError("MONGODB_URI is set: `db stop` only stops the embedded server")
+        stopped = server.stop_embedded()
         print("embedded server stopped" if stopped else "embedded server was not running")
 
 
@@ -258,11 +259,11 @@ def main(argv=None):
             try:
                 re.compile(args.pattern)
             except re.error as e:
-                raise StoreError(f"invalid --pattern {args.pattern!r}: {e}") from None
+                raise ConfigError(f"invalid --pattern {args.pattern!r}: {e}") from None
         st = None if args.cmd == "db" else store.connect()
         args.fn(st, args)
-    except (StoreError, PyMongoError) as e:  # the latter: e.g. the database went away mid-command
-        sys.exit(f"error: {store.one_line(e)}")
+    except errors.REPORTED as e:
+        sys.exit(errors.exit_message(e))
 
 
 if __name__ == "__main__":

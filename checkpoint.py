@@ -4,10 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from batches import Batcher
+from errors import CheckpointError
 from hparams import TrainConfig, shown
 from loss import STATS
 from model import ModelConfig, Transformer
-from store import StoreError
 
 
 def make_optimizer(model, cfg, device):
@@ -29,13 +29,13 @@ def start_from(model, opt, init, cfg):
     try:
         model.load_state_dict(init["model"])
     except (RuntimeError, KeyError) as e:
-        raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model ({why(e)})") from None
+        raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model ({why(e)})") from None
     if cfg.start_optimizer:
         mine = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         try:
             opt.load_state_dict(init["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r}: its optimizer state does not fit "
+            raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r}: its optimizer state does not fit "
                              f"({why(e)}); start_optimizer=false takes the weights only") from None
         for g, m in zip(opt.param_groups, mine):
             g.update(m)
@@ -104,7 +104,7 @@ def check_vocabulary(ck, vocab, what, dataset):
     if ck.get("vocabulary") != vocab:
         theirs = ck.get("vocabulary") or []
         diff = next((i for i, (a, b) in enumerate(zip(theirs, vocab)) if a != b), min(len(theirs), len(vocab)))
-        raise StoreError(f"{what} was trained on another vocabulary than dataset {dataset!r} ({len(theirs)} vs "
+        raise CheckpointError(f"{what} was trained on another vocabulary than dataset {dataset!r} ({len(theirs)} vs "
                          f"{len(vocab)} tokens, first difference at id {diff}); train on a dataset with its vocabulary")
 
 
@@ -114,16 +114,16 @@ KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_acc", "co
 
 def read_exported(path):
     """Load and check an exported file without running code (weights_only) and without reading it
-    all into memory (mmap); raises StoreError on anything that is not a whole, valid checkpoint."""
+    all into memory (mmap); raises CheckpointError on anything that is not a whole, valid checkpoint."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:
         reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise StoreError(f"{path}: not a valid checkpoint file ({reason})") from None
+        raise CheckpointError(f"{path}: not a valid checkpoint file ({reason})") from None
     if not isinstance(ck, dict) or not KEYS <= ck.keys():
-        raise StoreError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - set(ck) if isinstance(ck, dict) else KEYS)})")
+        raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - set(ck) if isinstance(ck, dict) else KEYS)})")
     try:
         check_resumable(ck)  # everything a resume reads, loaded as a resume loads it
     except Exception as e:
-        raise StoreError(f"{path}: checkpoint contents are invalid ({str(e).splitlines()[0][:160]})") from None
+        raise CheckpointError(f"{path}: checkpoint contents are invalid ({str(e).splitlines()[0][:160]})") from None
     return ck

@@ -9,14 +9,15 @@ import os
 import sys
 
 import numpy as np
-from pymongo.errors import PyMongoError
 
+import errors
 import store
 import tasks
 from dataset import ASTAR_FIELD, DTYPE, PARTS, drop_dataset, generation_rule, get_dataset
+from errors import ConfigError, DataError
 from generate import astar_stats, generate_maze, generate_sokoban
 from reference_import import import_dataset
-from store import StoreError, check_name
+from store import check_name
 
 
 def length_stats(db, name):
@@ -52,7 +53,7 @@ def show_sequence(db, name, split, seq_id):
     doc = get_dataset(db, name)
     seq = db[f"ds.{name}.{doc['uid']}.{split}"].find_one({"_id": seq_id})
     if seq is None:
-        raise StoreError(f"dataset {name!r} has no {split} sequence {seq_id} "
+        raise DataError(f"dataset {name!r} has no {split} sequence {seq_id} "
                          f"(ids 0..{doc['counts'][split] - 1})")
     tokens = {p: [doc["vocabulary"][i] for i in np.frombuffer(seq[p], DTYPE)] for p in PARTS}
     board = render_task(doc, tokens)
@@ -113,15 +114,15 @@ def main(argv=None):
     try:
         if args.cmd in ("maze", "sokoban"):
             if args.num_train < 0 or args.num_test < 0 or args.workers < 1 or args.chunk < 1:
-                raise StoreError("--num-train/--num-test must be >= 0, --workers and --chunk >= 1")
+                raise ConfigError("--num-train/--num-test must be >= 0, --workers and --chunk >= 1")
             if args.cmd == "maze" and args.size < 3:
-                raise StoreError("--size must be >= 3")
+                raise ConfigError("--size must be >= 3")
             if args.cmd == "sokoban" and args.max_trace_tokens < 100:  # shorter traces are too rare to fill a set
-                raise StoreError("--max-trace-tokens must be >= 100")
+                raise ConfigError("--max-trace-tokens must be >= 100")
         if args.cmd == "astar-stats" and (args.runs < 1 or args.limit < 0 or args.workers < 1):
-            raise StoreError("--runs and --workers must be >= 1, --limit >= 0")
+            raise ConfigError("--runs and --workers must be >= 1, --limit >= 0")
         if args.cmd == "import" and args.batch_size < 1:
-            raise StoreError("--batch-size must be >= 1")
+            raise ConfigError("--batch-size must be >= 1")
         named = (args.new_name or args.name) if args.cmd == "import" else getattr(args, "name", None)
         if named is not None:
             check_name(named, "dataset name")  # before any database call
@@ -162,8 +163,8 @@ def main(argv=None):
             print(f"{'split':6} {'part':8} {'count':>8} {'min':>6} {'q25':>6} {'median':>6} {'q75':>6} {'max':>6}")
             for split, part, count, *q in length_stats(db, args.name):
                 print(f"{split:6} {part:8} {count:>8} " + " ".join(f"{v:>6}" for v in q))
-    except (StoreError, PyMongoError) as e:  # the latter: e.g. the database went away mid-command
-        sys.exit(f"error: {store.one_line(e)}")
+    except errors.REPORTED as e:  # a PyMongoError too: e.g. the database went away mid-command
+        sys.exit(errors.exit_message(e))
 
 
 if __name__ == "__main__":

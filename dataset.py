@@ -27,7 +27,8 @@ from bson import Binary
 import store
 import tasks
 import testhook
-from store import StoreError, check_name
+from errors import DataError
+from store import check_name
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<sep>"]
 PAD, BOS, EOS, SEP = range(4)
@@ -60,7 +61,7 @@ class DatasetWriter:
         self.db, self.name = db, check_name(name, "dataset name")
         doc = db.datasets.find_one({"_id": name}) or {}
         if doc.get("uid") and not overwrite:
-            raise StoreError(f"dataset {name!r} exists; pass --overwrite to replace it, or drop it first")
+            raise DataError(f"dataset {name!r} exists; pass --overwrite to replace it, or drop it first")
         building = doc.get("building")
         self.vocabulary = [*SPECIALS, *vocabulary]
         self.index = {t: i for i, t in enumerate(self.vocabulary)}
@@ -133,7 +134,7 @@ class DatasetWriter:
 def drop_dataset(db, name):
     doc = db.datasets.find_one({"_id": check_name(name, "dataset name")})
     if doc is None:
-        raise StoreError(f"no dataset named {name!r} (see `python data.py list`)")
+        raise DataError(f"no dataset named {name!r} (see `python data.py list`)")
     for uid in {doc.get("uid"), (doc.get("building") or {}).get("uid")} - {None}:
         for split in ("train", "test"):
             db[f"ds.{name}.{uid}.{split}"].drop()
@@ -152,7 +153,7 @@ def get_dataset(db, name):
     doc = db.datasets.find_one({"_id": check_name(name, "dataset name")})
     if doc is None or not doc.get("uid"):
         state = "is still being built (re-run its command to resume)" if doc else "does not exist"
-        raise StoreError(f"dataset {name!r} {state}; see `python data.py list`")
+        raise DataError(f"dataset {name!r} {state}; see `python data.py list`")
     return doc
 
 

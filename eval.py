@@ -66,13 +66,14 @@ import torch.distributed as dist
 from bson import Binary
 from pymongo.errors import BulkWriteError
 
+import errors
 import store
 from bootstrap import shortest_optimal, write_bootstrap
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
+from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, print_table, score, summarize
 from model import ModelConfig, Transformer
 from rollouts import MAX_TOKENS, Opts, batch_size_for, rollouts
-from store import StoreError
 
 
 def response_key(run_id, step, dataset_doc, split, opts):
@@ -167,7 +168,7 @@ def dataset_for(st, ck, split):
     name = (cfg["test_name"] or cfg["train_name"]) if split == "test" else cfg["train_name"]
     doc = get_dataset(st.db, name)
     if doc["vocabulary"] != ck["vocabulary"]:
-        raise StoreError(f"dataset {name!r} has another vocabulary than run {ck['run_id']!r}'s checkpoint")
+        raise CheckpointError(f"dataset {name!r} has another vocabulary than run {ck['run_id']!r}'s checkpoint")
     return doc
 
 
@@ -175,7 +176,7 @@ def resolve_opts(args, doc, plan_only):
     max_tokens = args.max_tokens or MAX_TOKENS.get((doc["task"], plan_only), 10000)
     prefix_len = getattr(args, "prefix_len", 0)
     if prefix_len and plan_only:
-        raise StoreError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
+        raise ConfigError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
                          f"(drop --prefix-len)")
     return Opts(args.temperature, max_tokens, args.seed, prefix_len)
 
@@ -238,10 +239,10 @@ def cmd_run(st, args, rank, world, device):
 def cmd_bootstrap(st, args, rank, world, device):
     cfg = st.require_run(args.run_id)["config"]
     if cfg.get("plan_only"):
-        raise StoreError(f"run {args.run_id!r} is plan-only: bootstrapping needs a search-augmented run")
+        raise ConfigError(f"run {args.run_id!r} is plan-only: bootstrapping needs a search-augmented run")
     name = store.check_name(args.name or f"bootstrap.{args.run_id}", "dataset name")
     if (st.db.datasets.find_one({"_id": name}) or {}).get("uid") and not args.overwrite:
-        raise StoreError(f"dataset {name!r} exists; pass --overwrite to replace it")
+        raise DataError(f"dataset {name!r} exists; pass --overwrite to replace it")
 
     def training_rows(split, cfg):  # the run's own training sequences
         return filter_split(split, cfg["min_reasoning_len"], cfg["max_reasoning_len"] or None,
@@ -276,7 +277,7 @@ def cmd_average(st, args, rank, world, device):
     if args.pattern:
         ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
     if not ids:
-        raise StoreError(f"no run id matches {args.pattern!r} (see `python admin.py list-all`)")
+        raise ConfigError(f"no run id matches {args.pattern!r} (see `python admin.py list-all`)")
     wanted = {k: getattr(args, k) for k in ("split", "num_tasks", "samples", "temperature", "max_tokens")
               if getattr(args, k) is not None}
     # results with a trace prefix only when asked for, and then only that prefix
@@ -356,19 +357,19 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.cmd == "average":
         if not (args.run_id or args.pattern):
-            raise StoreError("give --run-id ID (repeatable) or --pattern REGEX")
+            raise ConfigError("give --run-id ID (repeatable) or --pattern REGEX")
         try:
             re.compile(args.pattern or "")
         except re.error as e:
-            raise StoreError(f"--pattern is not a regular expression: {e}") from None
+            raise ConfigError(f"--pattern is not a regular expression: {e}") from None
     if args.cmd != "average":
         if args.num_tasks < 0 or args.samples < 1 or args.temperature < 0 or args.max_tokens < 0 or args.batch_size < 0:
-            raise StoreError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
+            raise ConfigError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
                              "--batch-size >= 0")
         if args.temperature == 0 and args.samples > 1:
-            raise StoreError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
+            raise ConfigError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
     if getattr(args, "prefix_len", 0) < 0:
-        raise StoreError("need --prefix-len >= 0")
+        raise ConfigError("need --prefix-len >= 0")
     for rid in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []):
         store.check_name(rid)
     return args
@@ -377,8 +378,8 @@ def parse_args(argv):
 def main(argv=None):
     try:
         args = parse_args(argv)
-    except StoreError as e:
-        sys.exit(f"error: {e}")
+    except errors.REPORTED as e:
+        sys.exit(errors.exit_message(e))
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     dev = getattr(args, "device", "cpu")
     use_cuda = dev == "cuda" or (dev == "auto" and torch.cuda.is_available())
@@ -391,8 +392,8 @@ def main(argv=None):
         dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
         args.fn(store.connect(retry_s=60.0), args, rank, world, device)
-    except StoreError as e:
-        sys.exit(f"error: {e}")
+    except errors.REPORTED as e:
+        sys.exit(errors.exit_message(e))
     finally:
         if world > 1:
             dist.destroy_process_group()

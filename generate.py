@@ -13,7 +13,7 @@ import maze
 import sokoban
 import tasks
 from dataset import ASTAR_FIELD, DTYPE, PARTS, DatasetWriter, Progress, digest, encode, get_dataset
-from store import StoreError
+from errors import DataError
 
 
 def _maze_chunk(n, nondeterministic, layouts, seed, index):
@@ -118,7 +118,7 @@ def astar_stats(db, name, split="test", runs=64, limit=0, seed=0, workers=1, bat
     Each task's A* runs are seeded by (seed, sequence id): the result does not depend on batching."""
     doc = get_dataset(db, name)
     if doc["task"] not in tasks.KINDS:
-        raise StoreError(f"dataset {name!r} holds {doc['task']!r} tasks; astar-stats knows maze and sokoban tasks")
+        raise DataError(f"dataset {name!r} holds {doc['task']!r} tasks; astar-stats knows maze and sokoban tasks")
     coll = db[f"ds.{name}.{doc['uid']}.{split}"]
     query = {ASTAR_FIELD: {"$exists": False}, **({"_id": {"$lt": limit}} if limit else {})}
     todo = [d["_id"] for d in coll.find(query, {"_id": 1}).sort("_id", 1)]
@@ -135,7 +135,7 @@ def astar_stats(db, name, split="test", runs=64, limit=0, seed=0, workers=1, bat
     with mp.Pool(workers) as pool:
         for result in pool.imap(work, jobs()):
             if isinstance(result, str):
-                raise StoreError(f"dataset {name!r} {split} {result}")
+                raise DataError(f"dataset {name!r} {split} {result}")
             if result:
                 coll.bulk_write([pymongo.UpdateOne({"_id": i}, {"$set": {ASTAR_FIELD: v}}) for i, v in result])
             db.datasets.update_one({"_id": name}, {"$inc": {"revision": 1}})  # cached copies are now stale

@@ -5,13 +5,8 @@ import math
 from dataclasses import dataclass, fields
 
 import store
+from errors import shown
 from model import SIZES
-
-
-def shown(value):
-    """repr(value), cut short: error messages stay one short line whatever the input."""
-    r = repr(value)
-    return r if len(r) <= 60 else r[:57] + "..."
 
 
 @dataclass

@@ -11,7 +11,7 @@ import numpy as np
 
 import tasks
 from dataset import SPECIALS
-from store import StoreError
+from errors import DataError
 
 KINDS = ("optimal", "correct", "invalid", "malformed")  # a response's verdict; correct = correct, not optimal
 COLUMNS = [("optimal_pct", "optimal %", "{:.1f}"), ("correct_pct", "correct %", "{:.1f}"), ("swc", "SWC", "{:.3f}"),
@@ -34,7 +34,7 @@ class Checker:
         self.plan_id = self.vocab.index("plan")
         self.task = tasks.of(doc["task"], doc["params"])
         if self.task is None:
-            raise StoreError(f"dataset {doc['_id']!r} has task {doc['task']!r}: only maze and sokoban plans can "
+            raise DataError(f"dataset {doc['_id']!r} has task {doc['task']!r}: only maze and sokoban plans can "
                              f"be checked")
 
     def problem(self, prompt):

@@ -18,7 +18,8 @@ from pymongo.errors import PyMongoError
 import store
 import tasks
 from dataset import DTYPE, SPECIALS, DatasetWriter, Progress, digest, encode
-from store import StoreError, check_name
+from errors import ConfigError, DataError, StoreError
+from store import check_name
 
 REF_MARKERS = ("bos", "eos")
 
@@ -63,20 +64,20 @@ def import_dataset(db, uri, from_db, name, new_name=None, overwrite=False, batch
     import resumes after the last batch it recorded."""
     try:
         check_name(new_name or name, "dataset name")
-    except StoreError as e:
-        raise StoreError(f"{e}; pick a name for the import with --as NEW" if new_name is None else str(e)) from None
+    except ConfigError as e:
+        raise ConfigError(f"{e}; pick a name for the import with --as NEW" if new_name is None else str(e)) from None
     src = _source(uri, from_db)
     vdoc = src["vocabulary"].find_one({"_id": name})
     if vdoc is None:
-        raise StoreError(f"no dataset {name!r} in database {from_db!r} at {store.redact(uri)} "
+        raise DataError(f"no dataset {name!r} in database {from_db!r} at {store.redact(uri)} "
                          f"(its `vocabulary` collection has no such _id)")
     vocabulary = sorted(set(vdoc["vocabulary"]) - set(REF_MARKERS) - set(SPECIALS))
     if len(SPECIALS) + len(vocabulary) > np.iinfo(DTYPE).max + 1:
-        raise StoreError(f"dataset {name!r} has {len(vocabulary)} tokens, more than uint16 ids can hold")
+        raise DataError(f"dataset {name!r} has {len(vocabulary)} tokens, more than uint16 ids can hold")
     colls = {split: src[f"{name}.seq.{split}"] for split in ("test", "train")}
     total = sum(c.estimated_document_count() for c in colls.values())
     if not total:
-        raise StoreError(f"dataset {name!r} in database {from_db!r} has no sequences ({name}.seq.train/test are empty)")
+        raise DataError(f"dataset {name!r} in database {from_db!r} has no sequences ({name}.seq.train/test are empty)")
     task, params = infer_task(name)
     params["source"] = {"uri": store.redact(uri), "db": from_db, "name": name}
     writer = DatasetWriter(db, new_name or name, task, params, vocabulary, overwrite)

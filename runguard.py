@@ -11,7 +11,7 @@ import threading
 import uuid
 
 import store
-from store import StoreError
+from errors import StoreError
 
 
 def exit_on_sigterm():

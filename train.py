@@ -40,18 +40,19 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import errors
 import runguard
 import store
 import sweep
 from batches import Batcher, Prefetcher, Sequences
 from checkpoint import build, check_vocabulary, restore, start_from
 from dataset import filter_split, get_dataset, load_split
+from errors import CheckpointError, ConfigError, DataError, StoreError
 from hparams import ADDED, LEGACY, TrainConfig
 from loss import STATS, autocast_for, loss_denominator, loss_terms, summarize
 from model import ModelConfig
 from rollouts import rollout_metrics
 from runguard import RunGuard
-from store import StoreError
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def load_data(st, cfg, use_cache):
     test_name = cfg.test_name or cfg.train_name
     train_doc, test_doc = get_dataset(st.db, cfg.train_name), get_dataset(st.db, test_name)
     if train_doc["vocabulary"] != test_doc["vocabulary"]:
-        raise StoreError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
+        raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     max_len = cfg.max_reasoning_len or None
     seqs = {}
     for split, name, limit in (("train", cfg.train_name, cfg.num_train_sequences), ("test", test_name, cfg.num_test_sequences)):
@@ -123,7 +124,7 @@ def check_inputs(st, cfg, run_id):
     test_name = cfg.test_name or cfg.train_name
     vocab = get_dataset(st.db, cfg.train_name)["vocabulary"]
     if get_dataset(st.db, test_name)["vocabulary"] != vocab:
-        raise StoreError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
+        raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     if not cfg.start_checkpoint or (st.get_run(run_id) or {}).get("checkpoint"):
         return None  # a new run, or one that resumes from its own checkpoint
     init = st.load_checkpoint(cfg.start_checkpoint)  # raises for a run that does not exist
@@ -131,7 +132,7 @@ def check_inputs(st, cfg, run_id):
         raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has no checkpoint yet")
     check_vocabulary(init, vocab, f"start_checkpoint run {cfg.start_checkpoint!r}", cfg.train_name)
     if init.get("model_config") != ModelConfig.from_size(cfg.model_size, len(vocab)).to_dict():
-        raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model than model_size "
+        raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model than model_size "
                          f"{cfg.model_size!r}; give the size it was trained with")
     return init
 
@@ -194,7 +195,7 @@ class Training:
         self.batcher = Batcher(self.train_seqs, cfg, self.world)
         need = self.batcher.shares if cfg.batch_tokens else cfg.batch_size * self.batcher.shares
         if len(self.train_seqs) < need or len(self.test_seqs) == 0:
-            raise StoreError(f"too few sequences after filtering: {len(self.train_seqs)} train, {len(self.test_seqs)} "
+            raise DataError(f"too few sequences after filtering: {len(self.train_seqs)} train, {len(self.test_seqs)} "
                              f"test; need at least {need} train sequences (batch_size x world size x grad_accum)")
         self.model, self.opt, self.sched = build(cfg, len(self.vocab), device)
         self.model.activation_checkpointing = self.rt.activation_checkpointing
@@ -219,12 +220,12 @@ class Training:
         ckpt = self.st.load_checkpoint(run_id)
         if ckpt is not None:
             if ckpt.get("world_size", self.world) != self.world:
-                raise StoreError(store.world_size_refusal(run_id, ckpt["world_size"], self.world))
+                raise CheckpointError(store.world_size_refusal(run_id, ckpt["world_size"], self.world))
             check_vocabulary(ckpt, self.vocab, f"the checkpoint of run {run_id!r}", cfg.train_name)
             try:
                 self.step, rng, log_sums = restore(ckpt, self.model, self.opt, self.sched, self.batcher, self.sums)
             except ValueError as e:
-                raise StoreError(f"the checkpoint of run {run_id!r} cannot be resumed: {e}") from None
+                raise CheckpointError(f"the checkpoint of run {run_id!r} cannot be resumed: {e}") from None
             torch.set_rng_state(rng)
             if self.rank == 0:
                 self.sums = log_sums.to(self.device)  # other ranks' shares were folded into rank 0's at save time
@@ -385,8 +386,8 @@ def resolve_config(args, defaults=None):
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     try:
         return TrainConfig.from_dict({**(defaults or {}), **given})
-    except (ValueError, StoreError) as e:
-        raise StoreError(str(e)) from None
+    except (ValueError, ConfigError) as e:
+        raise ConfigError(str(e)) from None
 
 
 def settle_legacy(st, args, cfg):
@@ -408,8 +409,8 @@ def main(argv=None):
     try:
         cfg = resolve_config(args)
         store.check_name(args.run_id)
-    except (StoreError, ValueError) as e:
-        sys.exit(f"error: {e}")
+    except (errors.Error, ValueError) as e:
+        sys.exit(errors.exit_message(e))
     if args.dry_run:
         print(json.dumps({"run_id": args.run_id, **cfg.to_dict()}, indent=2))
         return
@@ -437,7 +438,7 @@ def run(cfg, args, rank, world, device):
     try:
         st = store.connect(retry_s=args.db_retry_seconds)
     except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(errors.exit_message(e), file=sys.stderr)
         return 1
     guard = RunGuard(st, args.run_id, args.lease_seconds, rank)
     err, init = None, None
@@ -446,11 +447,11 @@ def run(cfg, args, rank, world, device):
             cfg = settle_legacy(st, args, cfg)
             init = check_inputs(st, cfg, args.run_id)  # before the run is created: bad input changes nothing
             guard.claim(cfg.to_dict(), world)
-        except StoreError as e:
-            err = str(e)
+        except errors.Error as e:
+            err = errors.exit_message(e)
     err, stored = broadcast_obj((err, cfg.to_dict()))
     if err:
-        print0(f"error: {err}", file=sys.stderr)
+        print0(err, file=sys.stderr)
         return 1
     cfg = TrainConfig.from_dict(stored)  # every rank trains with rank 0's config
     args.owner = guard.owner  # rank 0's writes are fenced by its lease
@@ -459,8 +460,8 @@ def run(cfg, args, rank, world, device):
             train(cfg, args.run_id, args, st, rank, world, device, init, guard)
             guard.finished()
         return 0
-    except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except errors.Error as e:
+        print(errors.exit_message(e), file=sys.stderr)
         return 1
 
 

@@ -124,8 +124,8 @@ def embedded(env, monkeypatch):
     monkeypatch.delenv("MONGODB_URI")
     monkeypatch.setenv("SEARCHFORMER_DB_DIR", str(folder))
     yield folder
-    import store
-    store.stop_embedded(folder)
+    import server
+    server.stop_embedded(folder)
 
 
 def snapshot(db):

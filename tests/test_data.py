@@ -6,13 +6,13 @@ import pymongo
 import pytest
 
 import admin
-import data
 import batches
+import data
 import dataset
 import generate
 import maze
 from conftest import call, run_cli
-from store import StoreError
+from errors import DataError
 
 NAME = "maze.10-by-10-deterministic.simple"
 
@@ -93,7 +93,7 @@ def test_data_cli_list_show_refuse_and_drop(st):
     r = run_cli("data.py", "drop", NAME)
     assert st.db.datasets.find_one({"_id": NAME}) is None
     assert not [c for c in st.db.list_collection_names() if c.startswith("ds.")]
-    with pytest.raises(StoreError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         dataset.get_dataset(st.db, NAME)
 
 

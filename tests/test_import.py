@@ -5,10 +5,10 @@ import pytest
 
 import data
 import dataset
-import reference_import
 import maze
+import reference_import
 from conftest import run_cli
-from store import StoreError
+from errors import ConfigError, DataError
 
 SOURCE = "maze.10-by-10-deterministic.simple"
 
@@ -93,9 +93,9 @@ def test_password_never_shows_and_bad_sources_are_one_line_errors(env, source):
     assert r.returncode != 0 and "pw-s3cret" not in r.stdout + r.stderr
     assert r.stderr.strip().count("\n") == 0 and "alice:***@" in r.stderr
     db = pymongo.MongoClient(env["uri"]).get_default_database()
-    with pytest.raises(StoreError, match="no dataset 'nope'"):
+    with pytest.raises(DataError, match="no dataset 'nope'"):
         reference_import.import_dataset(db, source["uri"], source["db"], "nope")
-    with pytest.raises(StoreError, match="--as NEW"):
+    with pytest.raises(ConfigError, match="--as NEW"):
         reference_import.import_dataset(db, source["uri"], source["db"], "bad name")
 
 

@@ -14,7 +14,7 @@ import dataset
 import generate
 import sokoban
 from conftest import ROOT, run_cli
-from store import StoreError
+from errors import DataError
 
 NAME = "sokoban.7-by-7-walls-2-boxes-2"
 SMALL = ["--max-trace-tokens", "3000", "--chunk", "4", "--workers", "2"]
@@ -103,7 +103,7 @@ def test_stored_plans_are_valid_and_optimal_and_show_draws_them(st):
     board = out.splitlines()[1:]
     assert len(board) == 7 and board[0] == "#######"
     assert "".join(board).count("o") >= 1  # the plan is drawn
-    with pytest.raises(StoreError, match="no test sequence 99"):
+    with pytest.raises(DataError, match="no test sequence 99"):
         data.show_sequence(st.db, NAME, "test", 99)
 
 
@@ -120,7 +120,7 @@ def test_killed_generation_resumes_to_the_same_dataset(env, st, pauses):
     assert proc.returncode == -signal.SIGKILL
     doc = st.db.datasets.find_one({"_id": NAME})
     assert "uid" not in doc and 0 < sum(doc["building"]["counts"].values()) < 320  # stopped part-way
-    with pytest.raises(StoreError, match="still being built"):
+    with pytest.raises(DataError, match="still being built"):
         dataset.load_split(st.db, NAME, "train")
     run_cli("data.py", *args)
     for split in ("train", "test"):

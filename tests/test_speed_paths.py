@@ -10,11 +10,11 @@ import torch.nn.functional as F
 
 import batches
 import dataset
-from conftest import make_toy_dataset, run_cli
-from model import ModelConfig, Transformer
 from batches import Batcher, Prefetcher
+from conftest import make_toy_dataset, run_cli
 from hparams import TrainConfig
 from loss import STATS, loss_denominator, loss_terms, summarize
+from model import ModelConfig, Transformer
 
 
 def random_split(n=60, seed=0):
