@@ -50,7 +50,7 @@ def build(cfg, vocab_size, device):
     return model, opt, sched
 
 
-def restore(ck, model, opt, sched, batcher, acc):
+def restore(ck, model, opt, sched, batcher, sums):
     """Load a checkpoint's training state into these objects, as a resume does, checking every part
     it reads; ValueError (one line) when one is missing or does not fit. Returns (step, log sums)."""
     try:
@@ -76,9 +76,9 @@ def restore(ck, model, opt, sched, batcher, acc):
         torch.Generator().set_state(rng)  # raises on anything that is not a CPU generator state
         log_acc = ck["log_acc"]
         if torch.is_tensor(log_acc) and log_acc.shape == (5,):  # from before the exact-sequence counts
-            log_acc = F.pad(log_acc, (0, len(acc) - 5))
-        if not torch.is_tensor(log_acc) or log_acc.dtype != acc.dtype or log_acc.shape != acc.shape:
-            raise ValueError(f"log_acc must be a {acc.dtype} tensor of shape {tuple(acc.shape)}")
+            log_acc = F.pad(log_acc, (0, len(sums) - 5))
+        if not torch.is_tensor(log_acc) or log_acc.dtype != sums.dtype or log_acc.shape != sums.shape:
+            raise ValueError(f"log_acc must be a {sums.dtype} tensor of shape {tuple(sums.shape)}")
     except KeyError as e:
         raise ValueError(f"missing {e}") from None
     except (TypeError, RuntimeError, IndexError) as e:

@@ -66,7 +66,7 @@ def show_sequence(db, name, split, seq_id):
             f"plan {seq['plan_len']} tokens{astar}\n{board}")
 
 
-def main(argv=None):
+def parse_args(argv):
     ap = argparse.ArgumentParser(description="Generate, list, inspect and drop token datasets in MongoDB.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("maze", help="generate n x n maze tasks with A* traces")
@@ -109,60 +109,78 @@ def main(argv=None):
     p.add_argument("name")
     p.add_argument("--id", type=int, help="print this sequence: its board with the plan drawn, and lengths")
     p.add_argument("--split", choices=("test", "train"), default="test")
-    args = ap.parse_args(argv)
+    return check_args(ap.parse_args(argv))
 
+
+def check_args(args):
+    """Refuse values no command can use, and bad dataset names, before any database call."""
+    if args.cmd in ("maze", "sokoban"):
+        if args.num_train < 0 or args.num_test < 0 or args.workers < 1 or args.chunk < 1:
+            raise ConfigError("--num-train/--num-test must be >= 0, --workers and --chunk >= 1")
+        if args.cmd == "maze" and args.size < 3:
+            raise ConfigError("--size must be >= 3")
+        if args.cmd == "sokoban" and args.max_trace_tokens < 100:  # shorter traces are too rare to fill a set
+            raise ConfigError("--max-trace-tokens must be >= 100")
+    if args.cmd == "astar-stats" and (args.runs < 1 or args.limit < 0 or args.workers < 1):
+        raise ConfigError("--runs and --workers must be >= 1, --limit >= 0")
+    if args.cmd == "import" and args.batch_size < 1:
+        raise ConfigError("--batch-size must be >= 1")
+    named = (args.new_name or args.name) if args.cmd == "import" else getattr(args, "name", None)
+    if named is not None:
+        check_name(named, "dataset name")
+    return args
+
+
+def make(db, args):
+    """The commands that write a dataset: maze, sokoban, astar-stats, import."""
+    if args.cmd == "maze":
+        name = generate_maze(db, args.size, args.num_train, args.num_test, args.nondeterministic, args.seed,
+                             args.overwrite, args.workers, args.chunk)
+        print(f"wrote dataset {name}")
+    elif args.cmd == "sokoban":
+        name = generate_sokoban(db, args.num_train, args.num_test, args.seed, args.overwrite, args.workers,
+                                args.max_trace_tokens, args.chunk)
+        print(f"wrote dataset {name}")
+    elif args.cmd == "astar-stats":
+        n = astar_stats(db, args.name, args.split, args.runs, args.limit, args.seed, args.workers)
+        print(f"{args.name}: {ASTAR_FIELD} set on {n} {args.split} sequences")
+    elif args.cmd == "import":
+        name, counts, skipped = import_dataset(db, args.from_uri, args.from_db, args.name, args.new_name,
+                                               args.overwrite, args.batch_size)
+        print(f"imported {args.name} as {name}: {counts['train']} train, {counts['test']} test sequences"
+              + (f", {skipped} skipped" if skipped else ""))
+
+
+def inspect(db, args):
+    """The commands that read or drop one: list, show, drop."""
+    if args.cmd == "list":
+        print(f"{'name':45} {'task':8} {'rule':9} {'train':>9} {'test':>8}  state")
+        for doc in db.datasets.find().sort("_id", 1):
+            building = doc.get("building")
+            state = f"building ({sum(building['counts'].values())} written)" if building else "complete"
+            counts = doc.get("counts", {})
+            rule = generation_rule(doc if doc.get("uid") else building)
+            print(f"{doc['_id']:45} {doc.get('task', building and building['task']):8} {rule:9} "
+                  f"{counts.get('train', '-'):>9} {counts.get('test', '-'):>8}  {state}")
+    elif args.cmd == "drop":
+        drop_dataset(db, args.name)
+        print(f"dropped dataset {args.name}")
+    elif args.cmd == "show" and args.id is not None:
+        print(show_sequence(db, args.name, args.split, args.id))
+    elif args.cmd == "show":
+        doc = get_dataset(db, args.name)
+        print(f"{args.name}: task {doc['task']}, generation rule {generation_rule(doc)}, "
+              f"vocabulary {len(doc['vocabulary'])} tokens, params {doc['params']}")
+        print(f"{'split':6} {'part':8} {'count':>8} {'min':>6} {'q25':>6} {'median':>6} {'q75':>6} {'max':>6}")
+        for split, part, count, *q in length_stats(db, args.name):
+            print(f"{split:6} {part:8} {count:>8} " + " ".join(f"{v:>6}" for v in q))
+
+
+def main(argv=None):
     try:
-        if args.cmd in ("maze", "sokoban"):
-            if args.num_train < 0 or args.num_test < 0 or args.workers < 1 or args.chunk < 1:
-                raise ConfigError("--num-train/--num-test must be >= 0, --workers and --chunk >= 1")
-            if args.cmd == "maze" and args.size < 3:
-                raise ConfigError("--size must be >= 3")
-            if args.cmd == "sokoban" and args.max_trace_tokens < 100:  # shorter traces are too rare to fill a set
-                raise ConfigError("--max-trace-tokens must be >= 100")
-        if args.cmd == "astar-stats" and (args.runs < 1 or args.limit < 0 or args.workers < 1):
-            raise ConfigError("--runs and --workers must be >= 1, --limit >= 0")
-        if args.cmd == "import" and args.batch_size < 1:
-            raise ConfigError("--batch-size must be >= 1")
-        named = (args.new_name or args.name) if args.cmd == "import" else getattr(args, "name", None)
-        if named is not None:
-            check_name(named, "dataset name")  # before any database call
+        args = parse_args(argv)
         db = store.connect().db
-        if args.cmd == "maze":
-            name = generate_maze(db, args.size, args.num_train, args.num_test, args.nondeterministic, args.seed,
-                                 args.overwrite, args.workers, args.chunk)
-            print(f"wrote dataset {name}")
-        elif args.cmd == "sokoban":
-            name = generate_sokoban(db, args.num_train, args.num_test, args.seed, args.overwrite, args.workers,
-                                    args.max_trace_tokens, args.chunk)
-            print(f"wrote dataset {name}")
-        elif args.cmd == "astar-stats":
-            n = astar_stats(db, args.name, args.split, args.runs, args.limit, args.seed, args.workers)
-            print(f"{args.name}: {ASTAR_FIELD} set on {n} {args.split} sequences")
-        elif args.cmd == "import":
-            name, counts, skipped = import_dataset(db, args.from_uri, args.from_db, args.name, args.new_name,
-                                                   args.overwrite, args.batch_size)
-            print(f"imported {args.name} as {name}: {counts['train']} train, {counts['test']} test sequences"
-                  + (f", {skipped} skipped" if skipped else ""))
-        elif args.cmd == "list":
-            print(f"{'name':45} {'task':8} {'rule':9} {'train':>9} {'test':>8}  state")
-            for d in db.datasets.find().sort("_id", 1):
-                b = d.get("building")
-                state = f"building ({sum(b['counts'].values())} written)" if b else "complete"
-                counts = d.get("counts", {})
-                print(f"{d['_id']:45} {d.get('task', b and b['task']):8} {generation_rule(d if d.get('uid') else b):9} "
-                      f"{counts.get('train', '-'):>9} {counts.get('test', '-'):>8}  {state}")
-        elif args.cmd == "drop":
-            drop_dataset(db, args.name)
-            print(f"dropped dataset {args.name}")
-        elif args.cmd == "show" and args.id is not None:
-            print(show_sequence(db, args.name, args.split, args.id))
-        elif args.cmd == "show":
-            doc = get_dataset(db, args.name)
-            print(f"{args.name}: task {doc['task']}, generation rule {generation_rule(doc)}, "
-                  f"vocabulary {len(doc['vocabulary'])} tokens, params {doc['params']}")
-            print(f"{'split':6} {'part':8} {'count':>8} {'min':>6} {'q25':>6} {'median':>6} {'q75':>6} {'max':>6}")
-            for split, part, count, *q in length_stats(db, args.name):
-                print(f"{split:6} {part:8} {count:>8} " + " ".join(f"{v:>6}" for v in q))
+        (make if args.cmd in ("maze", "sokoban", "astar-stats", "import") else inspect)(db, args)
     except errors.REPORTED as e:  # a PyMongoError too: e.g. the database went away mid-command
         sys.exit(errors.exit_message(e))
 

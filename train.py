@@ -185,20 +185,20 @@ class Training:
     """One rank's training of a run: setup() builds (or resumes) it, loop() runs it to train_steps,
     with the periodic log, test evaluation and checkpoint."""
 
-    def __init__(self, cfg, run_id, rt, st, rank, world, device):
-        self.cfg, self.run_id, self.rt, self.st, self.rank, self.world, self.device = \
-            cfg, run_id, rt, st, rank, world, device
+    def __init__(self, cfg, run_id, flags, st, rank, world, device):
+        self.cfg, self.run_id, self.flags, self.st, self.rank, self.world, self.device = \
+            cfg, run_id, flags, st, rank, world, device
 
     def setup(self, init=None):
         cfg, device = self.cfg, self.device
-        self.vocab, self.train_seqs, self.test_seqs = load_data_once(self.st, cfg, not self.rt.no_cache, self.world)
+        self.vocab, self.train_seqs, self.test_seqs = load_data_once(self.st, cfg, not self.flags.no_cache, self.world)
         self.batcher = Batcher(self.train_seqs, cfg, self.world)
         need = self.batcher.shares if cfg.batch_tokens else cfg.batch_size * self.batcher.shares
         if len(self.train_seqs) < need or len(self.test_seqs) == 0:
             raise DataError(f"too few sequences after filtering: {len(self.train_seqs)} train, {len(self.test_seqs)} "
                              f"test; need at least {need} train sequences (batch_size x world size x grad_accum)")
         self.model, self.opt, self.sched = build(cfg, len(self.vocab), device)
-        self.model.activation_checkpointing = self.rt.activation_checkpointing
+        self.model.activation_checkpointing = self.flags.activation_checkpointing
         # the train log's pending sums (loss_terms stats since the last log)
         self.step, self.sums = 0, torch.zeros(STATS, dtype=torch.float64, device=device)
         self.resume_or_start(init)
@@ -206,10 +206,10 @@ class Training:
                f"{len(self.train_seqs)} train / {len(self.test_seqs)} test sequences, world size {self.world}, "
                f"device {device}")
         self.ddp_model = wrap_ddp(self.model, device, cfg.grad_accum) if self.world > 1 else self.model
-        self.forward = torch.compile(self.ddp_model, dynamic=True) if self.rt.compile else self.ddp_model
-        self.autocast = autocast_for(device, self.rt.precision)
+        self.forward = torch.compile(self.ddp_model, dynamic=True) if self.flags.compile else self.ddp_model
+        self.autocast = autocast_for(device, self.flags.precision)
         # compiled on GPU: padded lengths rounded up to a multiple of 64, so few shapes ever occur
-        multiple = 64 if self.rt.compile and device.type == "cuda" else 1
+        multiple = 64 if self.flags.compile and device.type == "cuda" else 1
         self.prefetch = Prefetcher(self.batcher, self.rank, device, multiple)
         return self
 
@@ -229,7 +229,7 @@ class Training:
             torch.set_rng_state(rng)
             if self.rank == 0:
                 self.sums = log_sums.to(self.device)  # other ranks' shares were folded into rank 0's at save time
-                self.st.truncate_logs(run_id, self.step, owner=self.rt.owner)
+                self.st.truncate_logs(run_id, self.step, owner=self.flags.owner)
             print0(f"resuming {run_id} from step {self.step}")
         elif cfg.start_checkpoint:
             init = init or check_inputs(self.st, cfg, run_id)  # rank 0 loaded and checked it before starting the run
@@ -285,7 +285,7 @@ class Training:
         step_s, clock.logged = clock.busy / (step - clock.logged), step
         eta = eta_seconds(cfg, step, step_s, clock.eval_s, clock.checkpoint_s)
         if self.rank == 0:
-            self.st.log(self.run_id, step, "train", metrics, owner=self.rt.owner)
+            self.st.log(self.run_id, step, "train", metrics, owner=self.flags.owner)
         print0(f"step {step}/{cfg.train_steps} | loss {metrics['loss']:.4f} (trace {metrics['trace_loss']:.4f} "
                f"plan {metrics['plan_loss']:.4f}) | acc {metrics['accuracy']:.3f} "
                f"exact {metrics['response_exact']:.3f} | lr {lr:.2e} | "
@@ -301,7 +301,7 @@ class Training:
             greedy = rollout_metrics(self.model, self.st.db, cfg, self.rank, self.world, self.device)
             metrics.update({f"rollout_{k}": v for k, v in greedy.items()})
         if self.rank == 0:
-            self.st.log(self.run_id, self.step, "test", metrics, owner=self.rt.owner)
+            self.st.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
         rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" if cfg.eval_tasks else ""
         print0(f"step {self.step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f} | exact plan "
                f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}")
@@ -316,7 +316,7 @@ class Training:
         if self.rank != 0:
             self.sums.zero_()
         if self.rank == 0:
-            self.st.save_checkpoint(self.run_id, self.step, owner=self.rt.owner, state={
+            self.st.save_checkpoint(self.run_id, self.step, owner=self.flags.owner, state={
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "run_id": self.run_id, "step": self.step,
                 "data": self.prefetch.state_dict(), "rng": {"cpu": torch.get_rng_state()},
@@ -326,9 +326,10 @@ class Training:
         clock.checkpoint_s = clock.t0 - t1
 
 
-def train(cfg, run_id, rt, st, rank, world, device, init=None, guard=None):
-    """Train (or resume) a run to cfg.train_steps; returns the model."""
-    return Training(cfg, run_id, rt, st, rank, world, device).setup(init).loop(guard)
+def train(cfg, run_id, flags, st, rank, world, device, init=None, guard=None):
+    """Train (or resume) a run to cfg.train_steps; returns the model. flags: the runtime flags
+    (add_runtime_flags), with `owner` (RunGuard.owner) fencing rank 0's writes."""
+    return Training(cfg, run_id, flags, st, rank, world, device).setup(init).loop(guard)
 
 
 # ---------------------------------------------------------------------------------------------
