@@ -36,7 +36,7 @@ def start_from(model, opt, init, cfg):
             opt.load_state_dict(init["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r}: its optimizer state does not fit "
-                             f"({why(e)}); start_optimizer=false takes the weights only") from None
+                                  f"({why(e)}); start_optimizer=false takes the weights only") from None
         for g, m in zip(opt.param_groups, mine):
             g.update(m)
 
@@ -104,8 +104,9 @@ def check_vocabulary(ck, vocab, what, dataset):
     if ck.get("vocabulary") != vocab:
         theirs = ck.get("vocabulary") or []
         diff = next((i for i, (a, b) in enumerate(zip(theirs, vocab)) if a != b), min(len(theirs), len(vocab)))
-        raise CheckpointError(f"{what} was trained on another vocabulary than dataset {dataset!r} ({len(theirs)} vs "
-                         f"{len(vocab)} tokens, first difference at id {diff}); train on a dataset with its vocabulary")
+        raise CheckpointError(f"{what} was trained on another vocabulary than dataset {dataset!r} ({len(theirs)} "
+                              f"vs {len(vocab)} tokens, first difference at id {diff}); train on a dataset with its "
+                              f"vocabulary")
 
 
 # the keys of a training checkpoint (an exported file holds the same dict)

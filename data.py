@@ -54,7 +54,7 @@ def show_sequence(db, name, split, seq_id):
     seq = db[f"ds.{name}.{doc['uid']}.{split}"].find_one({"_id": seq_id})
     if seq is None:
         raise DataError(f"dataset {name!r} has no {split} sequence {seq_id} "
-                         f"(ids 0..{doc['counts'][split] - 1})")
+                        f"(ids 0..{doc['counts'][split] - 1})")
     tokens = {p: [doc["vocabulary"][i] for i in np.frombuffer(seq[p], DTYPE)] for p in PARTS}
     board = render_task(doc, tokens)
     if board is None:  # no board: show the tokens, the trace shortened

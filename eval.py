@@ -177,7 +177,7 @@ def resolve_opts(args, doc, plan_only):
     prefix_len = getattr(args, "prefix_len", 0)
     if prefix_len and plan_only:
         raise ConfigError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
-                         f"(drop --prefix-len)")
+                          f"(drop --prefix-len)")
     return Opts(args.temperature, max_tokens, args.seed, prefix_len)
 
 
@@ -365,7 +365,7 @@ def parse_args(argv):
     if args.cmd != "average":
         if args.num_tasks < 0 or args.samples < 1 or args.temperature < 0 or args.max_tokens < 0 or args.batch_size < 0:
             raise ConfigError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
-                             "--batch-size >= 0")
+                              "--batch-size >= 0")
         if args.temperature == 0 and args.samples > 1:
             raise ConfigError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
     if getattr(args, "prefix_len", 0) < 0:

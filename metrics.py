@@ -35,7 +35,7 @@ class Checker:
         self.task = tasks.of(doc["task"], doc["params"])
         if self.task is None:
             raise DataError(f"dataset {doc['_id']!r} has task {doc['task']!r}: only maze and sokoban plans can "
-                             f"be checked")
+                            f"be checked")
 
     def problem(self, prompt):
         return self.task.parse_prompt([self.vocab[i] for i in prompt])

@@ -70,7 +70,7 @@ def import_dataset(db, uri, from_db, name, new_name=None, overwrite=False, batch
     vdoc = src["vocabulary"].find_one({"_id": name})
     if vdoc is None:
         raise DataError(f"no dataset {name!r} in database {from_db!r} at {store.redact(uri)} "
-                         f"(its `vocabulary` collection has no such _id)")
+                        f"(its `vocabulary` collection has no such _id)")
     vocabulary = sorted(set(vdoc["vocabulary"]) - set(REF_MARKERS) - set(SPECIALS))
     if len(SPECIALS) + len(vocabulary) > np.iinfo(DTYPE).max + 1:
         raise DataError(f"dataset {name!r} has {len(vocabulary)} tokens, more than uint16 ids can hold")

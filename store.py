@@ -30,7 +30,7 @@ from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, Serve
 
 import server
 import testhook
-from errors import ConfigError, StoreError, shown
+from errors import CheckpointError, ConfigError, StoreError, shown
 
 DEFAULT_DB = "searchformer"
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no leading "-": it reads as an option
@@ -42,7 +42,7 @@ def check_name(value, what="run id"):
     """The one validation rule for run ids and dataset names, applied before any database call."""
     if not isinstance(value, str) or len(value) > NAME_MAX or not NAME_RE.fullmatch(value):
         raise ConfigError(f"invalid {what} {shown(value)}: use letters, digits, '-' and '_' (not first), with single "
-                         f"dots only between parts, at most {NAME_MAX} characters")
+                          f"dots only between parts, at most {NAME_MAX} characters")
     return value
 
 
@@ -388,7 +388,8 @@ class Store:
             except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
                 moved = (self.runs.find_one({"_id": run_id}, {"checkpoint": 1}) or {}).get("checkpoint") != info
                 if not moved or attempt == 2:
-                    raise StoreError(f"the checkpoint of run {run_id!r} is unreadable ({type(e).__name__}: {e})") from None
+                    raise CheckpointError(f"the checkpoint of run {run_id!r} is unreadable "
+                                          f"({type(e).__name__}: {e})") from None
 
     def list_checkpoints(self):
         return [{"run_id": d["_id"], **d["checkpoint"]}

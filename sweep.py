@@ -39,7 +39,7 @@ def to_config(entry, where, defaults=None):
             name = entry.pop(key)
             if not isinstance(name, str) or name not in MODEL_NAMES:
                 raise ConfigError(f"{where}: key {key!r}: unknown model {shown(name)} "
-                                 f"(known: {', '.join(sorted(MODEL_NAMES))})")
+                                  f"(known: {', '.join(sorted(MODEL_NAMES))})")
             sizes.add(MODEL_NAMES[name])
     if len(sizes) > 1:
         raise ConfigError(f"{where}: encoder and decoder name different sizes {sorted(sizes)}")

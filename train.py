@@ -133,7 +133,7 @@ def check_inputs(st, cfg, run_id):
     check_vocabulary(init, vocab, f"start_checkpoint run {cfg.start_checkpoint!r}", cfg.train_name)
     if init.get("model_config") != ModelConfig.from_size(cfg.model_size, len(vocab)).to_dict():
         raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model than model_size "
-                         f"{cfg.model_size!r}; give the size it was trained with")
+                              f"{cfg.model_size!r}; give the size it was trained with")
     return init
 
 
@@ -196,7 +196,7 @@ class Training:
         need = self.batcher.shares if cfg.batch_tokens else cfg.batch_size * self.batcher.shares
         if len(self.train_seqs) < need or len(self.test_seqs) == 0:
             raise DataError(f"too few sequences after filtering: {len(self.train_seqs)} train, {len(self.test_seqs)} "
-                             f"test; need at least {need} train sequences (batch_size x world size x grad_accum)")
+                            f"test; need at least {need} train sequences (batch_size x world size x grad_accum)")
         self.model, self.opt, self.sched = build(cfg, len(self.vocab), device)
         self.model.activation_checkpointing = self.flags.activation_checkpointing
         # the train log's pending sums (loss_terms stats since the last log)
