@@ -76,6 +76,10 @@ from model import ModelConfig, Transformer
 from rollouts import MAX_TOKENS, Opts, batch_size_for, rollouts
 
 
+# ---------------------------------------------------------------------------------------------
+# stored responses
+
+
 def response_key(run_id, step, dataset_doc, split, opts):
     params = {"dataset": dataset_doc["_id"], "uid": dataset_doc["uid"], "split": split,
               "temperature": float(opts.temperature), "max_tokens": opts.max_tokens, "seed": opts.seed}
