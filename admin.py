@@ -14,15 +14,13 @@ import time
 from pathlib import Path
 
 import gridfs
-from pymongo.errors import PyMongoError
 
-import data
+import errors
+import server
 import store
-from store import StoreError
-
-CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_acc", "config", "model_config",
-                   "vocabulary"}
-
+from dataset import generation_rule
+from errors import CheckpointError, ConfigError, StoreError
+from metrics import print_table
 
 def fmt_time(t):
     return t.strftime("%Y-%m-%d %H:%M") if t else "-"
@@ -91,7 +89,7 @@ def show(st, args):
         name = r["config"].get(key)
         ds = st.db.datasets.find_one({"_id": name}, {"task": 1, "params": 1}) if name else None
         if ds:  # datasets made before the reference's generation rules are flagged as such
-            print(f"{key.split('_')[0]} dataset {name}: generation rule {data.generation_rule(ds)}")
+            print(f"{key.split('_')[0]} dataset {name}: generation rule {generation_rule(ds)}")
     ck = r.get("checkpoint")
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
     print(f"{'step':>8} {'split':5} {'loss':>8} {'trace':>8} {'plan':>8} {'acc':>6}")
@@ -102,9 +100,8 @@ def show(st, args):
               f"{rec['plan_loss']:>8.4f} {rec['accuracy']:>6.3f}{rollout}")
     results = list(st.results.find({"run_id": args.run_id}).sort([("step", 1), ("time", 1)]))
     if results:
-        import eval  # imported here: only this view needs it
         print("evaluations (eval.py):")
-        eval.print_table([(f"step {e['step']}: {p['num_tasks']} {p['split']} x {p['samples']}, T {p['temperature']:g}, "
+        print_table([(f"step {e['step']}: {p['num_tasks']} {p['split']} x {p['samples']}, T {p['temperature']:g}, "
                            f"max {p['max_tokens']}", e["metrics"]) for e in results for p in [e["params"]]],
                          label="checkpoint and sampling")
 
@@ -121,7 +118,7 @@ def bulk_drop_run(st, args):
     if args.pattern:
         ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
     if not ids:
-        raise StoreError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
+        raise ConfigError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
     live = [i for i in ids if st.live_holder(i)]
     if live and not args.force:
         raise StoreError(f"{len(live)} of these runs are being trained ({', '.join(live[:3])}); stop them first, "
@@ -143,7 +140,7 @@ def export_one(st, run_id, export_dir):
     tmp = export_dir / f".{run_id}.pt.partial-{os.getpid()}"
     for stale in export_dir.glob(f".{run_id}.pt.partial-*"):  # left by an export that was killed
         pid = stale.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or not store._pid_alive(int(pid)):
+        if not pid.isdigit() or not server.pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     for attempt in range(3):
         info = st.require_run(run_id).get("checkpoint")
@@ -159,9 +156,9 @@ def export_one(st, run_id, export_dir):
             break
         except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
             if attempt == 2:  # else the run saved a newer checkpoint meanwhile and deleted this one: export that
-                raise StoreError(f"the checkpoint of run {run_id!r} is unreadable ({type(e).__name__})") from None
+                raise CheckpointError(f"the checkpoint of run {run_id!r} is unreadable ({type(e).__name__})") from None
         except OSError as e:
-            raise StoreError(f"cannot write {final}: {e.strerror or e}") from None
+            raise ConfigError(f"cannot write {final}: {e.strerror or e}") from None
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
@@ -181,25 +178,13 @@ def bulk_export_checkpoint(st, args):
 
 
 def read_checkpoint(path):
-    """Load and check an exported file without running code (weights_only) and without reading it
-    all into memory (mmap); raises StoreError on anything that is not a whole, valid checkpoint."""
+    """An exported checkpoint file, loaded and checked (checkpoint.read_exported); ConfigError or
+    CheckpointError on anything that is not a whole, valid checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise StoreError(f"{path}: no such file")
-    import torch  # imported here: the other commands start without it (and report a lost database sooner)
-    try:
-        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise StoreError(f"{path}: not a valid checkpoint file ({reason})") from None
-    if not isinstance(ck, dict) or not CHECKPOINT_KEYS <= ck.keys():
-        raise StoreError(f"{path}: not a searchformer checkpoint (missing {sorted(CHECKPOINT_KEYS - set(ck) if isinstance(ck, dict) else CHECKPOINT_KEYS)})")
-    from train import check_resumable
-    try:
-        check_resumable(ck)  # everything a resume reads, loaded as a resume loads it
-    except Exception as e:
-        raise StoreError(f"{path}: checkpoint contents are invalid ({str(e).splitlines()[0][:160]})") from None
-    return ck
+        raise ConfigError(f"{path}: no such file")
+    import checkpoint  # imported here (it imports torch): the other commands start without it
+    return checkpoint.read_exported(path)
 
 
 def import_checkpoint(st, args):
@@ -216,16 +201,16 @@ def db_cmd(st_unused, args):
             st = store.connect()
             print(f"MONGODB_URI is set: using {st.address} (database {st.db.name}), reachable")
             return
-        info = store.server_info()
-        folder = store.db_dir()
+        info = server.server_info()
+        folder = server.db_dir()
         if info and info["up"]:
             print(f"embedded server up: pid {info['pid']}, mongodb://{info['host']}:{info['port']}, data {folder}")
         else:
             print(f"embedded server not running (data {folder}); it starts on first use")
     else:
         if uri:
-            raise StoreError("MONGODB_URI is set: `db stop` only stops the embedded server")
-        stopped = store.stop_embedded()
+            raise ConfigError("MONGODB_URI is set: `db stop` only stops the embedded server")
+        stopped = server.stop_embedded()
         print("embedded server stopped" if stopped else "embedded server was not running")
 
 
@@ -274,11 +259,11 @@ def main(argv=None):
             try:
                 re.compile(args.pattern)
             except re.error as e:
-                raise StoreError(f"invalid --pattern {args.pattern!r}: {e}") from None
+                raise ConfigError(f"invalid --pattern {args.pattern!r}: {e}") from None
         st = None if args.cmd == "db" else store.connect()
         args.fn(st, args)
-    except (StoreError, PyMongoError) as e:  # the latter: e.g. the database went away mid-command
-        sys.exit(f"error: {store.one_line(e)}")
+    except errors.REPORTED as e:
+        sys.exit(errors.exit_message(e))
 
 
 if __name__ == "__main__":

@@ -43,9 +43,13 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import data
+import batches
+import dataset
+import decode
+import hparams
+import loss
 import model as model_lib
-import train
+import store
 from model import ModelConfig, Transformer, apply_rope
 
 # length quantiles (q, total sequence length), prompt share of the tokens, vocabulary size, measured on
@@ -156,17 +160,16 @@ def synthetic_split(lengths, prompt_share, vocab, rng):
     prompt = np.maximum(1, np.round(prompt_share * body)).astype(np.int64)
     plan = np.maximum(1, (body - prompt) // 10)
     lens = {"prompt": prompt, "trace": body - prompt - plan, "plan": plan}
-    flat = {p: rng.integers(len(data.SPECIALS), vocab, int(n.sum())).astype(data.DTYPE) for p, n in lens.items()}
-    return data.Split(np.arange(len(body)), lens, flat, {})
+    flat = {p: rng.integers(len(dataset.SPECIALS), vocab, int(n.sum())).astype(dataset.DTYPE) for p, n in lens.items()}
+    return dataset.Split(np.arange(len(body)), lens, flat, {})
 
 
 def load_sequences(args, rng):
     """(split, vocabulary size, description) for --dataset or --lengths."""
     if args.dataset:
-        import store
         db = store.connect().db
-        split = data.load_split(db, args.dataset, "train")
-        return split, len(data.get_dataset(db, args.dataset)["vocabulary"]), f"dataset {args.dataset}"
+        split = dataset.load_split(db, args.dataset, "train")
+        return split, len(dataset.get_dataset(db, args.dataset)["vocabulary"]), f"dataset {args.dataset}"
     points, share, vocab = PRESETS.get(args.lengths) or (parse_quantiles(args.lengths), args.prompt_share, 1000)
     q, lengths = zip(*points)
     sampled = np.interp(rng.random(args.num_seqs), q, lengths).round().astype(np.int64)
@@ -222,16 +225,16 @@ class Variant:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4, betas=(0.9, 0.99), weight_decay=0.01,
                                      fused=device.type == "cuda" and name != "baseline")
         self.fwd = torch.compile(self.model, dynamic=True) if "compile" in features else self.model
-        self.autocast = train.autocast_for(device, "bf16" if "bf16" in features else "fp32")
+        self.autocast = loss.autocast_for(device, "bf16" if "bf16" in features else "fp32")
         # --sdpa: only that attention kernel for the bf16 variants (an error if it cannot run)
         self.kernel = sdpa_kernel(SDPA[args.sdpa]) if args.sdpa != "auto" and "bf16" in features else contextlib.nullcontext()
         self.multiple = 64 if "compile" in features and device.type == "cuda" else 1
         if "padded" in features:
             self.batcher = PaddedBatcher(seqs, max(1, round(args.batch_tokens / seqs.lengths.mean())))
         else:
-            cfg = train.TrainConfig(batch_size=1, batch_tokens=args.batch_tokens, seed=0)
-            self.batcher = train.Batcher(seqs, cfg, world=1)
-        self.prefetch = train.Prefetcher(self.batcher, 0, device, self.multiple) if "prefetch" in features else None
+            cfg = hparams.TrainConfig(batch_size=1, batch_tokens=args.batch_tokens, seed=0)
+            self.batcher = batches.Batcher(seqs, cfg, world=1)
+        self.prefetch = batches.Prefetcher(self.batcher, 0, device, self.multiple) if "prefetch" in features else None
         self.times, self.useful, self.computed, self.flops, self.peak, self.error = [], 0, 0, 0.0, 0, None
         self.compiles = 0  # timed steps left out because they compiled
 
@@ -256,7 +259,7 @@ class Variant:
             total = int((self.seqs.lengths[batch] - self.seqs.prompt_len[batch]).sum())
             for x, y, plan, keep in micro:
                 if "keep" in self.f:
-                    loss_sum = train.loss_terms(self.fwd, x, y, plan, self.autocast, keep)[0]
+                    loss_sum = loss.loss_terms(self.fwd, x, y, plan, self.autocast, keep)[0]
                 else:
                     loss_sum = reference_loss(self.fwd, x, y, self.autocast)
                 (loss_sum / total).backward()
@@ -302,7 +305,7 @@ def variant_specs(args, device):
 
 def bench_train(args, device, rng):
     split, vocab, source = load_sequences(args, rng)
-    seqs = data.Sequences.build(split, np.arange(len(split.ids)), args.plan_only)
+    seqs = batches.Sequences.build(split, np.arange(len(split.ids)), args.plan_only)
     variants = [Variant(name, f, seqs, vocab, args, device) for name, f in variant_specs(args, device)]
     m = variants[0].model
     print(f"train: model {args.size} ({m.num_params() / 1e6:.1f}M params), {source}: {len(seqs)} sequences, "
@@ -362,26 +365,26 @@ def device_name(device):
 def tile_split(split, rows):
     """The split repeated up to `rows` sequences (a stand-in for a big dataset of that shape)."""
     reps = -(-rows // len(split.ids))
-    lens = {p: np.tile(split.lens[p], reps)[:rows] for p in data.PARTS}
-    flat = {p: np.tile(np.asarray(split.flat[p]), reps)[:int(lens[p].sum())] for p in data.PARTS}
-    return data.Split(np.arange(rows), lens, flat, {})
+    lens = {p: np.tile(split.lens[p], reps)[:rows] for p in dataset.PARTS}
+    flat = {p: np.tile(np.asarray(split.flat[p]), reps)[:int(lens[p].sum())] for p in dataset.PARTS}
+    return dataset.Split(np.arange(rows), lens, flat, {})
 
 
 def ready_to_train(folder, plan_only):
     """Cache to a first collated batch: what a relaunch does before its first step."""
     t = {}
     t0 = time.perf_counter()
-    split = data.read_cache(folder)
+    split = dataset.read_cache(folder)
     t["open cache (mmap)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rows = data.filter_split(split)
-    seqs = data.Sequences.build(split, rows, plan_only)
+    rows = dataset.filter_split(split)
+    seqs = batches.Sequences.build(split, rows, plan_only)
     t["build sequences"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    batches = data.epoch_batches(seqs.lengths, 0, 0, rows=8, world=1, token_budget=16384)
+    epoch = batches.epoch_batches(seqs.lengths, 0, 0, rows=8, world=1, token_budget=16384)
     t["epoch batches (16k tokens)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    seqs.collate(batches[0])
+    seqs.collate(epoch[0])
     t["first batch"] = time.perf_counter() - t0
     return t, split
 
@@ -392,17 +395,16 @@ def bench_load(args, rng):
     try:
         split, _, source = load_sequences(args, rng)
         if args.dataset:
-            import store
             db = store.connect().db
             t0 = time.perf_counter()
-            split = data.load_split(db, args.dataset, "train", use_cache=False)
+            split = dataset.load_split(db, args.dataset, "train", use_cache=False)
             dt = time.perf_counter() - t0
             rows.append((f"MongoDB read ({len(split.ids):,} sequences)", f"{dt:.3f}", f"{len(split.ids) / dt:,.0f} seq/s"))
         big = tile_split(split, args.load_rows)
-        tokens = sum(int(big.lens[p].sum()) for p in data.PARTS)
+        tokens = sum(int(big.lens[p].sum()) for p in dataset.PARTS)
         folder = Path(tmp) / "train"
         t0 = time.perf_counter()
-        data.write_cache(folder, big)
+        dataset.write_cache(folder, big)
         dt = time.perf_counter() - t0
         rows.append((f"cache write ({args.load_rows:,} sequences, {tokens * 2 / 2**20:,.0f} MiB)", f"{dt:.3f}",
                      f"{tokens * 2 / 2**20 / dt:,.0f} MiB/s"))
@@ -411,7 +413,7 @@ def bench_load(args, rng):
         rows += [(k, f"{v:.3f}", "") for k, v in times.items()]
         rows.append(("ready to train from the cache", f"{sum(times.values()):.3f}", ""))
         t0 = time.perf_counter()
-        touched = sum(int(np.asarray(cached.flat[p][::2048]).sum()) for p in data.PARTS)  # one read per page
+        touched = sum(int(np.asarray(cached.flat[p][::2048]).sum()) for p in dataset.PARTS)  # one read per page
         dt = time.perf_counter() - t0
         rows.append(("page in every token (file in the page cache)", f"{dt:.3f}", f"{tokens * 2 / 2**20 / dt:,.0f} MiB/s"))
         t0 = time.perf_counter()
@@ -429,7 +431,6 @@ def bench_load(args, rng):
 
 
 def bench_checkpoint(args, device):
-    import store
     st = store.connect()
     torch.manual_seed(0)
     model = Transformer(ModelConfig.from_size(args.size, 512)).to(device)
@@ -537,7 +538,7 @@ def today_prefill(model, prompts, max_tokens, autocast, dtype):
     """Left-padded prompts through the model: a Decoding of one row per prompt."""
     device = model.head.weight.device
     U, P = len(prompts), max(len(p) for p in prompts)
-    idx = torch.full((U, P), data.PAD, dtype=torch.long)
+    idx = torch.full((U, P), dataset.PAD, dtype=torch.long)
     for u, p in enumerate(prompts):
         idx[u, P - len(p):] = torch.as_tensor(np.asarray(p, np.int64))
     idx = idx.to(device)
@@ -595,7 +596,7 @@ class TodayDecoding:
         """Pick every row's next token; return the rows that finished as [(row, ids, eos)], then feed
         the new tokens to the model."""
         tok = today_pick(self.logits, temperature, generator)  # (B,)
-        eos = tok == data.EOS
+        eos = tok == dataset.EOS
         grow = self.alive & ~eos
         self.out[grow, self.n[grow]] = tok[grow].int()
         self.n = self.n + grow
@@ -603,7 +604,7 @@ class TodayDecoding:
         finished = []
         if done.any():
             ids = self.out[done].cpu().numpy()
-            finished = [(row, ids[k, :length].astype(data.DTYPE), e) for k, (row, length, e) in
+            finished = [(row, ids[k, :length].astype(dataset.DTYPE), e) for k, (row, length, e) in
                         enumerate(zip(self.rows[done].tolist(), self.n[done].tolist(), eos[done].tolist()))]
             self.alive &= ~done
         if self.alive.any():
@@ -703,9 +704,9 @@ class LengthModel(torch.nn.Module):
         B, T = idx.shape
         p = torch.arange(T, device=idx.device) if pos is None else pos
         p = p.expand(B, T).clamp(max=len(self.logit) - 1)  # (B, T) position of the input token
-        others = logits.float().index_fill(-1, torch.tensor([data.EOS], device=idx.device), float("-inf"))
+        others = logits.float().index_fill(-1, torch.tensor([dataset.EOS], device=idx.device), float("-inf"))
         eos = self.logit[p] + others.logsumexp(-1)  # P(<eos> next) = hazard of a length of p + 2
-        return torch.cat([logits[..., :data.EOS], eos[..., None].to(logits.dtype), logits[..., data.EOS + 1:]], -1)
+        return torch.cat([logits[..., :dataset.EOS], eos[..., None].to(logits.dtype), logits[..., dataset.EOS + 1:]], -1)
 
 
 def length_hazard(points, rng, draws=1_000_000):
@@ -728,7 +729,7 @@ def naive_generate(model, prompt, rows, max_new, gen):
         probs = model(seq)[:, -1].float().softmax(-1)  # (rows, V)
         nxt = torch.multinomial(probs, 1, generator=gen).squeeze(1)
         tokens += int(alive.sum())
-        alive &= nxt != data.EOS
+        alive &= nxt != dataset.EOS
         if not alive.any():
             break
         seq = torch.cat([seq, nxt[:, None]], 1)
@@ -762,9 +763,8 @@ def decode_cost(cfg, attended, dtype_bytes):
 
 
 def bench_rollout(args, device, rng):
-    import decode
     bf16 = device.type == "cuda" and args.precision != "fp32"
-    autocast = train.autocast_for(device, "bf16" if bf16 else "fp32")
+    autocast = loss.autocast_for(device, "bf16" if bf16 else "fp32")
     cache_dtype = torch.bfloat16 if bf16 else None
     peak_flops, bandwidth = machine_limits(device)
     variants = args.rollout_variants.split(",")
@@ -782,8 +782,8 @@ def bench_rollout(args, device, rng):
             model = LengthModel(net, length_hazard(points, rng)).to(device)
             q, ls = zip(*points)
             drawn = np.interp(rng.random(args.rollout_prompts), q, ls)
-            prompts = [np.concatenate([[data.BOS], rng.integers(len(data.SPECIALS), vocab, max(1, round(share * n) - 2)),
-                                       [data.SEP]]) for n in drawn]
+            prompts = [np.concatenate([[dataset.BOS], rng.integers(len(dataset.SPECIALS), vocab, max(1, round(share * n) - 2)),
+                                       [dataset.SEP]]) for n in drawn]
             src = np.repeat(np.arange(len(prompts)), args.rollout_samples)
             max_tokens = int(max(ls)) + 1
             runs = {v: [] for v in variants}

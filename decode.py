@@ -27,8 +27,8 @@ import contextlib
 import numpy as np
 import torch
 
-import data
-from data import EOS
+import dataset
+from dataset import EOS
 
 GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 MIX1, MIX2 = -4658895280553007687, -7723592293110705685  # splitmix64 multipliers as int64
@@ -223,7 +223,7 @@ class Engine:
             if len(done):
                 seqs = lane.seq[torch.as_tensor(done, device=self.device)].cpu().numpy()
                 for k, s in enumerate(done):
-                    finished.append((int(lane.row[s]), seqs[k, lane.start[s]:pos[s] + 1].astype(data.DTYPE),
+                    finished.append((int(lane.row[s]), seqs[k, lane.start[s]:pos[s] + 1].astype(dataset.DTYPE),
                                      bool(eos[s])))
                 lane.row[done] = -1
             # rows that would fill the lane before the next collection move up now, so none idles
@@ -291,7 +291,7 @@ class Engine:
             pairs = [(u, r, s) for u, p in enumerate(chunk) for r, s in by_prompt[p]]
             d = torch.as_tensor([s for _, _, s in pairs], device=self.device)
             if P > 0:
-                idx = torch.full((len(chunk), P), data.PAD, dtype=torch.long)  # right-padded: causal, so harmless
+                idx = torch.full((len(chunk), P), dataset.PAD, dtype=torch.long)  # right-padded: causal, so harmless
                 for u, p in enumerate(chunk):
                     idx[u, :len(prompts[p]) - 1] = torch.as_tensor(np.asarray(prompts[p][:-1], np.int64))
                 pre = self.model.new_cache(len(chunk), P, self.dtype)

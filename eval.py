@@ -59,7 +59,6 @@ import os
 import re
 import sys
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -67,82 +66,18 @@ import torch.distributed as dist
 from bson import Binary
 from pymongo.errors import BulkWriteError
 
-import data
-import decode
+import errors
 import store
-from data import BOS, SEP, SPECIALS
+from bootstrap import shortest_optimal, write_bootstrap
+from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
+from errors import CheckpointError, ConfigError, DataError, StoreError
+from metrics import COLUMNS, Checker, print_table, score, summarize
 from model import ModelConfig, Transformer
-from store import StoreError
-
-# rollout limits of the reference: (task, plan_only) -> tokens
-MAX_TOKENS = {("maze", False): 10000, ("maze", True): 10000, ("sokoban", False): 11000, ("sokoban", True): 2000}
-KINDS = ("optimal", "correct", "invalid", "malformed")  # a response's verdict; correct = correct, not optimal
-COLUMNS = [("optimal_pct", "optimal %", "{:.1f}"), ("correct_pct", "correct %", "{:.1f}"), ("swc", "SWC", "{:.3f}"),
-           ("ilr_solved", "ILR-solved", "{:.3f}"), ("ilr_optimal", "ILR-optimal", "{:.3f}"),
-           ("malformed_pct", "malformed %", "{:.1f}"), ("trace_ratio", "trace/A*", "{:.3f}")]
-
-
-# ---------------------------------------------------------------------------------------------
-# sampling
-
-
-class Tasks:
-    """A data.Split with fast row access: Split.get recomputes the part's offsets on every call."""
-
-    def __init__(self, split):
-        self.ids, self.lens, self.extra, self.flat = split.ids, split.lens, split.extra, split.flat
-        self.offsets = {p: split.offsets(p) for p in data.PARTS}
-
-    def get(self, row, part):
-        off = self.offsets[part]
-        return self.flat[part][off[row]:off[row + 1]]
-
-
-def prompt_ids(split, row, prefix_len=0):
-    """`<bos> prompt <sep>`, then the first prefix_len tokens of the sequence's stored (A*) trace: a
-    rollout continues from there (the whole trace when it is shorter)."""
-    prefix = split.get(row, "trace")[:prefix_len]
-    return np.concatenate([[BOS], split.get(row, "prompt"), [SEP], prefix]).astype(np.int64)
-
-
-def rollouts(model, split, pairs, opts, batch_size, device, compile=None):
-    """Yield ((row, sample), ids, eos) for (row, sample) pairs of a split, as they finish; with
-    opts.prefix_len, ids start with the given trace prefix. A response's random stream depends only
-    on the seed, its task id and its sample index, so an interrupted evaluation resumes with the
-    samples it would have drawn."""
-    if not pairs:
-        return
-    rows = sorted({r for r, _ in pairs})
-    where = {r: i for i, r in enumerate(rows)}
-    cuda = device.type == "cuda"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
-    keys = [(int(split.ids[r]) << 20) + s for r, s in pairs]
-    for i, ids, eos in decode.generate(model, [prompt_ids(split, r, opts.prefix_len) for r in rows],
-                                       [where[r] for r, _ in pairs], opts.max_tokens, opts.temperature, opts.seed,
-                                       keys, batch_size, autocast=autocast,
-                                       cache_dtype=torch.bfloat16 if cuda else None,
-                                       compile=cuda if compile is None else compile):
-        if opts.prefix_len:  # the response as scored and stored: the given prefix, then what was generated
-            ids = np.concatenate([split.get(pairs[i][0], "trace")[:opts.prefix_len], ids]).astype(data.DTYPE)
-        yield pairs[i], ids, eos
-
-
-def batch_size_for(model, split, device, prefix_len=0):
-    """Rows decoding at once, from the memory available (decode.auto_batch_size)."""
-    return decode.auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + prefix_len, device)
+from rollouts import MAX_TOKENS, Opts, batch_size_for, rollouts
 
 
 # ---------------------------------------------------------------------------------------------
 # stored responses
-
-
-@dataclass
-class Opts:
-    """Sampling parameters: with the dataset and split, they key the stored responses."""
-    temperature: float
-    max_tokens: int  # generated tokens (after any prefix)
-    seed: int = 0
-    prefix_len: int = 0  # rollouts start after this many tokens of the stored trace
 
 
 def response_key(run_id, step, dataset_doc, split, opts):
@@ -184,7 +119,7 @@ def iter_responses(coll, key, split, rows, samples, chunk=256):
         out = {int(split.ids[r]): [] for r in part}
         query = {**key, "task": {"$in": list(out)}, "sample": {"$lt": samples}}
         for d in coll.find(query, {"task": 1, "sample": 1, "tokens": 1, "eos": 1}).sort([("task", 1), ("sample", 1)]):
-            out[d["task"]].append((np.frombuffer(d["tokens"], data.DTYPE), d["eos"]))
+            out[d["task"]].append((np.frombuffer(d["tokens"], DTYPE), d["eos"]))
         yield from ((r, out[int(split.ids[r])]) for r in part)
 
 
@@ -197,7 +132,7 @@ def sample_missing(st, model, key, split, rows, samples, opts, batch_size, rank,
         have = len(rows) * samples - sum(len(s) for _, s in work)
         print(f"sampling {len(rows) * samples} responses: {have} stored, {len(mine)} to generate on rank 0"
               + (f" of {len(rows) * samples - have} over {world} ranks" if world > 1 else ""), flush=True)
-    progress = data.Progress("responses", len(mine))
+    progress = Progress("responses", len(mine))
     finished, done = [], 0
     for item in rollouts(model, split, mine, opts, batch_size, device, compile):
         finished.append(item)
@@ -209,240 +144,6 @@ def sample_missing(st, model, key, split, rows, samples, opts, batch_size, rank,
                 progress.update(done)
     store_responses(st.responses, key, split, finished)
     barrier(device)
-
-
-# ---------------------------------------------------------------------------------------------
-# judging responses
-
-
-@dataclass
-class Verdict:
-    kind: str  # one of KINDS
-    trace_len: int = 0  # tokens before the plan
-    moves: int = 0  # plan length (correct plans only)
-
-
-class Checker:
-    """A dataset's task: parses its prompts and checks plans against them."""
-
-    def __init__(self, doc):
-        self.vocab = doc["vocabulary"]
-        self.plan_id = self.vocab.index("plan")
-        if doc["task"] == "maze":
-            import maze
-            n = doc["params"]["n"]
-            self.parse_prompt, self.parse_plan, self.check = (lambda t: maze.parse_prompt(t, n)), maze.parse_plan, \
-                maze.check_plan
-            self.check_reference = reference_maze_check
-        elif doc["task"] == "sokoban":
-            import sokoban
-            self.parse_prompt, self.parse_plan, self.check = sokoban.parse_prompt, sokoban.parse_plan, sokoban.simulate
-            self.check_reference = reference_sokoban_check
-        else:
-            raise StoreError(f"dataset {doc['_id']!r} has task {doc['task']!r}: only maze and sokoban plans can "
-                             f"be checked")
-
-    def problem(self, prompt):
-        return self.parse_prompt([self.vocab[i] for i in prompt])
-
-    def judge(self, problem, ids, eos, optimal_moves):
-        """The verdict on one response (ids after <sep>, without <eos>)."""
-        ids = np.asarray(ids)
-        starts = np.flatnonzero(ids == self.plan_id)
-        if not eos or (ids < len(SPECIALS)).any() or not len(starts):
-            return Verdict("malformed")
-        start = int(starts[0])
-        plan = self.parse_plan([self.vocab[i] for i in ids[start:]])
-        if plan is None:
-            return Verdict("malformed", start)
-        if not self.check(problem, plan):
-            return Verdict("invalid", start)
-        moves = len(plan) - 1
-        return Verdict("optimal" if moves <= optimal_moves else "correct", start, moves)
-
-    def judge_reference(self, problem, ids, eos, optimal_moves):
-        """The reference's more lenient verdict: <eos> is not needed; the plan is every token from the
-        first `plan` on, read as triples whose first token is not checked (malformed when the count is
-        not a multiple of 3 or a coordinate is not a number); see reference_maze_check and
-        reference_sokoban_check for the rest."""
-        ids = np.asarray(ids)
-        starts = np.flatnonzero(ids == self.plan_id)
-        if not len(starts):
-            return Verdict("malformed")
-        start = int(starts[0])
-        tokens = [self.vocab[i] for i in ids[start:]]
-        coords = tokens[1::3] + tokens[2::3]
-        if len(tokens) % 3 or not all(t.isdigit() for t in coords):
-            return Verdict("malformed", start)
-        plan = [(int(x), int(y)) for x, y in zip(tokens[1::3], tokens[2::3])]
-        if not self.check_reference(problem, plan):
-            return Verdict("invalid", start)
-        moves = len(plan) - 1
-        return Verdict("optimal" if moves <= optimal_moves else "correct", start, moves)
-
-
-def reference_maze_check(maze, plan):
-    """The reference's maze check: starts at the start, ends at the goal, steps of one cell, no wall."""
-    return (tuple(plan[0]) == maze.start and tuple(plan[-1]) == maze.goal and not any(c in maze.walls for c in plan)
-            and all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a, b in zip(plan, plan[1:])))
-
-
-def reference_sokoban_check(level, plan):
-    """The reference's Sokoban check: the plan's steps (each of one cell) are read as moves and played
-    from the level's worker, wherever the plan starts; a move into a wall, or pushing a box into a
-    wall or another box, changes nothing; solved when every box ends on a dock."""
-    import sokoban
-    free = lambda c: 0 <= c[0] < sokoban.SIZE and 0 <= c[1] < sokoban.SIZE and c not in level.walls
-    boxes, (x, y) = set(level.boxes), level.worker
-    for a, b in zip(plan, plan[1:]):
-        dx, dy = b[0] - a[0], b[1] - a[1]
-        if abs(dx) + abs(dy) != 1:
-            return False
-        nxt = (x + dx, y + dy)
-        if nxt in boxes:
-            beyond = (nxt[0] + dx, nxt[1] + dy)
-            if not free(beyond) or beyond in boxes:
-                continue  # the box does not move, nor does the worker
-            boxes.remove(nxt)
-            boxes.add(beyond)
-        elif not free(nxt):
-            continue
-        x, y = nxt
-    return boxes == set(level.docks)
-
-
-def optimal_moves(split, row):
-    return int(split.lens["plan"][row]) // 3 - 1  # `plan x y` per state
-
-
-def astar_trace_len(split, row):
-    """t*: the mean over repeated A* runs when astar-stats stored it, else this sequence's trace."""
-    mean = split.extra.get("astar_mean_trace_len")
-    if mean is not None and not np.isnan(mean[row]):
-        return float(mean[row])
-    return float(split.lens["trace"][row])
-
-
-SUM_FIELDS = ("tasks", "responses", "malformed", "optimal", "correct", "swc", "ilr_solved", "ilr_optimal",
-              "trace_optimal", "trace_astar")
-
-
-def task_sums(verdicts, best_moves, t_star):
-    """One task's contributions to the summed metrics (sums over tasks reduce across ranks)."""
-    correct = [v for v in verdicts if v.kind in ("optimal", "correct")]
-    optimal = [v for v in verdicts if v.kind == "optimal"]
-    s = dict.fromkeys(SUM_FIELDS, 0.0)
-    s.update(tasks=1, responses=len(verdicts), malformed=sum(v.kind == "malformed" for v in verdicts))
-    if correct:
-        s["correct"] = 1
-        s["swc"] = (best_moves + 1) / max(min(v.moves for v in correct) + 1, best_moves + 1)  # lengths in states
-        s["ilr_solved"] = t_star / max(np.mean([v.trace_len for v in correct]), 1)  # an empty trace counts as 1
-    if optimal:
-        t = float(np.mean([v.trace_len for v in optimal]))
-        s.update(optimal=1, ilr_optimal=t_star / max(t, 1), trace_optimal=t, trace_astar=t_star)
-    return s
-
-
-def summarize(sums, plan_only):
-    n = max(sums["tasks"], 1)
-    m = {"tasks": int(sums["tasks"]), "responses": int(sums["responses"]),
-         "optimal_pct": 100 * sums["optimal"] / n, "correct_pct": 100 * sums["correct"] / n, "swc": sums["swc"] / n,
-         "malformed_pct": 100 * sums["malformed"] / max(sums["responses"], 1)}
-    if not plan_only:
-        m.update(ilr_solved=sums["ilr_solved"] / n, ilr_optimal=sums["ilr_optimal"] / n,
-                 trace_ratio=sums["trace_optimal"] / sums["trace_astar"] if sums["trace_astar"] else None)
-    return m
-
-
-def score(checker, split, tasks, on_task=None, reference=None):
-    """Summed metrics over tasks, an iterable of (row, [(ids, eos), ...]); on_task(row, responses,
-    verdicts) sees each task on the way. reference: a dict to fill with the same sums under the
-    reference's lenient checker."""
-    sums = dict.fromkeys(SUM_FIELDS, 0.0)
-    if reference is not None:
-        reference.update(dict.fromkeys(SUM_FIELDS, 0.0))
-    for row, resp in tasks:
-        problem, best = checker.problem(split.get(row, "prompt")), optimal_moves(split, row)
-        verdicts = [checker.judge(problem, ids, eos, best) for ids, eos in resp]
-        for k, v in task_sums(verdicts, best, astar_trace_len(split, row)).items():
-            sums[k] += v
-        if reference is not None:
-            lenient = [checker.judge_reference(problem, ids, eos, best) for ids, eos in resp]
-            for k, v in task_sums(lenient, best, astar_trace_len(split, row)).items():
-                reference[k] += v
-        if on_task:
-            on_task(row, resp, verdicts)
-    return sums
-
-
-def rollout_metrics(model, db, cfg, rank, world, device):
-    """For the trainer: greedy rollouts on the first cfg.eval_tasks test tasks, each rank a share,
-    metrics over all of them. Rollouts stop at twice the longest reference response of these tasks
-    (or the usual limit, if lower): an untrained model would otherwise run to the full limit."""
-    name = cfg.test_name or cfg.train_name
-    doc = data.get_dataset(db, name)
-    checker = Checker(doc)
-    split = Tasks(data.load_split(db, name, "test"))
-    rows = np.arange(min(cfg.eval_tasks, len(split.ids)))
-    ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
-    opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))
-    mine = [(int(r), 0) for r in rows[rank::world]]
-    size = batch_size_for(model, split, device)
-    training = model.training
-    model.eval()
-    tasks = [(r, [(ids, eos)]) for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device)]
-    model.train(training)
-    sums = score(checker, split, tasks)
-    total = torch.tensor([sums[k] for k in SUM_FIELDS], dtype=torch.float64, device=device)
-    if dist.is_initialized():
-        dist.all_reduce(total)
-    return summarize(dict(zip(SUM_FIELDS, total.tolist())), cfg.plan_only)
-
-
-# ---------------------------------------------------------------------------------------------
-# bootstrapping
-
-
-def shortest_optimal(verdicts, trace_len, only_shorter=False):
-    """Index of the response that replaces the sequence: the fewest trace tokens among the correct and
-    optimal ones (the first on ties), even when longer than trace_len (the sequence's own), as the
-    reference did; with only_shorter, only when shorter. None: keep the sequence."""
-    best = None
-    for i, v in enumerate(verdicts):
-        if v.kind == "optimal" and (not only_shorter or v.trace_len < trace_len) and \
-                (best is None or v.trace_len < verdicts[best].trace_len):
-            best = i
-    return best
-
-
-def sequence_key(split_name, split, row):
-    return data.digest(split_name.encode() + int(split.ids[row]).to_bytes(8, "little") + split.get(row, "prompt").tobytes())
-
-
-def extras(split, row):
-    return {k: float(v[row]) for k, v in split.extra.items() if not np.isnan(v[row])}
-
-
-def write_bootstrap(db, name, src_doc, test_name, train, rows, chosen, info, overwrite):
-    """Write the bootstrapped dataset: row r of train becomes chosen[r] = (response ids, trace
-    length) where there is one. Returns (replaced, mean trace length before, after)."""
-    w = data.DatasetWriter(db, name, src_doc["task"], {**src_doc["params"], "bootstrap": info},
-                           src_doc["vocabulary"][len(SPECIALS):], overwrite)
-    before, after = [], []
-    for r in rows:
-        prompt, trace, plan = (train.get(r, p) for p in data.PARTS)
-        if r in chosen:
-            ids, cut = chosen[r]
-            trace, plan = ids[:cut], ids[cut:]
-        before.append(train.lens["trace"][r])
-        after.append(len(trace))
-        w.add("train", prompt, trace, plan, sequence_key("train", train, r), source_id=int(train.ids[r]),
-              **extras(train, r))
-    test = Tasks(data.load_split(db, test_name, "test"))
-    for r in range(len(test.ids)):
-        w.add("test", *(test.get(r, p) for p in data.PARTS), sequence_key("test", test, r), **extras(test, r))
-    w.commit()
-    return len(chosen), float(np.mean(before)) if before else 0.0, float(np.mean(after)) if after else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,9 +170,9 @@ def dataset_for(st, ck, split):
     """The run's dataset for a split (test_name for test), checked against the checkpoint's vocabulary."""
     cfg = ck["config"]
     name = (cfg["test_name"] or cfg["train_name"]) if split == "test" else cfg["train_name"]
-    doc = data.get_dataset(st.db, name)
+    doc = get_dataset(st.db, name)
     if doc["vocabulary"] != ck["vocabulary"]:
-        raise StoreError(f"dataset {name!r} has another vocabulary than run {ck['run_id']!r}'s checkpoint")
+        raise CheckpointError(f"dataset {name!r} has another vocabulary than run {ck['run_id']!r}'s checkpoint")
     return doc
 
 
@@ -479,8 +180,8 @@ def resolve_opts(args, doc, plan_only):
     max_tokens = args.max_tokens or MAX_TOKENS.get((doc["task"], plan_only), 10000)
     prefix_len = getattr(args, "prefix_len", 0)
     if prefix_len and plan_only:
-        raise StoreError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
-                         f"(drop --prefix-len)")
+        raise ConfigError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
+                          f"(drop --prefix-len)")
     return Opts(args.temperature, max_tokens, args.seed, prefix_len)
 
 
@@ -490,7 +191,7 @@ def sample_run(st, args, split_name, rank, world, device, rows_of=None):
     cfg = ck["config"]
     doc = dataset_for(st, ck, split_name)
     checker = Checker(doc)
-    split = Tasks(data.load_split(st.db, doc["_id"], split_name))
+    split = load_split(st.db, doc["_id"], split_name)
     rows = rows_of(split, cfg) if rows_of else np.arange(len(split.ids))
     if args.num_tasks:
         rows = rows[:args.num_tasks]
@@ -510,24 +211,6 @@ def params_of(doc, split_name, num_tasks, samples, opts):
     if opts.prefix_len:
         params["prefix_len"] = opts.prefix_len
     return params
-
-
-def fmt(value, spec):
-    return "-" if value is None else spec.format(value)
-
-
-def print_table(rows, label="run"):
-    """rows: [(name, metrics)], metrics values may be (mean, standard error) pairs."""
-    def cell(metrics, key, spec):
-        v = metrics.get(key)
-        return f"{fmt(v[0], spec)} ± {fmt(v[1], spec)}" if isinstance(v, tuple) else fmt(v, spec)
-
-    shown = [c for c in COLUMNS if any(m.get(c[0]) is not None for _, m in rows)]
-    width = max([len(label)] + [len(name) for name, _ in rows])
-    widths = [max(len(title), *(len(cell(m, key, spec)) for _, m in rows)) for key, title, spec in shown]
-    print(f"{label:{width}}  " + "  ".join(f"{title:>{w}}" for (_, title, _), w in zip(shown, widths)))
-    for name, m in rows:
-        print(f"{name:{width}}  " + "  ".join(f"{cell(m, key, spec):>{w}}" for (key, _, spec), w in zip(shown, widths)))
 
 
 def report(st, args, ck, doc, split_name, rows, opts, sums, optimal_traces, reference=None):
@@ -568,14 +251,14 @@ def cmd_run(st, args, rank, world, device):
 def cmd_bootstrap(st, args, rank, world, device):
     cfg = st.require_run(args.run_id)["config"]
     if cfg.get("plan_only"):
-        raise StoreError(f"run {args.run_id!r} is plan-only: bootstrapping needs a search-augmented run")
+        raise ConfigError(f"run {args.run_id!r} is plan-only: bootstrapping needs a search-augmented run")
     name = store.check_name(args.name or f"bootstrap.{args.run_id}", "dataset name")
     if (st.db.datasets.find_one({"_id": name}) or {}).get("uid") and not args.overwrite:
-        raise StoreError(f"dataset {name!r} exists; pass --overwrite to replace it")
+        raise DataError(f"dataset {name!r} exists; pass --overwrite to replace it")
 
     def training_rows(split, cfg):  # the run's own training sequences
-        return data.filter_split(split, cfg["min_reasoning_len"], cfg["max_reasoning_len"] or None,
-                                 cfg["num_train_sequences"] or None)
+        return filter_split(split, cfg["min_reasoning_len"], cfg["max_reasoning_len"] or None,
+                            cfg["num_train_sequences"] or None)
 
     ck, doc, checker, split, rows, opts, key = sample_run(st, args, "train", rank, world, device, training_rows)
     if rank != 0:
@@ -607,7 +290,7 @@ def cmd_average(st, args, rank, world, device):
     if args.pattern:
         ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
     if not ids:
-        raise StoreError(f"no run id matches {args.pattern!r} (see `python admin.py list-all`)")
+        raise ConfigError(f"no run id matches {args.pattern!r} (see `python admin.py list-all`)")
     wanted = {k: getattr(args, k) for k in ("split", "num_tasks", "samples", "temperature", "max_tokens")
               if getattr(args, k) is not None}
     # results with a trace prefix only when asked for, and then only that prefix
@@ -619,11 +302,11 @@ def cmd_average(st, args, rank, world, device):
         query = {"run_id": run_id, **{f"params.{k}": v for k, v in wanted.items()}, **prefix, field: {"$exists": True}}
         res = st.results.find_one(query, sort=[("time", -1)])
         if res is None:
-            shown = ", ".join(f"{k}={v}" for k, v in wanted.items()) or "any parameters"
-            shown += f", prefix_len={args.prefix_len}" if args.prefix_len else ""
+            given = ", ".join(f"{k}={v}" for k, v in wanted.items()) or "any parameters"
+            given += f", prefix_len={args.prefix_len}" if args.prefix_len else ""
             how = " --scoring reference" if args.scoring == "reference" else ""
             raise StoreError(f"run {run_id!r} has no evaluation result{' with reference scoring' if how else ''} "
-                             f"with {shown}; run `python eval.py --run-id {run_id}{how}` first")
+                             f"with {given}; run `python eval.py --run-id {run_id}{how}` first")
         rows.append((f"{run_id} @{res['step']}", res[field]))
     mean = {}
     for key, *_ in COLUMNS:
@@ -687,19 +370,19 @@ def parse_args(argv):
     args = ap.parse_args(argv)
     if args.cmd == "average":
         if not (args.run_id or args.pattern):
-            raise StoreError("give --run-id ID (repeatable) or --pattern REGEX")
+            raise ConfigError("give --run-id ID (repeatable) or --pattern REGEX")
         try:
             re.compile(args.pattern or "")
         except re.error as e:
-            raise StoreError(f"--pattern is not a regular expression: {e}") from None
+            raise ConfigError(f"--pattern is not a regular expression: {e}") from None
     if args.cmd != "average":
         if args.num_tasks < 0 or args.samples < 1 or args.temperature < 0 or args.max_tokens < 0 or args.batch_size < 0:
-            raise StoreError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
-                             "--batch-size >= 0")
+            raise ConfigError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
+                              "--batch-size >= 0")
         if args.temperature == 0 and args.samples > 1:
-            raise StoreError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
+            raise ConfigError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
     if getattr(args, "prefix_len", 0) < 0:
-        raise StoreError("need --prefix-len >= 0")
+        raise ConfigError("need --prefix-len >= 0")
     for rid in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []):
         store.check_name(rid)
     return args
@@ -708,8 +391,8 @@ def parse_args(argv):
 def main(argv=None):
     try:
         args = parse_args(argv)
-    except StoreError as e:
-        sys.exit(f"error: {e}")
+    except errors.REPORTED as e:
+        sys.exit(errors.exit_message(e))
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
     dev = getattr(args, "device", "cpu")
     use_cuda = dev == "cuda" or (dev == "auto" and torch.cuda.is_available())
@@ -722,8 +405,8 @@ def main(argv=None):
         dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
         args.fn(store.connect(retry_s=60.0), args, rank, world, device)
-    except StoreError as e:
-        sys.exit(f"error: {e}")
+    except errors.REPORTED as e:
+        sys.exit(errors.exit_message(e))
     finally:
         if world > 1:
             dist.destroy_process_group()

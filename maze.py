@@ -29,6 +29,7 @@ from functools import lru_cache
 import numpy as np
 
 from astar import search
+from grid import coord, parse_plan, plan_tokens  # noqa: F401 (parse_plan: the plan format is the grid tasks')
 
 KEYWORDS = ("start", "goal", "wall", "create", "close", "plan")
 TRIES = 100  # (start, goal) attempts per wall layout
@@ -170,46 +171,22 @@ def trace_tokens(trace) -> list[str]:
     return [t for kind, x, y, g, h in trace for t in (kind, str(x), str(y), f"c{g}", f"c{h}")]
 
 
-def plan_tokens(plan) -> list[str]:
-    return [t for x, y in plan for t in ("plan", str(x), str(y))]
-
-
-def _coord(tok, n=None) -> int:
-    # plain non-negative decimal only, so "+1", " 1" or "01" cannot sneak through int()
-    if not isinstance(tok, str) or not tok.isdigit() or tok != str(int(tok)):
-        raise ValueError(f"bad coordinate {tok!r}")
-    v = int(tok)
-    if n is not None and v >= n:
-        raise ValueError(f"coordinate {v} outside a {n}x{n} grid")
-    return v
-
-
 def parse_prompt(tokens: list[str], n: int) -> Maze:
     """Inverse of prompt_tokens; raises ValueError on malformed input."""
     tokens = list(tokens)
     if len(tokens) < 6 or len(tokens) % 3 or tokens[0] != "start" or tokens[3] != "goal":
         raise ValueError("prompt must be `start x y goal x y` followed by `wall x y` triples")
-    start = (_coord(tokens[1], n), _coord(tokens[2], n))
-    goal = (_coord(tokens[4], n), _coord(tokens[5], n))
+    start = (coord(tokens[1], n), coord(tokens[2], n))
+    goal = (coord(tokens[4], n), coord(tokens[5], n))
     walls = []
     for k in range(6, len(tokens), 3):
         if tokens[k] != "wall":
             raise ValueError(f"expected 'wall' at {k}, got {tokens[k]!r}")
-        walls.append((_coord(tokens[k + 1], n), _coord(tokens[k + 2], n)))
+        walls.append((coord(tokens[k + 1], n), coord(tokens[k + 2], n)))
     wallset = frozenset(walls)
     if len(wallset) != len(walls) or start in wallset or goal in wallset or start == goal:
         raise ValueError("duplicate walls, or start/goal on a wall or equal")
     return Maze(n, wallset, start, goal)
-
-
-def parse_plan(tokens: list[str]) -> list[tuple[int, int]] | None:
-    """`plan x y` triples -> [(x, y), ...]; None if malformed."""
-    if len(tokens) % 3 or any(t != "plan" for t in tokens[::3]):
-        return None
-    try:
-        return [(_coord(x), _coord(y)) for x, y in zip(tokens[1::3], tokens[2::3])]
-    except ValueError:
-        return None
 
 
 def check_plan(maze: Maze, plan) -> bool:
@@ -223,6 +200,13 @@ def check_plan(maze: Maze, plan) -> bool:
         if k and abs(x - plan[k - 1][0]) + abs(y - plan[k - 1][1]) != 1:
             return False
     return True
+
+
+def reference_check(maze: Maze, plan) -> bool:
+    """The reference's more lenient check: starts at the start, ends at the goal, steps of one cell,
+    no wall (cells outside the grid are not refused)."""
+    return (tuple(plan[0]) == maze.start and tuple(plan[-1]) == maze.goal and not any(c in maze.walls for c in plan)
+            and all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a, b in zip(plan, plan[1:])))
 
 
 def render(maze: Maze, plan=None) -> str:
@@ -253,3 +237,11 @@ def generate(n: int, layouts: int, seed: int, nondeterministic: bool) -> list[tu
         if tasks:
             out.append((found[0].layout_key(), tasks))
     return out
+
+
+def mean_trace_len(maze: Maze, runs: int, seed: int, nondeterministic: bool) -> float:
+    """Mean A* trace length in tokens over `runs` seeded runs (deterministic A* has one trace)."""
+    if not nondeterministic:
+        return len(trace_tokens(astar(maze)[0]))
+    rng = np.random.default_rng(seed)
+    return sum(len(trace_tokens(astar(maze, rng)[0])) for _ in range(runs)) / runs

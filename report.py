@@ -22,11 +22,11 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from pymongo.errors import PyMongoError  # noqa: E402
 
-import data  # noqa: E402
+import errors  # noqa: E402
 import store  # noqa: E402
-from store import StoreError  # noqa: E402
+from dataset import get_dataset, load_split  # noqa: E402
+from errors import ConfigError, DataError, StoreError  # noqa: E402
 
 PERCENTS = [("optimal_pct", "optimal %"), ("correct_pct", "correct %")]
 RATIOS = [("swc", "SWC"), ("ilr_solved", "ILR-solved"), ("ilr_optimal", "ILR-optimal")]
@@ -36,13 +36,13 @@ def check_out(path):
     """The output must be a .png in an existing, writable folder: checked before any work."""
     out = Path(path)
     if out.suffix.lower() != ".png":
-        raise StoreError(f"--out {path!r} must name a .png file")
+        raise ConfigError(f"--out {path!r} must name a .png file")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         why = "is not a folder" if folder.exists() else "does not exist (create it first)"
-        raise StoreError(f"cannot write {path}: {folder} {why}")
+        raise ConfigError(f"cannot write {path}: {folder} {why}")
     if not os.access(folder, os.W_OK) or out.is_dir() or (out.exists() and not os.access(out, os.W_OK)):
-        raise StoreError(f"cannot write {path}: permission denied (choose another --out)")
+        raise ConfigError(f"cannot write {path}: permission denied (choose another --out)")
     return out
 
 
@@ -52,7 +52,7 @@ def save(fig, out):
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
         os.replace(tmp, out)
     except OSError as e:
-        raise StoreError(f"cannot write {out}: {e.strerror or e}") from None
+        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
         plt.close(fig)
         tmp.unlink(missing_ok=True)
@@ -91,10 +91,10 @@ def plot_loss(st, args):
 def plot_traces(st, args):
     series = []  # (label, trace lengths)
     for name in args.dataset or []:
-        doc = data.get_dataset(st.db, name)
-        lens = data.load_split(st.db, doc["_id"], args.split).lens["trace"][:args.first or None]
+        doc = get_dataset(st.db, name)
+        lens = load_split(st.db, doc["_id"], args.split).lens["trace"][:args.first or None]
         if not len(lens) or not lens.max():
-            raise StoreError(f"dataset {name!r} has no traces in its {args.split} split (plan-only data cannot be "
+            raise DataError(f"dataset {name!r} has no traces in its {args.split} split (plan-only data cannot be "
                              f"plotted)")
         series.append((f"{name} ({args.split})", np.asarray(lens)))
     for run_id in args.run_id or []:
@@ -108,7 +108,7 @@ def plot_traces(st, args):
                              f"{args.eval_split} split: nothing to plot")
         series.append((f"{run_id}: optimal responses ({args.eval_split}, step {res['step']})", lens))
     if not series:
-        raise StoreError("nothing to plot: name one or more --dataset or --run-id")
+        raise ConfigError("nothing to plot: name one or more --dataset or --run-id")
     top = max(int(np.percentile(lens, 99.5)) for _, lens in series)
     bins = np.linspace(0, max(top, 1), 41)
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -172,8 +172,8 @@ def main(argv=None):
             store.check_name(run_id)
         args.out = check_out(args.out)
         args.fn(store.connect(), args)
-    except (StoreError, PyMongoError) as e:
-        sys.exit(f"error: {store.one_line(e)}")
+    except errors.REPORTED as e:
+        sys.exit(errors.exit_message(e))
 
 
 if __name__ == "__main__":

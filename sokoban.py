@@ -32,7 +32,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+import grid
 from astar import search
+from grid import plan_tokens  # noqa: F401 (the plan format is the grid tasks')
 
 SIZE = 7
 KEYWORDS = ("worker", "box", "dock", "wall", "create", "close", "plan")
@@ -198,10 +200,6 @@ def trace_tokens(trace) -> list[str]:
     return out
 
 
-def plan_tokens(plan) -> list[str]:
-    return [t for x, y in plan for t in ("plan", str(x), str(y))]
-
-
 def _triples(tokens: list[str]):
     if len(tokens) % 3:
         raise ValueError("token count is not a multiple of 3")
@@ -233,13 +231,7 @@ def parse_prompt(tokens: list[str]) -> Level:
 
 
 def parse_plan(tokens: list[str]) -> list[tuple[int, int]] | None:
-    try:
-        triples = list(_triples(list(tokens)))
-    except ValueError:
-        return None
-    if not triples or any(name != "plan" for name, _ in triples):
-        return None
-    return [cell for _, cell in triples]
+    return grid.parse_plan(list(tokens), SIZE) or None  # an empty plan is malformed too
 
 
 def _free(level: Level, x: int, y: int) -> bool:
@@ -265,19 +257,41 @@ def simulate(level: Level, plan: list[tuple[int, int]]) -> bool:
     return boxes == set(level.docks)
 
 
+def reference_check(level: Level, plan) -> bool:
+    """The reference's more lenient check: the plan's steps (each of one cell) are read as moves and
+    played from the level's worker, wherever the plan starts; a move into a wall, or pushing a box
+    into a wall or another box, changes nothing; solved when every box ends on a dock."""
+    boxes, (x, y) = set(level.boxes), level.worker
+    for a, b in zip(plan, plan[1:]):
+        dx, dy = b[0] - a[0], b[1] - a[1]
+        if abs(dx) + abs(dy) != 1:
+            return False
+        nxt = (x + dx, y + dy)
+        if nxt in boxes:
+            beyond = (nxt[0] + dx, nxt[1] + dy)
+            if not _free(level, *beyond) or beyond in boxes:
+                continue  # the box does not move, nor does the worker
+            boxes.remove(nxt)
+            boxes.add(beyond)
+        elif not _free(level, *nxt):
+            continue
+        x, y = nxt
+    return boxes == set(level.docks)
+
+
 def render(level: Level, plan=None) -> str:
-    grid = [[" "] * SIZE for _ in range(SIZE)]
+    board = [[" "] * SIZE for _ in range(SIZE)]
     for x, y in plan or ():
-        grid[y][x] = "o"
+        board[y][x] = "o"
     for x, y in level.walls:
-        grid[y][x] = "#"
+        board[y][x] = "#"
     for x, y in level.docks:
-        grid[y][x] = "."
+        board[y][x] = "."
     for x, y in level.boxes:
-        grid[y][x] = "*" if grid[y][x] == "." else "$"
+        board[y][x] = "*" if board[y][x] == "." else "$"
     x, y = level.worker
-    grid[y][x] = "+" if grid[y][x] == "." else "@"
-    return "\n".join("".join(row) for row in grid)
+    board[y][x] = "+" if board[y][x] == "." else "@"
+    return "\n".join("".join(row) for row in board)
 
 
 def generate(count: int, seed: int, max_trace_tokens: int = 10000) -> list[dict]:

@@ -8,34 +8,29 @@ Collections:
   results     evaluation results (eval.py)
   responses   sampled responses, one per (run, step, sampling parameters, task, sample) (eval.py)
 
-When MONGODB_URI is unset, a SecantusDB server (a separate GPL process, never imported) is started
-on first use, detached, one per data folder (SEARCHFORMER_DB_DIR, default ~/.cache/searchformer/db).
+When MONGODB_URI is unset, the embedded server of server.py is used (started on first use).
 """
 import contextlib
 import copy
-import ctypes
 import datetime
-import fcntl
 import functools
-import json
 import os
 import re
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import gridfs
 import pymongo
 from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
 
+import server
 import testhook
+from errors import CheckpointError, ConfigError, StoreError, shown
 
 DEFAULT_DB = "searchformer"
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no leading "-": it reads as an option
@@ -43,16 +38,11 @@ NAME_MAX = 120
 TRANSIENT = (AutoReconnect, ServerSelectionTimeoutError)  # AutoReconnect covers connection and network timeouts
 
 
-class StoreError(Exception):
-    """A one-line, user-facing error (bad input, missing run, unreachable server)."""
-
-
 def check_name(value, what="run id"):
     """The one validation rule for run ids and dataset names, applied before any database call."""
     if not isinstance(value, str) or len(value) > NAME_MAX or not NAME_RE.fullmatch(value):
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise StoreError(f"invalid {what} {shown}: use letters, digits, '-' and '_' (not first), with single "
-                         f"dots only between parts, at most {NAME_MAX} characters")
+        raise ConfigError(f"invalid {what} {shown(value)}: use letters, digits, '-' and '_' (not first), with single "
+                          f"dots only between parts, at most {NAME_MAX} characters")
     return value
 
 
@@ -70,13 +60,6 @@ def _secrets(uri):
     found += [v for k, _, v in (p.partition("=") for p in parts.query.split("&")) if SECRET_OPTION.search(k)]
     found += [unquote(x) for x in found]
     return sorted({x for x in found if x}, key=len, reverse=True)
-
-
-def one_line(e):
-    """The message a command exits with for a StoreError, or a database error met mid-command."""
-    if isinstance(e, PyMongoError):
-        return f"database error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-    return str(e)
 
 
 def redact(uri):
@@ -110,164 +93,12 @@ def now():
 
 
 # ---------------------------------------------------------------------------------------------
-# the embedded server
-
-
-def db_dir():
-    root = os.environ.get("SEARCHFORMER_DB_DIR")
-    if root:
-        return Path(root).expanduser().absolute()
-    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "searchformer" / "db"
-
-
-def _server_exe():
-    # prefer the script installed beside this interpreter (a venv that is not activated)
-    local = Path(sys.executable).parent / "secantusd-py"
-    exe = str(local) if local.exists() else shutil.which("secantusd-py")
-    if exe is None:
-        raise StoreError("secantusd-py not found: pip install -r requirements.txt, or set MONGODB_URI")
-    return exe
-
-
-def _port_open(host, port, timeout=1.0):
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by the process that started it) is not alive
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _serves(pid, folder):
-    """Whether pid is the SecantusDB server of this data folder (not a process that reused its pid)."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return not Path("/proc/self").exists()  # no /proc to tell: trust the record
-    return any(b"secantusd" in c for c in cmd) and str(Path(folder) / "data").encode() in cmd
-
-
-def server_info(folder=None):
-    """The recorded embedded server of a data folder, with 'up' telling whether it answers."""
-    folder = Path(folder or db_dir())
-    try:
-        info = json.loads((folder / "server.json").read_text())
-    except (OSError, ValueError):
-        return None
-    info["up"] = _pid_alive(info["pid"]) and _serves(info["pid"], folder) and _port_open(info["host"], info["port"])
-    return info
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_free(port):
-    """Whether a server could listen on this local port now (as servers do, past old connections' TIME_WAIT)."""
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except (OSError, OverflowError, TypeError):
-            return False
-
-
-def _start_server(folder, port, wait_s):
-    cmd = [_server_exe(), "--standalone", "--sync-on-commit", "--host", "127.0.0.1",
-           "--port", str(port), "--storage-path", str(folder / "data"), "--log-level", "WARNING"]
-    with open(folder / "server.log", "ab") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True, close_fds=True)  # outlives this process
-    deadline = time.monotonic() + wait_s
-    while not _port_open("127.0.0.1", port, timeout=0.5):
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            tail = (folder / "server.log").read_text(errors="replace").strip().splitlines()[-1:]
-            raise StoreError(f"the embedded server did not start (see {folder / 'server.log'}): "
-                             f"{tail[0] if tail else 'no output'}")
-        time.sleep(0.1)
-    return proc
+# the store
 
 
 def embedded_uri(folder=None, start=True, wait_s=60.0):
-    """URI of the folder's server, starting it (detached, under a file lock) when it is not up."""
-    folder = Path(folder or db_dir())
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = open(folder / "server.lock", "w")
-    except OSError as e:
-        raise StoreError(f"cannot use the database folder {folder} ({e.strerror}): set SEARCHFORMER_DB_DIR to a "
-                         f"writable folder, or MONGODB_URI") from None
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # several ranks may arrive at once: one starts, the rest wait
-        info = server_info(folder)
-        if info and info["up"]:
-            return f"mongodb://{info['host']}:{info['port']}/{DEFAULT_DB}"
-        if not start:
-            raise StoreError(f"the embedded server of {folder} is not running")
-        # a restarted server keeps its address when it can, so that running clients find it again
-        port = info["port"] if info and _port_free(info["port"]) else _free_port()
-        proc = _start_server(folder, port, wait_s)
-        info = {"pid": proc.pid, "host": "127.0.0.1", "port": port, "started": time.time()}
-        tmp = folder / "server.json.tmp"
-        tmp.write_text(json.dumps(info))
-        os.replace(tmp, folder / "server.json")
-        return f"mongodb://127.0.0.1:{port}/{DEFAULT_DB}"
-
-
-def _signal_main_thread(pid, sig):
-    """Signal a process's main thread. Python runs signal handlers there only, and a signal sent to
-    the process may land on another thread and leave a main thread blocked in a wait asleep: the
-    server's then never shuts down."""
-    tgkill = getattr(ctypes.CDLL(None), "tgkill", None) if sys.platform.startswith("linux") else None
-    if tgkill is None or tgkill(pid, pid, sig) != 0:
-        os.kill(pid, sig)
-
-
-def stop_embedded(folder=None, wait_s=5.0):
-    """Stop the folder's server; returns False when none was running.
-
-    SIGTERM to its main thread, then SIGKILL after wait_s (a kill loses nothing it committed: it
-    syncs on commit)."""
-    folder = Path(folder or db_dir())
-    with open(folder / "server.lock", "w") if folder.exists() else open(os.devnull, "w") as lock:
-        if folder.exists():
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        info = server_info(folder)
-        if not info or not _pid_alive(info["pid"]) or not _serves(info["pid"], folder):
-            (folder / "server.json").unlink(missing_ok=True)  # stale: never signal a reused pid
-            return False
-        _signal_main_thread(info["pid"], signal.SIGTERM)
-        deadline = time.monotonic() + wait_s
-        while _pid_alive(info["pid"]) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _pid_alive(info["pid"]):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(info["pid"], signal.SIGKILL)
-            while _pid_alive(info["pid"]) and time.monotonic() < deadline + 5:
-                time.sleep(0.05)
-        (folder / "server.json").unlink(missing_ok=True)
-        return True
-
-
-# ---------------------------------------------------------------------------------------------
-# the store
+    """URI of the embedded server of a data folder (server.embedded_address), started when not up."""
+    return f"mongodb://{server.embedded_address(folder, start, wait_s)}/{DEFAULT_DB}"
 
 
 def retrying(method):
@@ -331,7 +162,7 @@ def connect(uri=None, timeout_s=5.0, retry_s=0.0):
             client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=ms, connectTimeoutMS=ms, tz_aware=True)
         client.admin.command("ping")
         name = client.get_default_database(default=DEFAULT_DB).name
-        return Store(client[name], redact(uri), retry_s, db_dir() if embedded else None)
+        return Store(client[name], redact(uri), retry_s, server.db_dir() if embedded else None)
     except (PyMongoError, ValueError, TypeError, Warning, OSError) as e:  # a malformed URI is a ValueError
         hint = ("run `python admin.py db status`" if embedded else
                 "check MONGODB_URI, or unset it to use the embedded server (started on first use)")
@@ -359,7 +190,7 @@ class Store:
     def _follow_embedded(self):
         """After a lost connection to the embedded server: when it was restarted on another address
         (its port was taken meanwhile), rebind to the one its folder's record names."""
-        info = server_info(self.folder) if self.folder else None
+        info = server.server_info(self.folder) if self.folder else None
         uri = info and info["up"] and f"mongodb://{info['host']}:{info['port']}/{DEFAULT_DB}"
         if uri and redact(uri) != self.address:
             client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, tz_aware=True)
@@ -399,8 +230,8 @@ class Store:
                 doc = self.runs.find_one({"_id": run_id})
         diff = sorted(k for k in set(config) | set(doc["config"]) if config.get(k) != doc["config"].get(k))
         if diff:
-            shown = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
-            raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({shown}); "
+            changes = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
+            raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({changes}); "
                              f"use a new --run-id or drop it with `python admin.py drop-run --run-id {run_id}`")
         if doc.get("checkpoint") and doc.get("world_size") not in (None, world_size):
             raise StoreError(world_size_refusal(run_id, doc["world_size"], world_size))
@@ -557,7 +388,8 @@ class Store:
             except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
                 moved = (self.runs.find_one({"_id": run_id}, {"checkpoint": 1}) or {}).get("checkpoint") != info
                 if not moved or attempt == 2:
-                    raise StoreError(f"the checkpoint of run {run_id!r} is unreadable ({type(e).__name__}: {e})") from None
+                    raise CheckpointError(f"the checkpoint of run {run_id!r} is unreadable "
+                                          f"({type(e).__name__}: {e})") from None
 
     def list_checkpoints(self):
         return [{"run_id": d["_id"], **d["checkpoint"]}

@@ -6,8 +6,8 @@ Missing keys take TrainConfig's defaults.
 """
 import json
 
-from store import StoreError
-from train import TrainConfig, shown
+from errors import ConfigError, Error
+from hparams import TrainConfig, shown
 
 # reference encoder/decoder names -> decoder-only size of about the same parameter budget
 MODEL_NAMES = {"enc-s": "s", "dec-s": "s", "enc-m-s": "m", "dec-m-s": "m", "enc-l": "l", "dec-l": "l",
@@ -15,18 +15,18 @@ MODEL_NAMES = {"enc-s": "s", "dec-s": "s", "enc-m-s": "m", "dec-m-s": "m", "enc-
 
 
 def read(path):
-    """The list of entries; raises StoreError naming the file on any problem."""
+    """The list of entries; raises ConfigError naming the file on any problem."""
     try:
         with open(path) as f:
             entries = json.load(f)
     except OSError as e:
-        raise StoreError(f"{path}: cannot read sweep file ({e.strerror})") from None
+        raise ConfigError(f"{path}: cannot read sweep file ({e.strerror})") from None
     except (ValueError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path}: malformed JSON ({e})") from None
+        raise ConfigError(f"{path}: malformed JSON ({e})") from None
     except RecursionError:
-        raise StoreError(f"{path}: malformed JSON (nested too deeply)") from None
+        raise ConfigError(f"{path}: malformed JSON (nested too deeply)") from None
     if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise StoreError(f"{path}: a sweep file must be a JSON list of objects")
+        raise ConfigError(f"{path}: a sweep file must be a JSON list of objects")
     return entries
 
 
@@ -38,24 +38,24 @@ def to_config(entry, where, defaults=None):
         if key in entry:
             name = entry.pop(key)
             if not isinstance(name, str) or name not in MODEL_NAMES:
-                raise StoreError(f"{where}: key {key!r}: unknown model {shown(name)} "
-                                 f"(known: {', '.join(sorted(MODEL_NAMES))})")
+                raise ConfigError(f"{where}: key {key!r}: unknown model {shown(name)} "
+                                  f"(known: {', '.join(sorted(MODEL_NAMES))})")
             sizes.add(MODEL_NAMES[name])
     if len(sizes) > 1:
-        raise StoreError(f"{where}: encoder and decoder name different sizes {sorted(sizes)}")
+        raise ConfigError(f"{where}: encoder and decoder name different sizes {sorted(sizes)}")
     if sizes:
         if "model_size" in entry and entry["model_size"] != next(iter(sizes)):
-            raise StoreError(f"{where}: key 'model_size' disagrees with encoder/decoder")
+            raise ConfigError(f"{where}: key 'model_size' disagrees with encoder/decoder")
         entry["model_size"] = sizes.pop()
     try:
         return TrainConfig.from_dict({**(defaults or {}), **entry})
-    except (ValueError, TypeError, StoreError) as e:
-        raise StoreError(f"{where}: {e}") from None
+    except (ValueError, TypeError, Error) as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def load(path, index, defaults=None):
     entries = read(path)
     if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(entries):
         have = f"0..{len(entries) - 1}" if entries else "none"
-        raise StoreError(f"{path}: index {shown(index)} out of range (the file's entries: {have})")
+        raise ConfigError(f"{path}: index {shown(index)} out of range (the file's entries: {have})")
     return to_config(entries[index], f"{path}[{index}]", defaults)

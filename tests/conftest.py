@@ -81,13 +81,13 @@ def run_cli(*args, env=None, check=True, timeout=300, nproc=0):
 def make_toy_dataset(db, name="toy.copy", n_train=200, n_test=24, seed=0, vocab_size=20):
     """A small synthetic dataset in the native format: trace = reversed prompt, plan = sorted prompt."""
     import numpy as np
-    import data
+    import dataset
     rng = np.random.default_rng(seed)
-    w = data.DatasetWriter(db, name, "toy", {"seed": seed}, [f"t{i}" for i in range(vocab_size)], overwrite=True)
+    w = dataset.DatasetWriter(db, name, "toy", {"seed": seed}, [f"t{i}" for i in range(vocab_size)], overwrite=True)
     for split, n in (("train", n_train), ("test", n_test)):
         for i in range(n):
-            p = rng.integers(len(data.SPECIALS), len(data.SPECIALS) + vocab_size, rng.integers(3, 14))
-            w.add(split, p, p[::-1], np.sort(p), data.digest(f"{split}{i}".encode()))
+            p = rng.integers(len(dataset.SPECIALS), len(dataset.SPECIALS) + vocab_size, rng.integers(3, 14))
+            w.add(split, p, p[::-1], np.sort(p), dataset.digest(f"{split}{i}".encode()))
     w.commit()
     return name
 
@@ -95,7 +95,8 @@ def make_toy_dataset(db, name="toy.copy", n_train=200, n_test=24, seed=0, vocab_
 def checkpoint_state(run_id, step=10, seed=0):
     """A checkpoint dict as train.py writes it, of an untrained tiny model."""
     import torch
-    from train import TrainConfig, build
+    from checkpoint import build
+    from hparams import TrainConfig
     cfg = TrainConfig(train_name="toy.copy", model_size="tiny", train_steps=step, seed=seed)
     vocab = [f"t{i}" for i in range(24)]
     model, opt, sched = build(cfg, len(vocab), torch.device("cpu"))
@@ -123,8 +124,8 @@ def embedded(env, monkeypatch):
     monkeypatch.delenv("MONGODB_URI")
     monkeypatch.setenv("SEARCHFORMER_DB_DIR", str(folder))
     yield folder
-    import store
-    store.stop_embedded(folder)
+    import server
+    server.stop_embedded(folder)
 
 
 def snapshot(db):

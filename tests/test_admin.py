@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import admin
+import server
 import store
 from conftest import ROOT, call, make_checkpoint, make_toy_dataset, run_cli, snapshot
 
@@ -161,7 +162,7 @@ def test_database_commands_with_the_embedded_server(embedded):
     st = store.connect()
     make_checkpoint(st, "kept")
     assert ok("db", "stop").strip() == "embedded server stopped"  # even with this process still connected
-    assert not store._pid_alive(info["pid"]) and not (embedded / "server.json").exists()
+    assert not server.pid_alive(info["pid"]) and not (embedded / "server.json").exists()
     assert "embedded server not running" in ok("db", "status")
     assert store.connect().load_checkpoint("kept")["step"] == 10  # restarted on use, the data still there
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import decode
-from data import EOS
+from dataset import EOS
 from model import ModelConfig, Transformer
 
 

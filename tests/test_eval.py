@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 import torch
 
-import data
+import bootstrap
+import dataset
 import eval as ev
 import maze
+import metrics
+import rollouts
 from conftest import run_cli
-from data import SPECIALS
+from dataset import SPECIALS
 from model import ModelConfig, Transformer
 from test_decode import naive_greedy
 
@@ -23,7 +26,7 @@ TASK = maze.Maze(5, frozenset({(1, 1)}), (0, 0), (2, 0))  # optimal plan: 2 move
 
 
 def ids(tokens):
-    return np.array([INDEX[t] for t in tokens], data.DTYPE)
+    return np.array([INDEX[t] for t in tokens], dataset.DTYPE)
 
 
 def response(trace_steps, cells):
@@ -38,18 +41,18 @@ JUMP = [(0, 0), (2, 0)]
 
 
 def judge(resp, eos=True):
-    checker = ev.Checker(DOC)
+    checker = metrics.Checker(DOC)
     return checker.judge(TASK, resp, eos, optimal_moves=2)
 
 
 def test_verdicts_on_hand_made_responses():
-    assert judge(response(2, OPTIMAL)) == ev.Verdict("optimal", 10, 2)
-    assert judge(response(1, DETOUR)) == ev.Verdict("correct", 5, 6)
+    assert judge(response(2, OPTIMAL)) == metrics.Verdict("optimal", 10, 2)
+    assert judge(response(1, DETOUR)) == metrics.Verdict("correct", 5, 6)
     assert judge(response(0, JUMP)).kind == "invalid"
     assert judge(response(2, OPTIMAL), eos=False).kind == "malformed"  # no <eos> within the limit
     assert judge(ids(["close", "0", "0", "c0", "c2"])).kind == "malformed"  # no plan
     assert judge(ids(["plan", "0"])).kind == "malformed"  # a plan that does not parse
-    assert judge(np.array([data.SEP], data.DTYPE)).kind == "malformed"  # a special token
+    assert judge(np.array([dataset.SEP], dataset.DTYPE)).kind == "malformed"  # a special token
 
 
 def test_metrics_on_hand_made_responses():
@@ -57,11 +60,11 @@ def test_metrics_on_hand_made_responses():
     v = {"a": [judge(response(2, OPTIMAL)), judge(response(1, DETOUR))],  # optimal (trace 10) + long (5)
          "b": [judge(response(4, DETOUR)), judge(response(0, JUMP))],  # long only (trace 20) + invalid
          "c": [judge(response(2, OPTIMAL), eos=False), judge(ids(["close", "0", "0", "c0", "c2"]))]}  # malformed
-    sums = dict.fromkeys(ev.SUM_FIELDS, 0.0)
+    sums = dict.fromkeys(metrics.SUM_FIELDS, 0.0)
     for task, t_star in (("a", 20.0), ("b", 10.0), ("c", 30.0)):
-        for k, x in ev.task_sums(v[task], 2, t_star).items():
+        for k, x in metrics.task_sums(v[task], 2, t_star).items():
             sums[k] += x
-    m = ev.summarize(sums, plan_only=False)
+    m = metrics.summarize(sums, plan_only=False)
     assert m["tasks"] == 3 and m["responses"] == 6
     assert m["optimal_pct"] == pytest.approx(100 / 3)
     assert m["correct_pct"] == pytest.approx(200 / 3)
@@ -70,16 +73,16 @@ def test_metrics_on_hand_made_responses():
     assert m["ilr_optimal"] == pytest.approx((20 / 10) / 3)
     assert m["malformed_pct"] == pytest.approx(100 * 2 / 6)
     assert m["trace_ratio"] == pytest.approx(10 / 20)
-    plan_only = ev.summarize(sums, plan_only=True)
+    plan_only = metrics.summarize(sums, plan_only=True)
     assert "ilr_solved" not in plan_only and plan_only["swc"] == m["swc"]
 
 
 def test_astar_trace_length_is_the_stored_mean_where_present():
     lens = {"prompt": np.array([6, 6]), "trace": np.array([50, 60]), "plan": np.array([9, 9])}
-    split = data.Split(np.arange(2), lens, {}, {"astar_mean_trace_len": np.array([42.5, np.nan])})
-    assert ev.astar_trace_len(split, 0) == 42.5 and ev.astar_trace_len(split, 1) == 60.0
-    assert ev.astar_trace_len(data.Split(np.arange(2), lens, {}, {}), 0) == 50.0
-    assert ev.optimal_moves(split, 0) == 2  # three states
+    split = dataset.Split(np.arange(2), lens, {}, {"astar_mean_trace_len": np.array([42.5, np.nan])})
+    assert metrics.astar_trace_len(split, 0) == 42.5 and metrics.astar_trace_len(split, 1) == 60.0
+    assert metrics.astar_trace_len(dataset.Split(np.arange(2), lens, {}, {}), 0) == 50.0
+    assert metrics.optimal_moves(split, 0) == 2  # three states
 
 
 def test_reduction_keeps_the_shortest_correct_optimal_response():
@@ -89,25 +92,25 @@ def test_reduction_keeps_the_shortest_correct_optimal_response():
                 judge(response(3, OPTIMAL)),  # optimal, trace 15: the one
                 judge(response(3, OPTIMAL)),  # a tie: the first one wins
                 judge(response(1, OPTIMAL), eos=False)]  # truncated
-    assert ev.shortest_optimal(verdicts, trace_len=40) == 3
+    assert bootstrap.shortest_optimal(verdicts, trace_len=40) == 3
     # the reference's rule: the shortest optimal response even when longer than the sequence's own trace
-    assert ev.shortest_optimal(verdicts, trace_len=15) == 3 and ev.shortest_optimal(verdicts, trace_len=5) == 3
-    assert ev.shortest_optimal(verdicts, trace_len=40, only_shorter=True) == 3
-    assert ev.shortest_optimal(verdicts, trace_len=15, only_shorter=True) is None  # not shorter than its own
+    assert bootstrap.shortest_optimal(verdicts, trace_len=15) == 3 and bootstrap.shortest_optimal(verdicts, trace_len=5) == 3
+    assert bootstrap.shortest_optimal(verdicts, trace_len=40, only_shorter=True) == 3
+    assert bootstrap.shortest_optimal(verdicts, trace_len=15, only_shorter=True) is None  # not shorter than its own
     for only_shorter in (False, True):
-        assert ev.shortest_optimal(verdicts[:2] + verdicts[5:], 40, only_shorter) is None  # fall back to the original
-        assert ev.shortest_optimal([], 40, only_shorter) is None
+        assert bootstrap.shortest_optimal(verdicts[:2] + verdicts[5:], 40, only_shorter) is None  # fall back to the original
+        assert bootstrap.shortest_optimal([], 40, only_shorter) is None
 
 
 def judge_both(resp, eos=True):
-    checker = ev.Checker(DOC)
+    checker = metrics.Checker(DOC)
     return checker.judge(TASK, resp, eos, 2).kind, checker.judge_reference(TASK, resp, eos, 2).kind
 
 
 def test_reference_scoring_of_maze_responses_is_more_lenient():
     assert judge_both(response(2, OPTIMAL)) == ("optimal", "optimal")
     assert judge_both(response(2, OPTIMAL), eos=False) == ("malformed", "optimal")  # no <eos> needed
-    sep_in_trace = np.concatenate([np.array([data.SEP], data.DTYPE), response(1, OPTIMAL)])
+    sep_in_trace = np.concatenate([np.array([dataset.SEP], dataset.DTYPE), response(1, OPTIMAL)])
     assert judge_both(sep_in_trace) == ("malformed", "optimal")  # tokens before the plan are not checked
     keyword = ids(["close", "0", "0", "c0", "c2", "plan", "0", "0", "wall", "1", "0", "plan", "2", "0"])
     assert judge_both(keyword) == ("malformed", "optimal")  # a triple's keyword is not checked
@@ -126,11 +129,11 @@ def test_reference_scoring_of_sokoban_plans_replays_moves_from_the_worker():
     level = sokoban.Level(walls=frozenset(border | {(5, 5), (1, 5)}), boxes=((3, 2), (3, 4)), docks=((4, 2), (4, 4)),
                           worker=(2, 2))
     doc = {"_id": "sok", "task": "sokoban", "params": {}, "vocabulary": [*SPECIALS, *sokoban.vocabulary()]}
-    checker = ev.Checker(doc)
+    checker = metrics.Checker(doc)
     index = {t: i for i, t in enumerate(doc["vocabulary"])}
 
     def both(cells, eos=True):
-        toks = np.array([index[t] for c in cells for t in ("plan", str(c[0]), str(c[1]))], data.DTYPE)
+        toks = np.array([index[t] for c in cells for t in ("plan", str(c[0]), str(c[1]))], dataset.DTYPE)
         return checker.judge(level, toks, eos, 5).kind, checker.judge_reference(level, toks, eos, 5).kind
 
     solution = [(2, 2), (3, 2), (3, 3), (2, 3), (2, 4), (3, 4)]  # push right, round, push right: 5 moves
@@ -153,17 +156,17 @@ def test_rollouts_from_a_trace_prefix_continue_prompt_and_prefix():
     model = Transformer(ModelConfig(vocab_size=12, d_model=32, n_head=2, d_ff=64, n_layer=2)).double().eval()
     rng = np.random.default_rng(0)
     lens = {"prompt": np.array([4, 6, 3]), "trace": np.array([9, 2, 7]), "plan": np.array([3, 3, 3])}
-    flat = {p: rng.integers(4, 12, int(v.sum())).astype(data.DTYPE) for p, v in lens.items()}
-    split = ev.Tasks(data.Split(np.arange(3), lens, flat, {}))
+    flat = {p: rng.integers(4, 12, int(v.sum())).astype(dataset.DTYPE) for p, v in lens.items()}
+    split = dataset.Split(np.arange(3), lens, flat, {})
     for k in (0, 5):
-        opts = ev.Opts(0.0, 12, 0, prefix_len=k)
-        got = {p: (list(i), e) for p, i, e in ev.rollouts(model, split, [(0, 0), (1, 0), (2, 0)], opts, 4,
+        opts = rollouts.Opts(0.0, 12, 0, prefix_len=k)
+        got = {p: (list(i), e) for p, i, e in rollouts.rollouts(model, split, [(0, 0), (1, 0), (2, 0)], opts, 4,
                                                            torch.device("cpu"))}
         for r in range(3):
             prefix = split.get(r, "trace")[:k]  # row 1's trace is shorter than 5: all of it
-            assert np.array_equal(ev.prompt_ids(split, r, k), np.concatenate([[data.BOS], split.get(r, "prompt"),
-                                                                               [data.SEP], prefix]))
-            out, eos = naive_greedy(model, ev.prompt_ids(split, r, k), 12)
+            assert np.array_equal(rollouts.prompt_ids(split, r, k), np.concatenate([[dataset.BOS], split.get(r, "prompt"),
+                                                                               [dataset.SEP], prefix]))
+            out, eos = naive_greedy(model, rollouts.prompt_ids(split, r, k), 12)
             assert got[(r, 0)] == ([*prefix.tolist(), *out], eos)
 
 
@@ -183,9 +186,9 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
     # plant two responses, as if an interrupted bootstrap had sampled them: for sequence 1 the A*
     # sequence with its last trace step cut (correct, optimal, shorter), for sequence 2 an empty
     # trace with a plan that stops one cell short of the goal (incorrect: ignored)
-    train = data.load_split(st.db, MAZE, "train")
-    doc = data.get_dataset(st.db, MAZE)
-    opts = ev.Opts(temperature=1.0, max_tokens=200)
+    train = dataset.load_split(st.db, MAZE, "train")
+    doc = dataset.get_dataset(st.db, MAZE)
+    opts = rollouts.Opts(temperature=1.0, max_tokens=200)
     key = ev.response_key("base", 5, doc, "train", opts)
     short = np.concatenate([train.get(1, "trace")[:-5], train.get(1, "plan")])
     wrong = train.get(2, "plan")[:-3]
@@ -203,15 +206,15 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
                  "--max-tokens", "200", "--only-shorter", "--name", "bootstrap.base-shorter")
     assert "12 stored, 0 to generate" in r2.stdout
     for name, rule in (("bootstrap.base", "reference"), ("bootstrap.base-shorter", "only-shorter")):
-        new = data.load_split(st.db, name, "train")
-        assert len(new.ids) == 6 and len(data.load_split(st.db, name, "test").ids) == 8
-        assert data.get_dataset(st.db, name)["params"]["bootstrap"]["rule"] == rule
-        checker = ev.Checker(data.get_dataset(st.db, name))
+        new = dataset.load_split(st.db, name, "train")
+        assert len(new.ids) == 6 and len(dataset.load_split(st.db, name, "test").ids) == 8
+        assert dataset.get_dataset(st.db, name)["params"]["bootstrap"]["rule"] == rule
+        checker = metrics.Checker(dataset.get_dataset(st.db, name))
         for row in range(6):
             assert np.array_equal(new.get(row, "prompt"), train.get(row, "prompt"))
             verdict = checker.judge(checker.problem(new.get(row, "prompt")),
                                     np.concatenate([new.get(row, "trace"), new.get(row, "plan")]), True,
-                                    ev.optimal_moves(train, row))
+                                    metrics.optimal_moves(train, row))
             assert verdict.kind == "optimal" and verdict.trace_len == new.lens["trace"][row]
         assert new.lens["trace"][1] == train.lens["trace"][1] - 5  # the planted short response was kept
         # the longer optimal response replaces the A* sequence under the reference's rule only
@@ -241,7 +244,7 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
     assert st.results.count_documents({"run_id": "step1"}) == 1 and set(res["reference_metrics"]) == set(res["metrics"])
     assert res["reference_metrics"]["correct_pct"] >= res["metrics"]["correct_pct"]
     # rollouts from a trace prefix are stored under their own key, each starting with that prefix
-    test = data.load_split(st.db, MAZE, "test")
+    test = dataset.load_split(st.db, MAZE, "test")
     out = run_cli("eval.py", "--run-id", "step1", "--num-tasks", "4", "--samples", "1", "--temperature", "0",
                   "--max-tokens", "150", "--prefix-len", "7").stdout
     assert "0 stored, 4 to generate" in out and "starting after 7 trace tokens" in out
@@ -249,7 +252,7 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
     assert len(docs) == 4 and all(json.loads(d["pkey"])["prefix_len"] == 7 for d in docs)
     for d in docs:
         row = int(np.flatnonzero(test.ids == d["task"])[0])
-        assert np.array_equal(np.frombuffer(d["tokens"], data.DTYPE)[:7], test.get(row, "trace")[:7])
+        assert np.array_equal(np.frombuffer(d["tokens"], dataset.DTYPE)[:7], test.get(row, "trace")[:7])
     assert st.results.count_documents({"run_id": "step1"}) == 2
     assert "evaluations (eval.py)" in run_cli("admin.py", "show", "--run-id", "step1").stdout
     assert "opt %" in run_cli("admin.py", "list-all").stdout
@@ -258,7 +261,7 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
 
 
 def test_average_gives_mean_and_standard_error(st):
-    from train import TrainConfig
+    from hparams import TrainConfig
     for i, opt in enumerate([80.0, 90.0, 100.0]):
         st.put_checkpoint(f"seed-{i}", TrainConfig().to_dict(), {"step": 7}, 7)
         st.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64},

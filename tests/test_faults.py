@@ -18,6 +18,8 @@ import torch
 from pymongo.errors import AutoReconnect
 
 import admin
+import errors
+import server
 import store
 from conftest import ROOT, call, make_checkpoint, make_toy_dataset, run_cli, snapshot, start_server
 from model import ModelConfig, Transformer
@@ -439,7 +441,7 @@ def test_a_restarted_embedded_server_is_found_by_a_running_trainer(embedded, pau
     pauses.wait("step-12", proc)
     old = json.loads((embedded / "server.json").read_text())
     os.kill(old["pid"], signal.SIGKILL)
-    while store._pid_alive(old["pid"]):
+    while server.pid_alive(old["pid"]):
         time.sleep(0.05)
     assert "(no runs)" not in run_cli("admin.py", "list-all").stdout  # restarts it
     new = json.loads((embedded / "server.json").read_text())
@@ -459,7 +461,7 @@ def test_a_client_follows_the_embedded_server_to_a_new_address(embedded):
     st.runs.insert_one({"_id": "r", "config": {}, "lease": None})
     old = json.loads((embedded / "server.json").read_text())
     os.kill(old["pid"], signal.SIGKILL)
-    while store._pid_alive(old["pid"]):
+    while server.pid_alive(old["pid"]):
         time.sleep(0.05)
     with socket.socket() as squatter:  # another program took the port
         squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -515,7 +517,7 @@ def test_a_hung_database_is_given_up_on_in_bounded_time(crashable):
     os.kill(crashable.proc.pid, signal.SIGSTOP)
     try:
         t = time.monotonic()
-        with pytest.raises(store.StoreError, match="lost the database"):
+        with pytest.raises(errors.StoreError, match="lost the database"):
             st.log("r", 1, "train", {"loss": 1.0})
         assert time.monotonic() - t < 300  # only catches waiting forever: a heartbeat, its timeout, the 2 s window
     finally:

@@ -1,6 +1,7 @@
 """Hostile and bad input: checkpoint files that run code or are broken, names that are not names,
 malformed sweep files, URIs with passwords, an unreachable database. Each is refused with one line
 on stderr, runs nothing and writes nothing."""
+import dataclasses
 import io
 import json
 import os
@@ -25,7 +26,8 @@ import sweep
 import train
 from conftest import (ROOT, call, checkpoint_state, make_checkpoint, make_toy_dataset, run_cli, snapshot, start_server,
                       stop_server)
-from store import StoreError
+from errors import ConfigError
+from hparams import TrainConfig
 
 
 def one_line_error(code, err, *words):
@@ -177,7 +179,7 @@ GOOD_NAMES = ["maze.10-by-10-deterministic.simple", "sokoban.7-by-7-walls-2-boxe
 
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_check_name_rejects(name):
-    with pytest.raises(StoreError, match="invalid run id") as e:
+    with pytest.raises(ConfigError, match="invalid run id") as e:
         store.check_name(name)
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
@@ -192,7 +194,7 @@ def test_check_name_accepts(name):
 def test_check_name_accepts_only_safe_names(value):
     try:
         store.check_name(value)
-    except StoreError as e:
+    except ConfigError as e:
         assert "\n" not in str(e) and len(str(e)) < 300
         return
     assert isinstance(value, str) and 0 < len(value) <= store.NAME_MAX and value.isascii()
@@ -268,7 +270,7 @@ json_values = hs.recursive(hs.none() | hs.booleans() | hs.integers() | hs.intege
                            hs.floats(allow_nan=True, allow_infinity=True) | hs.text(max_size=30),
                            lambda inner: hs.lists(inner, max_size=4) | hs.dictionaries(hs.text(max_size=10), inner, max_size=4),
                            max_leaves=10)
-known_keys = hs.sampled_from([f.name for f in train.fields(train.TrainConfig)] + ["encoder", "decoder"])
+known_keys = hs.sampled_from([f.name for f in dataclasses.fields(TrainConfig)] + ["encoder", "decoder"])
 plausible = {"train_name": hs.sampled_from(GOOD_NAMES[:2] + BAD_NAMES[:6]), "model_size": hs.sampled_from(["tiny", "s", "xxl"]),
              "encoder": hs.sampled_from(sorted(sweep.MODEL_NAMES) + ["enc-huge"]), "lr": hs.floats(),
              "decoder": hs.sampled_from(sorted(sweep.MODEL_NAMES)), "batch_size": hs.integers(-3, 2**64)}
@@ -283,7 +285,7 @@ def test_generated_sweep_files_give_a_config_or_one_line_error(tmp_path, content
     path.write_text(json.dumps(content))
     try:
         cfg = sweep.load(str(path), index)
-    except StoreError as e:
+    except ConfigError as e:
         assert "\n" not in str(e) and len(str(e)) < 500, str(e)
         return
     cfg.validate()
@@ -297,7 +299,7 @@ def test_generated_sweep_files_give_a_config_or_one_line_error(tmp_path, content
 def test_sweep_files_that_used_to_escape_as_tracebacks(tmp_path, text):
     path = tmp_path / "sweep.json"
     path.write_bytes(text)
-    with pytest.raises(StoreError) as e:
+    with pytest.raises(ConfigError) as e:
         sweep.load(str(path), 0)
     assert "\n" not in str(e.value) and len(str(e.value)) < 500
 

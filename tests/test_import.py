@@ -4,9 +4,11 @@ import pymongo
 import pytest
 
 import data
+import dataset
 import maze
+import reference_import
 from conftest import run_cli
-from store import StoreError
+from errors import ConfigError, DataError
 
 SOURCE = "maze.10-by-10-deterministic.simple"
 
@@ -36,11 +38,11 @@ def source(env):
 
 
 def imported(db, name, split):
-    vocab = data.get_dataset(db, name)["vocabulary"]
-    part = data.load_split(db, name, split, use_cache=False)
-    coll = db[f"ds.{name}.{data.get_dataset(db, name)['uid']}.{split}"]
+    vocab = dataset.get_dataset(db, name)["vocabulary"]
+    part = dataset.load_split(db, name, split, use_cache=False)
+    coll = db[f"ds.{name}.{dataset.get_dataset(db, name)['uid']}.{split}"]
     source_ids = [d["source_id"] for d in coll.find({}, {"source_id": 1}).sort("_id", 1)]
-    return [(sid, *([vocab[i] for i in part.get(r, p)] for p in data.PARTS)) for r, sid in enumerate(source_ids)]
+    return [(sid, *([vocab[i] for i in part.get(r, p)] for p in dataset.PARTS)) for r, sid in enumerate(source_ids)]
 
 
 def test_import_converts_skips_unknown_tokens_and_trains(st, source):
@@ -49,9 +51,9 @@ def test_import_converts_skips_unknown_tokens_and_trains(st, source):
     assert f"imported {SOURCE} as ref.maze10: 39 train, 7 test sequences, 2 skipped" in r.stdout
     assert "skipped 2 sequences" in r.stderr and "test 30, train 30" in r.stderr
     assert "import maze.10-by-10-deterministic.simple: 48/48" in r.stderr  # progress
-    doc = data.get_dataset(st.db, "ref.maze10")
+    doc = dataset.get_dataset(st.db, "ref.maze10")
     assert doc["task"] == "maze" and doc["params"]["n"] == 10 and not doc["params"]["nondeterministic"]
-    assert doc["vocabulary"][:4] == data.SPECIALS and "bos" not in doc["vocabulary"]
+    assert doc["vocabulary"][:4] == dataset.SPECIALS and "bos" not in doc["vocabulary"]
     assert len(doc["vocabulary"]) == 4 + len(maze.vocabulary(10)) and doc["skipped"] == 2
     for split in ("train", "test"):
         assert imported(st.db, "ref.maze10", split) == source["expected"][split]
@@ -63,8 +65,8 @@ def test_import_converts_skips_unknown_tokens_and_trains(st, source):
 
 
 def test_interrupted_import_resumes_to_the_same_dataset(st, source, monkeypatch):
-    data.import_dataset(st.db, source["uri"], source["db"], SOURCE, "whole", batch=5)
-    calls, save = [0], data.DatasetWriter.save_progress
+    reference_import.import_dataset(st.db, source["uri"], source["db"], SOURCE, "whole", batch=5)
+    calls, save = [0], dataset.DatasetWriter.save_progress
 
     def dies_on_the_fourth(self, **progress):  # test: after 5, at the end; train: after 5, after 10
         calls[0] += 1
@@ -72,15 +74,15 @@ def test_interrupted_import_resumes_to_the_same_dataset(st, source, monkeypatch)
             raise KeyboardInterrupt
         save(self, **progress)
 
-    monkeypatch.setattr(data.DatasetWriter, "save_progress", dies_on_the_fourth)
+    monkeypatch.setattr(dataset.DatasetWriter, "save_progress", dies_on_the_fourth)
     with pytest.raises(KeyboardInterrupt):
-        data.import_dataset(st.db, source["uri"], source["db"], SOURCE, "resumed", batch=5)
+        reference_import.import_dataset(st.db, source["uri"], source["db"], SOURCE, "resumed", batch=5)
     monkeypatch.undo()
     assert st.db.datasets.find_one({"_id": "resumed"})["building"]["progress"]["after"] == {"test": 70, "train": 40}
-    assert data.import_dataset(st.db, source["uri"], source["db"], SOURCE, "resumed", batch=5)[1:] == \
+    assert reference_import.import_dataset(st.db, source["uri"], source["db"], SOURCE, "resumed", batch=5)[1:] == \
         ({"test": 7, "train": 39}, 2)
     for split in ("train", "test"):
-        a, b = (data.load_split(st.db, n, split, use_cache=False) for n in ("whole", "resumed"))
+        a, b = (dataset.load_split(st.db, n, split, use_cache=False) for n in ("whole", "resumed"))
         assert np.array_equal(a.flat["trace"], b.flat["trace"]) and np.array_equal(a.lens["plan"], b.lens["plan"])
 
 
@@ -91,14 +93,14 @@ def test_password_never_shows_and_bad_sources_are_one_line_errors(env, source):
     assert r.returncode != 0 and "pw-s3cret" not in r.stdout + r.stderr
     assert r.stderr.strip().count("\n") == 0 and "alice:***@" in r.stderr
     db = pymongo.MongoClient(env["uri"]).get_default_database()
-    with pytest.raises(StoreError, match="no dataset 'nope'"):
-        data.import_dataset(db, source["uri"], source["db"], "nope")
-    with pytest.raises(StoreError, match="--as NEW"):
-        data.import_dataset(db, source["uri"], source["db"], "bad name")
+    with pytest.raises(DataError, match="no dataset 'nope'"):
+        reference_import.import_dataset(db, source["uri"], source["db"], "nope")
+    with pytest.raises(ConfigError, match="--as NEW"):
+        reference_import.import_dataset(db, source["uri"], source["db"], "bad name")
 
 
 def test_task_kind_from_the_name():
-    assert data.infer_task("maze.30-by-30-nondeterministic.simple") == ("maze", {"n": 30, "nondeterministic": True})
-    assert data.infer_task("sokoban.7-by-7-walls-2-boxes-2") == ("sokoban", {})
-    assert data.infer_task("maze.10-by-20-deterministic.simple") == ("imported", {})
-    assert data.infer_task("searchformer.step-1") == ("imported", {})
+    assert reference_import.infer_task("maze.30-by-30-nondeterministic.simple") == ("maze", {"n": 30, "nondeterministic": True})
+    assert reference_import.infer_task("sokoban.7-by-7-walls-2-boxes-2") == ("sokoban", {})
+    assert reference_import.infer_task("maze.10-by-20-deterministic.simple") == ("imported", {})
+    assert reference_import.infer_task("searchformer.step-1") == ("imported", {})

@@ -4,9 +4,10 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-import data
-import eval as ev
+import dataset as data
 import report
+import rollouts
+from eval import response_key, store_responses
 from conftest import call, run_cli
 
 MAZE = "maze.10-by-10-deterministic.simple"
@@ -31,9 +32,9 @@ def evaluated(st):
     run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "8", "--chunk", "2", "--workers", "1")
     run_cli("train.py", "single", "--run-id", "tiny", *TRAIN)
     test = data.load_split(st.db, MAZE, "test")
-    key = ev.response_key("tiny", 8, data.get_dataset(st.db, MAZE), "test", ev.Opts(temperature=1.0, max_tokens=150))
+    key = response_key("tiny", 8, data.get_dataset(st.db, MAZE), "test", rollouts.Opts(temperature=1.0, max_tokens=150))
     planted = [((row, 0), np.concatenate([test.get(row, "trace"), test.get(row, "plan")]), True) for row in (0, 3)]
-    ev.store_responses(st.responses, key, test, planted)
+    store_responses(st.responses, key, test, planted)
     run_cli("eval.py", "--run-id", "tiny", "--num-tasks", "4", "--samples", "2", "--max-tokens", "150")
     return test
 

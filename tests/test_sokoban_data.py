@@ -10,9 +10,11 @@ import pymongo
 import pytest
 
 import data
+import dataset
+import generate
 import sokoban
 from conftest import ROOT, run_cli
-from store import StoreError
+from errors import DataError
 
 NAME = "sokoban.7-by-7-walls-2-boxes-2"
 SMALL = ["--max-trace-tokens", "3000", "--chunk", "4", "--workers", "2"]
@@ -20,9 +22,9 @@ SMALL = ["--max-trace-tokens", "3000", "--chunk", "4", "--workers", "2"]
 
 def decoded(db, split):
     """(tokens of prompt, trace, plan) per sequence, read back through load_split and the stored vocabulary."""
-    vocab = data.get_dataset(db, NAME)["vocabulary"]
-    part = data.load_split(db, NAME, split, use_cache=False)
-    return [tuple([vocab[i] for i in part.get(r, p)] for p in data.PARTS) for r in range(len(part.ids))]
+    vocab = dataset.get_dataset(db, NAME)["vocabulary"]
+    part = dataset.load_split(db, NAME, split, use_cache=False)
+    return [tuple([vocab[i] for i in part.get(r, p)] for p in dataset.PARTS) for r in range(len(part.ids))]
 
 
 # --- an independent reading of the token format and a breadth-first solver
@@ -80,8 +82,8 @@ def plays_out(worker, boxes, docks, walls, plan):
 
 
 def test_stored_plans_are_valid_and_optimal_and_show_draws_them(st):
-    data.generate_sokoban(st.db, 24, 8, seed=5, overwrite=False, workers=1, max_trace_tokens=3000, chunk=8)
-    doc = data.get_dataset(st.db, NAME)
+    generate.generate_sokoban(st.db, 24, 8, seed=5, overwrite=False, workers=1, max_trace_tokens=3000, chunk=8)
+    doc = dataset.get_dataset(st.db, NAME)
     assert doc["task"] == "sokoban" and doc["counts"] == {"train": 24, "test": 8}
     keys = {split: [d["key"] for d in st.db[f"ds.{NAME}.{doc['uid']}.{split}"].find()] for split in ("train", "test")}
     assert len(set(keys["train"] + keys["test"])) == 32  # no level twice, none in both splits
@@ -101,7 +103,7 @@ def test_stored_plans_are_valid_and_optimal_and_show_draws_them(st):
     board = out.splitlines()[1:]
     assert len(board) == 7 and board[0] == "#######"
     assert "".join(board).count("o") >= 1  # the plan is drawn
-    with pytest.raises(StoreError, match="no test sequence 99"):
+    with pytest.raises(DataError, match="no test sequence 99"):
         data.show_sequence(st.db, NAME, "test", 99)
 
 
@@ -109,7 +111,7 @@ def test_killed_generation_resumes_to_the_same_dataset(env, st, pauses):
     other = env["uri"] + "b"  # a second database for the uninterrupted run
     args = ["sokoban", "--num-train", "300", "--num-test", "20", "--seed", "7", *SMALL]
     ref = pymongo.MongoClient(other).get_default_database()
-    data.generate_sokoban(ref, 300, 20, seed=7, overwrite=False, workers=2, max_trace_tokens=3000, chunk=4)
+    generate.generate_sokoban(ref, 300, 20, seed=7, overwrite=False, workers=2, max_trace_tokens=3000, chunk=4)
     proc = subprocess.Popen([sys.executable, "data.py", *args], cwd=ROOT, stderr=subprocess.DEVNULL,
                             env={**os.environ, **pauses.env("dataset-progress")})
     pauses.wait("dataset-progress", proc)  # held by the test hook once its first progress is recorded
@@ -118,33 +120,33 @@ def test_killed_generation_resumes_to_the_same_dataset(env, st, pauses):
     assert proc.returncode == -signal.SIGKILL
     doc = st.db.datasets.find_one({"_id": NAME})
     assert "uid" not in doc and 0 < sum(doc["building"]["counts"].values()) < 320  # stopped part-way
-    with pytest.raises(StoreError, match="still being built"):
-        data.load_split(st.db, NAME, "train")
+    with pytest.raises(DataError, match="still being built"):
+        dataset.load_split(st.db, NAME, "train")
     run_cli("data.py", *args)
     for split in ("train", "test"):
-        a, b = (data.load_split(db, NAME, split, use_cache=False) for db in (ref, st.db))
+        a, b = (dataset.load_split(db, NAME, split, use_cache=False) for db in (ref, st.db))
         assert np.array_equal(a.ids, b.ids)
-        for p in data.PARTS:
+        for p in dataset.PARTS:
             assert np.array_equal(a.lens[p], b.lens[p]) and np.array_equal(a.flat[p], b.flat[p])
 
 
 def test_astar_stats_are_stored_resumed_and_reach_the_loader(st):
-    data.generate_sokoban(st.db, 4, 6, seed=1, overwrite=False, workers=1, max_trace_tokens=2000, chunk=10)
-    before = data.load_split(st.db, NAME, "test")  # cached now, without the statistic
+    generate.generate_sokoban(st.db, 4, 6, seed=1, overwrite=False, workers=1, max_trace_tokens=2000, chunk=10)
+    before = dataset.load_split(st.db, NAME, "test")  # cached now, without the statistic
     assert before.extra == {}
-    data.astar_stats(st.db, NAME, runs=4, limit=2)
-    first = data.load_split(st.db, NAME, "test").extra["astar_mean_trace_len"]
+    generate.astar_stats(st.db, NAME, runs=4, limit=2)
+    first = dataset.load_split(st.db, NAME, "test").extra["astar_mean_trace_len"]
     assert not np.isnan(first[:2]).any() and np.isnan(first[2:]).all()  # the cache was refreshed
     r = run_cli("data.py", "astar-stats", NAME, "--runs", "4", "--workers", "2")
     assert "set on 6 test sequences" in r.stdout and "6/6" in r.stderr
-    after = data.load_split(st.db, NAME, "test").extra["astar_mean_trace_len"]
+    after = dataset.load_split(st.db, NAME, "test").extra["astar_mean_trace_len"]
     assert np.array_equal(after[:2], first[:2])  # done ones were skipped
-    assert np.array_equal(after, data.load_split(st.db, NAME, "test", use_cache=False).extra["astar_mean_trace_len"])
-    vocab = data.get_dataset(st.db, NAME)["vocabulary"]
-    part = data.load_split(st.db, NAME, "test")
+    assert np.array_equal(after, dataset.load_split(st.db, NAME, "test", use_cache=False).extra["astar_mean_trace_len"])
+    vocab = dataset.get_dataset(st.db, NAME)["vocabulary"]
+    part = dataset.load_split(st.db, NAME, "test")
     for r in range(6):  # the same seeding as astar-stats: (seed, sequence id)
         level = sokoban.parse_prompt([vocab[i] for i in part.get(r, "prompt")])
-        assert after[r] == sokoban.mean_trace_len(level, 4, data.chunk_seed(0, int(part.ids[r])))
+        assert after[r] == sokoban.mean_trace_len(level, 4, generate.chunk_seed(0, int(part.ids[r])))
     assert "mean A* trace" in data.show_sequence(st.db, NAME, "test", 0)
 
 

@@ -8,22 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import data
+import batches
+import dataset
+from batches import Batcher, Prefetcher
 from conftest import make_toy_dataset, run_cli
+from hparams import TrainConfig
+from loss import STATS, loss_denominator, loss_terms, summarize
 from model import ModelConfig, Transformer
-from train import STATS, Batcher, Prefetcher, TrainConfig, loss_denominator, loss_terms, summarize
 
 
 def random_split(n=60, seed=0):
     rng = np.random.default_rng(seed)
     lens = {"prompt": rng.integers(1, 12, n), "trace": rng.integers(0, 30, n), "plan": rng.integers(1, 8, n)}
-    flat = {p: rng.integers(4, 40, int(v.sum())).astype(data.DTYPE) for p, v in lens.items()}
-    return data.Split(np.arange(n) * 3, lens, flat, {"score": rng.random(n)})
+    flat = {p: rng.integers(4, 40, int(v.sum())).astype(dataset.DTYPE) for p, v in lens.items()}
+    return dataset.Split(np.arange(n) * 3, lens, flat, {"score": rng.random(n)})
 
 
 def slow_sequence(split, r, plan_only):
-    parts = [split.get(r, p) for p in data.PARTS]
-    return [data.BOS, *parts[0], data.SEP, *([] if plan_only else parts[1]), *parts[2], data.EOS]
+    parts = [split.get(r, p) for p in dataset.PARTS]
+    return [dataset.BOS, *parts[0], dataset.SEP, *([] if plan_only else parts[1]), *parts[2], dataset.EOS]
 
 
 def slow_collate(seqs, rows):
@@ -46,13 +49,13 @@ def tiny_model(vocab=40, dtype=torch.float64):
 
 def test_gather_equals_slicing():
     rng = np.random.default_rng(1)
-    flat = rng.integers(0, 1000, 5000).astype(data.DTYPE)
+    flat = rng.integers(0, 1000, 5000).astype(dataset.DTYPE)
     starts, lens = rng.integers(0, 4900, 300), rng.integers(0, 100, 300)
     want = np.concatenate([flat[s:s + n] for s, n in zip(starts, lens)])
-    assert np.array_equal(data.gather(flat, starts, lens), want)
-    assert np.array_equal(data.gather(flat, [10, 15, 15, 0, 30, 2], [5, 0, 7, 3, 0, 2]),
+    assert np.array_equal(dataset.gather(flat, starts, lens), want)
+    assert np.array_equal(dataset.gather(flat, [10, 15, 15, 0, 30, 2], [5, 0, 7, 3, 0, 2]),
                           np.concatenate([flat[10:22], flat[0:3], flat[2:4]]))  # runs, empty segments
-    assert len(data.gather(flat, [], [])) == 0
+    assert len(dataset.gather(flat, [], [])) == 0
 
 
 def test_select_and_build_equal_a_loop_over_sequences():
@@ -60,11 +63,11 @@ def test_select_and_build_equal_a_loop_over_sequences():
     rows = np.array([5, 2, 2, 40, 0, 59])
     sub = split.select(rows)
     for i, r in enumerate(rows):
-        for p in data.PARTS:
+        for p in dataset.PARTS:
             assert np.array_equal(sub.get(i, p), split.get(r, p))
     assert np.array_equal(sub.ids, split.ids[rows]) and np.array_equal(sub.extra["score"], split.extra["score"][rows])
     for plan_only in (False, True):
-        seqs = data.Sequences.build(split, rows, plan_only)
+        seqs = batches.Sequences.build(split, rows, plan_only)
         for i, r in enumerate(rows):
             want = slow_sequence(split, r, plan_only)
             assert seqs.tokens(i).tolist() == want and seqs.lengths[i] == len(want)
@@ -74,7 +77,7 @@ def test_select_and_build_equal_a_loop_over_sequences():
 
 @pytest.mark.parametrize("plan_only", [False, True])
 def test_collate_equals_row_by_row_and_rounding_only_pads(plan_only):
-    seqs = data.Sequences.build(random_split(), np.arange(60), plan_only)
+    seqs = batches.Sequences.build(random_split(), np.arange(60), plan_only)
     rng = np.random.default_rng(2)
     for _ in range(20):
         rows = rng.choice(60, rng.integers(1, 9), replace=False)
@@ -84,7 +87,7 @@ def test_collate_equals_row_by_row_and_rounding_only_pads(plan_only):
         x, y, plan = seqs.collate(rows, multiple=16)
         T = want[0].shape[1]
         assert x.shape[1] % 16 == 0 and x.shape[1] - T < 16
-        assert np.array_equal(x[:, :T], want[0]) and (x[:, T:] == data.PAD).all()
+        assert np.array_equal(x[:, :T], want[0]) and (x[:, T:] == dataset.PAD).all()
         assert np.array_equal(y[:, :T], want[1]) and (y[:, T:] == -1).all() and not plan[:, T:].any()
 
 
@@ -125,7 +128,7 @@ def slow_sequence_terms(model, x, y, plan):
 @pytest.mark.parametrize("plan_only", [False, True])
 def test_sequence_loss_and_exact_counts_equal_a_loop_over_sequences(plan_only):
     split = random_split()
-    seqs = data.Sequences.build(split, np.arange(60), plan_only)
+    seqs = batches.Sequences.build(split, np.arange(60), plan_only)
     x, y, plan = (torch.from_numpy(a) for a in seqs.collate(np.arange(12)))
     model = tiny_model()
     # a model that gets some sequences exactly right: a few rows' targets set to its own argmax
@@ -155,7 +158,7 @@ def test_sequence_loss_and_exact_counts_equal_a_loop_over_sequences(plan_only):
 def test_any_split_of_a_global_batch_gives_its_loss(norm):
     """Over ranks and micro-steps, the scaled losses (x world / denominator, then DDP's mean over ranks)
     add up to the global batch's loss: the mean of per-sequence means, or of all loss tokens."""
-    seqs = data.Sequences.build(random_split(), np.arange(60), False)
+    seqs = batches.Sequences.build(random_split(), np.arange(60), False)
     batch = np.arange(3, 19)
     model = tiny_model()
     x, y, plan = (torch.from_numpy(a) for a in seqs.collate(batch))
@@ -167,7 +170,7 @@ def test_any_split_of_a_global_batch_gives_its_loss(norm):
         got = 0.0
         for rank in range(world):
             for i in range(accum):
-                rows = data.rank_share(batch[i::accum], rank, world)
+                rows = batches.rank_share(batch[i::accum], rank, world)
                 if len(rows):
                     loss = loss_terms(model, *(torch.from_numpy(a) for a in seqs.collate(rows)), contextlib.nullcontext(),
                                       loss_norm=norm)[0]
@@ -176,7 +179,7 @@ def test_any_split_of_a_global_batch_gives_its_loss(norm):
 
 
 def test_loss_at_kept_positions_equals_the_full_loss_with_gradients():
-    seqs = data.Sequences.build(random_split(), np.arange(60), False)
+    seqs = batches.Sequences.build(random_split(), np.arange(60), False)
     x, y, plan = (torch.from_numpy(a) for a in seqs.collate(np.arange(8)))
     model = tiny_model()
     loss, stats = full_logits_stats(model, x, y, plan)
@@ -194,7 +197,7 @@ def test_loss_at_kept_positions_equals_the_full_loss_with_gradients():
 
 
 def test_rounded_length_and_token_budget_give_the_padded_loss():
-    seqs = data.Sequences.build(random_split(), np.arange(60), False)
+    seqs = batches.Sequences.build(random_split(), np.arange(60), False)
     model = tiny_model()
     def total(batches, multiple):
         s = torch.zeros(STATS, dtype=torch.float64)
@@ -202,7 +205,7 @@ def test_rounded_length_and_token_budget_give_the_padded_loss():
             s += loss_terms(model, *(torch.from_numpy(a) for a in seqs.collate(b, multiple)), contextlib.nullcontext())[1]
         return summarize(s)
     padded = total(np.array_split(np.random.default_rng(0).permutation(60), 6), 1)
-    bucketed = total(data.epoch_batches(seqs.lengths, 0, 0, rows=4, world=1, token_budget=100, window=4), 64)
+    bucketed = total(batches.epoch_batches(seqs.lengths, 0, 0, rows=4, world=1, token_budget=100, window=4), 64)
     for k in ("loss", "trace_loss", "plan_loss", "accuracy", "tokens", "sequences", "trace_exact", "plan_exact",
               "response_exact"):
         assert bucketed[k] == pytest.approx(padded[k], rel=1e-6)
@@ -211,17 +214,17 @@ def test_rounded_length_and_token_budget_give_the_padded_loss():
 def test_token_budget_windows_cover_the_epoch_within_budget():
     lengths = np.random.default_rng(3).integers(50, 3000, 5000)
     for world in (1, 3):
-        batches = data.epoch_batches(lengths, 1, 0, rows=2, world=world, token_budget=8000)
-        assert len(np.unique(np.concatenate(batches))) == sum(len(b) for b in batches) > 0.99 * len(lengths)
-        for b in batches:
+        epoch = batches.epoch_batches(lengths, 1, 0, rows=2, world=world, token_budget=8000)
+        assert len(np.unique(np.concatenate(epoch))) == sum(len(b) for b in epoch) > 0.99 * len(lengths)
+        for b in epoch:
             assert len(b) >= world and all(len(s) * lengths[s].max() <= 8000 or len(s) == 1
-                                           for s in (data.rank_share(b, r, world) for r in range(world)))
-        waste = sum(len(b) * lengths[b].max() for b in batches) / sum(lengths[b].sum() for b in batches) - 1
+                                           for s in (batches.rank_share(b, r, world) for r in range(world)))
+        waste = sum(len(b) * lengths[b].max() for b in epoch) / sum(lengths[b].sum() for b in epoch) - 1
         assert waste < 0.05  # sorted windows: little padding
 
 
 def test_prefetcher_hands_out_the_batchers_batches_and_position():
-    seqs = data.Sequences.build(random_split(), np.arange(60), False)
+    seqs = batches.Sequences.build(random_split(), np.arange(60), False)
     cfg = TrainConfig(batch_size=3, grad_accum=2, seed=4)
     plain, ahead = Batcher(seqs, cfg, world=2), Prefetcher(Batcher(seqs, cfg, world=2), 1, torch.device("cpu"))
     try:
@@ -241,7 +244,7 @@ def test_prefetcher_hands_out_the_batchers_batches_and_position():
 
 
 def test_bf16_autocast_on_cpu_is_close_to_fp32():
-    seqs = data.Sequences.build(random_split(), np.arange(60), False)
+    seqs = batches.Sequences.build(random_split(), np.arange(60), False)
     x, y, plan = (torch.from_numpy(a) for a in seqs.collate(np.arange(8)))
     model = tiny_model(dtype=torch.float32)
     fp32 = loss_terms(model, x, y, plan, contextlib.nullcontext())[1]
@@ -277,7 +280,7 @@ def test_ddp_with_accumulation_equals_one_process(st, norm):
 
 @pytest.mark.slow
 def test_compiled_model_gives_the_eager_loss():
-    seqs = data.Sequences.build(random_split(), np.arange(60), False)
+    seqs = batches.Sequences.build(random_split(), np.arange(60), False)
     model = tiny_model(dtype=torch.float32)
     compiled = torch.compile(model, dynamic=True)
     for rows in (np.arange(4), np.arange(10, 17), np.arange(30, 33)):  # varying shapes, one compilation

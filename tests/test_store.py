@@ -6,7 +6,7 @@ import textwrap
 import numpy as np
 import torch
 
-import data
+import batches
 from conftest import ROOT
 
 
@@ -61,14 +61,14 @@ def test_lease_is_exclusive_until_it_expires(st):
 
 def test_epoch_batches_are_seeded_cover_the_epoch_and_balance_ranks():
     lengths = np.random.default_rng(0).integers(10, 500, 1000)
-    a = data.epoch_batches(lengths, seed=1, epoch=0, rows=4, world=2)
-    assert all(np.array_equal(x, y) for x, y in zip(a, data.epoch_batches(lengths, 1, 0, 4, 2)))
-    b = data.epoch_batches(lengths, seed=1, epoch=1, rows=4, world=2)
+    a = batches.epoch_batches(lengths, seed=1, epoch=0, rows=4, world=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, batches.epoch_batches(lengths, 1, 0, 4, 2)))
+    b = batches.epoch_batches(lengths, seed=1, epoch=1, rows=4, world=2)
     assert not all(np.array_equal(x, y) for x, y in zip(a, b))
     seen = np.concatenate(a)
     assert len(seen) == len(set(seen.tolist())) == 1000  # every sequence once
     for batch in a:
-        shares = [data.rank_share(batch, r, 2) for r in range(2)]
+        shares = [batches.rank_share(batch, r, 2) for r in range(2)]
         padded = [len(s) * lengths[s].max() for s in shares]
         assert len(shares[0]) == len(shares[1]) == 4
         assert max(padded) <= 1.2 * min(padded) + 50  # balanced: neither rank waits long on the other
@@ -80,10 +80,10 @@ def test_epoch_batches_are_seeded_cover_the_epoch_and_balance_ranks():
 
 def test_token_budget_batches_fit_the_budget_per_rank():
     lengths = np.random.default_rng(1).integers(10, 500, 999)
-    batches = data.epoch_batches(lengths, seed=0, epoch=0, rows=1, world=3, token_budget=2000)
-    for batch in batches:
+    epoch = batches.epoch_batches(lengths, seed=0, epoch=0, rows=1, world=3, token_budget=2000)
+    for batch in epoch:
         assert len(batch) >= 3
         for r in range(3):
-            share = data.rank_share(batch, r, 3)
+            share = batches.rank_share(batch, r, 3)
             assert len(share) * lengths[share].max() <= max(2000, lengths[share].max())
-    assert sum(len(b) for b in batches) >= 999 - 2
+    assert sum(len(b) for b in epoch) >= 999 - 2

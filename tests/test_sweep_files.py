@@ -7,7 +7,7 @@ import pytest
 
 import sweep
 from conftest import ROOT, run_cli
-from store import StoreError
+from errors import ConfigError
 
 SWEEPS = ROOT / "config" / "sweep"
 KEYS = {"train_name", "test_name", "encoder", "decoder", "plan_only", "batch_size", "lr", "lr_schedule",
@@ -125,7 +125,7 @@ BAD = [  # file text, index, what the one-line error must name
 def test_bad_sweep_input_is_refused_in_process(tmp_path, text, index, words):
     path = tmp_path / "bad.json"
     path.write_text(text)
-    with pytest.raises(StoreError) as e:
+    with pytest.raises(ConfigError) as e:
         sweep.load(str(path), index)
     assert str(path) in str(e.value) and all(w in str(e.value) for w in words)
 
@@ -149,5 +149,5 @@ def test_bad_sweep_input_gives_one_line_cli_errors(tmp_path, cases):
 
 
 def test_missing_sweep_file_is_refused(tmp_path):
-    with pytest.raises(StoreError, match="none.json: cannot read sweep file"):
+    with pytest.raises(ConfigError, match="none.json: cannot read sweep file"):
         sweep.load(str(tmp_path / "none.json"), 0)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-import data
+import batches
+import dataset
 from conftest import ROOT, make_toy_dataset, run_cli
-from train import TrainConfig
+from hparams import TrainConfig
 
 FAST = ["--train-name", "toy.copy", "--model-size", "tiny", "--warmup-steps", "5", "--lr", "1e-3", "--log-interval", "5",
         "--eval-interval", "20", "--checkpoint-interval", "10", "--num-test-sequences", "16"]
@@ -271,22 +272,22 @@ def test_bad_flags_give_one_line_errors(flags, msg):
 def test_bucketed_batches_give_the_padded_loss(st):
     """Per-token loss over the data is the same whether batches are length-sorted or padded at random."""
     from model import ModelConfig, Transformer
-    import train
-    from train import loss_terms, summarize
+    import loss
+    from loss import loss_terms, summarize
     make_toy_dataset(st.db, n_train=64)
-    split = data.load_split(st.db, "toy.copy", "train")
-    seqs = data.Sequences.build(split, np.arange(64), plan_only=False)
+    split = dataset.load_split(st.db, "toy.copy", "train")
+    seqs = batches.Sequences.build(split, np.arange(64), plan_only=False)
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=24, d_model=32, n_head=2, d_ff=64, n_layer=2)).double()
     import contextlib
     def total(batches):
-        s = torch.zeros(train.STATS, dtype=torch.float64)
+        s = torch.zeros(loss.STATS, dtype=torch.float64)
         for b in batches:
             s += loss_terms(model, *(torch.from_numpy(a) for a in seqs.collate(b)), contextlib.nullcontext())[1]
         return summarize(s)
-    bucketed = data.epoch_batches(seqs.lengths, 0, 0, rows=8, world=1, token_budget=0, window=8)
+    bucketed = batches.epoch_batches(seqs.lengths, 0, 0, rows=8, world=1, token_budget=0, window=8)
     padded = np.array_split(np.random.default_rng(0).permutation(64), 8)
-    budget = data.epoch_batches(seqs.lengths, 0, 0, rows=8, world=1, token_budget=120)
+    budget = batches.epoch_batches(seqs.lengths, 0, 0, rows=8, world=1, token_budget=120)
     a, b, c = total(bucketed), total(padded), total(budget)
     for k in ("loss", "trace_loss", "plan_loss", "accuracy", "tokens", "sequences", "trace_exact", "plan_exact",
               "response_exact"):
@@ -304,7 +305,7 @@ def test_bucketed_batches_give_the_padded_loss(st):
     (203, 1, 4, 2, 0), (203, 2, 4, 2, 0), (205, 2, 3, 1, 0), (17, 3, 2, 1, 0),  # uneven sizes, partial last batches
     (203, 1, 4, 2, 20), (203, 2, 2, 2, 20), (64, 2, 3, 1, 5)])  # token budgets below the longest sequence
 def test_every_micro_batch_of_every_rank_is_non_empty(n, world, accum, rows, budget):
-    from train import Batcher
+    from batches import Batcher
     lengths = np.random.default_rng(n).integers(8, 42, n)
     seqs = type("Seqs", (), {"lengths": lengths})()
     cfg = TrainConfig(batch_size=rows, grad_accum=accum, batch_tokens=budget, seed=1)
@@ -350,7 +351,7 @@ def test_start_checkpoint_with_another_vocabulary_is_refused(st):
     make_toy_dataset(st.db)
     run_cli("train.py", "single", "--run-id", "base", *FAST, "--train-steps", "5")
     make_toy_dataset(st.db, name="toy.reordered")
-    vocab = data.get_dataset(st.db, "toy.copy")["vocabulary"]
+    vocab = dataset.get_dataset(st.db, "toy.copy")["vocabulary"]
     swapped = vocab[:4] + vocab[4:][::-1]  # same size, another order
     st.db.datasets.update_one({"_id": "toy.reordered"}, {"$set": {"vocabulary": swapped}})
     r = run_cli("train.py", "single", "--run-id", "tuned", *FAST, "--train-name", "toy.reordered", "--train-steps", "5",

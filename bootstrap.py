@@ -1,0 +1,47 @@
+"""Search dynamics bootstrapping: choosing, among a task's sampled responses, the one that replaces its
+training sequence, and writing the new dataset (`eval.py bootstrap`)."""
+import numpy as np
+
+from dataset import PARTS, SPECIALS, DatasetWriter, digest, load_split
+
+
+def shortest_optimal(verdicts, trace_len, only_shorter=False):
+    """Index of the response that replaces the sequence: the fewest trace tokens among the correct and
+    optimal ones (the first on ties), even when longer than trace_len (the sequence's own), as the
+    reference did; with only_shorter, only when shorter. None: keep the sequence."""
+    best = None
+    for i, v in enumerate(verdicts):
+        if v.kind == "optimal" and (not only_shorter or v.trace_len < trace_len) and \
+                (best is None or v.trace_len < verdicts[best].trace_len):
+            best = i
+    return best
+
+
+def sequence_key(split_name, split, row):
+    return digest(split_name.encode() + int(split.ids[row]).to_bytes(8, "little") + split.get(row, "prompt").tobytes())
+
+
+def extras(split, row):
+    return {k: float(v[row]) for k, v in split.extra.items() if not np.isnan(v[row])}
+
+
+def write_bootstrap(db, name, src_doc, test_name, train, rows, chosen, info, overwrite):
+    """Write the bootstrapped dataset: row r of train becomes chosen[r] = (response ids, trace
+    length) where there is one. Returns (replaced, mean trace length before, after)."""
+    writer = DatasetWriter(db, name, src_doc["task"], {**src_doc["params"], "bootstrap": info},
+                           src_doc["vocabulary"][len(SPECIALS):], overwrite)
+    before, after = [], []
+    for r in rows:
+        prompt, trace, plan = (train.get(r, p) for p in PARTS)
+        if r in chosen:
+            ids, cut = chosen[r]
+            trace, plan = ids[:cut], ids[cut:]
+        before.append(train.lens["trace"][r])
+        after.append(len(trace))
+        writer.add("train", prompt, trace, plan, sequence_key("train", train, r), source_id=int(train.ids[r]),
+              **extras(train, r))
+    test = load_split(db, test_name, "test")
+    for r in range(len(test.ids)):
+        writer.add("test", *(test.get(r, p) for p in PARTS), sequence_key("test", test, r), **extras(test, r))
+    writer.commit()
+    return len(chosen), float(np.mean(before)) if before else 0.0, float(np.mean(after)) if after else 0.0

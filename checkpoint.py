@@ -1,0 +1,130 @@
+"""A run's training state: the model, optimizer and LR schedule built fresh, loaded from a checkpoint
+as a resume loads it (every part checked), or started from another run's checkpoint."""
+import torch
+import torch.nn.functional as F
+
+from batches import Batcher
+from errors import CheckpointError
+from hparams import TrainConfig, shown
+from loss import STATS
+from model import ModelConfig, Transformer
+
+
+def make_optimizer(model, cfg, device):
+    """AdamW over two groups, matrices then the rest (norm weights), whatever decays: every checkpoint's
+    optimizer state has one layout, so a run can start from any other's state."""
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    rest = [p for p in model.parameters() if p.dim() < 2]
+    rest_decay = cfg.weight_decay if cfg.decay_params == "all" else 0.0
+    return torch.optim.AdamW([{"params": matrices, "weight_decay": cfg.weight_decay},
+                              {"params": rest, "weight_decay": rest_decay}],
+                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device.type == "cuda")
+
+
+def start_from(model, opt, init, cfg):
+    """Initialise a new run from another run's checkpoint: its weights and, with start_optimizer, its
+    AdamW moments and per-parameter step counts (the reference's fine-tuning). Hyper-parameters (lr,
+    betas, decay) stay this run's, and its step counter and LR schedule start at 0."""
+    why = lambda e: (str(e).splitlines() or [type(e).__name__])[0][:120]
+    try:
+        model.load_state_dict(init["model"])
+    except (RuntimeError, KeyError) as e:
+        raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model ({why(e)})") from None
+    if cfg.start_optimizer:
+        mine = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        try:
+            opt.load_state_dict(init["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r}: its optimizer state does not fit "
+                                  f"({why(e)}); start_optimizer=false takes the weights only") from None
+        for g, m in zip(opt.param_groups, mine):
+            g.update(m)
+
+
+def build(cfg, vocab_size, device):
+    """A run's model, optimizer and LR schedule, fresh: what a checkpoint's states are loaded into."""
+    torch.manual_seed(cfg.seed)
+    model = Transformer(ModelConfig.from_size(cfg.model_size, vocab_size)).to(device)
+    opt = make_optimizer(model, cfg, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s) / cfg.lr)
+    return model, opt, sched
+
+
+def restore(ck, model, opt, sched, batcher, sums):
+    """Load a checkpoint's training state into these objects, as a resume does, checking every part
+    it reads; ValueError (one line) when one is missing or does not fit. Returns (step, log sums)."""
+    try:
+        step = ck["step"]
+        if type(step) is not int or step < 0:
+            raise ValueError(f"step must be a non-negative int, got {shown(step)}")
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        for p, state in opt.state.items():  # load_state_dict checks group sizes, not the tensors' shapes
+            for key, t in state.items():
+                if key != "step" and (not torch.is_tensor(t) or t.shape != p.shape):
+                    raise ValueError(f"optimizer state {key!r} does not fit a parameter of shape {tuple(p.shape)}")
+        sc = ck["scheduler"]
+        if not isinstance(sc, dict) or sc.get("last_epoch") != step or len(sc.get("base_lrs", ())) != len(opt.param_groups):
+            raise ValueError("the LR scheduler state does not match the step and the optimizer")
+        sched.load_state_dict(sc)
+        pos = ck["data"]
+        if not isinstance(pos, dict) or sorted(pos) != ["epoch", "index"] or \
+                not all(type(v) is int and 0 <= v < 2**62 for v in pos.values()):
+            raise ValueError(f"malformed data position {shown(pos)}")
+        batcher.load_state_dict(pos)
+        rng = ck["rng"]["cpu"]
+        torch.Generator().set_state(rng)  # raises on anything that is not a CPU generator state
+        log_acc = ck["log_acc"]
+        if torch.is_tensor(log_acc) and log_acc.shape == (5,):  # from before the exact-sequence counts
+            log_acc = F.pad(log_acc, (0, len(sums) - 5))
+        if not torch.is_tensor(log_acc) or log_acc.dtype != sums.dtype or log_acc.shape != sums.shape:
+            raise ValueError(f"log_acc must be a {sums.dtype} tensor of shape {tuple(sums.shape)}")
+    except KeyError as e:
+        raise ValueError(f"missing {e}") from None
+    except (TypeError, RuntimeError, IndexError) as e:
+        raise ValueError((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from None
+    return step, rng, log_acc
+
+
+def check_resumable(ck):
+    """Raise ValueError (one line) unless a training run can resume from this checkpoint dict."""
+    cfg = TrainConfig.from_stored(ck["config"])
+    vocab = ck["vocabulary"]
+    if not isinstance(vocab, list) or not all(isinstance(t, str) for t in vocab):
+        raise ValueError("vocabulary must be a list of token strings")
+    model, opt, sched = build(cfg, len(vocab), torch.device("cpu"))
+    if ck["model_config"] != model.cfg.to_dict():
+        raise ValueError(f"model_config does not match model size {cfg.model_size!r} with {len(vocab)} tokens")
+    if "world_size" in ck and (type(ck["world_size"]) is not int or ck["world_size"] < 1):
+        raise ValueError(f"bad world_size {shown(ck['world_size'])}")
+    restore(ck, model, opt, sched, Batcher(None, cfg, ck.get("world_size", 1)), torch.zeros(STATS, dtype=torch.float64))
+
+
+def check_vocabulary(ck, vocab, what, dataset):
+    if ck.get("vocabulary") != vocab:
+        theirs = ck.get("vocabulary") or []
+        diff = next((i for i, (a, b) in enumerate(zip(theirs, vocab)) if a != b), min(len(theirs), len(vocab)))
+        raise CheckpointError(f"{what} was trained on another vocabulary than dataset {dataset!r} ({len(theirs)} "
+                              f"vs {len(vocab)} tokens, first difference at id {diff}); train on a dataset with its "
+                              f"vocabulary")
+
+
+# the keys of a training checkpoint (an exported file holds the same dict)
+KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_acc", "config", "model_config", "vocabulary"}
+
+
+def read_exported(path):
+    """Load and check an exported file without running code (weights_only) and without reading it
+    all into memory (mmap); raises CheckpointError on anything that is not a whole, valid checkpoint."""
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a valid checkpoint file ({reason})") from None
+    if not isinstance(ck, dict) or not KEYS <= ck.keys():
+        raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - set(ck) if isinstance(ck, dict) else KEYS)})")
+    try:
+        check_resumable(ck)  # everything a resume reads, loaded as a resume loads it
+    except Exception as e:
+        raise CheckpointError(f"{path}: checkpoint contents are invalid ({str(e).splitlines()[0][:160]})") from None
+    return ck

@@ -1,0 +1,112 @@
+"""A training run's hyper-parameters: TrainConfig (stored with the run exactly as to_dict()), checked
+on every way in (flags, sweep files, stored configs), and the LR schedule they define."""
+import dataclasses
+import math
+from dataclasses import dataclass, fields
+
+import store
+from errors import shown
+from model import SIZES
+
+
+@dataclass
+class TrainConfig:
+    train_name: str = "maze.10-by-10-deterministic.simple"
+    test_name: str = ""  # empty: same as train_name
+    model_size: str = "s"
+    plan_only: bool = False  # train on prompt then plan, without the trace
+    batch_size: int = 8  # sequences per process per micro-step (global = batch x world size)
+    batch_tokens: int = 0  # > 0: instead, as many sequences as fit this many padded tokens per process
+    grad_accum: int = 1
+    lr: float = 2.5e-4
+    lr_schedule: str = "cosine"  # or "constant"
+    warmup_steps: int = 2000
+    min_lr_ratio: float = 0.1  # cosine ends at this fraction of lr
+    weight_decay: float = 0.01
+    decay_params: str = "all"  # AdamW decay on every parameter (the reference), or "matrices": not on norm weights
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 0.0  # max gradient norm; 0 = no clipping (the reference)
+    loss_norm: str = "sequence"  # mean over sequences of each one's mean token loss (the reference), or "token":
+    # the mean over every loss token of the global batch (long traces weigh more)
+    train_steps: int = 400000
+    log_interval: int = 1000
+    eval_interval: int = 40000
+    checkpoint_interval: int = 1000
+    num_train_sequences: int = 0  # 0: all
+    num_test_sequences: int = 1000
+    min_reasoning_len: int = 0
+    max_reasoning_len: int = 0  # 0: no bound
+    start_checkpoint: str = ""  # run id whose checkpoint initialises this run (step starts at 0)
+    start_optimizer: bool = True  # with start_checkpoint: its AdamW state too (the reference); false: weights only
+    seed: int = 0
+    eval_tasks: int = 0  # > 0: greedy rollouts on this many test tasks at each eval (rollout_* in the test log)
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name: f for f in fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ValueError(f"unknown hyper-parameter {shown(key)}")
+        for key, value in d.items():
+            want = known[key].type
+            ok = isinstance(value, bool) if want is bool else (
+                isinstance(value, (int, float)) and not isinstance(value, bool) if want is float else
+                isinstance(value, want) and not isinstance(value, bool))
+            if not ok:
+                raise ValueError(f"hyper-parameter {key!r} must be {want.__name__}, got {shown(value)}")
+            if want is float and isinstance(value, int) and abs(value) > 2**63:
+                raise ValueError(f"hyper-parameter {key!r} is out of range, got {shown(value)}")
+        cfg = cls(**{k: float(v) if known[k].type is float else v for k, v in d.items()})
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        for f in fields(self):  # what JSON, the command line or BSON cannot carry faithfully
+            v = getattr(self, f.name)
+            if f.type is float and not math.isfinite(v) or f.type is int and not -2**63 <= v < 2**63:
+                raise ValueError(f"hyper-parameter {f.name!r} is out of range, got {shown(v)}")
+        positive = ["batch_size", "grad_accum", "train_steps", "log_interval", "eval_interval",
+                    "checkpoint_interval", "num_test_sequences"]
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"hyper-parameter {key!r} must be positive, got {getattr(self, key)}")
+        for key in ["batch_tokens", "warmup_steps", "num_train_sequences", "min_reasoning_len",
+                    "max_reasoning_len", "seed", "weight_decay", "grad_clip", "eval_tasks"]:
+            if getattr(self, key) < 0:
+                raise ValueError(f"hyper-parameter {key!r} must not be negative, got {getattr(self, key)}")
+        if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and betas in [0, 1)")
+        if self.model_size not in SIZES:
+            raise ValueError(f"hyper-parameter 'model_size' must be one of {', '.join(SIZES)}, got {self.model_size!r}")
+        for key, allowed in (("lr_schedule", ("cosine", "constant")), ("loss_norm", ("sequence", "token")),
+                             ("decay_params", ("all", "matrices"))):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"hyper-parameter {key!r} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
+        store.check_name(self.train_name, "dataset name")
+        for key in ("test_name", "start_checkpoint"):
+            if getattr(self, key):
+                store.check_name(getattr(self, key), key)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_stored(cls, d):
+        """A stored config: one written before a key existed trained as that key's old value says."""
+        return cls.from_dict({**{k: v for k, v in LEGACY.items() if k in ADDED}, **d})
+
+    def lr_at(self, step):
+        """Linear warm-up, then cosine decay to min_lr_ratio x lr at train_steps (or constant)."""
+        if step < self.warmup_steps:
+            return self.lr * (step + 1) / self.warmup_steps
+        if self.lr_schedule == "constant":
+            return self.lr
+        t = min(1.0, (step - self.warmup_steps) / max(1, self.train_steps - self.warmup_steps))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+# the defaults before the reference's training rules became the defaults; ADDED: the keys that came with
+# them, so a stored config without them was made under the old defaults
+LEGACY = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "grad_clip": 1.0}
+ADDED = ("loss_norm", "decay_params", "start_optimizer")

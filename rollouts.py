@@ -1,0 +1,82 @@
+"""Rollouts of a model on a dataset's tasks: each continues `<bos> prompt <sep>` (and an optional
+prefix of the stored trace) through the sampling engine (decode.py); and the greedy rollout metrics
+a trainer logs at its evaluations (train.py --eval-tasks)."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import decode
+from dataset import BOS, DTYPE, SEP, get_dataset, load_split
+from metrics import SUM_FIELDS, Checker, score, summarize
+
+# rollout limits of the reference: (task, plan_only) -> tokens
+MAX_TOKENS = {("maze", False): 10000, ("maze", True): 10000, ("sokoban", False): 11000, ("sokoban", True): 2000}
+
+
+@dataclass
+class Opts:
+    """Sampling parameters: with the dataset and split, they key the stored responses."""
+    temperature: float
+    max_tokens: int  # generated tokens (after any prefix)
+    seed: int = 0
+    prefix_len: int = 0  # rollouts start after this many tokens of the stored trace
+
+
+def prompt_ids(split, row, prefix_len=0):
+    """`<bos> prompt <sep>`, then the first prefix_len tokens of the sequence's stored (A*) trace: a
+    rollout continues from there (the whole trace when it is shorter)."""
+    prefix = split.get(row, "trace")[:prefix_len]
+    return np.concatenate([[BOS], split.get(row, "prompt"), [SEP], prefix]).astype(np.int64)
+
+
+def rollouts(model, split, pairs, opts, batch_size, device, compile=None):
+    """Yield ((row, sample), ids, eos) for (row, sample) pairs of a split, as they finish; with
+    opts.prefix_len, ids start with the given trace prefix. A response's random stream depends only
+    on the seed, its task id and its sample index, so an interrupted evaluation resumes with the
+    samples it would have drawn."""
+    if not pairs:
+        return
+    rows = sorted({r for r, _ in pairs})
+    where = {r: i for i, r in enumerate(rows)}
+    cuda = device.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
+    keys = [(int(split.ids[r]) << 20) + s for r, s in pairs]
+    for i, ids, eos in decode.generate(model, [prompt_ids(split, r, opts.prefix_len) for r in rows],
+                                       [where[r] for r, _ in pairs], opts.max_tokens, opts.temperature, opts.seed,
+                                       keys, batch_size, autocast=autocast,
+                                       cache_dtype=torch.bfloat16 if cuda else None,
+                                       compile=cuda if compile is None else compile):
+        if opts.prefix_len:  # the response as scored and stored: the given prefix, then what was generated
+            ids = np.concatenate([split.get(pairs[i][0], "trace")[:opts.prefix_len], ids]).astype(DTYPE)
+        yield pairs[i], ids, eos
+
+
+def batch_size_for(model, split, device, prefix_len=0):
+    """Rows decoding at once, from the memory available (decode.auto_batch_size)."""
+    return decode.auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + prefix_len, device)
+
+
+def rollout_metrics(model, db, cfg, rank, world, device):
+    """For the trainer: greedy rollouts on the first cfg.eval_tasks test tasks, each rank a share,
+    metrics over all of them. Rollouts stop at twice the longest reference response of these tasks
+    (or the usual limit, if lower): an untrained model would otherwise run to the full limit."""
+    name = cfg.test_name or cfg.train_name
+    doc = get_dataset(db, name)
+    checker = Checker(doc)
+    split = load_split(db, name, "test")
+    rows = np.arange(min(cfg.eval_tasks, len(split.ids)))
+    ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
+    opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))
+    mine = [(int(r), 0) for r in rows[rank::world]]
+    size = batch_size_for(model, split, device)
+    training = model.training
+    model.eval()
+    tasks = [(r, [(ids, eos)]) for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device)]
+    model.train(training)
+    sums = score(checker, split, tasks)
+    total = torch.tensor([sums[k] for k in SUM_FIELDS], dtype=torch.float64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(total)
+    return summarize(dict(zip(SUM_FIELDS, total.tolist())), cfg.plan_only)

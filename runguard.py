@@ -1,0 +1,86 @@
+"""Rank 0's hold on a training run: the lease that keeps a second trainer off the run id (renewed in a
+thread, so a crashed holder's lease simply expires), the owner token that fences this process's
+writes (a trainer that lost the lease can change nothing), preemption by SIGTERM recorded as a
+failure, and the run's final status."""
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import uuid
+
+import store
+from errors import StoreError
+
+
+def exit_on_sigterm():
+    """Preemption (SIGTERM) exits through the normal path, so the run is recorded as failed."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+class Lease(threading.Thread):
+    """Renews rank 0's hold on the run id; a crashed holder's lease simply expires."""
+
+    def __init__(self, st, run_id, owner, seconds):
+        super().__init__(daemon=True)
+        self.st, self.run_id, self.owner, self.seconds = st, run_id, owner, seconds
+        self.stopped, self.lost = threading.Event(), False
+
+    def run(self):
+        while not self.stopped.wait(self.seconds / 3):
+            try:
+                if not self.st.acquire_lease(self.run_id, self.owner, self.seconds):
+                    self.lost = True
+                    return
+            except Exception:
+                pass  # database away: keep training, retry on the next beat
+
+    def stop(self):
+        self.stopped.set()
+        with contextlib.suppress(Exception):
+            self.st.release_lease(self.run_id, self.owner)
+
+
+class RunGuard:
+    """Used as `with guard:` around the training of a run that rank 0 has claimed (claim()): rank 0's
+    lease is renewed meanwhile, and on the way out the run is recorded as finished (finished()) or
+    failed (any exception, SIGTERM included), and the lease released. `owner` fences rank 0's
+    writes (None on the other ranks, which write nothing)."""
+
+    def __init__(self, st, run_id, lease_s, rank):
+        self.st, self.run_id, self.lease_s, self.rank = st, run_id, lease_s, rank
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.owner = token if rank == 0 else None
+        self.lease = None
+
+    def claim(self, config, world):
+        """Create the run, or re-open it for a resume (rank 0); StoreError while another holds it."""
+        self.st.start_run(self.run_id, config, self.owner, self.lease_s, world, socket.gethostname())
+
+    def __enter__(self):
+        if self.rank == 0:
+            self.lease = Lease(self.st, self.run_id, self.owner, self.lease_s)
+            self.lease.start()
+        return self
+
+    def check(self):
+        """Raise once another process has taken the run over (checked every step)."""
+        if self.lease is not None and self.lease.lost:
+            raise StoreError(f"lost the lease on run {self.run_id!r} to another process")
+
+    def finished(self):
+        if self.rank == 0:
+            self.st.set_status(self.run_id, "finished", owner=self.owner)
+
+    def __exit__(self, kind, error, tb):
+        try:
+            if error is not None and self.rank == 0:
+                with contextlib.suppress(Exception), store.bounded(3):  # one short try: the database may be gone
+                    self.st.with_retry(0).set_status(self.run_id, "failed", f"{kind.__name__}: {error}"[:2000],
+                                                     owner=self.owner)
+        finally:
+            if self.lease is not None:
+                with store.bounded(3):
+                    self.lease.stop()
+        return False

@@ -1,0 +1,57 @@
+"""The task kinds, maze and Sokoban, behind one small interface; the one place that dispatches on a
+dataset's `task` field.
+
+A task (of(kind, params)) parses a prompt into its problem (ValueError when malformed), parses a
+plan (None when malformed), checks a plan strictly (ours) or as the reference does, renders a
+problem with a plan drawn, and gives the mean A* trace length of a problem (the ILR metric's t*).
+To add a kind: a module like maze.py, a class here, and an entry in KINDS.
+"""
+import maze
+import sokoban
+
+
+class Maze:
+    kind = "maze"
+    parse_plan = staticmethod(maze.parse_plan)
+    check = staticmethod(maze.check_plan)
+    check_reference = staticmethod(maze.reference_check)
+    render = staticmethod(maze.render)
+
+    def __init__(self, params):
+        self.n, self.nondeterministic = params["n"], params.get("nondeterministic", False)
+
+    def parse_prompt(self, tokens):
+        return maze.parse_prompt(tokens, self.n)
+
+    def mean_trace_len(self, problem, runs, seed):
+        return maze.mean_trace_len(problem, runs, seed, self.nondeterministic)
+
+
+class Sokoban:
+    kind = "sokoban"
+    parse_prompt = staticmethod(sokoban.parse_prompt)
+    parse_plan = staticmethod(sokoban.parse_plan)
+    check = staticmethod(sokoban.simulate)
+    check_reference = staticmethod(sokoban.reference_check)
+    render = staticmethod(sokoban.render)
+    mean_trace_len = staticmethod(sokoban.mean_trace_len)
+
+    def __init__(self, params):
+        pass
+
+
+KINDS = {"maze": Maze, "sokoban": Sokoban}
+
+
+def of(kind, params):
+    """The task of a dataset's kind and generation parameters; None for a kind without one
+    (imported or synthetic datasets)."""
+    return KINDS[kind](params) if kind in KINDS else None
+
+
+def dataset_name(kind, **params):
+    """The name a generated dataset of this kind and these parameters gets."""
+    if kind == "maze":
+        determinism = "nondeterministic" if params["nondeterministic"] else "deterministic"
+        return f"maze.{params['n']}-by-{params['n']}-{determinism}.simple"
+    return "sokoban.7-by-7-walls-2-boxes-2"
