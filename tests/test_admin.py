@@ -2,7 +2,6 @@
 and the embedded database server's status, stop and first start."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
