@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Searchformer at laptop scale (README "Searchformer on a laptop"): on 7x7 nondeterministic mazes,
+# Searchformer at laptop scale (README "Searchformer on a laptop"): on 5x5 nondeterministic mazes,
 # train a solution-only and a search-augmented xs model on the same training tasks, evaluate both on
 # the same test tasks, run search dynamics bootstrapping from the search-augmented model, fine-tune
 # and evaluate each step, and draw the plots. Run from the repository root, after `bash .ci/setup`:
@@ -7,24 +7,25 @@
 #   bash experiments/laptop_searchformer.sh            # embedded database (or MONGODB_URI)
 #
 # Every step resumes or skips what is done, so an interrupted run continues when started again.
-# Knobs (environment): TASKS, STEPS, FT_STEPS, BOOT_STEPS, SAMPLES, BOOT_SAMPLES, EVAL_TASKS, NPROC,
+# Knobs (environment): SIZE, TASKS, STEPS, FT_STEPS, BOOT_STEPS, SAMPLES, BOOT_SAMPLES, EVAL_TASKS, NPROC,
 # PREFIX (run-id prefix), FIGURES (where the PNGs go).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
-TASKS=${TASKS:-5000}            # training tasks both models see (the low-data regime)
-STEPS=${STEPS:-1500}            # training steps of both models, 32 sequences each
+SIZE=${SIZE:-5}                 # maze side
+TASKS=${TASKS:-2000}            # training tasks both models see (the low-data regime)
+STEPS=${STEPS:-2000}            # training steps of both models, 32 sequences each
 FT_STEPS=${FT_STEPS:-500}       # fine-tuning steps per bootstrapping step
 BOOT_STEPS=${BOOT_STEPS:-1}     # bootstrapping steps
 SAMPLES=${SAMPLES:-8}           # responses per test task
-BOOT_SAMPLES=${BOOT_SAMPLES:-2} # responses per training prompt when bootstrapping
+BOOT_SAMPLES=${BOOT_SAMPLES:-8} # responses per training prompt when bootstrapping
 EVAL_TASKS=${EVAL_TASKS:-200}   # test tasks
 NPROC=${NPROC:-2}               # training and sampling processes (one per core; 1, 2, 4, 8, 16 or 32)
 PREFIX=${PREFIX:-laptop}
 FIGURES=${FIGURES:-docs/laptop}
-DATA=maze.7-by-7-nondeterministic.simple
-MAX_TOKENS=600                  # generated tokens per response: the longest A* response of 11,302 such tasks is 436
+DATA=maze.$SIZE-by-$SIZE-nondeterministic.simple
+MAX_TOKENS=$(( SIZE * SIZE * 16 ))  # generated tokens per response (400 at 5x5: the longest A* response of 8,309 such tasks is 246)
 
 start=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - start )) s] $*"; }
@@ -37,7 +38,7 @@ train() {  # NPROC processes of one thread each (DDP, gloo), 32 sequences per st
 }
 
 stamp "data: $DATA"
-have_dataset "$DATA" || "$PY" data.py maze --size 7 --nondeterministic --num-train 10000 --num-test 1000
+have_dataset "$DATA" || "$PY" data.py maze --size "$SIZE" --nondeterministic --num-train 10000 --num-test 1000
 
 stamp "train $PREFIX-solution-only and $PREFIX-search on the first $TASKS training tasks, $STEPS steps each"
 train --run-id "$PREFIX-solution-only" --train-name "$DATA" --num-train-sequences "$TASKS" --train-steps "$STEPS" --plan-only
