@@ -110,7 +110,9 @@ def plot_traces(st, args):
     if not series:
         raise ConfigError("nothing to plot: name one or more --dataset or --run-id")
     top = max(int(np.percentile(lens, 99.5)) for _, lens in series)
-    bins = np.linspace(0, max(top, 1), 41)
+    step = int(np.gcd.reduce(np.concatenate([lens for _, lens in series]).astype(np.int64))) or 1  # maze: 5 per A* step
+    width = step * max(1, -(-top // (40 * step)))  # about 40 bins, each a whole number of steps
+    bins = np.arange(0, top + 2 * width, width) - step / 2  # centred on the lengths that occur
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, (label, lens) in enumerate(series):
         ax.hist(np.minimum(lens, bins[-1]), bins=bins, density=True, histtype="step", linewidth=1.8, color=f"C{i}",
