@@ -59,6 +59,14 @@ def save(fig, out):
     print(f"wrote {out}")
 
 
+def finish(fig, ax, xlabel, ylabel, out, legend_size=8):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=legend_size)
+    save(fig, out)
+
+
 def latest_result(st, run_id, split):
     st.require_run(run_id)
     res = next(iter(st.results.find({"run_id": run_id, "params.split": split}).sort([("time", -1)]).limit(1)), None)
@@ -81,11 +89,7 @@ def plot_loss(st, args):
                 ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], style, color=f"C{i}",
                         marker="o" if split == "test" else None, markersize=3, label=f"{run_id} ({split})")
     ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (mean token cross-entropy)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    save(fig, args.out)
+    finish(fig, ax, "step", "loss (mean token cross-entropy)", args.out)
 
 
 def plot_traces(st, args):
@@ -117,11 +121,7 @@ def plot_traces(st, args):
     for i, (label, lens) in enumerate(series):
         ax.hist(np.minimum(lens, bins[-1]), bins=bins, density=True, histtype="step", linewidth=1.8, color=f"C{i}",
                 label=f"{label}: median {np.median(lens):.0f}, n={len(lens)}")
-    ax.set_xlabel("trace length (tokens; the last bin holds the longest 0.5%)")
-    ax.set_ylabel("density")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    save(fig, args.out)
+    finish(fig, ax, "trace length (tokens; the last bin holds the longest 0.5%)", "density", args.out, legend_size=7)
 
 
 def plot_metrics(st, args):
@@ -172,6 +172,8 @@ def main(argv=None):
     try:
         for run_id in args.run_id or []:
             store.check_name(run_id)
+        if getattr(args, "first", 0) < 0:
+            raise ConfigError(f"--first must not be negative, got {args.first}")
         args.out = check_out(args.out)
         args.fn(store.connect(), args)
     except errors.REPORTED as e:

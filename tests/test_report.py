@@ -61,6 +61,7 @@ def test_each_plot_is_a_valid_non_trivial_png(st, evaluated, tmp_path):
     (["loss", "--run-id", "bare"], "run 'bare' has no logs yet"),
     (["traces", "--dataset", "nope"], "dataset 'nope' does not exist"),
     (["traces"], "nothing to plot"),
+    (["traces", "--dataset", "nope", "--first", "-1"], "--first must not be negative"),
     (["loss", "--run-id", "bare", "--out", "{tmp}/missing/plot.png"], "missing does not exist"),
     (["loss", "--run-id", "bare", "--out", "{tmp}/file.txt/plot.png"], "file.txt is not a folder"),
     (["loss", "--run-id", "bare", "--out", "{tmp}/plot.jpg"], "must name a .png file"),
