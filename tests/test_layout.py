@@ -9,7 +9,7 @@ from conftest import ROOT
 LAZY = {
     ("store.py", "torch"): "checkpoint (de)serialisation only: admin.py and data.py start without torch",
     ("admin.py", "checkpoint"): "imports torch: only the checkpoint import command needs it",
-    ("bench.py", "torch._dynamo.utils"): "torch internals, only for the compiled benchmarks",
+    ("measure.py", "torch._dynamo.utils"): "torch internals, only for the compiled benchmarks",
     ("bench.py", "torch.profiler"): "only with --rollout-profile",
 }
 
