@@ -190,7 +190,8 @@ def read_checkpoint(path):
 def import_checkpoint(st, args):
     ck, run_id = args.checkpoint, args.run_id  # both checked before connecting (main)
     ck["run_id"] = run_id
-    st.put_checkpoint(run_id, ck["config"], ck, ck["step"], replace=args.replace)
+    from checkpoint_store import put_checkpoint  # imports torch, as checkpoint.py does
+    put_checkpoint(st, run_id, ck["config"], ck, ck["step"], replace=args.replace)
     print(f"imported {args.filename} as run {run_id} (step {ck['step']})")
 
 

@@ -41,6 +41,7 @@ import dataset
 import decode
 import loss
 import store
+from checkpoint_store import load_checkpoint, save_checkpoint
 from measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
 from model import ModelConfig, Transformer
 from rollout_baselines import LengthModel, length_hazard, naive_generate, today_rollout, todays_attention
@@ -212,12 +213,12 @@ def bench_checkpoint(args, device):
     try:
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            info = st.save_checkpoint(run_id, 1, state)
+            info = save_checkpoint(st, run_id, 1, state)
             dt = time.perf_counter() - t0
         rows.append(("save", f"{dt:.2f}", f"{info['size'] / 2**20 / dt:,.0f}", gib(mem.extra)))
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            loaded = st.load_checkpoint(run_id, map_location=device)
+            loaded = load_checkpoint(st, run_id, map_location=device)
             dt = time.perf_counter() - t0
         rows.append(("load", f"{dt:.2f}", f"{info['size'] / 2**20 / dt:,.0f}", gib(mem.extra)))
         assert torch.equal(loaded["model"]["head.weight"], state["model"]["head.weight"])

@@ -69,6 +69,7 @@ from pymongo.errors import BulkWriteError
 import errors
 import store
 from bootstrap import shortest_optimal, write_bootstrap
+from checkpoint_store import load_checkpoint
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, print_table, score, summarize
@@ -157,7 +158,7 @@ def barrier(device):
 
 def load_model(st, run_id, device):
     """(model in eval mode, checkpoint dict without the optimizer state)."""
-    ck = st.load_checkpoint(run_id)
+    ck = load_checkpoint(st, run_id)
     if ck is None:
         raise StoreError(f"run {run_id!r} has no checkpoint yet")
     model = Transformer(ModelConfig(**ck["model_config"]))

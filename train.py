@@ -46,6 +46,7 @@ import store
 import sweep
 from batches import Batcher, Prefetcher, Sequences
 from checkpoint import build, check_vocabulary, restore, start_from
+from checkpoint_store import load_checkpoint, save_checkpoint
 from dataset import filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from hparams import ADDED, LEGACY, TrainConfig
@@ -127,7 +128,7 @@ def check_inputs(st, cfg, run_id):
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     if not cfg.start_checkpoint or (st.get_run(run_id) or {}).get("checkpoint"):
         return None  # a new run, or one that resumes from its own checkpoint
-    init = st.load_checkpoint(cfg.start_checkpoint)  # raises for a run that does not exist
+    init = load_checkpoint(st, cfg.start_checkpoint)  # raises for a run that does not exist
     if init is None:
         raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has no checkpoint yet")
     check_vocabulary(init, vocab, f"start_checkpoint run {cfg.start_checkpoint!r}", cfg.train_name)
@@ -217,7 +218,7 @@ class Training:
         """Load the run's own checkpoint (a resume), or the start checkpoint's weights (and optimizer
         state) into a new run."""
         cfg, run_id = self.cfg, self.run_id
-        ckpt = self.st.load_checkpoint(run_id)
+        ckpt = load_checkpoint(self.st, run_id)
         if ckpt is not None:
             if ckpt.get("world_size", self.world) != self.world:
                 raise CheckpointError(store.world_size_refusal(run_id, ckpt["world_size"], self.world))
@@ -316,7 +317,7 @@ class Training:
         if self.rank != 0:
             self.sums.zero_()
         if self.rank == 0:
-            self.st.save_checkpoint(self.run_id, self.step, owner=self.flags.owner, state={
+            save_checkpoint(self.st, self.run_id, self.step, owner=self.flags.owner, state={
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "run_id": self.run_id, "step": self.step,
                 "data": self.prefetch.state_dict(), "rng": {"cpu": torch.get_rng_state()},

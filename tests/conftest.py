@@ -108,12 +108,13 @@ def checkpoint_state(run_id, step=10, seed=0):
 
 def make_checkpoint(st, run_id, step=10, seed=0, status="finished"):
     """A run with a real tiny-model checkpoint (without training) and a few logs."""
+    from checkpoint_store import save_checkpoint
     state = checkpoint_state(run_id, step, seed)
     st.runs.insert_one({"_id": run_id, "config": state["config"], "status": status, "step": step, "lease": None,
                         "error": None})
     for s in range(5, step + 1, 5):
         st.log(run_id, s, "train", {"loss": 1.0 / s, "trace_loss": 1.0, "plan_loss": 1.0, "accuracy": 0.5})
-    st.save_checkpoint(run_id, step, state)
+    save_checkpoint(st, run_id, step, state)
     return state
 
 

@@ -11,8 +11,10 @@ import pytest
 import torch
 
 import admin
+import checkpoint_store
 import server
 import store
+from checkpoint_store import load_checkpoint
 from conftest import ROOT, call, make_checkpoint, make_toy_dataset, run_cli, snapshot
 
 
@@ -72,7 +74,7 @@ def test_drop_run(runs):
     ok("drop-run", "--run-id", "alpha")
     assert runs.get_run("alpha") is None and not runs.get_logs("alpha")
     assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "alpha"}) == 0
-    assert runs.load_checkpoint("beta")["step"] == 20 and runs.get_logs("beta")  # the others are untouched
+    assert load_checkpoint(runs, "beta")["step"] == 20 and runs.get_logs("beta")  # the others are untouched
     refused(runs, "drop-run", "--run-id", "alpha", words=["no run with id 'alpha'"])
 
 
@@ -80,7 +82,7 @@ def test_drop_of_a_live_run_needs_force(runs, tmp_path):
     runs.start_run("live", {"train_name": "toy.copy"}, owner="host:1", lease_s=600, world_size=1, host="host")
     refused(runs, "drop-run", "--run-id", "live", words=["'live' is being trained by host:1", "--force"])
     refused(runs, "bulk-drop-run", "--pattern", ".*", words=["live", "--force"])  # nothing dropped
-    torch.save(runs.load_checkpoint("alpha"), tmp_path / "alpha.pt")
+    torch.save(load_checkpoint(runs, "alpha"), tmp_path / "alpha.pt")
     refused(runs, "import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "live", "--replace",
             words=["'live' is being trained", "drop-run --run-id live --force"])  # --replace does not drop a live run
     runs.runs.update_one({"_id": "live"}, {"$set": {"lease.expires": 0}})  # an expired lease is no holder
@@ -133,7 +135,7 @@ def test_trained_checkpoint_export_import_round_trip(st, tmp_path):
     assert f"exported trained step 6 to {tmp_path / 'trained.pt'}" in r.stdout
     out = ok("import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy")
     assert out.strip() == f"imported {tmp_path / 'trained.pt'} as run copy (step 6)"
-    a, b = st.load_checkpoint("trained"), st.load_checkpoint("copy")
+    a, b = load_checkpoint(st, "trained"), load_checkpoint(st, "copy")
     assert b["run_id"] == "copy" and same_tensors({**a, "run_id": None}, {**b, "run_id": None})
     run = st.get_run("copy")
     assert run["status"] == "imported" and run["step"] == 6 and run["config"] == st.get_run("trained")["config"]
@@ -148,7 +150,7 @@ def test_trained_checkpoint_export_import_round_trip(st, tmp_path):
     # without --run-id, the id recorded in the file
     st.drop_run("trained")
     ok("import-checkpoint", "--filename", tmp_path / "trained.pt")
-    assert same_tensors(st.load_checkpoint("trained")["model"], a["model"])
+    assert same_tensors(load_checkpoint(st, "trained")["model"], a["model"])
     refused(st, "import-checkpoint", "--filename", tmp_path / "missing.pt", words=["no such file"])
 
 
@@ -163,7 +165,7 @@ def test_database_commands_with_the_embedded_server(embedded):
     assert ok("db", "stop").strip() == "embedded server stopped"  # even with this process still connected
     assert not server.pid_alive(info["pid"]) and not (embedded / "server.json").exists()
     assert "embedded server not running" in ok("db", "status")
-    assert store.connect().load_checkpoint("kept")["step"] == 10  # restarted on use, the data still there
+    assert load_checkpoint(store.connect(), "kept")["step"] == 10  # restarted on use, the data still there
 
 
 def test_database_commands_with_mongodb_uri(st, env):
@@ -218,7 +220,7 @@ def test_import_replace_is_all_or_nothing(runs, tmp_path, pauses):
     def fails(self, data):  # the connection lost half-way through the new file
         raise OSError("connection reset")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store._Writer, "write", fails)
+        mp.setattr(checkpoint_store._Writer, "write", fails)
         with pytest.raises((OSError, RuntimeError)):  # the error, or torch.save's wrapping of it
             call(admin.main, "import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "beta", "--replace")
     assert without_pending(runs.get_run("beta")) == without_pending(doc) and runs.get_logs("beta") == logs
@@ -228,13 +230,13 @@ def test_import_replace_is_all_or_nothing(runs, tmp_path, pauses):
     proc.kill()
     proc.wait()
     assert without_pending(runs.get_run("beta")) == without_pending(doc)
-    assert runs.get_logs("beta") == logs and runs.load_checkpoint("beta")["step"] == 20
+    assert runs.get_logs("beta") == logs and load_checkpoint(runs, "beta")["step"] == 20
     # that load removed the killed import's upload, as it removes a killed save's
     assert runs.get_run("beta")["pending_checkpoint"] is None
     files = [f["_id"] for f in runs.db["checkpoints.files"].find()]
     assert runs.db["checkpoints.chunks"].count_documents({"files_id": {"$nin": files}}) == 0
     ok("import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "beta", "--replace")
-    assert same_tensors(runs.load_checkpoint("beta")["model"], runs.load_checkpoint("alpha")["model"])
+    assert same_tensors(load_checkpoint(runs, "beta")["model"], load_checkpoint(runs, "alpha")["model"])
     assert runs.get_run("beta")["step"] == 10 and not runs.get_logs("beta")
     assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "beta"}) == 1
 

@@ -11,6 +11,7 @@ import eval as ev
 import maze
 import metrics
 import rollouts
+from checkpoint_store import put_checkpoint
 from conftest import run_cli
 from dataset import SPECIALS
 from model import ModelConfig, Transformer
@@ -263,7 +264,7 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
 def test_average_gives_mean_and_standard_error(st):
     from hparams import TrainConfig
     for i, opt in enumerate([80.0, 90.0, 100.0]):
-        st.put_checkpoint(f"seed-{i}", TrainConfig().to_dict(), {"step": 7}, 7)
+        put_checkpoint(st, f"seed-{i}", TrainConfig().to_dict(), {"step": 7}, 7)
         st.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64},
                                "metrics": {"optimal_pct": opt, "correct_pct": 100.0, "swc": 0.5},
                                "time": i})

@@ -21,6 +21,7 @@ import admin
 import errors
 import server
 import store
+from checkpoint_store import load_checkpoint, save_checkpoint
 from conftest import ROOT, call, make_checkpoint, make_toy_dataset, run_cli, snapshot, start_server
 from model import ModelConfig, Transformer
 
@@ -109,7 +110,7 @@ def record(rec):
 
 
 def assert_same_run(st, a, b, steps, log_interval, eval_interval):
-    wa, wb = st.load_checkpoint(a), st.load_checkpoint(b)
+    wa, wb = load_checkpoint(st, a), load_checkpoint(st, b)
     assert wa["step"] == wb["step"] == steps
     for part in ("model", "optimizer"):
         fa, fb = flatten(wa[part]), flatten(wb[part])
@@ -311,9 +312,9 @@ def test_connection_lost_inside_a_checkpoint_write_is_retried(st, capsys):
             return self.stream.write(data)
 
     st.fs.open_upload_stream = lambda *a, **k: Flaky(upload(*a, **k))
-    st.save_checkpoint("r", 1, {"w": torch.arange(10)})
+    save_checkpoint(st, "r", 1, {"w": torch.arange(10)})
     assert "database unreachable (AutoReconnect), retrying" in capsys.readouterr().err
-    assert torch.equal(st.load_checkpoint("r")["w"], torch.arange(10))
+    assert torch.equal(load_checkpoint(st, "r")["w"], torch.arange(10))
     assert st.db["checkpoints.files"].count_documents({}) == 1
 
 
@@ -321,18 +322,18 @@ def test_reading_a_run_never_disturbs_its_trainer(st):
     """A load while the trainer's upload is in flight leaves it alone; once the lease is free a load
     removes a dead trainer's partial upload; a checkpoint replaced during a read is read again."""
     st.runs.insert_one({"_id": "r", "config": {}, "lease": None})
-    st.save_checkpoint("r", 1, {"step": 1})
+    save_checkpoint(st, "r", 1, {"step": 1})
     stream = st.fs.open_upload_stream("r/2", metadata={"run_id": "r", "step": 2}, chunk_size_bytes=4)
     stream.write(b"x" * 64)  # some chunks written, not closed: an upload in flight
     stream._flush()
     st.runs.update_one({"_id": "r"}, {"$set": {"pending_checkpoint": stream._id,
                                               "lease": {"owner": "trainer", "expires": time.time() + 60}}})
     chunks = st.db["checkpoints.chunks"].count_documents({"files_id": stream._id})
-    assert chunks > 0 and st.load_checkpoint("r")["step"] == 1
+    assert chunks > 0 and load_checkpoint(st, "r")["step"] == 1
     assert st.get_run("r")["pending_checkpoint"] == stream._id
     assert st.db["checkpoints.chunks"].count_documents({"files_id": stream._id}) == chunks
     st.runs.update_one({"_id": "r"}, {"$set": {"lease.expires": time.time() - 1}})  # the trainer died
-    assert st.load_checkpoint("r")["step"] == 1
+    assert load_checkpoint(st, "r")["step"] == 1
     assert st.get_run("r")["pending_checkpoint"] is None
     assert st.db["checkpoints.chunks"].count_documents({"files_id": stream._id}) == 0
     # the trainer saves step 3 (and deletes step 1) while a reader is between the pointer and the file
@@ -340,11 +341,11 @@ def test_reading_a_run_never_disturbs_its_trainer(st):
 
     def racing(file_id):
         st.fs.open_download_stream = download
-        st.save_checkpoint("r", 3, {"step": 3})
+        save_checkpoint(st, "r", 3, {"step": 3})
         return download(file_id)
 
     st.fs.open_download_stream = racing
-    assert st.load_checkpoint("r")["step"] == 3
+    assert load_checkpoint(st, "r")["step"] == 3
 
 
 @pytest.mark.slow
@@ -423,7 +424,7 @@ def test_eight_runs_at_once_on_one_embedded_server(embedded, pauses):
         assert run["status"] == "finished" and run["checkpoint"]["step"] == 30
         assert [(x["split"], x["step"]) for x in st.get_logs(f"load-{i}")] == \
             [("test", 15), ("test", 30)] + [("train", s) for s in range(5, 31, 5)]
-        ck = st.load_checkpoint(f"load-{i}")
+        ck = load_checkpoint(st, f"load-{i}")
         Transformer(ModelConfig(**ck["model_config"])).load_state_dict(ck["model"])
     servers = [p for p in processes() if str(embedded) in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
     assert len(servers) == 1

@@ -24,6 +24,7 @@ import data
 import store
 import sweep
 import train
+from checkpoint_store import load_checkpoint
 from conftest import (ROOT, call, checkpoint_state, make_checkpoint, make_toy_dataset, run_cli, snapshot, start_server,
                       stop_server)
 from errors import ConfigError
@@ -92,7 +93,7 @@ def test_checkpoint_that_would_run_code_is_refused_without_running_it(st, export
     st.runs.update_one({"_id": "good"}, {"$set": {"checkpoint.id": st.fs.upload_from_stream(
         "good/10", files["inside a checkpoint"].read_bytes(), metadata={"run_id": "good", "step": 10})}})
     with pytest.raises(pickle.UnpicklingError):
-        st.load_checkpoint("good")
+        load_checkpoint(st, "good")
     assert not marker.exists()
 
 

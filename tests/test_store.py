@@ -7,15 +7,16 @@ import numpy as np
 import torch
 
 import batches
+from checkpoint_store import load_checkpoint, save_checkpoint
 from conftest import ROOT
 
 
 def test_checkpoint_killed_mid_write_leaves_previous_loadable(st, env):
     st.runs.insert_one({"_id": "ck", "config": {}, "status": "running"})
-    st.save_checkpoint("ck", 1, {"w": torch.ones(10), "step": 1})
+    save_checkpoint(st, "ck", 1, {"w": torch.ones(10), "step": 1})
     # a process that dies hard (no cleanup) half-way through writing the next checkpoint
     script = textwrap.dedent("""
-        import os, torch, store
+        import os, torch, store, checkpoint_store
         st = store.connect()
         written = [0]
         def dying_write(self, data):
@@ -24,19 +25,19 @@ def test_checkpoint_killed_mid_write_leaves_previous_loadable(st, env):
             if written[0] > 40_000_000:  # well into the big tensor (pymongo sends chunks in 32 MB batches)
                 os._exit(9)
             return len(data)
-        store._Writer.write = dying_write
-        st.save_checkpoint("ck", 2, {"w": torch.randn(16_000_000), "step": 2})
+        checkpoint_store._Writer.write = dying_write
+        checkpoint_store.save_checkpoint(st, "ck", 2, {"w": torch.randn(16_000_000), "step": 2})
     """)
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 9, r.stderr
     assert st.get_run("ck")["pending_checkpoint"] is not None
     assert st.db["checkpoints.chunks"].count_documents({}) > 1  # partial chunks were written
-    ck = st.load_checkpoint("ck")
+    ck = load_checkpoint(st, "ck")
     assert ck["step"] == 1 and torch.equal(ck["w"], torch.ones(10))
     # loading cleaned up the partial write; the next save replaces the old one
     assert st.get_run("ck")["pending_checkpoint"] is None
-    st.save_checkpoint("ck", 3, {"w": torch.zeros(3), "step": 3})
-    assert st.load_checkpoint("ck")["step"] == 3
+    save_checkpoint(st, "ck", 3, {"w": torch.zeros(3), "step": 3})
+    assert load_checkpoint(st, "ck")["step"] == 3
     assert st.db["checkpoints.files"].count_documents({}) == 1
 
 

@@ -11,6 +11,7 @@ import torch
 
 import batches
 import dataset
+from checkpoint_store import load_checkpoint, save_checkpoint
 from conftest import ROOT, make_toy_dataset, run_cli
 from hparams import TrainConfig
 
@@ -19,7 +20,7 @@ FAST = ["--train-name", "toy.copy", "--model-size", "tiny", "--warmup-steps", "5
 
 
 def weights(st, run_id):
-    return st.load_checkpoint(run_id)["model"]
+    return load_checkpoint(st, run_id)["model"]
 
 
 def assert_same_weights(a, b, exact=True):
@@ -46,7 +47,7 @@ def test_single_run_logs_checkpoints_and_lists(st):
     assert steps == [("test", 20), ("train", 5), ("train", 10), ("train", 15), ("train", 20)]
     first, last = losses(st, "one")[1][2], losses(st, "one")[-1][2]
     assert last < first  # it learns
-    ck = st.load_checkpoint("one")
+    ck = load_checkpoint(st, "one")
     assert ck["step"] == 20 and set(ck) >= {"model", "optimizer", "scheduler", "data", "rng"}
     out = run_cli("admin.py", "list-all").stdout
     assert "one" in out and "finished" in out and "20/20" in out
@@ -156,14 +157,14 @@ def adam_steps(ck):
 def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(st):
     make_toy_dataset(st.db)
     run_cli("train.py", "single", "--run-id", "base", *FAST, "--train-steps", "10")
-    base = st.load_checkpoint("base")
+    base = load_checkpoint(st, "base")
     # the reference: weights and AdamW moments continue, the step counter and LR schedule restart,
     # the hyper-parameters are the new run's
     r = run_cli("train.py", "single", "--run-id", "tuned", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
                 "--lr", "5e-4", "--weight-decay", "0.02")
     assert "initialised from base (step 10): weights and optimizer state" in r.stdout
     assert st.get_run("tuned")["step"] == 5 and st.get_run("tuned")["config"]["start_optimizer"] is True
-    tuned = st.load_checkpoint("tuned")
+    tuned = load_checkpoint(st, "tuned")
     assert adam_steps(base) == {10.0} and adam_steps(tuned) == {15.0}  # moments carried on
     assert tuned["scheduler"]["last_epoch"] == 5
     groups = tuned["optimizer"]["param_groups"]
@@ -173,7 +174,7 @@ def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(st):
     r = run_cli("train.py", "single", "--run-id", "fresh", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
                 "--no-start-optimizer")
     assert "initialised from base (step 10): weights only" in r.stdout
-    assert adam_steps(st.load_checkpoint("fresh")) == {5.0}
+    assert adam_steps(load_checkpoint(st, "fresh")) == {5.0}
     r = run_cli("train.py", "single", "--run-id", "orphan", *FAST, "--train-steps", "5", "--start-checkpoint", "nope",
                 check=False)
     assert r.returncode != 0 and "nope" in r.stderr
@@ -186,9 +187,9 @@ def test_start_checkpoint_from_a_run_with_decay_on_matrices_only(st):
     """Both decay choices keep one optimizer layout: a run can start from the other's AdamW state."""
     make_toy_dataset(st.db)
     run_cli("train.py", "single", "--run-id", "mat", *FAST, "--train-steps", "5", "--decay-params", "matrices")
-    assert [g["weight_decay"] for g in st.load_checkpoint("mat")["optimizer"]["param_groups"]] == [0.01, 0.0]
+    assert [g["weight_decay"] for g in load_checkpoint(st, "mat")["optimizer"]["param_groups"]] == [0.01, 0.0]
     run_cli("train.py", "single", "--run-id", "all", *FAST, "--train-steps", "5", "--start-checkpoint", "mat")
-    ck = st.load_checkpoint("all")
+    ck = load_checkpoint(st, "all")
     assert [g["weight_decay"] for g in ck["optimizer"]["param_groups"]] == [0.01, 0.01] and adam_steps(ck) == {10.0}
 
 
@@ -227,10 +228,10 @@ def test_a_run_stored_before_the_new_defaults_resumes_as_it_trained(st):
     # make it what the previous version stored
     new_keys = {"config.loss_norm": "", "config.decay_params": "", "config.start_optimizer": ""}
     st.runs.update_one({"_id": "old"}, {"$unset": new_keys})
-    ck = st.load_checkpoint("old")
+    ck = load_checkpoint(st, "old")
     ck["log_acc"] = ck["log_acc"][:5]
     ck["config"] = {k: v for k, v in ck["config"].items() if k not in ("loss_norm", "decay_params", "start_optimizer")}
-    st.save_checkpoint("old", ck["step"], ck)
+    save_checkpoint(st, "old", ck["step"], ck)
     import time
     time.sleep(1.1)  # let the dead trainer's lease expire
     r = run_cli("train.py", "single", "--run-id", "old", *args)  # the old command: no new flags
