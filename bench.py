@@ -40,11 +40,11 @@ import batches
 import dataset
 import decode
 import loss
-import store
 from checkpoint_store import load_checkpoint, save_checkpoint
 from measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
 from model import ModelConfig, Transformer
 from rollout_baselines import LengthModel, length_hazard, naive_generate, today_rollout, todays_attention
+from store import connect
 from train_variants import SDPA, Variant, variant_specs
 from workloads import PRESETS, load_sequences
 
@@ -163,7 +163,7 @@ def bench_load(args, rng):
     try:
         split, _, source = load_sequences(args, rng)
         if args.dataset:
-            db = store.connect().db
+            db = connect().db
             t0 = time.perf_counter()
             split = dataset.load_split(db, args.dataset, "train", use_cache=False)
             dt = time.perf_counter() - t0
@@ -199,7 +199,7 @@ def bench_load(args, rng):
 
 
 def bench_checkpoint(args, device):
-    st = store.connect()
+    store = connect()
     torch.manual_seed(0)
     model = Transformer(ModelConfig.from_size(args.size, 512)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -208,22 +208,22 @@ def bench_checkpoint(args, device):
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": 1}
     size = 3 * 4 * sum(p.numel() for p in model.parameters())
     run_id = f"bench-{uuid.uuid4().hex[:8]}"
-    st.start_run(run_id, {}, "bench", 600, 1, socket.gethostname())
+    store.start_run(run_id, {}, "bench", 600, 1, socket.gethostname())
     rows = []
     try:
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            info = save_checkpoint(st, run_id, 1, state)
+            info = save_checkpoint(store, run_id, 1, state)
             dt = time.perf_counter() - t0
         rows.append(("save", f"{dt:.2f}", f"{info['size'] / 2**20 / dt:,.0f}", gib(mem.extra)))
         with PeakRSS() as mem:
             t0 = time.perf_counter()
-            loaded = load_checkpoint(st, run_id, map_location=device)
+            loaded = load_checkpoint(store, run_id, map_location=device)
             dt = time.perf_counter() - t0
         rows.append(("load", f"{dt:.2f}", f"{info['size'] / 2**20 / dt:,.0f}", gib(mem.extra)))
         assert torch.equal(loaded["model"]["head.weight"], state["model"]["head.weight"])
     finally:
-        st.drop_run(run_id, force=True)
+        store.drop_run(run_id, force=True)
     print(f"checkpoint: model {args.size} with AdamW state, {info['size'] / 2**30:.2f} GiB in GridFS "
           f"(tensors {size / 2**30:.2f} GiB)")
     table(["", "seconds", "MiB/s", "RSS growth GiB (clean when run alone)"], rows)

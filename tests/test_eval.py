@@ -178,39 +178,39 @@ TRAIN = ["--train-name", MAZE, "--model-size", "tiny", "--warmup-steps", "2", "-
          "--eval-interval", "5", "--checkpoint-interval", "5", "--num-test-sequences", "8", "--batch-size", "4"]
 
 
-def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
+def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(store):
     run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "8", "--chunk", "2", "--workers", "1")
     r = run_cli("train.py", "single", "--run-id", "base", *TRAIN, "--train-steps", "5", "--eval-tasks", "3")
     assert "optimal" in r.stdout and "of 3 tasks" in r.stdout
-    assert st.get_logs("base", "test")[-1]["rollout_tasks"] == 3
+    assert store.get_logs("base", "test")[-1]["rollout_tasks"] == 3
 
     # plant two responses, as if an interrupted bootstrap had sampled them: for sequence 1 the A*
     # sequence with its last trace step cut (correct, optimal, shorter), for sequence 2 an empty
     # trace with a plan that stops one cell short of the goal (incorrect: ignored)
-    train = dataset.load_split(st.db, MAZE, "train")
-    doc = dataset.get_dataset(st.db, MAZE)
+    train = dataset.load_split(store.db, MAZE, "train")
+    doc = dataset.get_dataset(store.db, MAZE)
     opts = rollouts.Opts(temperature=1.0, max_tokens=200)
     key = ev.response_key("base", 5, doc, "train", opts)
     short = np.concatenate([train.get(1, "trace")[:-5], train.get(1, "plan")])
     wrong = train.get(2, "plan")[:-3]
-    ev.store_responses(st.responses, key, train, [((1, 0), short, True), ((2, 0), wrong, True)])
+    ev.store_responses(store.responses, key, train, [((1, 0), short, True), ((2, 0), wrong, True)])
 
     # and for sequence 3 an optimal response whose trace is longer than A*'s (its last step repeated)
     longer = np.concatenate([train.get(3, "trace"), train.get(3, "trace")[-5:], train.get(3, "plan")])
-    ev.store_responses(st.responses, key, train, [((3, 0), longer, True)])
+    ev.store_responses(store.responses, key, train, [((3, 0), longer, True)])
 
     r = run_cli("eval.py", "bootstrap", "--run-id", "base", "--num-tasks", "6", "--samples", "2",
                 "--max-tokens", "200")
     assert "3 stored, 9 to generate" in r.stdout
-    assert st.responses.count_documents({"run_id": "base"}) == 12
+    assert store.responses.count_documents({"run_id": "base"}) == 12
     r2 = run_cli("eval.py", "bootstrap", "--run-id", "base", "--num-tasks", "6", "--samples", "2",
                  "--max-tokens", "200", "--only-shorter", "--name", "bootstrap.base-shorter")
     assert "12 stored, 0 to generate" in r2.stdout
     for name, rule in (("bootstrap.base", "reference"), ("bootstrap.base-shorter", "only-shorter")):
-        new = dataset.load_split(st.db, name, "train")
-        assert len(new.ids) == 6 and len(dataset.load_split(st.db, name, "test").ids) == 8
-        assert dataset.get_dataset(st.db, name)["params"]["bootstrap"]["rule"] == rule
-        checker = metrics.Checker(dataset.get_dataset(st.db, name))
+        new = dataset.load_split(store.db, name, "train")
+        assert len(new.ids) == 6 and len(dataset.load_split(store.db, name, "test").ids) == 8
+        assert dataset.get_dataset(store.db, name)["params"]["bootstrap"]["rule"] == rule
+        checker = metrics.Checker(dataset.get_dataset(store.db, name))
         for row in range(6):
             assert np.array_equal(new.get(row, "prompt"), train.get(row, "prompt"))
             verdict = checker.judge(checker.problem(new.get(row, "prompt")),
@@ -237,42 +237,42 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(st):
     assert "8 stored, 0 to generate" in again
     assert first.splitlines()[-1] == again.splitlines()[-1]  # same metrics
     assert "optimal %" in first and "ILR-solved" in first
-    assert st.results.count_documents({"run_id": "step1"}) == 1
+    assert store.results.count_documents({"run_id": "step1"}) == 1
     # the reference's checker beside the strict one: stored with the same result, shown in a second row
     out = run_cli(*args, "--scoring", "reference").stdout
     assert "8 stored, 0 to generate" in out and "step1 (reference scoring)" in out
-    res = st.results.find_one({"run_id": "step1"})
-    assert st.results.count_documents({"run_id": "step1"}) == 1 and set(res["reference_metrics"]) == set(res["metrics"])
+    res = store.results.find_one({"run_id": "step1"})
+    assert store.results.count_documents({"run_id": "step1"}) == 1 and set(res["reference_metrics"]) == set(res["metrics"])
     assert res["reference_metrics"]["correct_pct"] >= res["metrics"]["correct_pct"]
     # rollouts from a trace prefix are stored under their own key, each starting with that prefix
-    test = dataset.load_split(st.db, MAZE, "test")
+    test = dataset.load_split(store.db, MAZE, "test")
     out = run_cli("eval.py", "--run-id", "step1", "--num-tasks", "4", "--samples", "1", "--temperature", "0",
                   "--max-tokens", "150", "--prefix-len", "7").stdout
     assert "0 stored, 4 to generate" in out and "starting after 7 trace tokens" in out
-    docs = list(st.responses.find({"run_id": "step1", "pkey": {"$regex": "prefix_len"}}))
+    docs = list(store.responses.find({"run_id": "step1", "pkey": {"$regex": "prefix_len"}}))
     assert len(docs) == 4 and all(json.loads(d["pkey"])["prefix_len"] == 7 for d in docs)
     for d in docs:
         row = int(np.flatnonzero(test.ids == d["task"])[0])
         assert np.array_equal(np.frombuffer(d["tokens"], dataset.DTYPE)[:7], test.get(row, "trace")[:7])
-    assert st.results.count_documents({"run_id": "step1"}) == 2
+    assert store.results.count_documents({"run_id": "step1"}) == 2
     assert "evaluations (eval.py)" in run_cli("admin.py", "show", "--run-id", "step1").stdout
     assert "opt %" in run_cli("admin.py", "list-all").stdout
     run_cli("admin.py", "drop-run", "--run-id", "step1")
-    assert st.responses.count_documents({"run_id": "step1"}) == 0
+    assert store.responses.count_documents({"run_id": "step1"}) == 0
 
 
-def test_average_gives_mean_and_standard_error(st):
+def test_average_gives_mean_and_standard_error(store):
     from hparams import TrainConfig
     for i, opt in enumerate([80.0, 90.0, 100.0]):
-        put_checkpoint(st, f"seed-{i}", TrainConfig().to_dict(), {"step": 7}, 7)
-        st.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64},
+        put_checkpoint(store, f"seed-{i}", TrainConfig().to_dict(), {"step": 7}, 7)
+        store.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64},
                                "metrics": {"optimal_pct": opt, "correct_pct": 100.0, "swc": 0.5},
                                "time": i})
     # newer results with a trace prefix, and reference-scored ones, are only taken when asked for
     for i in range(3):
-        st.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64, "prefix_len": 5},
+        store.results.insert_one({"run_id": f"seed-{i}", "step": 7, "params": {"split": "test", "samples": 64, "prefix_len": 5},
                                "metrics": {"optimal_pct": 1.0, "correct_pct": 1.0, "swc": 0.1}, "time": 10 + i})
-    st.results.update_one({"run_id": "seed-0", "time": 0}, {"$set": {"reference_metrics": {"optimal_pct": 50.0}}})
+    store.results.update_one({"run_id": "seed-0", "time": 0}, {"$set": {"reference_metrics": {"optimal_pct": 50.0}}})
     out = run_cli("eval.py", "average", "--pattern", "seed-.*", "--samples", "64").stdout
     assert "90.0 ± 5.8" in out and "100.0 ± 0.0" in out and "3 runs" in out
     assert "1.0 ± 0.0" in run_cli("eval.py", "average", "--pattern", "seed-.*", "--prefix-len", "5").stdout
@@ -287,18 +287,18 @@ def test_average_gives_mean_and_standard_error(st):
     (["--run-id", "a/b"], "invalid run id"), (["--run-id", "x", "--temperature", "0"], "greedy"),
     (["--run-id", "x", "--samples", "0"], "--samples >= 1"), (["--run-id", "nope", "--samples", "1"], "no run"),
 ])
-def test_bad_input_gives_one_line_errors(st, flags, msg):
+def test_bad_input_gives_one_line_errors(store, flags, msg):
     r = run_cli("eval.py", *flags, check=False)
     assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
-def test_two_ranks_share_the_work_without_duplicates(st):
+def test_two_ranks_share_the_work_without_duplicates(store):
     run_cli("data.py", "maze", "--size", "10", "--num-train", "8", "--num-test", "6", "--chunk", "2", "--workers", "1")
     run_cli("train.py", "single", "--run-id", "r", *TRAIN, "--train-steps", "5")
     args = ["eval.py", "--run-id", "r", "--num-tasks", "5", "--samples", "3", "--max-tokens", "60", "--batch-size", "4"]
     r = run_cli(*args, nproc=2)
     assert "0 stored, 9 to generate on rank 0 of 15 over 2 ranks" in r.stdout  # tasks 0, 2 and 4
-    docs = list(st.responses.find({"run_id": "r"}, {"task": 1, "sample": 1}))
+    docs = list(store.responses.find({"run_id": "r"}, {"task": 1, "sample": 1}))
     assert sorted((d["task"], d["sample"]) for d in docs) == [(t, s) for t in range(5) for s in range(3)]
     assert "15 stored, 0 to generate" in run_cli(*args).stdout

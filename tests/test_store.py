@@ -11,13 +11,14 @@ from checkpoint_store import load_checkpoint, save_checkpoint
 from conftest import ROOT
 
 
-def test_checkpoint_killed_mid_write_leaves_previous_loadable(st, env):
-    st.runs.insert_one({"_id": "ck", "config": {}, "status": "running"})
-    save_checkpoint(st, "ck", 1, {"w": torch.ones(10), "step": 1})
+def test_checkpoint_killed_mid_write_leaves_previous_loadable(store, env):
+    store.runs.insert_one({"_id": "ck", "config": {}, "status": "running"})
+    save_checkpoint(store, "ck", 1, {"w": torch.ones(10), "step": 1})
     # a process that dies hard (no cleanup) half-way through writing the next checkpoint
     script = textwrap.dedent("""
-        import os, torch, store, checkpoint_store
-        st = store.connect()
+        import os, torch, checkpoint_store
+        from store import connect
+        store = connect()
         written = [0]
         def dying_write(self, data):
             self.stream.write(bytes(data))
@@ -26,38 +27,38 @@ def test_checkpoint_killed_mid_write_leaves_previous_loadable(st, env):
                 os._exit(9)
             return len(data)
         checkpoint_store._Writer.write = dying_write
-        checkpoint_store.save_checkpoint(st, "ck", 2, {"w": torch.randn(16_000_000), "step": 2})
+        checkpoint_store.save_checkpoint(store, "ck", 2, {"w": torch.randn(16_000_000), "step": 2})
     """)
     r = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 9, r.stderr
-    assert st.get_run("ck")["pending_checkpoint"] is not None
-    assert st.db["checkpoints.chunks"].count_documents({}) > 1  # partial chunks were written
-    ck = load_checkpoint(st, "ck")
+    assert store.get_run("ck")["pending_checkpoint"] is not None
+    assert store.db["checkpoints.chunks"].count_documents({}) > 1  # partial chunks were written
+    ck = load_checkpoint(store, "ck")
     assert ck["step"] == 1 and torch.equal(ck["w"], torch.ones(10))
     # loading cleaned up the partial write; the next save replaces the old one
-    assert st.get_run("ck")["pending_checkpoint"] is None
-    save_checkpoint(st, "ck", 3, {"w": torch.zeros(3), "step": 3})
-    assert load_checkpoint(st, "ck")["step"] == 3
-    assert st.db["checkpoints.files"].count_documents({}) == 1
+    assert store.get_run("ck")["pending_checkpoint"] is None
+    save_checkpoint(store, "ck", 3, {"w": torch.zeros(3), "step": 3})
+    assert load_checkpoint(store, "ck")["step"] == 3
+    assert store.db["checkpoints.files"].count_documents({}) == 1
 
 
-def test_log_rewrite_replaces_and_truncate_drops_later_steps(st):
+def test_log_rewrite_replaces_and_truncate_drops_later_steps(store):
     for step in (10, 20, 30):
-        st.log("r", step, "train", {"loss": float(step)})
-    st.log("r", 20, "train", {"loss": -1.0})
-    st.truncate_logs("r", 20)
-    assert [(x["step"], x["loss"]) for x in st.get_logs("r")] == [(10, 10.0), (20, -1.0)]
+        store.log("r", step, "train", {"loss": float(step)})
+    store.log("r", 20, "train", {"loss": -1.0})
+    store.truncate_logs("r", 20)
+    assert [(x["step"], x["loss"]) for x in store.get_logs("r")] == [(10, 10.0), (20, -1.0)]
 
 
-def test_lease_is_exclusive_until_it_expires(st):
-    st.runs.insert_one({"_id": "l", "config": {}, "lease": None})
-    assert st.acquire_lease("l", "a", 600)
-    assert not st.acquire_lease("l", "b", 600)
-    assert st.acquire_lease("l", "a", 600)  # the holder renews
+def test_lease_is_exclusive_until_it_expires(store):
+    store.runs.insert_one({"_id": "l", "config": {}, "lease": None})
+    assert store.acquire_lease("l", "a", 600)
+    assert not store.acquire_lease("l", "b", 600)
+    assert store.acquire_lease("l", "a", 600)  # the holder renews
     import time
-    st.runs.update_one({"_id": "l"}, {"$set": {"lease.expires": time.time() - 1}})  # "a" died 10 minutes ago
-    assert st.acquire_lease("l", "b", 600)
-    assert not st.acquire_lease("l", "a", 600)
+    store.runs.update_one({"_id": "l"}, {"$set": {"lease.expires": time.time() - 1}})  # "a" died 10 minutes ago
+    assert store.acquire_lease("l", "b", 600)
+    assert not store.acquire_lease("l", "a", 600)
 
 
 def test_epoch_batches_are_seeded_cover_the_epoch_and_balance_ranks():
