@@ -130,8 +130,8 @@ def bulk_drop_run(store, args):
 
 def list_all_checkpoints(store, args):
     print(f"{'run id':40} {'step':>9} {'size MiB':>9}  time")
-    for c in store.list_checkpoints():
-        print(f"{c['run_id']:40} {c['step']:>9} {c['size'] / 2**20:>9.1f}  {fmt_time(c['time'])}")
+    for ck in store.list_checkpoints():
+        print(f"{ck['run_id']:40} {ck['step']:>9} {ck['size'] / 2**20:>9.1f}  {fmt_time(ck['time'])}")
 
 
 def export_one(store, run_id, export_dir):
@@ -170,7 +170,7 @@ def export_checkpoint(store, args):
 
 
 def bulk_export_checkpoint(store, args):
-    ids = args.run_id or [c["run_id"] for c in store.list_checkpoints()]
+    ids = args.run_id or [ck["run_id"] for ck in store.list_checkpoints()]
     for i in ids:
         store.require_run(i)
     for i in ids:

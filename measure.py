@@ -73,7 +73,8 @@ def gib(n):
 
 def table(header, rows):
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(str(v).rjust(w) if i else str(v).ljust(w) for i, (v, w) in enumerate(zip(r, widths)))
+    line = lambda r: "  ".join(str(v).rjust(width) if i else str(v).ljust(width)
+                               for i, (v, width) in enumerate(zip(r, widths)))
     print(line(header))
     print("  ".join("-" * w for w in widths))
     for r in rows:
