@@ -302,27 +302,6 @@ def test_bucketed_batches_give_the_padded_loss(store):
 # empty micro-batches, world size, bad input, timing
 
 
-@pytest.mark.parametrize("n,world,accum,rows,budget", [
-    (203, 1, 4, 2, 0), (203, 2, 4, 2, 0), (205, 2, 3, 1, 0), (17, 3, 2, 1, 0),  # uneven sizes, partial last batches
-    (203, 1, 4, 2, 20), (203, 2, 2, 2, 20), (64, 2, 3, 1, 5)])  # token budgets below the longest sequence
-def test_every_micro_batch_of_every_rank_is_non_empty(n, world, accum, rows, budget):
-    from batches import Batcher
-    lengths = np.random.default_rng(n).integers(8, 42, n)
-    seqs = type("Seqs", (), {"lengths": lengths})()
-    cfg = TrainConfig(batch_size=rows, grad_accum=accum, batch_tokens=budget, seed=1)
-    b = Batcher(seqs, cfg, world)
-    seen = []
-    for _ in range(3 * n):  # several epochs
-        batch = b.next()
-        shares = [m for r in range(world) for m in b.micro_batches(batch, r)]
-        assert all(len(m) > 0 for m in shares)
-        assert sorted(np.concatenate(shares).tolist()) == sorted(batch.tolist())  # each row once
-        if budget:
-            assert all(len(m) == 1 or len(m) * lengths[m].max() <= budget for m in shares)
-        seen += batch.tolist() if b.epoch == 0 else []
-    assert len(seen) >= n - world * accum * max(rows, 1) * 2  # only an epoch's last few are skipped
-
-
 @pytest.mark.parametrize("nproc", [0, 2])
 def test_uneven_data_with_accumulation_and_a_small_token_budget_trains(store, nproc):
     make_toy_dataset(store.db, n_train=203)  # sequences of 11 to 41 tokens
