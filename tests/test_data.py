@@ -111,12 +111,6 @@ def test_overwrite_replaces_and_stats_table(store):
     assert response[0] >= trace[0] + plan[0] and response[-1] <= trace[-1] + plan[-1]
 
 
-def test_maze_render():
-    m = maze.Maze(3, frozenset({(1, 1)}), (0, 0), (2, 2))
-    assert maze.render(m, [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2)]) == "Soo\n.#o\n..G"
-    assert maze.render(m) == "S..\n.#.\n..G"
-
-
 def test_datasets_record_their_generation_rule_and_earlier_ones_stay_usable(store):
     generate.generate_maze(store.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
     assert dataset.get_dataset(store.db, NAME)["params"]["rule"] == maze.RULE == "reference"
