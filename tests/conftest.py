@@ -83,12 +83,12 @@ def make_toy_dataset(db, name="toy.copy", n_train=200, n_test=24, seed=0, vocab_
     import numpy as np
     import dataset
     rng = np.random.default_rng(seed)
-    w = dataset.DatasetWriter(db, name, "toy", {"seed": seed}, [f"t{i}" for i in range(vocab_size)], overwrite=True)
+    writer = dataset.DatasetWriter(db, name, "toy", {"seed": seed}, [f"t{i}" for i in range(vocab_size)], overwrite=True)
     for split, n in (("train", n_train), ("test", n_test)):
         for i in range(n):
             p = rng.integers(len(dataset.SPECIALS), len(dataset.SPECIALS) + vocab_size, rng.integers(3, 14))
-            w.add(split, p, p[::-1], np.sort(p), dataset.digest(f"{split}{i}".encode()))
-    w.commit()
+            writer.add(split, p, p[::-1], np.sort(p), dataset.digest(f"{split}{i}".encode()))
+    writer.commit()
     return name
 
 
