@@ -180,6 +180,10 @@ def connect(uri=None, timeout_s=5.0, retry_s=0.0):
 
 
 class Store:
+    """One database's runs, logs, evaluation results and sampled responses, and the GridFS bucket of
+    checkpoint files (written and read by checkpoint_store.py). Methods marked @retrying ride out a
+    lost connection for retry_s seconds."""
+
     def __init__(self, db, address, retry_s=0.0, folder=None):
         self.db = db
         self.address = address
@@ -313,7 +317,7 @@ class Store:
         query = {"run_id": run_id, **({"split": split} if split else {})}
         return list(self.logs.find(query, {"_id": 0}).sort([("split", 1), ("step", 1)]))
 
-    # checkpoints (their files: checkpoint_store.py) --------------------------------------
+    # checkpoints (the files themselves: checkpoint_store.py) -------------------------------
 
     def list_checkpoints(self):
         return [{"run_id": d["_id"], **d["checkpoint"]}
