@@ -17,10 +17,10 @@ import gridfs
 
 import errors
 import server
-import store
 from dataset import generation_rule
 from errors import CheckpointError, ConfigError, StoreError
 from metrics import print_table
+from store import check_name, connect
 
 def fmt_time(t):
     return t.strftime("%Y-%m-%d %H:%M") if t else "-"
@@ -53,14 +53,14 @@ def interrupted_note(age):
         "; relaunch the same command to resume"
 
 
-def fmt_optimal(st, run_id):
+def fmt_optimal(store, run_id):
     """optimal % of the run's latest evaluation by eval.py."""
-    res = st.results.find_one({"run_id": run_id}, sort=[("time", -1)])
+    res = store.results.find_one({"run_id": run_id}, sort=[("time", -1)])
     return f"{res['metrics']['optimal_pct']:.1f}" if res else "-"
 
 
-def list_all(st, args):
-    runs = st.list_runs()
+def list_all(store, args):
+    runs = store.list_runs()
     print(f"{'run id':40} {'status':11} {'step':>15} {'dataset':38} {'size':4} {'train':>7} {'test':>7} {'opt %':>6}  updated")
     for r in runs:
         cfg = r.get("config", {})
@@ -68,7 +68,7 @@ def list_all(st, args):
         status, age = status_of(r)
         print(f"{r['_id']:40} {status:11} {step:>15} {cfg.get('train_name', '-'):38} "
               f"{cfg.get('model_size', '-'):4} {fmt_loss(r, 'train'):>7} {fmt_loss(r, 'test'):>7} "
-              f"{fmt_optimal(st, r['_id']):>6}  {fmt_time(r.get('updated'))}")
+              f"{fmt_optimal(store, r['_id']):>6}  {fmt_time(r.get('updated'))}")
         if r.get("status") == "failed" and r.get("error"):
             print(f"{'':40}   error: {r['error'].splitlines()[0][:100]}")
         if status == "interrupted":
@@ -77,8 +77,8 @@ def list_all(st, args):
         print("(no runs)")
 
 
-def show(st, args):
-    r = st.require_run(args.run_id)
+def show(store, args):
+    r = store.require_run(args.run_id)
     status, age = status_of(r)
     note = f" ({interrupted_note(age)})" if status == "interrupted" else ""
     print(f"run {r['_id']}: {status}{note} at step {r.get('step', 0)}, world size {r.get('world_size', '-')}, "
@@ -87,18 +87,18 @@ def show(st, args):
         print(f"  {k:22} {v}")
     for key in ("train_name", "test_name"):
         name = r["config"].get(key)
-        ds = st.db.datasets.find_one({"_id": name}, {"task": 1, "params": 1}) if name else None
+        ds = store.db.datasets.find_one({"_id": name}, {"task": 1, "params": 1}) if name else None
         if ds:  # datasets made before the reference's generation rules are flagged as such
             print(f"{key.split('_')[0]} dataset {name}: generation rule {generation_rule(ds)}")
     ck = r.get("checkpoint")
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
     print(f"{'step':>8} {'split':5} {'loss':>8} {'trace':>8} {'plan':>8} {'acc':>6}")
-    for rec in st.get_logs(args.run_id):
+    for rec in store.get_logs(args.run_id):
         rollout = f"  rollouts: optimal {rec['rollout_optimal_pct']:.1f}%, correct {rec['rollout_correct_pct']:.1f}% " \
                   f"of {rec['rollout_tasks']} tasks" if "rollout_optimal_pct" in rec else ""  # train.py --eval-tasks
         print(f"{rec['step']:>8} {rec['split']:5} {rec['loss']:>8.4f} {rec['trace_loss']:>8.4f} "
               f"{rec['plan_loss']:>8.4f} {rec['accuracy']:>6.3f}{rollout}")
-    results = list(st.results.find({"run_id": args.run_id}).sort([("step", 1), ("time", 1)]))
+    results = list(store.results.find({"run_id": args.run_id}).sort([("step", 1), ("time", 1)]))
     if results:
         print("evaluations (eval.py):")
         print_table([(f"step {e['step']}: {p['num_tasks']} {p['split']} x {p['samples']}, T {p['temperature']:g}, "
@@ -106,35 +106,35 @@ def show(st, args):
                          label="checkpoint and sampling")
 
 
-def drop_run(st, args):
-    st.drop_run(args.run_id, force=args.force)
+def drop_run(store, args):
+    store.drop_run(args.run_id, force=args.force)
     print(f"dropped run {args.run_id}")
 
 
-def bulk_drop_run(st, args):
+def bulk_drop_run(store, args):
     ids = list(args.run_id or [])
     for i in ids:
-        st.require_run(i)  # all or nothing: check every id before dropping any
+        store.require_run(i)  # all or nothing: check every id before dropping any
     if args.pattern:
-        ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
+        ids += [r["_id"] for r in store.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
     if not ids:
         raise ConfigError("no run matched; give --run-id ID (repeatable) or --pattern REGEX")
-    live = [i for i in ids if st.live_holder(i)]
+    live = [i for i in ids if store.live_holder(i)]
     if live and not args.force:
         raise StoreError(f"{len(live)} of these runs are being trained ({', '.join(live[:3])}); stop them first, "
                          f"or pass --force to drop them anyway")
     for i in ids:
-        st.drop_run(i, force=args.force)
+        store.drop_run(i, force=args.force)
         print(f"dropped run {i}")
 
 
-def list_all_checkpoints(st, args):
+def list_all_checkpoints(store, args):
     print(f"{'run id':40} {'step':>9} {'size MiB':>9}  time")
-    for c in st.list_checkpoints():
-        print(f"{c['run_id']:40} {c['step']:>9} {c['size'] / 2**20:>9.1f}  {fmt_time(c['time'])}")
+    for ck in store.list_checkpoints():
+        print(f"{ck['run_id']:40} {ck['step']:>9} {ck['size'] / 2**20:>9.1f}  {fmt_time(ck['time'])}")
 
 
-def export_one(st, run_id, export_dir):
+def export_one(store, run_id, export_dir):
     export_dir = Path(export_dir)
     final = export_dir / f"{run_id}.pt"
     tmp = export_dir / f".{run_id}.pt.partial-{os.getpid()}"
@@ -143,12 +143,12 @@ def export_one(st, run_id, export_dir):
         if not pid.isdigit() or not server.pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     for attempt in range(3):
-        info = st.require_run(run_id).get("checkpoint")
+        info = store.require_run(run_id).get("checkpoint")
         if not info:
             raise StoreError(f"run {run_id!r} has no checkpoint yet")
         try:
             export_dir.mkdir(parents=True, exist_ok=True)
-            with st.fs.open_download_stream(info["id"]) as src, open(tmp, "wb") as dst:
+            with store.fs.open_download_stream(info["id"]) as src, open(tmp, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 22)
                 dst.flush()
                 os.fsync(dst.fileno())
@@ -165,16 +165,16 @@ def export_one(st, run_id, export_dir):
     print(f"exported {run_id} step {info['step']} to {final}")
 
 
-def export_checkpoint(st, args):
-    export_one(st, args.run_id, args.export_dir)
+def export_checkpoint(store, args):
+    export_one(store, args.run_id, args.export_dir)
 
 
-def bulk_export_checkpoint(st, args):
-    ids = args.run_id or [c["run_id"] for c in st.list_checkpoints()]
+def bulk_export_checkpoint(store, args):
+    ids = args.run_id or [ck["run_id"] for ck in store.list_checkpoints()]
     for i in ids:
-        st.require_run(i)
+        store.require_run(i)
     for i in ids:
-        export_one(st, i, args.export_dir)
+        export_one(store, i, args.export_dir)
 
 
 def read_checkpoint(path):
@@ -187,19 +187,20 @@ def read_checkpoint(path):
     return checkpoint.read_exported(path)
 
 
-def import_checkpoint(st, args):
+def import_checkpoint(store, args):
     ck, run_id = args.checkpoint, args.run_id  # both checked before connecting (main)
     ck["run_id"] = run_id
-    st.put_checkpoint(run_id, ck["config"], ck, ck["step"], replace=args.replace)
+    from checkpoint_store import put_checkpoint  # imports torch, as checkpoint.py does
+    put_checkpoint(store, run_id, ck["config"], ck, ck["step"], replace=args.replace)
     print(f"imported {args.filename} as run {run_id} (step {ck['step']})")
 
 
-def db_cmd(st_unused, args):
+def db_cmd(_store, args):
     uri = os.environ.get("MONGODB_URI")
     if args.action == "status":
         if uri:
-            st = store.connect()
-            print(f"MONGODB_URI is set: using {st.address} (database {st.db.name}), reachable")
+            store = connect()
+            print(f"MONGODB_URI is set: using {store.address} (database {store.db.name}), reachable")
             return
         info = server.server_info()
         folder = server.db_dir()
@@ -250,18 +251,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     try:
         for rid in ([args.run_id] if isinstance(getattr(args, "run_id", None), str) else getattr(args, "run_id", None) or []):
-            store.check_name(rid)  # validated before any database call
+            check_name(rid)  # validated before any database call
         if args.cmd == "import-checkpoint":
             args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before touching the database
             named = args.checkpoint["run_id"] if "run_id" in args.checkpoint else Path(args.filename).stem
-            args.run_id = store.check_name(args.run_id or named)
+            args.run_id = check_name(args.run_id or named)
         if getattr(args, "pattern", None) is not None:
             try:
                 re.compile(args.pattern)
             except re.error as e:
                 raise ConfigError(f"invalid --pattern {args.pattern!r}: {e}") from None
-        st = None if args.cmd == "db" else store.connect()
-        args.fn(st, args)
+        store = None if args.cmd == "db" else connect()
+        args.fn(store, args)
     except errors.REPORTED as e:
         sys.exit(errors.exit_message(e))
 

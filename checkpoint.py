@@ -74,16 +74,16 @@ def restore(ck, model, opt, sched, batcher, sums):
         batcher.load_state_dict(pos)
         rng = ck["rng"]["cpu"]
         torch.Generator().set_state(rng)  # raises on anything that is not a CPU generator state
-        log_acc = ck["log_acc"]
-        if torch.is_tensor(log_acc) and log_acc.shape == (5,):  # from before the exact-sequence counts
-            log_acc = F.pad(log_acc, (0, len(sums) - 5))
-        if not torch.is_tensor(log_acc) or log_acc.dtype != sums.dtype or log_acc.shape != sums.shape:
+        log_sums = ck["log_acc"]  # the stored key's old name: sums of the logged statistics
+        if torch.is_tensor(log_sums) and log_sums.shape == (5,):  # from before the exact-sequence counts
+            log_sums = F.pad(log_sums, (0, len(sums) - 5))
+        if not torch.is_tensor(log_sums) or log_sums.dtype != sums.dtype or log_sums.shape != sums.shape:
             raise ValueError(f"log_acc must be a {sums.dtype} tensor of shape {tuple(sums.shape)}")
     except KeyError as e:
         raise ValueError(f"missing {e}") from None
     except (TypeError, RuntimeError, IndexError) as e:
         raise ValueError((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from None
-    return step, rng, log_acc
+    return step, rng, log_sums
 
 
 def check_resumable(ck):

@@ -285,8 +285,8 @@ class Engine:
         for r, s in zip(rows, slots):
             by_prompt[src[r]].append((r, s))
         order = sorted(by_prompt, key=lambda p: len(prompts[p]))  # similar lengths share a prefill
-        for c in range(0, len(order), PREFILL_PROMPTS):
-            chunk = order[c:c + PREFILL_PROMPTS]
+        for first in range(0, len(order), PREFILL_PROMPTS):
+            chunk = order[first:first + PREFILL_PROMPTS]
             P = max(len(prompts[p]) for p in chunk) - 1  # the last prompt token is the first decode step's input
             pairs = [(u, r, s) for u, p in enumerate(chunk) for r, s in by_prompt[p]]
             d = torch.as_tensor([s for _, _, s in pairs], device=self.device)

@@ -67,13 +67,14 @@ from bson import Binary
 from pymongo.errors import BulkWriteError
 
 import errors
-import store
 from bootstrap import shortest_optimal, write_bootstrap
+from checkpoint_store import load_checkpoint
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, print_table, score, summarize
 from model import ModelConfig, Transformer
 from rollouts import MAX_TOKENS, Opts, batch_size_for, rollouts
+from store import check_name, connect, now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,9 +124,9 @@ def iter_responses(coll, key, split, rows, samples, chunk=256):
         yield from ((r, out[int(split.ids[r])]) for r in part)
 
 
-def sample_missing(st, model, key, split, rows, samples, opts, batch_size, rank, world, device, compile=None):
+def sample_missing(store, model, key, split, rows, samples, opts, batch_size, rank, world, device, compile=None):
     """Generate this rank's share of the responses missing for rows x samples, storing each batch."""
-    work = missing_work(st.responses, key, split, rows, samples)
+    work = missing_work(store.responses, key, split, rows, samples)
     barrier(device)  # every rank plans from the same stored state before any writes
     mine = [(r, s) for r, missing in work[rank::world] for s in missing]  # a row's samples share a prefill
     if rank == 0:
@@ -137,12 +138,12 @@ def sample_missing(st, model, key, split, rows, samples, opts, batch_size, rank,
     for item in rollouts(model, split, mine, opts, batch_size, device, compile):
         finished.append(item)
         if len(finished) >= max(batch_size, 64):  # stored as they come: an interruption loses little
-            store_responses(st.responses, key, split, finished)
+            store_responses(store.responses, key, split, finished)
             done += len(finished)
             finished = []
             if rank == 0:
                 progress.update(done)
-    store_responses(st.responses, key, split, finished)
+    store_responses(store.responses, key, split, finished)
     barrier(device)
 
 
@@ -155,9 +156,9 @@ def barrier(device):
         dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
 
 
-def load_model(st, run_id, device):
+def load_model(store, run_id, device):
     """(model in eval mode, checkpoint dict without the optimizer state)."""
-    ck = st.load_checkpoint(run_id)
+    ck = load_checkpoint(store, run_id)
     if ck is None:
         raise StoreError(f"run {run_id!r} has no checkpoint yet")
     model = Transformer(ModelConfig(**ck["model_config"]))
@@ -166,11 +167,11 @@ def load_model(st, run_id, device):
     return model.to(device).eval(), ck
 
 
-def dataset_for(st, ck, split):
+def dataset_for(store, ck, split):
     """The run's dataset for a split (test_name for test), checked against the checkpoint's vocabulary."""
     cfg = ck["config"]
     name = (cfg["test_name"] or cfg["train_name"]) if split == "test" else cfg["train_name"]
-    doc = get_dataset(st.db, name)
+    doc = get_dataset(store.db, name)
     if doc["vocabulary"] != ck["vocabulary"]:
         raise CheckpointError(f"dataset {name!r} has another vocabulary than run {ck['run_id']!r}'s checkpoint")
     return doc
@@ -185,13 +186,13 @@ def resolve_opts(args, doc, plan_only):
     return Opts(args.temperature, max_tokens, args.seed, prefix_len)
 
 
-def sample_run(st, args, split_name, rank, world, device, rows_of=None):
+def sample_run(store, args, split_name, rank, world, device, rows_of=None):
     """Sample the responses of a run for a split; returns what scoring and writing need (rank 0)."""
-    model, ck = load_model(st, args.run_id, device)
+    model, ck = load_model(store, args.run_id, device)
     cfg = ck["config"]
-    doc = dataset_for(st, ck, split_name)
+    doc = dataset_for(store, ck, split_name)
     checker = Checker(doc)
-    split = load_split(st.db, doc["_id"], split_name)
+    split = load_split(store.db, doc["_id"], split_name)
     rows = rows_of(split, cfg) if rows_of else np.arange(len(split.ids))
     if args.num_tasks:
         rows = rows[:args.num_tasks]
@@ -199,7 +200,7 @@ def sample_run(st, args, split_name, rank, world, device, rows_of=None):
     key = response_key(args.run_id, ck["step"], doc, split_name, opts)
     size = args.batch_size or batch_size_for(model, split, device, opts.prefix_len)
     t0 = time.monotonic()
-    sample_missing(st, model, key, split, rows, args.samples, opts, size, rank, world, device, args.compile)
+    sample_missing(store, model, key, split, rows, args.samples, opts, size, rank, world, device, args.compile)
     if rank == 0:
         print(f"sampling took {time.monotonic() - t0:.0f}s", flush=True)
     return ck, doc, checker, split, rows, opts, key
@@ -213,7 +214,7 @@ def params_of(doc, split_name, num_tasks, samples, opts):
     return params
 
 
-def report(st, args, ck, doc, split_name, rows, opts, sums, optimal_traces, reference=None):
+def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, reference=None):
     """Store the metrics with the run (results collection) and print them. optimal_traces: the trace
     length of every optimal response (report.py plots their distribution); reference: the sums under
     the reference's checker, stored as reference_metrics and shown in a second row."""
@@ -221,10 +222,10 @@ def report(st, args, ck, doc, split_name, rows, opts, sums, optimal_traces, refe
     params = params_of(doc, split_name, len(rows), args.samples, opts)
     rkey = {"run_id": args.run_id, "step": ck["step"], "pkey": json.dumps(params, sort_keys=True)}
     result = {**rkey, "params": params, "metrics": metrics, "optimal_trace_lens": [int(t) for t in optimal_traces],
-              "time": store.now()}
+              "time": now()}
     if reference:
         result["reference_metrics"] = summarize(reference, ck["config"]["plan_only"])
-    st.results.replace_one(rkey, result, upsert=True)
+    store.results.replace_one(rkey, result, upsert=True)
     prefix = f", starting after {opts.prefix_len} trace tokens" if opts.prefix_len else ""
     print(f"run {args.run_id} at step {ck['step']}: {len(rows)} {split_name} tasks of {doc['_id']}, {args.samples} "
           f"samples each, temperature {opts.temperature:g}, up to {opts.max_tokens} tokens{prefix}")
@@ -234,8 +235,8 @@ def report(st, args, ck, doc, split_name, rows, opts, sums, optimal_traces, refe
     print_table(rows)
 
 
-def cmd_run(st, args, rank, world, device):
-    ck, doc, checker, split, rows, opts, key = sample_run(st, args, args.split, rank, world, device)
+def cmd_run(store, args, rank, world, device):
+    ck, doc, checker, split, rows, opts, key = sample_run(store, args, args.split, rank, world, device)
     if rank == 0:
         reference = {} if args.scoring == "reference" else None
         optimal_traces = []
@@ -243,24 +244,24 @@ def cmd_run(st, args, rank, world, device):
         def keep_optimal_traces(row, responses, verdicts):
             optimal_traces.extend(v.trace_len for v in verdicts if v.kind == "optimal")
 
-        sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples), keep_optimal_traces,
+        sums = score(checker, split, iter_responses(store.responses, key, split, rows, args.samples), keep_optimal_traces,
                      reference)
-        report(st, args, ck, doc, args.split, rows, opts, sums, optimal_traces, reference)
+        report(store, args, ck, doc, args.split, rows, opts, sums, optimal_traces, reference)
 
 
-def cmd_bootstrap(st, args, rank, world, device):
-    cfg = st.require_run(args.run_id)["config"]
+def cmd_bootstrap(store, args, rank, world, device):
+    cfg = store.require_run(args.run_id)["config"]
     if cfg.get("plan_only"):
         raise ConfigError(f"run {args.run_id!r} is plan-only: bootstrapping needs a search-augmented run")
-    name = store.check_name(args.name or f"bootstrap.{args.run_id}", "dataset name")
-    if (st.db.datasets.find_one({"_id": name}) or {}).get("uid") and not args.overwrite:
+    name = check_name(args.name or f"bootstrap.{args.run_id}", "dataset name")
+    if (store.db.datasets.find_one({"_id": name}) or {}).get("uid") and not args.overwrite:
         raise DataError(f"dataset {name!r} exists; pass --overwrite to replace it")
 
     def training_rows(split, cfg):  # the run's own training sequences
         return filter_split(split, cfg["min_reasoning_len"], cfg["max_reasoning_len"] or None,
                             cfg["num_train_sequences"] or None)
 
-    ck, doc, checker, split, rows, opts, key = sample_run(st, args, "train", rank, world, device, training_rows)
+    ck, doc, checker, split, rows, opts, key = sample_run(store, args, "train", rank, world, device, training_rows)
     if rank != 0:
         return
     chosen, optimal_traces = {}, []
@@ -271,13 +272,13 @@ def cmd_bootstrap(st, args, rank, world, device):
         if k is not None:
             chosen[row] = (responses[k][0], verdicts[k].trace_len)
 
-    sums = score(checker, split, iter_responses(st.responses, key, split, rows, args.samples), keep_shortest)
-    report(st, args, ck, doc, "train", rows, opts, sums, optimal_traces)
+    sums = score(checker, split, iter_responses(store.responses, key, split, rows, args.samples), keep_shortest)
+    report(store, args, ck, doc, "train", rows, opts, sums, optimal_traces)
     info = {"source": doc["_id"], "source_uid": doc["uid"], "run_id": args.run_id, "step": ck["step"],
             "samples": args.samples, "temperature": float(opts.temperature), "max_tokens": opts.max_tokens,
             "seed": opts.seed, "rows": len(rows), "rule": "only-shorter" if args.only_shorter else "reference"}
-    test_name = dataset_for(st, ck, "test")["_id"]
-    replaced, before, after = write_bootstrap(st.db, name, doc, test_name, split, rows, chosen, info, args.overwrite)
+    test_name = dataset_for(store, ck, "test")["_id"]
+    replaced, before, after = write_bootstrap(store.db, name, doc, test_name, split, rows, chosen, info, args.overwrite)
     shorter = sum(cut < split.lens["trace"][r] for r, (_, cut) in chosen.items())
     change = f" ({100 * (after / before - 1):+.1f}%)" if before else ""
     print(f"wrote dataset {name}: {len(rows)} train sequences, {replaced} replaced by their shortest correct optimal "
@@ -285,10 +286,10 @@ def cmd_bootstrap(st, args, rank, world, device):
           f"tokens{change}; test split copied from {test_name}")
 
 
-def cmd_average(st, args, rank, world, device):
+def cmd_average(store, args, rank, world, device):
     ids = list(args.run_id or [])
     if args.pattern:
-        ids += [r["_id"] for r in st.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
+        ids += [r["_id"] for r in store.list_runs() if re.fullmatch(args.pattern, r["_id"]) and r["_id"] not in ids]
     if not ids:
         raise ConfigError(f"no run id matches {args.pattern!r} (see `python admin.py list-all`)")
     wanted = {k: getattr(args, k) for k in ("split", "num_tasks", "samples", "temperature", "max_tokens")
@@ -298,9 +299,9 @@ def cmd_average(st, args, rank, world, device):
     field = "reference_metrics" if args.scoring == "reference" else "metrics"
     rows = []
     for run_id in ids:
-        st.require_run(run_id)
+        store.require_run(run_id)
         query = {"run_id": run_id, **{f"params.{k}": v for k, v in wanted.items()}, **prefix, field: {"$exists": True}}
-        res = st.results.find_one(query, sort=[("time", -1)])
+        res = store.results.find_one(query, sort=[("time", -1)])
         if res is None:
             given = ", ".join(f"{k}={v}" for k, v in wanted.items()) or "any parameters"
             given += f", prefix_len={args.prefix_len}" if args.prefix_len else ""
@@ -384,7 +385,7 @@ def parse_args(argv):
     if getattr(args, "prefix_len", 0) < 0:
         raise ConfigError("need --prefix-len >= 0")
     for rid in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []):
-        store.check_name(rid)
+        check_name(rid)
     return args
 
 
@@ -404,7 +405,7 @@ def main(argv=None):
     if world > 1:
         dist.init_process_group("nccl" if use_cuda else "gloo")
     try:
-        args.fn(store.connect(retry_s=60.0), args, rank, world, device)
+        args.fn(connect(retry_s=60.0), args, rank, world, device)
     except errors.REPORTED as e:
         sys.exit(errors.exit_message(e))
     finally:

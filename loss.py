@@ -43,14 +43,16 @@ def loss_terms(model, x, y, plan, autocast, keep=None, loss_norm="token"):
 def summarize(stats):
     """loss_terms' stats, summed -> metrics. Losses and accuracy are token means; *_exact are the
     fractions of sequences predicted exactly (trace_exact of those with a trace; absent without)."""
-    tl, tn, pl, pn, c, seqs, tseqs, te, pe, re_ = stats.tolist()
-    n = max(tn + pn, 1)
-    m = {"loss": (tl + pl) / n, "trace_loss": tl / max(tn, 1), "plan_loss": pl / max(pn, 1),
-         "accuracy": c / n, "tokens": int(tn + pn), "sequences": int(seqs),
-         "plan_exact": pe / max(seqs, 1), "response_exact": re_ / max(seqs, 1)}
-    if tseqs:
-        m["trace_exact"] = te / tseqs
-    return m
+    (trace_loss, trace_tokens, plan_loss, plan_tokens, correct, seqs, trace_seqs, trace_exact, plan_exact,
+     response_exact) = stats.tolist()
+    tokens = max(trace_tokens + plan_tokens, 1)
+    metrics = {"loss": (trace_loss + plan_loss) / tokens, "trace_loss": trace_loss / max(trace_tokens, 1),
+               "plan_loss": plan_loss / max(plan_tokens, 1), "accuracy": correct / tokens,
+               "tokens": int(trace_tokens + plan_tokens), "sequences": int(seqs),
+               "plan_exact": plan_exact / max(seqs, 1), "response_exact": response_exact / max(seqs, 1)}
+    if trace_seqs:
+        metrics["trace_exact"] = trace_exact / trace_seqs
+    return metrics
 
 
 def loss_denominator(cfg, seqs, batch):

@@ -63,26 +63,26 @@ class Maze:
 @lru_cache(maxsize=None)
 def _tables(n):
     """(xs, ys, interior) for the padded grid: cell coordinates per index and the wall-free grid."""
-    w = n + 2
-    xs = [i % w - 1 for i in range(w * w)]
-    ys = [i // w - 1 for i in range(w * w)]
-    interior = bytes(1 if 0 <= xs[i] < n and 0 <= ys[i] < n else 0 for i in range(w * w))
+    width = n + 2
+    xs = [i % width - 1 for i in range(width * width)]
+    ys = [i // width - 1 for i in range(width * width)]
+    interior = bytes(1 if 0 <= xs[i] < n and 0 <= ys[i] < n else 0 for i in range(width * width))
     return xs, ys, interior
 
 
 def _free(n, walls) -> bytearray:
     free = bytearray(_tables(n)[2])
-    w = n + 2
+    width = n + 2
     for x, y in walls:
-        free[(y + 1) * w + x + 1] = 0
+        free[(y + 1) * width + x + 1] = 0
     return free
 
 
-def _distances(free, w, a) -> dict:
+def _distances(free, width, a) -> dict:
     """BFS steps from index a to every index reachable from it on the padded grid."""
     dist, queue = {a: 0}, [a]
     for i in queue:  # the list grows while we walk it: a FIFO queue
-        for j in (i - w, i + 1, i + w, i - 1):
+        for j in (i - width, i + 1, i + width, i - 1):
             if free[j] and j not in dist:
                 dist[j] = dist[i] + 1
                 queue.append(j)
@@ -91,10 +91,10 @@ def _distances(free, w, a) -> dict:
 
 def bfs_distance(maze: Maze, a, b) -> int | None:
     """Shortest number of steps from cell a to cell b, None if unreachable."""
-    w = maze.n + 2
+    width = maze.n + 2
     free = _free(maze.n, maze.walls)
-    ia, ib = (a[1] + 1) * w + a[0] + 1, (b[1] + 1) * w + b[0] + 1
-    return _distances(free, w, ia).get(ib) if free[ia] else None
+    ia, ib = (a[1] + 1) * width + a[0] + 1, (b[1] + 1) * width + b[0] + 1
+    return _distances(free, width, ia).get(ib) if free[ia] else None
 
 
 # --- task generation (the reference's rule)
@@ -114,9 +114,9 @@ def layout_tasks(n: int, rng: np.random.Generator) -> tuple[frozenset, list[Maze
     as (start, goal); an attempt qualifies when the goal is reachable and the optimal plan has at
     least n states. Tasks come in the order of their first qualifying attempt."""
     walls = random_layout(n, rng)
-    w = n + 2
+    width = n + 2
     free = _free(n, walls)
-    cells = [i for i in range(w * w) if free[i]]
+    cells = [i for i in range(width * width) if free[i]]
     # all pairs are drawn up front so the rng use per layout does not depend on the outcome
     a = rng.integers(len(cells), size=TRIES)
     b = rng.integers(len(cells) - 1, size=TRIES)
@@ -126,7 +126,7 @@ def layout_tasks(n: int, rng: np.random.Generator) -> tuple[frozenset, list[Maze
     for s, g in zip(a.tolist(), b.tolist()):
         s, g = cells[s], cells[g]
         if s not in dist:
-            dist[s] = _distances(free, w, s)
+            dist[s] = _distances(free, width, s)
         d = dist[s].get(g)
         if d is not None and d + 1 >= n and (s, g) not in seen:
             seen.add((s, g))
@@ -141,12 +141,12 @@ def astar(maze: Maze, rng: np.random.Generator | None = None):
     """Returns (trace, plan): trace steps ("create" | "close", x, y, g, h) and the plan as (x, y)
     cells from start to goal ([] if unsolvable). Deterministic when rng is None: equal f is broken
     by the lower x + 100000 * y; children come in the order (x, y+1), (x, y-1), (x-1, y), (x+1, y)."""
-    n, w = maze.n, maze.n + 2
+    n, width = maze.n, maze.n + 2
     xs, ys, _ = _tables(n)
     free = _free(n, maze.walls)
     gx, gy = maze.goal
-    start, goal = (maze.start[1] + 1) * w + maze.start[0] + 1, (gy + 1) * w + gx + 1
-    order = (w, -w, -1, 1)  # padded index offsets of (x, y+1), (x, y-1), (x-1, y), (x+1, y)
+    start, goal = (maze.start[1] + 1) * width + maze.start[0] + 1, (gy + 1) * width + gx + 1
+    order = (width, -width, -1, 1)  # padded index offsets of (x, y+1), (x, y-1), (x-1, y), (x+1, y)
 
     def expand(i):
         return [(j, abs(xs[j] - gx) + abs(ys[j] - gy)) for j in (i + d for d in order) if free[j]]

@@ -178,6 +178,7 @@ class Transformer(nn.Module):
         return self.head(self.norm(x))  # (B, T, V) or (N, V)
 
     def new_cache(self, batch, max_len, dtype=None):
-        c = self.cfg
+        cfg = self.cfg
         dtype = dtype or self.head.weight.dtype
-        return KVCache(c.n_layer, batch, c.n_head, max_len, c.d_model // c.n_head, self.head.weight.device, dtype)
+        head_dim = cfg.d_model // cfg.n_head
+        return KVCache(cfg.n_layer, batch, cfg.n_head, max_len, head_dim, self.head.weight.device, dtype)

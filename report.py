@@ -24,9 +24,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import errors  # noqa: E402
-import store  # noqa: E402
 from dataset import get_dataset, load_split  # noqa: E402
 from errors import ConfigError, DataError, StoreError  # noqa: E402
+from store import check_name, connect  # noqa: E402
 
 PERCENTS = [("optimal_pct", "optimal %"), ("correct_pct", "correct %")]
 RATIOS = [("swc", "SWC"), ("ilr_solved", "ILR-solved"), ("ilr_optimal", "ILR-optimal")]
@@ -67,20 +67,20 @@ def finish(fig, ax, xlabel, ylabel, out, legend_size=8):
     save(fig, out)
 
 
-def latest_result(st, run_id, split):
-    st.require_run(run_id)
-    res = next(iter(st.results.find({"run_id": run_id, "params.split": split}).sort([("time", -1)]).limit(1)), None)
+def latest_result(store, run_id, split):
+    store.require_run(run_id)
+    res = next(iter(store.results.find({"run_id": run_id, "params.split": split}).sort([("time", -1)]).limit(1)), None)
     if res is None:
         raise StoreError(f"run {run_id!r} has no evaluation on the {split} split: run eval.py --run-id {run_id}"
                          f"{' --split train' if split == 'train' else ''} first")
     return res
 
 
-def plot_loss(st, args):
+def plot_loss(store, args):
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for i, run_id in enumerate(args.run_id):
-        st.require_run(run_id)
-        logs = st.get_logs(run_id)
+        store.require_run(run_id)
+        logs = store.get_logs(run_id)
         if not logs:
             raise StoreError(f"run {run_id!r} has no logs yet: train it first (train.py ... --run-id {run_id})")
         for split, style in (("train", "-"), ("test", "--")):
@@ -92,17 +92,17 @@ def plot_loss(st, args):
     finish(fig, ax, "step", "loss (mean token cross-entropy)", args.out)
 
 
-def plot_traces(st, args):
+def plot_traces(store, args):
     series = []  # (label, trace lengths)
     for name in args.dataset or []:
-        doc = get_dataset(st.db, name)
-        lens = load_split(st.db, doc["_id"], args.split).lens["trace"][:args.first or None]
+        doc = get_dataset(store.db, name)
+        lens = load_split(store.db, doc["_id"], args.split).lens["trace"][:args.first or None]
         if not len(lens) or not lens.max():
             raise DataError(f"dataset {name!r} has no traces in its {args.split} split (plan-only data cannot be "
                              f"plotted)")
         series.append((f"{name} ({args.split})", np.asarray(lens)))
     for run_id in args.run_id or []:
-        res = latest_result(st, run_id, args.eval_split)
+        res = latest_result(store, run_id, args.eval_split)
         if "optimal_trace_lens" not in res:
             raise StoreError(f"run {run_id!r}'s latest evaluation predates stored trace lengths: run eval.py "
                              f"--run-id {run_id} again (stored responses are reused)")
@@ -124,8 +124,8 @@ def plot_traces(st, args):
     finish(fig, ax, "trace length (tokens; the last bin holds the longest 0.5%)", "density", args.out, legend_size=7)
 
 
-def plot_metrics(st, args):
-    results = [(run_id, latest_result(st, run_id, args.split)["metrics"]) for run_id in args.run_id]
+def plot_metrics(store, args):
+    results = [(run_id, latest_result(store, run_id, args.split)["metrics"]) for run_id in args.run_id]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
     for ax, keys, top in ((left, PERCENTS, 100), (right, RATIOS, 1)):
         width = 0.8 / len(results)
@@ -171,11 +171,11 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         for run_id in args.run_id or []:
-            store.check_name(run_id)
+            check_name(run_id)
         if getattr(args, "first", 0) < 0:
             raise ConfigError(f"--first must not be negative, got {args.first}")
         args.out = check_out(args.out)
-        args.fn(store.connect(), args)
+        args.fn(connect(), args)
     except errors.REPORTED as e:
         sys.exit(errors.exit_message(e))
 

@@ -10,8 +10,8 @@ import sys
 import threading
 import uuid
 
-import store
 from errors import StoreError
+from store import bounded
 
 
 def exit_on_sigterm():
@@ -22,15 +22,15 @@ def exit_on_sigterm():
 class Lease(threading.Thread):
     """Renews rank 0's hold on the run id; a crashed holder's lease simply expires."""
 
-    def __init__(self, st, run_id, owner, seconds):
+    def __init__(self, store, run_id, owner, seconds):
         super().__init__(daemon=True)
-        self.st, self.run_id, self.owner, self.seconds = st, run_id, owner, seconds
+        self.store, self.run_id, self.owner, self.seconds = store, run_id, owner, seconds
         self.stopped, self.lost = threading.Event(), False
 
     def run(self):
         while not self.stopped.wait(self.seconds / 3):
             try:
-                if not self.st.acquire_lease(self.run_id, self.owner, self.seconds):
+                if not self.store.acquire_lease(self.run_id, self.owner, self.seconds):
                     self.lost = True
                     return
             except Exception:
@@ -39,7 +39,7 @@ class Lease(threading.Thread):
     def stop(self):
         self.stopped.set()
         with contextlib.suppress(Exception):
-            self.st.release_lease(self.run_id, self.owner)
+            self.store.release_lease(self.run_id, self.owner)
 
 
 class RunGuard:
@@ -48,19 +48,19 @@ class RunGuard:
     failed (any exception, SIGTERM included), and the lease released. `owner` fences rank 0's
     writes (None on the other ranks, which write nothing)."""
 
-    def __init__(self, st, run_id, lease_s, rank):
-        self.st, self.run_id, self.lease_s, self.rank = st, run_id, lease_s, rank
+    def __init__(self, store, run_id, lease_s, rank):
+        self.store, self.run_id, self.lease_s, self.rank = store, run_id, lease_s, rank
         token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.owner = token if rank == 0 else None
         self.lease = None
 
     def claim(self, config, world):
         """Create the run, or re-open it for a resume (rank 0); StoreError while another holds it."""
-        self.st.start_run(self.run_id, config, self.owner, self.lease_s, world, socket.gethostname())
+        self.store.start_run(self.run_id, config, self.owner, self.lease_s, world, socket.gethostname())
 
     def __enter__(self):
         if self.rank == 0:
-            self.lease = Lease(self.st, self.run_id, self.owner, self.lease_s)
+            self.lease = Lease(self.store, self.run_id, self.owner, self.lease_s)
             self.lease.start()
         return self
 
@@ -71,16 +71,16 @@ class RunGuard:
 
     def finished(self):
         if self.rank == 0:
-            self.st.set_status(self.run_id, "finished", owner=self.owner)
+            self.store.set_status(self.run_id, "finished", owner=self.owner)
 
     def __exit__(self, kind, error, tb):
         try:
             if error is not None and self.rank == 0:
-                with contextlib.suppress(Exception), store.bounded(3):  # one short try: the database may be gone
-                    self.st.with_retry(0).set_status(self.run_id, "failed", f"{kind.__name__}: {error}"[:2000],
+                with contextlib.suppress(Exception), bounded(3):  # one short try: the database may be gone
+                    self.store.with_retry(0).set_status(self.run_id, "failed", f"{kind.__name__}: {error}"[:2000],
                                                      owner=self.owner)
         finally:
             if self.lease is not None:
-                with store.bounded(3):
+                with bounded(3):
                     self.lease.stop()
         return False

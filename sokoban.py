@@ -123,20 +123,20 @@ class _Board:
     def expand(self, s: int):
         """Children in the order up, down, left, right; moves into a wall or an unpushable box change
         nothing (the reference skips such a child as already closed) and are left out."""
-        w, m = s & 63, s >> 6
+        worker, boxes = s & 63, s >> 6  # a state is the box mask above the worker's cell
         out = []
-        for d, c in enumerate(self.nbr[w]):
-            if c < 0:
+        for d, cell in enumerate(self.nbr[worker]):
+            if cell < 0:
                 continue
-            cm = m
-            if m >> c & 1:
-                b = self.nbr[c][d]
-                if b < 0 or m >> b & 1:
+            moved = boxes
+            if boxes >> cell & 1:  # a push: the box goes one cell further the same way
+                beyond = self.nbr[cell][d]
+                if beyond < 0 or boxes >> beyond & 1:
                     continue
-                cm = m ^ (1 << c) ^ (1 << b)
-            h = self.h(cm)
+                moved = boxes ^ (1 << cell) ^ (1 << beyond)
+            h = self.h(moved)
             if h != _INF:
-                out.append((cm << 6 | c, h))
+                out.append((moved << 6 | cell, h))
         return out
 
     def tokens(self, s: int) -> int:  # trace tokens of one step: kind, worker x y, box x y..., cG cH

@@ -1,4 +1,5 @@
-"""MongoDB access: the connection (MONGODB_URI or the embedded server), runs, logs and checkpoints.
+"""MongoDB access: the connection (MONGODB_URI or the embedded server), runs, leases and logs; the
+checkpoint files themselves are written and read by checkpoint_store.py.
 
 Collections:
   runs        one document per run id: hyper-parameters, status, step, lease, last metrics,
@@ -10,16 +11,13 @@ Collections:
 
 When MONGODB_URI is unset, the embedded server of server.py is used (started on first use).
 """
-import contextlib
 import copy
 import datetime
 import functools
 import os
 import re
-import shutil
 import socket
 import sys
-import tempfile
 import time
 import warnings
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -29,8 +27,7 @@ import pymongo
 from pymongo.errors import AutoReconnect, DuplicateKeyError, PyMongoError, ServerSelectionTimeoutError
 
 import server
-import testhook
-from errors import CheckpointError, ConfigError, StoreError, shown
+from errors import ConfigError, StoreError, shown
 
 DEFAULT_DB = "searchformer"
 NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*(\.[A-Za-z0-9_-]+)*")  # no leading "-": it reads as an option
@@ -90,6 +87,17 @@ def world_size_refusal(run_id, was, world_size):
 
 def now():
     return datetime.datetime.now(datetime.timezone.utc)
+
+
+def fenced(run_id, owner):
+    """A query for the run's document, and with an owner only while that process holds the run: the
+    fence that keeps a trainer whose lease was taken over (or whose run was dropped) from writing to it."""
+    return {"_id": run_id, **({"lease.owner": owner} if owner else {})}
+
+
+def lost(run_id):
+    return StoreError(f"run {run_id!r} is no longer held by this process (its lease expired and another "
+                      f"process took it over, or the run was dropped); stopping")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +180,10 @@ def connect(uri=None, timeout_s=5.0, retry_s=0.0):
 
 
 class Store:
+    """One database's runs, logs, evaluation results and sampled responses, and the GridFS bucket of
+    checkpoint files (written and read by checkpoint_store.py). Methods marked @retrying ride out a
+    lost connection for retry_s seconds."""
+
     def __init__(self, db, address, retry_s=0.0, folder=None):
         self.db = db
         self.address = address
@@ -252,17 +264,6 @@ class Store:
     def release_lease(self, run_id, owner):
         self.runs.update_one({"_id": run_id, "lease.owner": owner}, {"$set": {"lease": None}})
 
-    @staticmethod
-    def _held(run_id, owner):
-        """The run's document, and with an owner only while that process holds the run: the fence that
-        keeps a trainer whose lease was taken over (or whose run was dropped) from writing to it."""
-        return {"_id": run_id, **({"lease.owner": owner} if owner else {})}
-
-    @staticmethod
-    def _lost(run_id):
-        return StoreError(f"run {run_id!r} is no longer held by this process (its lease expired and another "
-                          f"process took it over, or the run was dropped); stopping")
-
     def with_retry(self, seconds):
         """This store with another retry window, e.g. 0 for a last best-effort write after the database was lost."""
         other = copy.copy(self)
@@ -272,7 +273,7 @@ class Store:
     @retrying
     def set_status(self, run_id, status, error=None, owner=None):
         """Returns False when owner is given and no longer holds the run (nothing is written then)."""
-        r = self.runs.update_one(self._held(run_id, owner), {"$set": {"status": status, "error": error, "updated": now()}})
+        r = self.runs.update_one(fenced(run_id, owner), {"$set": {"status": status, "error": error, "updated": now()}})
         return r.matched_count > 0
 
     def live_holder(self, run_id):
@@ -298,168 +299,27 @@ class Store:
     @retrying
     def log(self, run_id, step, split, metrics, owner=None):
         """One log record per (run, split, step): a rewrite after a resume replaces, never duplicates."""
-        r = self.runs.update_one(self._held(run_id, owner),
+        r = self.runs.update_one(fenced(run_id, owner),
                                  {"$set": {f"last.{split}": metrics, "step": step, "updated": now()}})
         if owner and r.matched_count == 0:
-            raise self._lost(run_id)
+            raise lost(run_id)
         key = {"run_id": run_id, "split": split, "step": step}
         self.logs.replace_one(key, {**key, **metrics, "time": now()}, upsert=True)
 
     @retrying
     def truncate_logs(self, run_id, after_step, owner=None):
         """Drop records a killed process wrote after its last checkpoint."""
-        if owner and self.runs.count_documents(self._held(run_id, owner), limit=1) == 0:
-            raise self._lost(run_id)
+        if owner and self.runs.count_documents(fenced(run_id, owner), limit=1) == 0:
+            raise lost(run_id)
         self.logs.delete_many({"run_id": run_id, "step": {"$gt": after_step}})
 
     def get_logs(self, run_id, split=None):
         query = {"run_id": run_id, **({"split": split} if split else {})}
         return list(self.logs.find(query, {"_id": 0}).sort([("split", 1), ("step", 1)]))
 
-    # checkpoints -----------------------------------------------------------------------------
-
-    @retrying
-    def save_checkpoint(self, run_id, step, state, owner=None):
-        """Write the new checkpoint in full, then move the run's pointer to it, then delete the old one.
-
-        A process killed at any point leaves the previous checkpoint loadable; the upload it left
-        half-done is deleted by the next save (or by a load once the run's lease is free). With an
-        owner, nothing is written unless that process still holds the run."""
-        stream = self.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
-        before = self.runs.find_one_and_update(self._held(run_id, owner), {"$set": {"pending_checkpoint": stream._id}},
-                                               {"pending_checkpoint": 1})
-        if before is None:
-            raise self._lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
-        if before.get("pending_checkpoint") is not None:  # left by a killed process or a failed attempt
-            self._delete_upload(before["pending_checkpoint"])
-        import torch  # imported here, as in the other checkpoint methods: commands without checkpoints start faster
-        writer = _Writer(stream)
-        try:
-            torch.save(state, writer)  # streamed in chunks, no second copy in memory
-            testhook.pause(f"checkpoint-{step}")  # tests: stop here, the upload written and not closed
-            stream.close()
-        except BaseException as e:
-            with contextlib.suppress(PyMongoError):
-                stream.abort()
-            if writer.error is not None and writer.error is not e:
-                raise writer.error from None  # torch.save turns the write's error (e.g. a lost connection) into a RuntimeError
-            raise
-        info = {"id": stream._id, "step": step, "size": stream.length, "time": now()}
-        flip = self.runs.update_one({**self._held(run_id, owner), "pending_checkpoint": stream._id},
-                                    {"$set": {"checkpoint": info, "pending_checkpoint": None}})
-        if flip.matched_count == 0:
-            self._delete_upload(stream._id)
-            raise self._lost(run_id)
-        self._delete_stale_checkpoints(run_id, keep=stream._id)
-        return info
-
-    def _delete_upload(self, file_id):
-        self.db["checkpoints.chunks"].delete_many({"files_id": file_id})
-        self.db["checkpoints.files"].delete_many({"_id": file_id})
-
-    def _delete_stale_checkpoints(self, run_id, keep):
-        for f in self.fs.find({"metadata.run_id": run_id, "_id": {"$ne": keep}}):
-            self.fs.delete(f._id)
-
-    @retrying
-    def load_checkpoint(self, run_id, map_location="cpu"):
-        """The run's current checkpoint dict, or None when it has none.
-
-        Safe while the run trains: a live trainer's upload in progress is left alone, and a checkpoint
-        replaced (and deleted) while it was being read is read again at the new pointer."""
-        for attempt in range(3):
-            doc = self.require_run(run_id)
-            lease, pending = doc.get("lease"), doc.get("pending_checkpoint")
-            if pending is not None and (not lease or lease["expires"] < time.time()):
-                # a save was killed mid-write and nobody holds the run: remove its partial chunks
-                self._delete_upload(pending)
-                self.runs.update_one({"_id": run_id, "pending_checkpoint": pending}, {"$set": {"pending_checkpoint": None}})
-            info = doc.get("checkpoint")
-            if info is None:
-                return None
-            try:
-                with self.fs.open_download_stream(info["id"]) as f, tempfile.TemporaryFile() as tmp:
-                    # torch.load seeks about, and each seek in a GridFS stream is a new query: copy the
-                    # file to local disk in one sequential read, then load (one copy in memory)
-                    shutil.copyfileobj(f, tmp, 16 << 20)
-                    tmp.seek(0)
-                    import torch
-                    return torch.load(tmp, map_location=map_location, weights_only=True)
-            except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
-                moved = (self.runs.find_one({"_id": run_id}, {"checkpoint": 1}) or {}).get("checkpoint") != info
-                if not moved or attempt == 2:
-                    raise CheckpointError(f"the checkpoint of run {run_id!r} is unreadable "
-                                          f"({type(e).__name__}: {e})") from None
+    # checkpoints (the files themselves: checkpoint_store.py) -------------------------------
 
     def list_checkpoints(self):
         return [{"run_id": d["_id"], **d["checkpoint"]}
                 for d in self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1}).sort("_id", 1)
                 if d.get("checkpoint")]
-
-    def put_checkpoint(self, run_id, config, state, step, replace=False):
-        """Create (or with replace, replace) a finished run from an imported checkpoint, all or nothing:
-        the new checkpoint is written in full first (as the old run's pending upload, so that a killed
-        import's chunks are cleaned away like a killed save's), then the run document is switched to
-        it in one write, then the old run's logs, results and checkpoint files are deleted."""
-        check_name(run_id)
-        old = self.get_run(run_id)
-        if old is not None:
-            if not replace:
-                raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW")
-            holder = self.live_holder(run_id)
-            if holder:
-                raise StoreError(f"run {run_id!r} is being trained by {holder}; stop that process first, or drop it with "
-                                 f"`python admin.py drop-run --run-id {run_id} --force`, then import")
-        stream = self.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
-        if old is not None:
-            before = self.runs.find_one_and_update({"_id": run_id}, {"$set": {"pending_checkpoint": stream._id}})
-            if before and before.get("pending_checkpoint") is not None:
-                self._delete_upload(before["pending_checkpoint"])
-        import torch
-        try:
-            torch.save(state, _Writer(stream))
-            testhook.pause("import-upload")  # tests: the new file written, the old run not yet switched
-            stream.close()
-        except BaseException:
-            with contextlib.suppress(PyMongoError):
-                stream.abort()
-                self.runs.update_one({"_id": run_id, "pending_checkpoint": stream._id}, {"$set": {"pending_checkpoint": None}})
-            raise
-        t = now()
-        doc = {"_id": run_id, "config": config, "created": t, "updated": t, "step": step, "status": "imported",
-               "error": None, "lease": None, "world_size": state.get("world_size"), "pending_checkpoint": None,
-               "checkpoint": {"id": stream._id, "step": step, "size": stream.length, "time": t}}
-        try:
-            if old is None:
-                self.runs.insert_one(doc)
-            elif self.runs.replace_one({"_id": run_id, "pending_checkpoint": stream._id}, doc).matched_count == 0:
-                raise StoreError(f"run {run_id!r} changed during the import (relaunched or dropped); try again")
-        except BaseException as e:
-            self._delete_upload(stream._id)
-            if isinstance(e, DuplicateKeyError):  # another import of this id went first
-                raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW") from None
-            raise
-        if old is not None:  # the old run's records: its run document no longer points at any of them
-            self.logs.delete_many({"run_id": run_id})
-            self.results.delete_many({"run_id": run_id})
-            self.responses.delete_many({"run_id": run_id})
-            self._delete_stale_checkpoints(run_id, keep=stream._id)
-
-
-class _Writer:
-    """File-like adapter: GridFS takes bytes, torch.save hands it memoryviews. Keeps the error a write
-    raised, which torch.save would otherwise hide inside a RuntimeError."""
-
-    def __init__(self, stream):
-        self.stream, self.error = stream, None
-
-    def write(self, data):
-        try:
-            self.stream.write(bytes(data))
-        except BaseException as e:
-            self.error = e
-            raise
-        return len(data)
-
-    def flush(self):
-        pass

@@ -42,10 +42,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import errors
 import runguard
-import store
 import sweep
 from batches import Batcher, Prefetcher, Sequences
 from checkpoint import build, check_vocabulary, restore, start_from
+from checkpoint_store import load_checkpoint, save_checkpoint
 from dataset import filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from hparams import ADDED, LEGACY, TrainConfig
@@ -53,6 +53,7 @@ from loss import STATS, autocast_for, loss_denominator, loss_terms, summarize
 from model import ModelConfig
 from rollouts import rollout_metrics
 from runguard import RunGuard
+from store import check_name, connect, world_size_refusal
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,30 +105,30 @@ def wrap_ddp(model, device, grad_accum):
                bucket_cap_mb=64, static_graph=grad_accum == 1)
 
 
-def load_data(st, cfg, use_cache):
+def load_data(store, cfg, use_cache):
     test_name = cfg.test_name or cfg.train_name
-    train_doc, test_doc = get_dataset(st.db, cfg.train_name), get_dataset(st.db, test_name)
+    train_doc, test_doc = get_dataset(store.db, cfg.train_name), get_dataset(store.db, test_name)
     if train_doc["vocabulary"] != test_doc["vocabulary"]:
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     max_len = cfg.max_reasoning_len or None
     seqs = {}
     for split, name, limit in (("train", cfg.train_name, cfg.num_train_sequences), ("test", test_name, cfg.num_test_sequences)):
-        part = load_split(st.db, name, split, use_cache)
+        part = load_split(store.db, name, split, use_cache)
         rows = filter_split(part, cfg.min_reasoning_len, max_len, limit or None)
         seqs[split] = Sequences.build(part, rows, cfg.plan_only)
     return train_doc["vocabulary"], seqs["train"], seqs["test"]
 
 
-def check_inputs(st, cfg, run_id):
+def check_inputs(store, cfg, run_id):
     """What a launch can check before it creates or re-opens the run, so that bad input changes
     nothing: the datasets, and the start checkpoint when it will be used (returned, loaded)."""
     test_name = cfg.test_name or cfg.train_name
-    vocab = get_dataset(st.db, cfg.train_name)["vocabulary"]
-    if get_dataset(st.db, test_name)["vocabulary"] != vocab:
+    vocab = get_dataset(store.db, cfg.train_name)["vocabulary"]
+    if get_dataset(store.db, test_name)["vocabulary"] != vocab:
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
-    if not cfg.start_checkpoint or (st.get_run(run_id) or {}).get("checkpoint"):
+    if not cfg.start_checkpoint or (store.get_run(run_id) or {}).get("checkpoint"):
         return None  # a new run, or one that resumes from its own checkpoint
-    init = st.load_checkpoint(cfg.start_checkpoint)  # raises for a run that does not exist
+    init = load_checkpoint(store, cfg.start_checkpoint)  # raises for a run that does not exist
     if init is None:
         raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has no checkpoint yet")
     check_vocabulary(init, vocab, f"start_checkpoint run {cfg.start_checkpoint!r}", cfg.train_name)
@@ -152,13 +153,13 @@ def eta_seconds(cfg, step, step_s, eval_s, checkpoint_s):
     return (cfg.train_steps - step) * step_s + due(cfg.eval_interval) * eval_s + due(cfg.checkpoint_interval) * checkpoint_s
 
 
-def load_data_once(st, cfg, use_cache, world):
+def load_data_once(store, cfg, use_cache, world):
     """load_data, one process per machine reading MongoDB and filling the local cache, the others
     then reading the cache."""
     first, queue = int(os.environ.get("LOCAL_RANK", 0)) == 0, world > 1 and use_cache
     if queue and not first:
         dist.barrier()
-    loaded = load_data(st, cfg, use_cache)
+    loaded = load_data(store, cfg, use_cache)
     if queue and first:
         dist.barrier()
     return loaded
@@ -185,13 +186,13 @@ class Training:
     """One rank's training of a run: setup() builds (or resumes) it, loop() runs it to train_steps,
     with the periodic log, test evaluation and checkpoint."""
 
-    def __init__(self, cfg, run_id, flags, st, rank, world, device):
-        self.cfg, self.run_id, self.flags, self.st, self.rank, self.world, self.device = \
-            cfg, run_id, flags, st, rank, world, device
+    def __init__(self, cfg, run_id, flags, store, rank, world, device):
+        self.cfg, self.run_id, self.flags, self.store, self.rank, self.world, self.device = \
+            cfg, run_id, flags, store, rank, world, device
 
     def setup(self, init=None):
         cfg, device = self.cfg, self.device
-        self.vocab, self.train_seqs, self.test_seqs = load_data_once(self.st, cfg, not self.flags.no_cache, self.world)
+        self.vocab, self.train_seqs, self.test_seqs = load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
         self.batcher = Batcher(self.train_seqs, cfg, self.world)
         need = self.batcher.shares if cfg.batch_tokens else cfg.batch_size * self.batcher.shares
         if len(self.train_seqs) < need or len(self.test_seqs) == 0:
@@ -217,10 +218,10 @@ class Training:
         """Load the run's own checkpoint (a resume), or the start checkpoint's weights (and optimizer
         state) into a new run."""
         cfg, run_id = self.cfg, self.run_id
-        ckpt = self.st.load_checkpoint(run_id)
+        ckpt = load_checkpoint(self.store, run_id)
         if ckpt is not None:
             if ckpt.get("world_size", self.world) != self.world:
-                raise CheckpointError(store.world_size_refusal(run_id, ckpt["world_size"], self.world))
+                raise CheckpointError(world_size_refusal(run_id, ckpt["world_size"], self.world))
             check_vocabulary(ckpt, self.vocab, f"the checkpoint of run {run_id!r}", cfg.train_name)
             try:
                 self.step, rng, log_sums = restore(ckpt, self.model, self.opt, self.sched, self.batcher, self.sums)
@@ -229,10 +230,10 @@ class Training:
             torch.set_rng_state(rng)
             if self.rank == 0:
                 self.sums = log_sums.to(self.device)  # other ranks' shares were folded into rank 0's at save time
-                self.st.truncate_logs(run_id, self.step, owner=self.flags.owner)
+                self.store.truncate_logs(run_id, self.step, owner=self.flags.owner)
             print0(f"resuming {run_id} from step {self.step}")
         elif cfg.start_checkpoint:
-            init = init or check_inputs(self.st, cfg, run_id)  # rank 0 loaded and checked it before starting the run
+            init = init or check_inputs(self.store, cfg, run_id)  # rank 0 loaded and checked it before starting the run
             start_from(self.model, self.opt, init, cfg)
             print0(f"initialised from {cfg.start_checkpoint} (step {init['step']}): "
                    f"{'weights and optimizer state' if cfg.start_optimizer else 'weights only'}, step reset to 0")
@@ -285,7 +286,7 @@ class Training:
         step_s, clock.logged = clock.busy / (step - clock.logged), step
         eta = eta_seconds(cfg, step, step_s, clock.eval_s, clock.checkpoint_s)
         if self.rank == 0:
-            self.st.log(self.run_id, step, "train", metrics, owner=self.flags.owner)
+            self.store.log(self.run_id, step, "train", metrics, owner=self.flags.owner)
         print0(f"step {step}/{cfg.train_steps} | loss {metrics['loss']:.4f} (trace {metrics['trace_loss']:.4f} "
                f"plan {metrics['plan_loss']:.4f}) | acc {metrics['accuracy']:.3f} "
                f"exact {metrics['response_exact']:.3f} | lr {lr:.2e} | "
@@ -298,10 +299,10 @@ class Training:
         t1 = clock.pause()
         metrics = evaluate(self.model, self.test_seqs, self.rank, self.world, self.device, self.autocast)
         if cfg.eval_tasks:
-            greedy = rollout_metrics(self.model, self.st.db, cfg, self.rank, self.world, self.device)
+            greedy = rollout_metrics(self.model, self.store.db, cfg, self.rank, self.world, self.device)
             metrics.update({f"rollout_{k}": v for k, v in greedy.items()})
         if self.rank == 0:
-            self.st.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
+            self.store.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
         rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" if cfg.eval_tasks else ""
         print0(f"step {self.step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f} | exact plan "
                f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}")
@@ -316,7 +317,7 @@ class Training:
         if self.rank != 0:
             self.sums.zero_()
         if self.rank == 0:
-            self.st.save_checkpoint(self.run_id, self.step, owner=self.flags.owner, state={
+            save_checkpoint(self.store, self.run_id, self.step, owner=self.flags.owner, state={
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "run_id": self.run_id, "step": self.step,
                 "data": self.prefetch.state_dict(), "rng": {"cpu": torch.get_rng_state()},
@@ -326,10 +327,10 @@ class Training:
         clock.checkpoint_s = clock.t0 - t1
 
 
-def train(cfg, run_id, flags, st, rank, world, device, init=None, guard=None):
+def train(cfg, run_id, flags, store, rank, world, device, init=None, guard=None):
     """Train (or resume) a run to cfg.train_steps; returns the model. flags: the runtime flags
     (add_runtime_flags), with `owner` (RunGuard.owner) fencing rank 0's writes."""
-    return Training(cfg, run_id, flags, st, rank, world, device).setup(init).loop(guard)
+    return Training(cfg, run_id, flags, store, rank, world, device).setup(init).loop(guard)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -391,16 +392,16 @@ def resolve_config(args, defaults=None):
         raise ConfigError(str(e)) from None
 
 
-def settle_legacy(st, args, cfg):
+def settle_legacy(store, args, cfg):
     """A run stored before the reference's training rules became the defaults trained under the old
     ones: a relaunch takes those for what its flags leave out (so the same command resumes it as it
     trained), and its stored config gains the new keys with their old values."""
-    doc = st.get_run(args.run_id)
+    doc = store.get_run(args.run_id)
     if doc is None or all(k in doc["config"] for k in ADDED):
         return cfg
     cfg = resolve_config(args, LEGACY)
     missing = [k for k in ADDED if k not in doc["config"]]
-    st.runs.update_one({"_id": args.run_id, **{f"config.{k}": {"$exists": False} for k in missing}},
+    store.runs.update_one({"_id": args.run_id, **{f"config.{k}": {"$exists": False} for k in missing}},
                        {"$set": {f"config.{k}": LEGACY[k] for k in missing}})
     return cfg
 
@@ -409,7 +410,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         cfg = resolve_config(args)
-        store.check_name(args.run_id)
+        check_name(args.run_id)
     except (errors.Error, ValueError) as e:
         sys.exit(errors.exit_message(e))
     if args.dry_run:
@@ -437,16 +438,16 @@ def main(argv=None):
 
 def run(cfg, args, rank, world, device):
     try:
-        st = store.connect(retry_s=args.db_retry_seconds)
+        store = connect(retry_s=args.db_retry_seconds)
     except StoreError as e:
         print(errors.exit_message(e), file=sys.stderr)
         return 1
-    guard = RunGuard(st, args.run_id, args.lease_seconds, rank)
+    guard = RunGuard(store, args.run_id, args.lease_seconds, rank)
     err, init = None, None
     if rank == 0:
         try:
-            cfg = settle_legacy(st, args, cfg)
-            init = check_inputs(st, cfg, args.run_id)  # before the run is created: bad input changes nothing
+            cfg = settle_legacy(store, args, cfg)
+            init = check_inputs(store, cfg, args.run_id)  # before the run is created: bad input changes nothing
             guard.claim(cfg.to_dict(), world)
         except errors.Error as e:
             err = errors.exit_message(e)
@@ -458,7 +459,7 @@ def run(cfg, args, rank, world, device):
     args.owner = guard.owner  # rank 0's writes are fenced by its lease
     try:
         with guard:
-            train(cfg, args.run_id, args, st, rank, world, device, init, guard)
+            train(cfg, args.run_id, args, store, rank, world, device, init, guard)
             guard.finished()
         return 0
     except errors.Error as e:

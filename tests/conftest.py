@@ -60,9 +60,9 @@ def env(server, tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def st(env):
-    import store
-    return store.connect()
+def store(env):
+    from store import connect
+    return connect()
 
 
 def run_cli(*args, env=None, check=True, timeout=300, nproc=0):
@@ -83,12 +83,12 @@ def make_toy_dataset(db, name="toy.copy", n_train=200, n_test=24, seed=0, vocab_
     import numpy as np
     import dataset
     rng = np.random.default_rng(seed)
-    w = dataset.DatasetWriter(db, name, "toy", {"seed": seed}, [f"t{i}" for i in range(vocab_size)], overwrite=True)
+    writer = dataset.DatasetWriter(db, name, "toy", {"seed": seed}, [f"t{i}" for i in range(vocab_size)], overwrite=True)
     for split, n in (("train", n_train), ("test", n_test)):
         for i in range(n):
             p = rng.integers(len(dataset.SPECIALS), len(dataset.SPECIALS) + vocab_size, rng.integers(3, 14))
-            w.add(split, p, p[::-1], np.sort(p), dataset.digest(f"{split}{i}".encode()))
-    w.commit()
+            writer.add(split, p, p[::-1], np.sort(p), dataset.digest(f"{split}{i}".encode()))
+    writer.commit()
     return name
 
 
@@ -106,14 +106,15 @@ def checkpoint_state(run_id, step=10, seed=0):
             "model_config": model.cfg.to_dict(), "vocabulary": vocab}
 
 
-def make_checkpoint(st, run_id, step=10, seed=0, status="finished"):
+def make_checkpoint(store, run_id, step=10, seed=0, status="finished"):
     """A run with a real tiny-model checkpoint (without training) and a few logs."""
+    from checkpoint_store import save_checkpoint
     state = checkpoint_state(run_id, step, seed)
-    st.runs.insert_one({"_id": run_id, "config": state["config"], "status": status, "step": step, "lease": None,
+    store.runs.insert_one({"_id": run_id, "config": state["config"], "status": status, "step": step, "lease": None,
                         "error": None})
     for s in range(5, step + 1, 5):
-        st.log(run_id, s, "train", {"loss": 1.0 / s, "trace_loss": 1.0, "plan_loss": 1.0, "accuracy": 0.5})
-    st.save_checkpoint(run_id, step, state)
+        store.log(run_id, s, "train", {"loss": 1.0 / s, "trace_loss": 1.0, "plan_loss": 1.0, "accuracy": 0.5})
+    save_checkpoint(store, run_id, step, state)
     return state
 
 

@@ -11,9 +11,11 @@ import pytest
 import torch
 
 import admin
+import checkpoint_store
 import server
-import store
+from checkpoint_store import load_checkpoint
 from conftest import ROOT, call, make_checkpoint, make_toy_dataset, run_cli, snapshot
+from store import connect
 
 
 def ok(*argv):
@@ -22,14 +24,14 @@ def ok(*argv):
     return out
 
 
-def refused(st, *argv, words=()):
+def refused(store, *argv, words=()):
     """The command fails with one line on stderr, and the store is as it was."""
-    before = snapshot(st.db)
+    before = snapshot(store.db)
     code, out, err = call(admin.main, *argv)
     lines = err.strip().splitlines()
     assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
     assert all(w in lines[0] for w in words), (words, err)
-    assert snapshot(st.db) == before
+    assert snapshot(store.db) == before
     return lines[0]
 
 
@@ -42,18 +44,18 @@ def same_tensors(a, b):
 
 
 @pytest.fixture
-def runs(st):
-    make_checkpoint(st, "alpha", step=10)
-    make_checkpoint(st, "beta", step=20, seed=1)
-    st.runs.insert_one({"_id": "gamma", "config": {"train_name": "toy.copy", "train_steps": 5}, "status": "failed",
+def runs(store):
+    make_checkpoint(store, "alpha", step=10)
+    make_checkpoint(store, "beta", step=20, seed=1)
+    store.runs.insert_one({"_id": "gamma", "config": {"train_name": "toy.copy", "train_steps": 5}, "status": "failed",
                         "error": "ValueError: loss is nan\nmore", "step": 0, "lease": None})
-    return st
+    return store
 
 
-def test_list_all(st):
+def test_list_all(store):
     assert "(no runs)" in ok("list-all")
-    make_checkpoint(st, "alpha")
-    st.runs.insert_one({"_id": "gamma", "config": {}, "status": "failed", "error": "ValueError: loss is nan\nmore"})
+    make_checkpoint(store, "alpha")
+    store.runs.insert_one({"_id": "gamma", "config": {}, "status": "failed", "error": "ValueError: loss is nan\nmore"})
     out = ok("list-all").splitlines()
     assert out[1].startswith("alpha") and "finished" in out[1] and "10/10" in out[1] and "toy.copy" in out[1]
     assert out[2].startswith("gamma") and "failed" in out[2] and "error: ValueError: loss is nan" in out[3]
@@ -72,7 +74,7 @@ def test_drop_run(runs):
     ok("drop-run", "--run-id", "alpha")
     assert runs.get_run("alpha") is None and not runs.get_logs("alpha")
     assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "alpha"}) == 0
-    assert runs.load_checkpoint("beta")["step"] == 20 and runs.get_logs("beta")  # the others are untouched
+    assert load_checkpoint(runs, "beta")["step"] == 20 and runs.get_logs("beta")  # the others are untouched
     refused(runs, "drop-run", "--run-id", "alpha", words=["no run with id 'alpha'"])
 
 
@@ -80,7 +82,7 @@ def test_drop_of_a_live_run_needs_force(runs, tmp_path):
     runs.start_run("live", {"train_name": "toy.copy"}, owner="host:1", lease_s=600, world_size=1, host="host")
     refused(runs, "drop-run", "--run-id", "live", words=["'live' is being trained by host:1", "--force"])
     refused(runs, "bulk-drop-run", "--pattern", ".*", words=["live", "--force"])  # nothing dropped
-    torch.save(runs.load_checkpoint("alpha"), tmp_path / "alpha.pt")
+    torch.save(load_checkpoint(runs, "alpha"), tmp_path / "alpha.pt")
     refused(runs, "import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "live", "--replace",
             words=["'live' is being trained", "drop-run --run-id live --force"])  # --replace does not drop a live run
     runs.runs.update_one({"_id": "live"}, {"$set": {"lease.expires": 0}})  # an expired lease is no holder
@@ -124,8 +126,8 @@ def test_export_and_bulk_export(runs, tmp_path):
             runs.fs.open_download_stream(runs.get_run(name)["checkpoint"]["id"]).read()  # byte for byte
 
 
-def test_trained_checkpoint_export_import_round_trip(st, tmp_path):
-    make_toy_dataset(st.db)
+def test_trained_checkpoint_export_import_round_trip(store, tmp_path):
+    make_toy_dataset(store.db)
     flags = ["--train-name", "toy.copy", "--model-size", "tiny", "--log-interval", "3", "--checkpoint-interval", "3",
              "--num-test-sequences", "8"]
     run_cli("train.py", "single", "--run-id", "trained", *flags, "--train-steps", "6")
@@ -133,23 +135,23 @@ def test_trained_checkpoint_export_import_round_trip(st, tmp_path):
     assert f"exported trained step 6 to {tmp_path / 'trained.pt'}" in r.stdout
     out = ok("import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy")
     assert out.strip() == f"imported {tmp_path / 'trained.pt'} as run copy (step 6)"
-    a, b = st.load_checkpoint("trained"), st.load_checkpoint("copy")
+    a, b = load_checkpoint(store, "trained"), load_checkpoint(store, "copy")
     assert b["run_id"] == "copy" and same_tensors({**a, "run_id": None}, {**b, "run_id": None})
-    run = st.get_run("copy")
-    assert run["status"] == "imported" and run["step"] == 6 and run["config"] == st.get_run("trained")["config"]
+    run = store.get_run("copy")
+    assert run["status"] == "imported" and run["step"] == 6 and run["config"] == store.get_run("trained")["config"]
     # importing over an existing run needs --replace
-    refused(st, "import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy", words=["--replace"])
-    st.log("copy", 3, "train", {"loss": 9.0})
+    refused(store, "import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy", words=["--replace"])
+    store.log("copy", 3, "train", {"loss": 9.0})
     ok("import-checkpoint", "--filename", tmp_path / "trained.pt", "--run-id", "copy", "--replace")
-    assert not st.get_logs("copy") and st.db["checkpoints.files"].count_documents({"metadata.run_id": "copy"}) == 1
+    assert not store.get_logs("copy") and store.db["checkpoints.files"].count_documents({"metadata.run_id": "copy"}) == 1
     # an imported run resumes like the original
     r = run_cli("train.py", "single", "--run-id", "copy", *flags, "--train-steps", "6")
-    assert "resuming copy from step 6" in r.stdout and st.get_run("copy")["status"] == "finished"
+    assert "resuming copy from step 6" in r.stdout and store.get_run("copy")["status"] == "finished"
     # without --run-id, the id recorded in the file
-    st.drop_run("trained")
+    store.drop_run("trained")
     ok("import-checkpoint", "--filename", tmp_path / "trained.pt")
-    assert same_tensors(st.load_checkpoint("trained")["model"], a["model"])
-    refused(st, "import-checkpoint", "--filename", tmp_path / "missing.pt", words=["no such file"])
+    assert same_tensors(load_checkpoint(store, "trained")["model"], a["model"])
+    refused(store, "import-checkpoint", "--filename", tmp_path / "missing.pt", words=["no such file"])
 
 
 def test_database_commands_with_the_embedded_server(embedded):
@@ -158,17 +160,17 @@ def test_database_commands_with_the_embedded_server(embedded):
     assert "(no runs)" in ok("list-all")  # first use starts it
     info = json.loads((embedded / "server.json").read_text())
     assert f"embedded server up: pid {info['pid']}, mongodb://127.0.0.1:{info['port']}" in ok("db", "status")
-    st = store.connect()
-    make_checkpoint(st, "kept")
+    store = connect()
+    make_checkpoint(store, "kept")
     assert ok("db", "stop").strip() == "embedded server stopped"  # even with this process still connected
     assert not server.pid_alive(info["pid"]) and not (embedded / "server.json").exists()
     assert "embedded server not running" in ok("db", "status")
-    assert store.connect().load_checkpoint("kept")["step"] == 10  # restarted on use, the data still there
+    assert load_checkpoint(connect(), "kept")["step"] == 10  # restarted on use, the data still there
 
 
-def test_database_commands_with_mongodb_uri(st, env):
+def test_database_commands_with_mongodb_uri(store, env):
     assert f"MONGODB_URI is set: using {env['uri']}" in ok("db", "status")
-    refused(st, "db", "stop", words=["MONGODB_URI is set"])
+    refused(store, "db", "stop", words=["MONGODB_URI is set"])
 
 
 def test_stale_server_record_is_not_trusted(embedded):
@@ -202,7 +204,7 @@ def test_concurrent_first_uses_start_exactly_one_server(embedded):
     assert servers == [json.loads((embedded / "server.json").read_text())["pid"]]
 
 
-def test_bad_command_lines_are_refused(st):
+def test_bad_command_lines_are_refused(store):
     for argv in (["show"], ["drop-run"], ["export-checkpoint", "--run-id", "x"], ["db", "restart"], ["frobnicate"], []):
         code, out, err = call(admin.main, *argv)
         assert code == 2 and "usage:" in err and "Traceback" not in err
@@ -218,7 +220,7 @@ def test_import_replace_is_all_or_nothing(runs, tmp_path, pauses):
     def fails(self, data):  # the connection lost half-way through the new file
         raise OSError("connection reset")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(store._Writer, "write", fails)
+        mp.setattr(checkpoint_store._Writer, "write", fails)
         with pytest.raises((OSError, RuntimeError)):  # the error, or torch.save's wrapping of it
             call(admin.main, "import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "beta", "--replace")
     assert without_pending(runs.get_run("beta")) == without_pending(doc) and runs.get_logs("beta") == logs
@@ -228,13 +230,13 @@ def test_import_replace_is_all_or_nothing(runs, tmp_path, pauses):
     proc.kill()
     proc.wait()
     assert without_pending(runs.get_run("beta")) == without_pending(doc)
-    assert runs.get_logs("beta") == logs and runs.load_checkpoint("beta")["step"] == 20
+    assert runs.get_logs("beta") == logs and load_checkpoint(runs, "beta")["step"] == 20
     # that load removed the killed import's upload, as it removes a killed save's
     assert runs.get_run("beta")["pending_checkpoint"] is None
     files = [f["_id"] for f in runs.db["checkpoints.files"].find()]
     assert runs.db["checkpoints.chunks"].count_documents({"files_id": {"$nin": files}}) == 0
     ok("import-checkpoint", "--filename", tmp_path / "alpha.pt", "--run-id", "beta", "--replace")
-    assert same_tensors(runs.load_checkpoint("beta")["model"], runs.load_checkpoint("alpha")["model"])
+    assert same_tensors(load_checkpoint(runs, "beta")["model"], load_checkpoint(runs, "alpha")["model"])
     assert runs.get_run("beta")["step"] == 10 and not runs.get_logs("beta")
     assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "beta"}) == 1
 

@@ -26,7 +26,7 @@ def same_split(a, b):
         assert np.array_equal(a.extra[k], b.extra[k], equal_nan=True)
 
 
-def test_interrupted_generation_resumes_to_the_same_dataset(env, st, monkeypatch):
+def test_interrupted_generation_resumes_to_the_same_dataset(env, store, monkeypatch):
     ref = pymongo.MongoClient(env["uri"] + "b").get_default_database()
     generate.generate_maze(ref, 10, 300, 40, False, seed=3, overwrite=False, workers=1, chunk=1)
     calls, save = [0], dataset.DatasetWriter.save_progress
@@ -39,36 +39,36 @@ def test_interrupted_generation_resumes_to_the_same_dataset(env, st, monkeypatch
 
     monkeypatch.setattr(dataset.DatasetWriter, "save_progress", dies_after_five)
     with pytest.raises(KeyboardInterrupt):
-        generate.generate_maze(st.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=1)
+        generate.generate_maze(store.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=1)
     monkeypatch.undo()
-    assert st.db.datasets.find_one({"_id": NAME})["building"]["progress"] == {"next_chunk": 5}
-    generate.generate_maze(st.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=1)
+    assert store.db.datasets.find_one({"_id": NAME})["building"]["progress"] == {"next_chunk": 5}
+    generate.generate_maze(store.db, 10, 300, 40, False, seed=3, overwrite=False, workers=2, chunk=1)
     for split in ("train", "test"):
         same_split(dataset.load_split(ref, NAME, split, use_cache=False),
-                   dataset.load_split(st.db, NAME, split, use_cache=False))
-    doc = dataset.get_dataset(st.db, NAME)
+                   dataset.load_split(store.db, NAME, split, use_cache=False))
+    doc = dataset.get_dataset(store.db, NAME)
     assert doc["counts"] == {"train": 300, "test": 40} and "building" not in doc
-    assert len({d["key"] for s in ("train", "test") for d in st.db[f"ds.{NAME}.{doc['uid']}.{s}"].find()}) == 340
+    assert len({d["key"] for s in ("train", "test") for d in store.db[f"ds.{NAME}.{doc['uid']}.{s}"].find()}) == 340
 
 
-def test_cache_equals_the_database_and_astar_stats_match_deterministic_traces(st):
-    generate.generate_maze(st.db, 10, 50, 12, False, seed=0, overwrite=False, workers=1)
-    fresh = dataset.load_split(st.db, NAME, "test", use_cache=False)
-    same_split(dataset.load_split(st.db, NAME, "test"), fresh)  # writes the cache
-    same_split(dataset.load_split(st.db, NAME, "test"), fresh)  # reads it
-    generate.astar_stats(st.db, NAME, runs=5, workers=2)
-    part = dataset.load_split(st.db, NAME, "test")
+def test_cache_equals_the_database_and_astar_stats_match_deterministic_traces(store):
+    generate.generate_maze(store.db, 10, 50, 12, False, seed=0, overwrite=False, workers=1)
+    fresh = dataset.load_split(store.db, NAME, "test", use_cache=False)
+    same_split(dataset.load_split(store.db, NAME, "test"), fresh)  # writes the cache
+    same_split(dataset.load_split(store.db, NAME, "test"), fresh)  # reads it
+    generate.astar_stats(store.db, NAME, runs=5, workers=2)
+    part = dataset.load_split(store.db, NAME, "test")
     # deterministic A* has one trace: the stored one
     assert np.array_equal(part.extra["astar_mean_trace_len"], part.lens["trace"].astype(float))
-    same_split(part, dataset.load_split(st.db, NAME, "test", use_cache=False))
+    same_split(part, dataset.load_split(store.db, NAME, "test", use_cache=False))
 
 
-def test_nondeterministic_astar_stats_average_several_runs(st):
-    name = generate.generate_maze(st.db, 10, 0, 6, True, seed=0, overwrite=False, workers=1)
-    generate.astar_stats(st.db, name, runs=16, workers=1)
-    doc = dataset.get_dataset(st.db, name)
+def test_nondeterministic_astar_stats_average_several_runs(store):
+    name = generate.generate_maze(store.db, 10, 0, 6, True, seed=0, overwrite=False, workers=1)
+    generate.astar_stats(store.db, name, runs=16, workers=1)
+    doc = dataset.get_dataset(store.db, name)
     vocab = doc["vocabulary"]
-    part = dataset.load_split(st.db, name, "test")
+    part = dataset.load_split(store.db, name, "test")
     for r in range(6):
         m = maze.parse_prompt([vocab[i] for i in part.get(r, "prompt")], 10)
         rng = np.random.default_rng(generate.chunk_seed(0, int(part.ids[r])))
@@ -76,13 +76,13 @@ def test_nondeterministic_astar_stats_average_several_runs(st):
         assert part.extra["astar_mean_trace_len"][r] == np.mean(lens)
 
 
-def test_data_cli_list_show_refuse_and_drop(st):
-    generate.generate_maze(st.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
+def test_data_cli_list_show_refuse_and_drop(store):
+    generate.generate_maze(store.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
     out = run_cli("data.py", "list").stdout
     assert NAME in out and "complete" in out and "30" in out
     r = run_cli("data.py", "show", NAME, "--id", "2")
-    vocab = dataset.get_dataset(st.db, NAME)["vocabulary"]
-    part = dataset.load_split(st.db, NAME, "test")
+    vocab = dataset.get_dataset(store.db, NAME)["vocabulary"]
+    part = dataset.load_split(store.db, NAME, "test")
     task = maze.parse_prompt([vocab[i] for i in part.get(2, "prompt")], 10)
     plan = maze.parse_plan([vocab[i] for i in part.get(2, "plan")])
     assert r.stdout.splitlines()[1:] == maze.render(task, plan).splitlines()
@@ -91,58 +91,52 @@ def test_data_cli_list_show_refuse_and_drop(st):
     assert r.returncode != 0 and r.stderr.strip() == \
         f"error: dataset '{NAME}' exists; pass --overwrite to replace it, or drop it first"
     r = run_cli("data.py", "drop", NAME)
-    assert st.db.datasets.find_one({"_id": NAME}) is None
-    assert not [c for c in st.db.list_collection_names() if c.startswith("ds.")]
+    assert store.db.datasets.find_one({"_id": NAME}) is None
+    assert not [c for c in store.db.list_collection_names() if c.startswith("ds.")]
     with pytest.raises(DataError, match="does not exist"):
-        dataset.get_dataset(st.db, NAME)
+        dataset.get_dataset(store.db, NAME)
 
 
-def test_overwrite_replaces_and_stats_table(st):
-    generate.generate_maze(st.db, 10, 20, 4, False, seed=0, overwrite=False, workers=1)
-    old = dataset.get_dataset(st.db, NAME)["uid"]
-    generate.generate_maze(st.db, 10, 10, 2, False, seed=1, overwrite=True, workers=1)
-    doc = dataset.get_dataset(st.db, NAME)
+def test_overwrite_replaces_and_stats_table(store):
+    generate.generate_maze(store.db, 10, 20, 4, False, seed=0, overwrite=False, workers=1)
+    old = dataset.get_dataset(store.db, NAME)["uid"]
+    generate.generate_maze(store.db, 10, 10, 2, False, seed=1, overwrite=True, workers=1)
+    doc = dataset.get_dataset(store.db, NAME)
     assert doc["uid"] != old and doc["counts"] == {"train": 10, "test": 2}
-    assert f"ds.{NAME}.{old}.train" not in st.db.list_collection_names()
-    rows = data.length_stats(st.db, NAME)
+    assert f"ds.{NAME}.{old}.train" not in store.db.list_collection_names()
+    rows = data.length_stats(store.db, NAME)
     counts = (("train", 10), ("test", 2))
     assert [(s, p, n) for s, p, n, *_ in rows] == [(s, p, n) for s, n in counts for p in (*dataset.PARTS, "response")]
     trace, plan, response = (r[3:] for r in rows[1:4])
     assert response[0] >= trace[0] + plan[0] and response[-1] <= trace[-1] + plan[-1]
 
 
-def test_maze_render():
-    m = maze.Maze(3, frozenset({(1, 1)}), (0, 0), (2, 2))
-    assert maze.render(m, [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2)]) == "Soo\n.#o\n..G"
-    assert maze.render(m) == "S..\n.#.\n..G"
-
-
-def test_datasets_record_their_generation_rule_and_earlier_ones_stay_usable(st):
-    generate.generate_maze(st.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
-    assert dataset.get_dataset(st.db, NAME)["params"]["rule"] == maze.RULE == "reference"
+def test_datasets_record_their_generation_rule_and_earlier_ones_stay_usable(store):
+    generate.generate_maze(store.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
+    assert dataset.get_dataset(store.db, NAME)["params"]["rule"] == maze.RULE == "reference"
     assert re.search(rf"{re.escape(NAME)}\s+maze\s+reference\s+30\s+5\s+complete", run_cli("data.py", "list").stdout)
     # a dataset made before the rule was recorded: flagged, and still loads and batches as before
-    st.db.datasets.update_one({"_id": NAME}, {"$unset": {"params.rule": ""}})
+    store.db.datasets.update_one({"_id": NAME}, {"$unset": {"params.rule": ""}})
     assert re.search(rf"{re.escape(NAME)}\s+maze\s+earlier\s+30", run_cli("data.py", "list").stdout)
     assert "generation rule earlier" in run_cli("data.py", "show", NAME).stdout
-    seqs = batches.Sequences.build(dataset.load_split(st.db, NAME, "train", use_cache=False), range(30), plan_only=False)
+    seqs = batches.Sequences.build(dataset.load_split(store.db, NAME, "train", use_cache=False), range(30), plan_only=False)
     assert len(seqs) == 30
-    st.runs.insert_one({"_id": "old-data", "config": {"train_name": NAME, "test_name": ""}, "status": "finished",
+    store.runs.insert_one({"_id": "old-data", "config": {"train_name": NAME, "test_name": ""}, "status": "finished",
                         "step": 0, "lease": None, "error": None})
     code, out, _ = call(admin.main, "show", "--run-id", "old-data")
     assert code == 0 and f"train dataset {NAME}: generation rule earlier" in out
 
 
-def test_every_task_of_a_layout_is_kept_in_one_split(st):
-    generate.generate_maze(st.db, 10, 200, 40, True, seed=2, overwrite=False, workers=1, chunk=2)
+def test_every_task_of_a_layout_is_kept_in_one_split(store):
+    generate.generate_maze(store.db, 10, 200, 40, True, seed=2, overwrite=False, workers=1, chunk=2)
     name = "maze.10-by-10-nondeterministic.simple"
-    doc = dataset.get_dataset(st.db, name)
+    doc = dataset.get_dataset(store.db, name)
     assert doc["counts"] == {"train": 200, "test": 40}
-    groups = {s: [d["group"] for d in st.db[f"ds.{name}.{doc['uid']}.{s}"].find({}, {"group": 1})] for s in ("train", "test")}
+    groups = {s: [d["group"] for d in store.db[f"ds.{name}.{doc['uid']}.{s}"].find({}, {"group": 1})] for s in ("train", "test")}
     assert not set(groups["train"]) & set(groups["test"])  # split by layout
     assert len(set(groups["train"])) < 200 / 5  # many tasks per layout, as the reference keeps them
     vocab = doc["vocabulary"]
-    part = dataset.load_split(st.db, name, "train", use_cache=False)
+    part = dataset.load_split(store.db, name, "train", use_cache=False)
     first = [r for r in range(200) if groups["train"][r] == groups["train"][0]]
     prompts = [[vocab[i] for i in part.get(r, "prompt")] for r in first]
     assert len({tuple(p[:6]) for p in prompts}) == len(first) > 1  # distinct (start, goal) pairs

@@ -20,9 +20,10 @@ from pymongo.errors import AutoReconnect
 import admin
 import errors
 import server
-import store
+from checkpoint_store import load_checkpoint, save_checkpoint
 from conftest import ROOT, call, make_checkpoint, make_toy_dataset, run_cli, snapshot, start_server
 from model import ModelConfig, Transformer
+from store import connect, embedded_uri
 
 FAST = ["--train-name", "toy.copy", "--model-size", "tiny", "--warmup-steps", "5", "--lr", "1e-3",
         "--num-test-sequences", "16"]
@@ -97,8 +98,8 @@ def kill_launch(proc):
         time.sleep(0.05)
 
 
-def wait_lease_expiry(st, run_id):
-    lease = st.get_run(run_id)["lease"]
+def wait_lease_expiry(store, run_id):
+    lease = store.get_run(run_id)["lease"]
     if lease:
         time.sleep(max(0.0, lease["expires"] - time.time()) + 0.05)
 
@@ -108,22 +109,22 @@ def record(rec):
     return {k: v for k, v in rec.items() if k not in ("time", "tokens_per_s")}
 
 
-def assert_same_run(st, a, b, steps, log_interval, eval_interval):
-    wa, wb = st.load_checkpoint(a), st.load_checkpoint(b)
+def assert_same_run(store, a, b, steps, log_interval, eval_interval):
+    wa, wb = load_checkpoint(store, a), load_checkpoint(store, b)
     assert wa["step"] == wb["step"] == steps
     for part in ("model", "optimizer"):
         fa, fb = flatten(wa[part]), flatten(wb[part])
         assert fa.keys() == fb.keys()
         for k in fa:
             assert torch.equal(fa[k], fb[k]) if torch.is_tensor(fa[k]) else fa[k] == fb[k], (part, k)
-    la, lb = [record(r) for r in st.get_logs(a)], [record(r) for r in st.get_logs(b)]
+    la, lb = [record(r) for r in store.get_logs(a)], [record(r) for r in store.get_logs(b)]
     for r in lb:
         r["run_id"] = a
     assert la == lb
     keys = [(r["split"], r["step"]) for r in lb]
     every = lambda n: sorted({*range(n, steps + 1, n), steps})
     assert keys == [("test", s) for s in every(eval_interval)] + [("train", s) for s in every(log_interval)]
-    assert st.get_run(b)["status"] == "finished" and st.get_run(b)["step"] == steps
+    assert store.get_run(b)["status"] == "finished" and store.get_run(b)["step"] == steps
 
 
 def flatten(obj, prefix=""):
@@ -137,26 +138,26 @@ def flatten(obj, prefix=""):
     return {prefix: obj}
 
 
-def expire_lease(st, run_id):
+def expire_lease(store, run_id):
     """What waiting out the dead trainer's lease would do, without the wait."""
-    st.runs.update_one({"_id": run_id, "lease": {"$ne": None}}, {"$set": {"lease.expires": 0}})
+    store.runs.update_one({"_id": run_id, "lease": {"$ne": None}}, {"$set": {"lease.expires": 0}})
 
 
-def frozen_mid_write(st, run_id):
+def frozen_mid_write(store, run_id):
     """True when the run has a checkpoint upload started and not yet closed."""
-    pending = st.get_run(run_id).get("pending_checkpoint")
-    return pending is not None and st.db["checkpoints.files"].find_one({"_id": pending}) is None
+    pending = store.get_run(run_id).get("pending_checkpoint")
+    return pending is not None and store.db["checkpoints.files"].find_one({"_id": pending}) is None
 
 
 # ---------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_ddp_run_killed_over_and_over_equals_uninterrupted(st, pauses):
+def test_ddp_run_killed_over_and_over_equals_uninterrupted(store, pauses):
     """torchrun, 2 processes on gloo, SIGKILLed at seeded random steps (and inside checkpoint
     writes) and relaunched until done: same weights, optimizer state and logs as a straight run.
     Each kill lands exactly where planned: the trainer waits at a test hook until it comes."""
-    make_toy_dataset(st.db)
+    make_toy_dataset(store.db)
     steps, ck = 60, 10
     args = [*FAST, "--batch-size", "4", "--train-steps", steps, "--log-interval", 1, "--eval-interval", 20,
             "--checkpoint-interval", ck, "--seed", 5, "--lease-seconds", 1.5]
@@ -165,7 +166,7 @@ def test_ddp_run_killed_over_and_over_equals_uninterrupted(st, pauses):
     rng = random.Random(6)
     kills, mid_write, expect_resume = 0, 0, None
     for attempt in range(12):
-        ckpt = st.get_run("killed") and st.get_run("killed").get("checkpoint")
+        ckpt = store.get_run("killed") and store.get_run("killed").get("checkpoint")
         start = ckpt["step"] if ckpt else 0
         # every other launch is killed inside its first checkpoint write, the others at a random step
         in_write = kills % 2 == 1 and mid_write < 2 and start + ck < steps
@@ -178,7 +179,7 @@ def test_ddp_run_killed_over_and_over_equals_uninterrupted(st, pauses):
         else:
             pauses.wait(point, proc)
             if in_write:
-                assert frozen_mid_write(st, "killed")  # the upload written, not closed
+                assert frozen_mid_write(store, "killed")  # the upload written, not closed
                 mid_write += 1
             kill_launch(proc)
             kills += 1
@@ -191,15 +192,15 @@ def test_ddp_run_killed_over_and_over_equals_uninterrupted(st, pauses):
         expect_resume = start if in_write else None  # the checkpoint before the one being written
         for f in pauses.folder.iterdir():
             f.unlink()
-        wait_lease_expiry(st, "killed")
+        wait_lease_expiry(store, "killed")
     print(f"{kills} kills, {mid_write} inside a checkpoint write")
     assert kills >= 6 and mid_write == 2
-    assert_same_run(st, "straight", "killed", steps, 1, 20)
-    assert not st.get_run("killed").get("pending_checkpoint")
+    assert_same_run(store, "straight", "killed", steps, 1, 20)
+    assert not store.get_run("killed").get("pending_checkpoint")
     # the partial uploads were cleaned away: only the final checkpoint's file and chunks remain
-    files = list(st.db["checkpoints.files"].find({"metadata.run_id": "killed"}))
-    assert len(files) == 1 and st.db["checkpoints.chunks"].count_documents(
-        {"files_id": {"$nin": [f["_id"] for f in st.db["checkpoints.files"].find()]}}) == 0
+    files = list(store.db["checkpoints.files"].find({"metadata.run_id": "killed"}))
+    assert len(files) == 1 and store.db["checkpoints.chunks"].count_documents(
+        {"files_id": {"$nin": [f["_id"] for f in store.db["checkpoints.files"].find()]}}) == 0
 
 
 @pytest.mark.slow
@@ -254,8 +255,8 @@ def crashable(env, monkeypatch):
 @pytest.mark.slow
 def test_database_crash_mid_training_is_waited_out_or_fails_cleanly(crashable, pauses):
     server = crashable
-    st = store.connect()
-    make_toy_dataset(st.db)
+    store = connect()
+    make_toy_dataset(store.db)
     args = [*FAST, "--batch-size", "8", "--train-steps", 50, "--log-interval", 1, "--eval-interval", 20,
             "--checkpoint-interval", 10, "--seed", 2, "--lease-seconds", 2]
     run_cli("train.py", "single", "--run-id", "straight", *args)
@@ -263,7 +264,7 @@ def test_database_crash_mid_training_is_waited_out_or_fails_cleanly(crashable, p
     # 1. down for longer than the lease, inside a checkpoint write; the trainer waits and carries on
     proc = launch("waits", *args, "--db-retry-seconds", 60, env=pauses.env("checkpoint-20"))
     pauses.wait("checkpoint-20", proc)  # the step-20 checkpoint is written, not yet closed
-    assert frozen_mid_write(st, "waits")
+    assert frozen_mid_write(store, "waits")
     server.crash()
     pauses.release("checkpoint-20")
     time.sleep(8)  # the outage lasts past the lease and past pymongo's own server selection timeout (5 s)
@@ -271,7 +272,7 @@ def test_database_crash_mid_training_is_waited_out_or_fails_cleanly(crashable, p
     out = output(proc, 300)
     assert proc.returncode == 0, out[-3000:]
     assert "database unreachable" in out and "Traceback" not in out
-    assert_same_run(st, "straight", "waits", 50, 1, 20)
+    assert_same_run(store, "straight", "waits", 50, 1, 20)
 
     # 2. down for longer than --db-retry-seconds: a one-line error within that bound, then a relaunch finishes
     proc = launch("gives-up", *args, "--db-retry-seconds", 3, env=pauses.env("step-25"))
@@ -284,18 +285,18 @@ def test_database_crash_mid_training_is_waited_out_or_fails_cleanly(crashable, p
     assert len(errors) == 1 and f"lost the database at mongodb://127.0.0.1:{server.port}" in errors[0], out[-3000:]
     assert "Traceback" not in out
     server.start()
-    assert st.get_run("gives-up")["status"] in ("running", "failed")  # "failed" only if the database was back in time
-    expire_lease(st, "gives-up")
+    assert store.get_run("gives-up")["status"] in ("running", "failed")  # "failed" only if the database was back in time
+    expire_lease(store, "gives-up")
     r = run_cli("train.py", "single", "--run-id", "gives-up", *args)
     assert "resuming gives-up from step 20" in r.stdout
-    assert_same_run(st, "straight", "gives-up", 50, 1, 20)
+    assert_same_run(store, "straight", "gives-up", 50, 1, 20)
 
 
-def test_connection_lost_inside_a_checkpoint_write_is_retried(st, capsys):
+def test_connection_lost_inside_a_checkpoint_write_is_retried(store, capsys):
     """torch.save wraps a failing write in a RuntimeError; the store still sees the lost connection and retries."""
-    st.runs.insert_one({"_id": "r", "config": {}, "lease": None})
-    st.retry_s = 10
-    upload, writes = st.fs.open_upload_stream, [0]
+    store.runs.insert_one({"_id": "r", "config": {}, "lease": None})
+    store.retry_s = 10
+    upload, writes = store.fs.open_upload_stream, [0]
 
     class Flaky:  # an upload stream that finds the connection gone half-way through the first attempt
         def __init__(self, stream):
@@ -310,46 +311,46 @@ def test_connection_lost_inside_a_checkpoint_write_is_retried(st, capsys):
                 raise AutoReconnect("connection reset by peer")
             return self.stream.write(data)
 
-    st.fs.open_upload_stream = lambda *a, **k: Flaky(upload(*a, **k))
-    st.save_checkpoint("r", 1, {"w": torch.arange(10)})
+    store.fs.open_upload_stream = lambda *a, **k: Flaky(upload(*a, **k))
+    save_checkpoint(store, "r", 1, {"w": torch.arange(10)})
     assert "database unreachable (AutoReconnect), retrying" in capsys.readouterr().err
-    assert torch.equal(st.load_checkpoint("r")["w"], torch.arange(10))
-    assert st.db["checkpoints.files"].count_documents({}) == 1
+    assert torch.equal(load_checkpoint(store, "r")["w"], torch.arange(10))
+    assert store.db["checkpoints.files"].count_documents({}) == 1
 
 
-def test_reading_a_run_never_disturbs_its_trainer(st):
+def test_reading_a_run_never_disturbs_its_trainer(store):
     """A load while the trainer's upload is in flight leaves it alone; once the lease is free a load
     removes a dead trainer's partial upload; a checkpoint replaced during a read is read again."""
-    st.runs.insert_one({"_id": "r", "config": {}, "lease": None})
-    st.save_checkpoint("r", 1, {"step": 1})
-    stream = st.fs.open_upload_stream("r/2", metadata={"run_id": "r", "step": 2}, chunk_size_bytes=4)
+    store.runs.insert_one({"_id": "r", "config": {}, "lease": None})
+    save_checkpoint(store, "r", 1, {"step": 1})
+    stream = store.fs.open_upload_stream("r/2", metadata={"run_id": "r", "step": 2}, chunk_size_bytes=4)
     stream.write(b"x" * 64)  # some chunks written, not closed: an upload in flight
     stream._flush()
-    st.runs.update_one({"_id": "r"}, {"$set": {"pending_checkpoint": stream._id,
+    store.runs.update_one({"_id": "r"}, {"$set": {"pending_checkpoint": stream._id,
                                               "lease": {"owner": "trainer", "expires": time.time() + 60}}})
-    chunks = st.db["checkpoints.chunks"].count_documents({"files_id": stream._id})
-    assert chunks > 0 and st.load_checkpoint("r")["step"] == 1
-    assert st.get_run("r")["pending_checkpoint"] == stream._id
-    assert st.db["checkpoints.chunks"].count_documents({"files_id": stream._id}) == chunks
-    st.runs.update_one({"_id": "r"}, {"$set": {"lease.expires": time.time() - 1}})  # the trainer died
-    assert st.load_checkpoint("r")["step"] == 1
-    assert st.get_run("r")["pending_checkpoint"] is None
-    assert st.db["checkpoints.chunks"].count_documents({"files_id": stream._id}) == 0
+    chunks = store.db["checkpoints.chunks"].count_documents({"files_id": stream._id})
+    assert chunks > 0 and load_checkpoint(store, "r")["step"] == 1
+    assert store.get_run("r")["pending_checkpoint"] == stream._id
+    assert store.db["checkpoints.chunks"].count_documents({"files_id": stream._id}) == chunks
+    store.runs.update_one({"_id": "r"}, {"$set": {"lease.expires": time.time() - 1}})  # the trainer died
+    assert load_checkpoint(store, "r")["step"] == 1
+    assert store.get_run("r")["pending_checkpoint"] is None
+    assert store.db["checkpoints.chunks"].count_documents({"files_id": stream._id}) == 0
     # the trainer saves step 3 (and deletes step 1) while a reader is between the pointer and the file
-    download = st.fs.open_download_stream
+    download = store.fs.open_download_stream
 
     def racing(file_id):
-        st.fs.open_download_stream = download
-        st.save_checkpoint("r", 3, {"step": 3})
+        store.fs.open_download_stream = download
+        save_checkpoint(store, "r", 3, {"step": 3})
         return download(file_id)
 
-    st.fs.open_download_stream = racing
-    assert st.load_checkpoint("r")["step"] == 3
+    store.fs.open_download_stream = racing
+    assert load_checkpoint(store, "r")["step"] == 3
 
 
 @pytest.mark.slow
-def test_two_launches_of_one_run_id_one_trains_until_killed(st, pauses):
-    make_toy_dataset(st.db)
+def test_two_launches_of_one_run_id_one_trains_until_killed(store, pauses):
+    make_toy_dataset(store.db)
     args = [*FAST, "--train-steps", 150, "--log-interval", 5, "--eval-interval", 75, "--checkpoint-interval", 10,
             "--lease-seconds", 600]
     a, b = (launch("dup", *args, env=pauses.env("step-5")) for _ in range(2))
@@ -366,24 +367,24 @@ def test_two_launches_of_one_run_id_one_trains_until_killed(st, pauses):
     kill_launch(trainer)  # paused after its step-5 log: its lease is live, and it holds the run
     r = run_cli("train.py", "single", "--run-id", "dup", *args, check=False)  # the dead trainer's lease holds
     assert r.returncode == 1 and "being trained by" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    expire_lease(st, "dup")
+    expire_lease(store, "dup")
     run_cli("train.py", "single", "--run-id", "dup", *args)
-    assert st.get_run("dup")["status"] == "finished"
-    assert [(x["split"], x["step"]) for x in st.get_logs("dup")] == \
+    assert store.get_run("dup")["status"] == "finished"
+    assert [(x["split"], x["step"]) for x in store.get_logs("dup")] == \
         [("test", 75), ("test", 150)] + [("train", s) for s in range(5, 151, 5)]
 
 
 @pytest.mark.slow
-def test_a_trainer_that_lost_its_lease_stops_without_writing(st, pauses):
+def test_a_trainer_that_lost_its_lease_stops_without_writing(store, pauses):
     """Frozen past its lease (a long GC pause, a stopped VM, a database outage) while a relaunch took
     over, the old trainer wakes up to find the run gone: it stops and leaves the new trainer's run alone."""
-    make_toy_dataset(st.db)
+    make_toy_dataset(store.db)
     args = [*FAST, "--train-steps", 400, "--log-interval", 1, "--eval-interval", 200, "--checkpoint-interval", 10,
             "--lease-seconds", 1.5]
     old = launch("taken", *args, env=pauses.env("step-15"))
     pauses.wait("step-15", old)
     freeze(old)  # its lease thread stops renewing too
-    wait_lease_expiry(st, "taken")
+    wait_lease_expiry(store, "taken")
     new = launch("taken", *args, env=pauses.env("step-11"))
     pauses.wait("step-11", new)  # the new trainer holds the run and has trained a step
     pauses.release("step-15")
@@ -391,19 +392,19 @@ def test_a_trainer_that_lost_its_lease_stops_without_writing(st, pauses):
     out = output(old, 120)
     assert old.returncode == 1
     assert re.search(r"^error: run 'taken' is no longer held by this process|^error: lost the lease", out, re.M), out
-    run = st.get_run("taken")
+    run = store.get_run("taken")
     assert run["status"] == "running" and run["lease"]["owner"].split(":")[1] == str(new.pid)  # not "failed"
     pauses.release("step-11")
     out = output(new, 300)
     assert new.returncode == 0 and "resuming taken from step 10" in out, out[-3000:]
-    assert st.get_run("taken")["status"] == "finished"
-    assert [x["step"] for x in st.get_logs("taken", "train")] == list(range(1, 401))
+    assert store.get_run("taken")["status"] == "finished"
+    assert [x["step"] for x in store.get_logs("taken", "train")] == list(range(1, 401))
 
 
 @pytest.mark.slow
 def test_eight_runs_at_once_on_one_embedded_server(embedded, pauses):
-    st = store.connect()
-    make_toy_dataset(st.db)
+    store = connect()
+    make_toy_dataset(store.db)
     args = [*FAST, "--train-steps", 30, "--log-interval", 5, "--eval-interval", 15, "--checkpoint-interval", 10]
     procs = [launch(f"load-{i}", *args, "--seed", i, env=pauses.env("step-10")) for i in range(8)]
     commands = (["list-all"], ["show", "--run-id", "load-0"], ["list-all-checkpoints"])
@@ -419,11 +420,11 @@ def test_eight_runs_at_once_on_one_embedded_server(embedded, pauses):
     outs = [output(p, 300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 8, "\n".join(o[-2000:] for o in outs)
     for i in range(8):
-        run = st.get_run(f"load-{i}")
+        run = store.get_run(f"load-{i}")
         assert run["status"] == "finished" and run["checkpoint"]["step"] == 30
-        assert [(x["split"], x["step"]) for x in st.get_logs(f"load-{i}")] == \
+        assert [(x["split"], x["step"]) for x in store.get_logs(f"load-{i}")] == \
             [("test", 15), ("test", 30)] + [("train", s) for s in range(5, 31, 5)]
-        ck = st.load_checkpoint(f"load-{i}")
+        ck = load_checkpoint(store, f"load-{i}")
         Transformer(ModelConfig(**ck["model_config"])).load_state_dict(ck["model"])
     servers = [p for p in processes() if str(embedded) in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
     assert len(servers) == 1
@@ -433,8 +434,8 @@ def test_eight_runs_at_once_on_one_embedded_server(embedded, pauses):
 def test_a_restarted_embedded_server_is_found_by_a_running_trainer(embedded, pauses):
     """The default setup: the embedded server is killed under a running trainer and restarted by the
     next command that needs it; it comes back at its address, and the trainer carries on."""
-    st = store.connect()
-    make_toy_dataset(st.db)
+    store = connect()
+    make_toy_dataset(store.db)
     args = [*FAST, "--train-steps", 30, "--log-interval", 5, "--eval-interval", 15, "--checkpoint-interval", 10,
             "--db-retry-seconds", 120]
     proc = launch("survives", *args, env=pauses.env("step-12"))
@@ -449,16 +450,16 @@ def test_a_restarted_embedded_server_is_found_by_a_running_trainer(embedded, pau
     pauses.release("step-12")
     out = output(proc, 300)
     assert proc.returncode == 0 and "Traceback" not in out, out[-3000:]
-    assert st.get_run("survives")["status"] == "finished"
-    assert [(x["split"], x["step"]) for x in st.get_logs("survives")] == \
+    assert store.get_run("survives")["status"] == "finished"
+    assert [(x["split"], x["step"]) for x in store.get_logs("survives")] == \
         [("test", 15), ("test", 30)] + [("train", s) for s in range(5, 31, 5)]
 
 
 def test_a_client_follows_the_embedded_server_to_a_new_address(embedded):
     """When its old port was taken meanwhile the server restarts elsewhere; a client that lost it
     re-reads the data folder's record and follows."""
-    st = store.connect(retry_s=120)
-    st.runs.insert_one({"_id": "r", "config": {}, "lease": None})
+    store = connect(retry_s=120)
+    store.runs.insert_one({"_id": "r", "config": {}, "lease": None})
     old = json.loads((embedded / "server.json").read_text())
     os.kill(old["pid"], signal.SIGKILL)
     while server.pid_alive(old["pid"]):
@@ -477,15 +478,15 @@ def test_a_client_follows_the_embedded_server_to_a_new_address(embedded):
                     raise
                 time.sleep(0.2)
         squatter.listen()
-        store.embedded_uri()  # the next command restarts the server
+        embedded_uri()  # the next command restarts the server
         new = json.loads((embedded / "server.json").read_text())
         assert new["port"] != old["port"]
-        st.log("r", 1, "train", {"loss": 1.0})  # retried, then rebound to the new address
-    assert st.address == f"mongodb://127.0.0.1:{new['port']}/searchformer" and st.get_run("r")["step"] == 1
+        store.log("r", 1, "train", {"loss": 1.0})  # retried, then rebound to the new address
+    assert store.address == f"mongodb://127.0.0.1:{new['port']}/searchformer" and store.get_run("r")["step"] == 1
 
 
-def test_interrupted_export_leaves_nothing_that_import_accepts(st, tmp_path):
-    make_checkpoint(st, "exp")
+def test_interrupted_export_leaves_nothing_that_import_accepts(store, tmp_path):
+    make_checkpoint(store, "exp")
     out = tmp_path / "out"
     assert call(admin.main, "export-checkpoint", "--run-id", "exp", "--export-dir", out)[0] == 0
     whole = (out / "exp.pt").read_bytes()
@@ -500,10 +501,10 @@ def test_interrupted_export_leaves_nothing_that_import_accepts(st, tmp_path):
     partial = list(out.glob(".exp.pt.partial-*"))
     assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(whole)
     assert (out / "exp.pt").read_bytes() == whole  # the earlier export is untouched
-    before = snapshot(st.db)
+    before = snapshot(store.db)
     code, _, err = call(admin.main, "import-checkpoint", "--filename", partial[0], "--run-id", "half")
     assert code == 1 and "not a valid checkpoint file" in err and len(err.strip().splitlines()) == 1
-    assert snapshot(st.db) == before
+    assert snapshot(store.db) == before
     assert call(admin.main, "export-checkpoint", "--run-id", "exp", "--export-dir", out)[0] == 0
     assert [f.name for f in out.iterdir()] == ["exp.pt"]  # the killed export's leftover is cleared
 
@@ -512,15 +513,15 @@ def test_interrupted_export_leaves_nothing_that_import_accepts(st, tmp_path):
 def test_a_hung_database_is_given_up_on_in_bounded_time(crashable):
     """A server that stops answering without closing its connections (SIGSTOP): no wait forever
     (pymongo's monitor times the server out after the connect timeout and interrupts the operation)."""
-    st = store.connect(crashable.uri, retry_s=2)
-    st.runs.insert_one({"_id": "r", "config": {}})
+    store = connect(crashable.uri, retry_s=2)
+    store.runs.insert_one({"_id": "r", "config": {}})
     os.kill(crashable.proc.pid, signal.SIGSTOP)
     try:
         t = time.monotonic()
         with pytest.raises(errors.StoreError, match="lost the database"):
-            st.log("r", 1, "train", {"loss": 1.0})
+            store.log("r", 1, "train", {"loss": 1.0})
         assert time.monotonic() - t < 300  # only catches waiting forever: a heartbeat, its timeout, the 2 s window
     finally:
         os.kill(crashable.proc.pid, signal.SIGCONT)
-    st.with_retry(30).log("r", 1, "train", {"loss": 1.0})  # and on again once it answers
-    assert st.get_run("r")["step"] == 1
+    store.with_retry(30).log("r", 1, "train", {"loss": 1.0})  # and on again once it answers
+    assert store.get_run("r")["step"] == 1

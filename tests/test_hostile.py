@@ -21,13 +21,14 @@ from hypothesis import strategies as hs
 
 import admin
 import data
-import store
 import sweep
 import train
+from checkpoint_store import load_checkpoint
 from conftest import (ROOT, call, checkpoint_state, make_checkpoint, make_toy_dataset, run_cli, snapshot, start_server,
                       stop_server)
 from errors import ConfigError
 from hparams import TrainConfig
+from store import NAME_MAX, check_name, connect, redact
 
 
 def one_line_error(code, err, *words):
@@ -58,9 +59,9 @@ class Payload:
 
 
 @pytest.fixture
-def exported(st, tmp_path):
+def exported(store, tmp_path):
     """A real exported checkpoint file, and a place for marker files."""
-    make_checkpoint(st, "good")
+    make_checkpoint(store, "good")
     assert call(admin.main, "export-checkpoint", "--run-id", "good", "--export-dir", tmp_path)[0] == 0
     return tmp_path / "good.pt"
 
@@ -77,22 +78,22 @@ def malicious_files(folder, good):
     return marker, files
 
 
-def test_checkpoint_that_would_run_code_is_refused_without_running_it(st, exported, tmp_path):
+def test_checkpoint_that_would_run_code_is_refused_without_running_it(store, exported, tmp_path):
     marker, files = malicious_files(tmp_path, exported)
-    before = snapshot(st.db)
+    before = snapshot(store.db)
     for kind, path in files.items():
         code, out, err = call(admin.main, "import-checkpoint", "--filename", path, "--run-id", "evil")
         one_line_error(code, err, str(path))
         assert not marker.exists(), kind
-    assert snapshot(st.db) == before
+    assert snapshot(store.db) == before
     r = run_cli("admin.py", "import-checkpoint", "--filename", files["inside a checkpoint"], check=False)
     one_line_error(r.returncode, r.stderr, "not a valid checkpoint file")
-    assert not marker.exists() and snapshot(st.db) == before
+    assert not marker.exists() and snapshot(store.db) == before
     # a tampered store: the payload planted as a run's checkpoint is refused when training or evaluating loads it
-    st.runs.update_one({"_id": "good"}, {"$set": {"checkpoint.id": st.fs.upload_from_stream(
+    store.runs.update_one({"_id": "good"}, {"$set": {"checkpoint.id": store.fs.upload_from_stream(
         "good/10", files["inside a checkpoint"].read_bytes(), metadata={"run_id": "good", "step": 10})}})
     with pytest.raises(pickle.UnpicklingError):
-        st.load_checkpoint("good")
+        load_checkpoint(store, "good")
     assert not marker.exists()
 
 
@@ -127,21 +128,21 @@ def broken_files(folder, good):
     return files
 
 
-def test_broken_checkpoint_files_are_refused_with_one_line(st, exported, tmp_path):
+def test_broken_checkpoint_files_are_refused_with_one_line(store, exported, tmp_path):
     files = broken_files(tmp_path, exported)
-    before = snapshot(st.db)
+    before = snapshot(store.db)
     for kind, path in [*files.items(), ("directory", tmp_path), ("missing", tmp_path / "nope.pt")]:
         code, out, err = call(admin.main, "import-checkpoint", "--filename", path)
         one_line_error(code, err)
-        assert snapshot(st.db) == before, kind
+        assert snapshot(store.db) == before, kind
     r = run_cli("admin.py", "import-checkpoint", "--filename", files["truncated half"], check=False)
     one_line_error(r.returncode, r.stderr, "not a valid checkpoint file")
-    assert snapshot(st.db) == before
+    assert snapshot(store.db) == before
     # the good one goes in
     assert call(admin.main, "import-checkpoint", "--filename", exported, "--run-id", "copy")[0] == 0
 
 
-def test_checkpoint_files_that_would_crash_a_resume_are_refused(st, exported, tmp_path):
+def test_checkpoint_files_that_would_crash_a_resume_are_refused(store, exported, tmp_path):
     """Everything a resume reads is checked at import, as the resume reads it."""
     ck = torch.load(exported, weights_only=True)
     opt = ck["optimizer"]
@@ -158,13 +159,13 @@ def test_checkpoint_files_that_would_crash_a_resume_are_refused(st, exported, tm
            "scheduler behind the step": {**ck, "scheduler": {**ck["scheduler"], "last_epoch": 3}},
            "model_config of another size": {**ck, "model_config": {**ck["model_config"], "n_layer": 1}},
            "world size zero": {**ck, "world_size": 0}}
-    before = snapshot(st.db)
+    before = snapshot(store.db)
     for kind, content in bad.items():
         path = tmp_path / f"{kind.replace(' ', '-')}.pt"
         torch.save(content, path)
         code, out, err = call(admin.main, "import-checkpoint", "--filename", path, "--run-id", "resumable")
         one_line_error(code, err, str(path))
-        assert snapshot(st.db) == before, kind
+        assert snapshot(store.db) == before, kind
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,24 +181,24 @@ GOOD_NAMES = ["maze.10-by-10-deterministic.simple", "sokoban.7-by-7-walls-2-boxe
 @pytest.mark.parametrize("name", BAD_NAMES)
 def test_check_name_rejects(name):
     with pytest.raises(ConfigError, match="invalid run id") as e:
-        store.check_name(name)
+        check_name(name)
     assert "\n" not in str(e.value) and len(str(e.value)) < 300
 
 
 @pytest.mark.parametrize("name", GOOD_NAMES)
 def test_check_name_accepts(name):
-    assert store.check_name(name) == name
+    assert check_name(name) == name
 
 
 @settings(max_examples=300, deadline=None)
 @given(hs.one_of(hs.text(), hs.text(alphabet="ab.-_$/ \n"), hs.binary(), hs.integers(), hs.none(), hs.lists(hs.text())))
 def test_check_name_accepts_only_safe_names(value):
     try:
-        store.check_name(value)
+        check_name(value)
     except ConfigError as e:
         assert "\n" not in str(e) and len(str(e)) < 300
         return
-    assert isinstance(value, str) and 0 < len(value) <= store.NAME_MAX and value.isascii()
+    assert isinstance(value, str) and 0 < len(value) <= NAME_MAX and value.isascii()
     assert not set(value) & set("$/\\ \t\n\x00*;{}") and ".." not in value
     assert not value.startswith(".") and not value.endswith(".")
 
@@ -324,7 +325,7 @@ SECRET = "s3cret-Pa55"
     f"mongodb://u:{SECRET.replace('-', '%2D')}@h/db",
 ])
 def test_redact_hides_passwords(uri):
-    shown = store.redact(uri)
+    shown = redact(uri)
     assert SECRET not in shown and SECRET.replace("-", "%2D") not in shown and "5" not in shown.split("@")[0]
     where = lambda u: u.rsplit("@", 1)[-1].split("?")[0]
     assert shown == "<unparseable uri>" or where(shown) == where(uri)  # the address stays readable
@@ -342,9 +343,9 @@ def auth_server(env, monkeypatch):
 
 
 def test_password_never_printed_stored_or_exported(auth_server, tmp_path, monkeypatch):
-    st = store.connect()
-    assert SECRET not in st.address
-    make_toy_dataset(st.db)
+    store = connect()
+    assert SECRET not in store.address
+    make_toy_dataset(store.db)
     args = ["--train-name", "toy.copy", "--model-size", "tiny", "--train-steps", "10", "--log-interval", "5",
             "--checkpoint-interval", "5", "--num-test-sequences", "8"]
     wrong = os.environ["MONGODB_URI"].replace(SECRET, "wr0ng-Pa55")
@@ -356,7 +357,7 @@ def test_password_never_printed_stored_or_exported(auth_server, tmp_path, monkey
     printed = [(p.returncode, out, err) for p, (_, out, err) in zip(procs, printed)]
     assert printed[0][0] == 0 and printed[1][0] == 1
     one_line_error(printed[2][0], printed[2][2], "authentication failed", "trainer:***@")
-    assert st.get_run("sec")["status"] == "finished" and st.get_run("sec-bad")["status"] == "failed"
+    assert store.get_run("sec")["status"] == "finished" and store.get_run("sec-bad")["status"] == "failed"
     for cmd in (["list-all"], ["show", "--run-id", "sec"], ["list-all-checkpoints"], ["db", "status"],
                 ["export-checkpoint", "--run-id", "sec", "--export-dir", tmp_path], ["show", "--run-id", "nope"]):
         printed.append(call(admin.main, *cmd))
@@ -369,8 +370,8 @@ def test_password_never_printed_stored_or_exported(auth_server, tmp_path, monkey
         one_line_error(printed[-1][0], printed[-1][2], "authentication failed", "trainer:***@")
     for code, out, err in printed:
         assert SECRET not in out + err and "wr0ng" not in out + err
-    for name in st.db.list_collection_names():
-        for doc in st.db[name].find():
+    for name in store.db.list_collection_names():
+        for doc in store.db[name].find():
             assert SECRET.encode() not in bson.encode(doc), name
     assert SECRET.encode() not in (tmp_path / "sec.pt").read_bytes()
 

@@ -45,27 +45,27 @@ def imported(db, name, split):
     return [(sid, *([vocab[i] for i in part.get(r, p)] for p in dataset.PARTS)) for r, sid in enumerate(source_ids)]
 
 
-def test_import_converts_skips_unknown_tokens_and_trains(st, source):
+def test_import_converts_skips_unknown_tokens_and_trains(store, source):
     r = run_cli("data.py", "import", "--from-uri", source["uri"], "--from-db", source["db"], "--name", SOURCE,
                 "--as", "ref.maze10", "--batch-size", "7")
     assert f"imported {SOURCE} as ref.maze10: 39 train, 7 test sequences, 2 skipped" in r.stdout
     assert "skipped 2 sequences" in r.stderr and "test 30, train 30" in r.stderr
     assert "import maze.10-by-10-deterministic.simple: 48/48" in r.stderr  # progress
-    doc = dataset.get_dataset(st.db, "ref.maze10")
+    doc = dataset.get_dataset(store.db, "ref.maze10")
     assert doc["task"] == "maze" and doc["params"]["n"] == 10 and not doc["params"]["nondeterministic"]
     assert doc["vocabulary"][:4] == dataset.SPECIALS and "bos" not in doc["vocabulary"]
     assert len(doc["vocabulary"]) == 4 + len(maze.vocabulary(10)) and doc["skipped"] == 2
     for split in ("train", "test"):
-        assert imported(st.db, "ref.maze10", split) == source["expected"][split]
-    assert "S" in data.show_sequence(st.db, "ref.maze10", "test", 1)  # the maze board
+        assert imported(store.db, "ref.maze10", split) == source["expected"][split]
+    assert "S" in data.show_sequence(store.db, "ref.maze10", "test", 1)  # the maze board
     r = run_cli("train.py", "single", "--run-id", "imp", "--train-name", "ref.maze10", "--model-size", "tiny",
                 "--train-steps", "4", "--warmup-steps", "2", "--batch-size", "4", "--log-interval", "2",
                 "--eval-interval", "4", "--checkpoint-interval", "4", "--num-test-sequences", "4")
-    assert "step 4/4" in r.stdout and st.get_run("imp")["status"] == "finished"
+    assert "step 4/4" in r.stdout and store.get_run("imp")["status"] == "finished"
 
 
-def test_interrupted_import_resumes_to_the_same_dataset(st, source, monkeypatch):
-    reference_import.import_dataset(st.db, source["uri"], source["db"], SOURCE, "whole", batch=5)
+def test_interrupted_import_resumes_to_the_same_dataset(store, source, monkeypatch):
+    reference_import.import_dataset(store.db, source["uri"], source["db"], SOURCE, "whole", batch=5)
     calls, save = [0], dataset.DatasetWriter.save_progress
 
     def dies_on_the_fourth(self, **progress):  # test: after 5, at the end; train: after 5, after 10
@@ -76,13 +76,13 @@ def test_interrupted_import_resumes_to_the_same_dataset(st, source, monkeypatch)
 
     monkeypatch.setattr(dataset.DatasetWriter, "save_progress", dies_on_the_fourth)
     with pytest.raises(KeyboardInterrupt):
-        reference_import.import_dataset(st.db, source["uri"], source["db"], SOURCE, "resumed", batch=5)
+        reference_import.import_dataset(store.db, source["uri"], source["db"], SOURCE, "resumed", batch=5)
     monkeypatch.undo()
-    assert st.db.datasets.find_one({"_id": "resumed"})["building"]["progress"]["after"] == {"test": 70, "train": 40}
-    assert reference_import.import_dataset(st.db, source["uri"], source["db"], SOURCE, "resumed", batch=5)[1:] == \
+    assert store.db.datasets.find_one({"_id": "resumed"})["building"]["progress"]["after"] == {"test": 70, "train": 40}
+    assert reference_import.import_dataset(store.db, source["uri"], source["db"], SOURCE, "resumed", batch=5)[1:] == \
         ({"test": 7, "train": 39}, 2)
     for split in ("train", "test"):
-        a, b = (dataset.load_split(st.db, n, split, use_cache=False) for n in ("whole", "resumed"))
+        a, b = (dataset.load_split(store.db, n, split, use_cache=False) for n in ("whole", "resumed"))
         assert np.array_equal(a.flat["trace"], b.flat["trace"]) and np.array_equal(a.lens["plan"], b.lens["plan"])
 
 

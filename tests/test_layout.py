@@ -7,9 +7,9 @@ from conftest import ROOT
 
 # (file, module) -> why that module is imported inside a function rather than at the top
 LAZY = {
-    ("store.py", "torch"): "checkpoint (de)serialisation only: admin.py and data.py start without torch",
     ("admin.py", "checkpoint"): "imports torch: only the checkpoint import command needs it",
-    ("bench.py", "torch._dynamo.utils"): "torch internals, only for the compiled benchmarks",
+    ("admin.py", "checkpoint_store"): "imports torch: only the checkpoint import command needs it",
+    ("measure.py", "torch._dynamo.utils"): "torch internals, only for the compiled benchmarks",
     ("bench.py", "torch.profiler"): "only with --rollout-profile",
 }
 

@@ -190,3 +190,9 @@ def test_generate(n, nondet):
     assert out == maze.generate(n, 3, 123, nondet)
     other = maze.generate(n, 3, 124, nondet)
     assert [k for k, _ in other] != [k for k, _ in out]
+
+
+def test_maze_render():
+    m = maze.Maze(3, frozenset({(1, 1)}), (0, 0), (2, 2))
+    assert maze.render(m, [(0, 0), (1, 0), (2, 0), (2, 1), (2, 2)]) == "Soo\n.#o\n..G"
+    assert maze.render(m) == "S..\n.#.\n..G"

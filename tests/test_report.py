@@ -26,21 +26,21 @@ def assert_real_png(path):
 
 
 @pytest.fixture
-def evaluated(st):
+def evaluated(store):
     """A tiny model trained 8 steps on 10x10 mazes and evaluated on 4 test tasks, two of which hold a
     planted A* response (as if the model had sampled it: optimal, with A*'s trace length)."""
     run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "8", "--chunk", "2", "--workers", "1")
     run_cli("train.py", "single", "--run-id", "tiny", *TRAIN)
-    test = data.load_split(st.db, MAZE, "test")
-    key = response_key("tiny", 8, data.get_dataset(st.db, MAZE), "test", rollouts.Opts(temperature=1.0, max_tokens=150))
+    test = data.load_split(store.db, MAZE, "test")
+    key = response_key("tiny", 8, data.get_dataset(store.db, MAZE), "test", rollouts.Opts(temperature=1.0, max_tokens=150))
     planted = [((row, 0), np.concatenate([test.get(row, "trace"), test.get(row, "plan")]), True) for row in (0, 3)]
-    store_responses(st.responses, key, test, planted)
+    store_responses(store.responses, key, test, planted)
     run_cli("eval.py", "--run-id", "tiny", "--num-tasks", "4", "--samples", "2", "--max-tokens", "150")
     return test
 
 
-def test_each_plot_is_a_valid_non_trivial_png(st, evaluated, tmp_path):
-    res = st.results.find_one({"run_id": "tiny"})
+def test_each_plot_is_a_valid_non_trivial_png(store, evaluated, tmp_path):
+    res = store.results.find_one({"run_id": "tiny"})
     assert sorted(res["optimal_trace_lens"]) == sorted(int(evaluated.lens["trace"][r]) for r in (0, 3))
     assert res["metrics"]["optimal_pct"] == 50.0
     for argv in (["loss", "--run-id", "tiny"],
@@ -66,8 +66,8 @@ def test_each_plot_is_a_valid_non_trivial_png(st, evaluated, tmp_path):
     (["loss", "--run-id", "bare", "--out", "{tmp}/file.txt/plot.png"], "file.txt is not a folder"),
     (["loss", "--run-id", "bare", "--out", "{tmp}/plot.jpg"], "must name a .png file"),
 ])
-def test_bad_input_gives_one_line_errors_and_writes_nothing(st, tmp_path, argv, msg):
-    st.runs.insert_one({"_id": "bare", "config": {}, "status": "running", "step": 0, "lease": None, "error": None})
+def test_bad_input_gives_one_line_errors_and_writes_nothing(store, tmp_path, argv, msg):
+    store.runs.insert_one({"_id": "bare", "config": {}, "status": "running", "step": 0, "lease": None, "error": None})
     tmp_path = tmp_path / "out"
     tmp_path.mkdir()
     (tmp_path / "file.txt").write_text("x")

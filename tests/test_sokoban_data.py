@@ -81,14 +81,14 @@ def plays_out(worker, boxes, docks, walls, plan):
 # --- tests
 
 
-def test_stored_plans_are_valid_and_optimal_and_show_draws_them(st):
-    generate.generate_sokoban(st.db, 24, 8, seed=5, overwrite=False, workers=1, max_trace_tokens=3000, chunk=8)
-    doc = dataset.get_dataset(st.db, NAME)
+def test_stored_plans_are_valid_and_optimal_and_show_draws_them(store):
+    generate.generate_sokoban(store.db, 24, 8, seed=5, overwrite=False, workers=1, max_trace_tokens=3000, chunk=8)
+    doc = dataset.get_dataset(store.db, NAME)
     assert doc["task"] == "sokoban" and doc["counts"] == {"train": 24, "test": 8}
-    keys = {split: [d["key"] for d in st.db[f"ds.{NAME}.{doc['uid']}.{split}"].find()] for split in ("train", "test")}
+    keys = {split: [d["key"] for d in store.db[f"ds.{NAME}.{doc['uid']}.{split}"].find()] for split in ("train", "test")}
     assert len(set(keys["train"] + keys["test"])) == 32  # no level twice, none in both splits
     for split in ("train", "test"):
-        seqs = decoded(st.db, split)
+        seqs = decoded(store.db, split)
         prompts = {tuple(p) for p, _, _ in seqs}
         assert len(prompts) == len(seqs)
         for prompt, trace, plan in seqs[:12]:
@@ -98,16 +98,16 @@ def test_stored_plans_are_valid_and_optimal_and_show_draws_them(st):
             assert plays_out(worker, boxes, docks, walls, plan)
             assert len(plan) // 3 - 1 == shortest_plan_moves(worker, boxes, docks, walls)
     out = run_cli("data.py", "show", NAME, "--id", "1", "--split", "train").stdout
-    prompt, trace, plan = decoded(st.db, "train")[1]
+    prompt, trace, plan = decoded(store.db, "train")[1]
     assert f"prompt {len(prompt)}, trace {len(trace)}, plan {len(plan)} tokens" in out
     board = out.splitlines()[1:]
     assert len(board) == 7 and board[0] == "#######"
     assert "".join(board).count("o") >= 1  # the plan is drawn
     with pytest.raises(DataError, match="no test sequence 99"):
-        data.show_sequence(st.db, NAME, "test", 99)
+        data.show_sequence(store.db, NAME, "test", 99)
 
 
-def test_killed_generation_resumes_to_the_same_dataset(env, st, pauses):
+def test_killed_generation_resumes_to_the_same_dataset(env, store, pauses):
     other = env["uri"] + "b"  # a second database for the uninterrupted run
     args = ["sokoban", "--num-train", "300", "--num-test", "20", "--seed", "7", *SMALL]
     ref = pymongo.MongoClient(other).get_default_database()
@@ -118,36 +118,36 @@ def test_killed_generation_resumes_to_the_same_dataset(env, st, pauses):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    doc = st.db.datasets.find_one({"_id": NAME})
+    doc = store.db.datasets.find_one({"_id": NAME})
     assert "uid" not in doc and 0 < sum(doc["building"]["counts"].values()) < 320  # stopped part-way
     with pytest.raises(DataError, match="still being built"):
-        dataset.load_split(st.db, NAME, "train")
+        dataset.load_split(store.db, NAME, "train")
     run_cli("data.py", *args)
     for split in ("train", "test"):
-        a, b = (dataset.load_split(db, NAME, split, use_cache=False) for db in (ref, st.db))
+        a, b = (dataset.load_split(db, NAME, split, use_cache=False) for db in (ref, store.db))
         assert np.array_equal(a.ids, b.ids)
         for p in dataset.PARTS:
             assert np.array_equal(a.lens[p], b.lens[p]) and np.array_equal(a.flat[p], b.flat[p])
 
 
-def test_astar_stats_are_stored_resumed_and_reach_the_loader(st):
-    generate.generate_sokoban(st.db, 4, 6, seed=1, overwrite=False, workers=1, max_trace_tokens=2000, chunk=10)
-    before = dataset.load_split(st.db, NAME, "test")  # cached now, without the statistic
+def test_astar_stats_are_stored_resumed_and_reach_the_loader(store):
+    generate.generate_sokoban(store.db, 4, 6, seed=1, overwrite=False, workers=1, max_trace_tokens=2000, chunk=10)
+    before = dataset.load_split(store.db, NAME, "test")  # cached now, without the statistic
     assert before.extra == {}
-    generate.astar_stats(st.db, NAME, runs=4, limit=2)
-    first = dataset.load_split(st.db, NAME, "test").extra["astar_mean_trace_len"]
+    generate.astar_stats(store.db, NAME, runs=4, limit=2)
+    first = dataset.load_split(store.db, NAME, "test").extra["astar_mean_trace_len"]
     assert not np.isnan(first[:2]).any() and np.isnan(first[2:]).all()  # the cache was refreshed
     r = run_cli("data.py", "astar-stats", NAME, "--runs", "4", "--workers", "2")
     assert "set on 6 test sequences" in r.stdout and "6/6" in r.stderr
-    after = dataset.load_split(st.db, NAME, "test").extra["astar_mean_trace_len"]
+    after = dataset.load_split(store.db, NAME, "test").extra["astar_mean_trace_len"]
     assert np.array_equal(after[:2], first[:2])  # done ones were skipped
-    assert np.array_equal(after, dataset.load_split(st.db, NAME, "test", use_cache=False).extra["astar_mean_trace_len"])
-    vocab = dataset.get_dataset(st.db, NAME)["vocabulary"]
-    part = dataset.load_split(st.db, NAME, "test")
+    assert np.array_equal(after, dataset.load_split(store.db, NAME, "test", use_cache=False).extra["astar_mean_trace_len"])
+    vocab = dataset.get_dataset(store.db, NAME)["vocabulary"]
+    part = dataset.load_split(store.db, NAME, "test")
     for r in range(6):  # the same seeding as astar-stats: (seed, sequence id)
         level = sokoban.parse_prompt([vocab[i] for i in part.get(r, "prompt")])
         assert after[r] == sokoban.mean_trace_len(level, 4, generate.chunk_seed(0, int(part.ids[r])))
-    assert "mean A* trace" in data.show_sequence(st.db, NAME, "test", 0)
+    assert "mean A* trace" in data.show_sequence(store.db, NAME, "test", 0)
 
 
 def test_bad_generation_flags_are_one_line_errors(env):

@@ -266,15 +266,15 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 @pytest.mark.parametrize("norm", ["sequence", "token"])
-def test_ddp_with_accumulation_equals_one_process(st, norm):
+def test_ddp_with_accumulation_equals_one_process(store, norm):
     """Bucket views, static graph and no_sync over micro-steps: the same training as one process."""
-    make_toy_dataset(st.db)
+    make_toy_dataset(store.db)
     from test_train import FAST, assert_same_weights, losses, weights
     common = [*FAST, "--train-steps", "10", "--seed", "5", "--loss-norm", norm]
     run_cli("train.py", "single", "--run-id", "one", *common, "--batch-size", "4", "--grad-accum", "2")
     run_cli("train.py", "single", "--run-id", "two", *common, "--batch-size", "2", "--grad-accum", "2", nproc=2)
-    assert_same_weights(weights(st, "one"), weights(st, "two"), exact=False)
-    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "one"), losses(st, "two")):
+    assert_same_weights(weights(store, "one"), weights(store, "two"), exact=False)
+    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(store, "one"), losses(store, "two")):
         assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-4
 
 
@@ -292,14 +292,14 @@ def test_compiled_model_gives_the_eager_loss():
 
 
 @pytest.mark.parametrize("norm", ["sequence", "token"])
-def test_ddp_token_budget_accumulation_equals_one_process(st, norm):
+def test_ddp_token_budget_accumulation_equals_one_process(store, norm):
     """Two processes with 2 micro-steps each and a token budget train as one process with 4 micro-steps
     and the same budget: 4 shares of every global batch either way."""
-    make_toy_dataset(st.db)
+    make_toy_dataset(store.db)
     from test_train import FAST, assert_same_weights, losses, weights
     common = [*FAST, "--train-steps", "10", "--seed", "3", "--loss-norm", norm, "--batch-size", "1", "--batch-tokens", "80"]
     run_cli("train.py", "single", "--run-id", "one", *common, "--grad-accum", "4")
     run_cli("train.py", "single", "--run-id", "two", *common, "--grad-accum", "2", nproc=2)
-    assert_same_weights(weights(st, "one"), weights(st, "two"), exact=False)
-    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "one"), losses(st, "two")):
+    assert_same_weights(weights(store, "one"), weights(store, "two"), exact=False)
+    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(store, "one"), losses(store, "two")):
         assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-4

@@ -11,6 +11,7 @@ import torch
 
 import batches
 import dataset
+from checkpoint_store import load_checkpoint, save_checkpoint
 from conftest import ROOT, make_toy_dataset, run_cli
 from hparams import TrainConfig
 
@@ -18,8 +19,8 @@ FAST = ["--train-name", "toy.copy", "--model-size", "tiny", "--warmup-steps", "5
         "--eval-interval", "20", "--checkpoint-interval", "10", "--num-test-sequences", "16"]
 
 
-def weights(st, run_id):
-    return st.load_checkpoint(run_id)["model"]
+def weights(store, run_id):
+    return load_checkpoint(store, run_id)["model"]
 
 
 def assert_same_weights(a, b, exact=True):
@@ -31,29 +32,29 @@ def assert_same_weights(a, b, exact=True):
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
 
-def losses(st, run_id):
-    return [(r["split"], r["step"], r["loss"], r["accuracy"]) for r in st.get_logs(run_id)]
+def losses(store, run_id):
+    return [(r["split"], r["step"], r["loss"], r["accuracy"]) for r in store.get_logs(run_id)]
 
 
-def test_single_run_logs_checkpoints_and_lists(st):
-    make_toy_dataset(st.db)
+def test_single_run_logs_checkpoints_and_lists(store):
+    make_toy_dataset(store.db)
     r = run_cli("train.py", "single", "--run-id", "one", *FAST, "--train-steps", "20")
     assert "step 20/20" in r.stdout and "test loss" in r.stdout
-    run = st.get_run("one")
+    run = store.get_run("one")
     assert run["status"] == "finished" and run["step"] == 20
     assert run["config"] == TrainConfig.from_dict(run["config"]).to_dict()  # stored exactly as to_dict()
-    steps = [(s, n) for s, n, *_ in losses(st, "one")]
+    steps = [(s, n) for s, n, *_ in losses(store, "one")]
     assert steps == [("test", 20), ("train", 5), ("train", 10), ("train", 15), ("train", 20)]
-    first, last = losses(st, "one")[1][2], losses(st, "one")[-1][2]
+    first, last = losses(store, "one")[1][2], losses(store, "one")[-1][2]
     assert last < first  # it learns
-    ck = st.load_checkpoint("one")
+    ck = load_checkpoint(store, "one")
     assert ck["step"] == 20 and set(ck) >= {"model", "optimizer", "scheduler", "data", "rng"}
     out = run_cli("admin.py", "list-all").stdout
     assert "one" in out and "finished" in out and "20/20" in out
 
 
-def test_kill_and_resume_equals_uninterrupted(st, pauses):
-    make_toy_dataset(st.db)
+def test_kill_and_resume_equals_uninterrupted(store, pauses):
+    make_toy_dataset(store.db)
     args = [*FAST, "--train-steps", "40", "--seed", "3"]
     run_cli("train.py", "single", "--run-id", "straight", *args)
     # second run: killed where its test hook holds it, right after the step-35 log (checkpoint at 30)
@@ -63,89 +64,89 @@ def test_kill_and_resume_equals_uninterrupted(st, pauses):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    assert st.get_run("killed")["checkpoint"]["step"] == 30
-    assert ("train", 35) in [(s, n) for s, n, *_ in losses(st, "killed")]  # written after the checkpoint
-    st.runs.update_one({"_id": "killed"}, {"$set": {"lease.expires": 0}})  # as if its lease had run out
+    assert store.get_run("killed")["checkpoint"]["step"] == 30
+    assert ("train", 35) in [(s, n) for s, n, *_ in losses(store, "killed")]  # written after the checkpoint
+    store.runs.update_one({"_id": "killed"}, {"$set": {"lease.expires": 0}})  # as if its lease had run out
     r = run_cli("train.py", "single", "--run-id", "killed", *args)
     assert "resuming killed from step 30" in r.stdout
-    assert_same_weights(weights(st, "straight"), weights(st, "killed"))
-    assert losses(st, "straight") == losses(st, "killed")  # replaced, not duplicated
+    assert_same_weights(weights(store, "straight"), weights(store, "killed"))
+    assert losses(store, "straight") == losses(store, "killed")  # replaced, not duplicated
 
 
 @pytest.mark.parametrize("norm", ["sequence", "token"])
-def test_two_process_ddp_equals_one_process_on_same_global_batch(st, norm):
-    make_toy_dataset(st.db)
+def test_two_process_ddp_equals_one_process_on_same_global_batch(store, norm):
+    make_toy_dataset(store.db)
     common = [*FAST, "--train-steps", "10", "--seed", "1", "--loss-norm", norm]
     run_cli("train.py", "single", "--run-id", "w1", *common, "--batch-size", "8")
     run_cli("train.py", "single", "--run-id", "w2", *common, "--batch-size", "4", nproc=2)
-    assert st.get_run("w2")["world_size"] == 2
-    assert_same_weights(weights(st, "w1"), weights(st, "w2"), exact=False)
-    for (s1, n1, l1, a1), (s2, n2, l2, a2) in zip(losses(st, "w1"), losses(st, "w2")):
+    assert store.get_run("w2")["world_size"] == 2
+    assert_same_weights(weights(store, "w1"), weights(store, "w2"), exact=False)
+    for (s1, n1, l1, a1), (s2, n2, l2, a2) in zip(losses(store, "w1"), losses(store, "w2")):
         assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-4 and abs(a1 - a2) < 1e-6
 
 
 @pytest.mark.parametrize("norm", ["sequence", "token"])
-def test_grad_accumulation_equals_bigger_batch(st, norm):
-    make_toy_dataset(st.db)
+def test_grad_accumulation_equals_bigger_batch(store, norm):
+    make_toy_dataset(store.db)
     common = [*FAST, "--train-steps", "10", "--seed", "2", "--loss-norm", norm]
     run_cli("train.py", "single", "--run-id", "big", *common, "--batch-size", "8")
     run_cli("train.py", "single", "--run-id", "acc", *common, "--batch-size", "2", "--grad-accum", "4")
-    assert_same_weights(weights(st, "big"), weights(st, "acc"), exact=False)
-    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "big"), losses(st, "acc")):
+    assert_same_weights(weights(store, "big"), weights(store, "acc"), exact=False)
+    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(store, "big"), losses(store, "acc")):
         assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-5
 
 
 @pytest.mark.parametrize("norm", ["sequence", "token"])
-def test_token_budget_accumulation_equals_two_processes(st, norm):
+def test_token_budget_accumulation_equals_two_processes(store, norm):
     """The token budget is per micro-step and process: budget B over 2 accumulation steps in one process
     trains as 2 processes with budget B each (both cut every global batch into 2 shares)."""
-    make_toy_dataset(st.db)
+    make_toy_dataset(store.db)
     common = [*FAST, "--train-steps", "10", "--seed", "3", "--loss-norm", norm, "--batch-size", "1", "--batch-tokens", "80"]
     run_cli("train.py", "single", "--run-id", "accum", *common, "--grad-accum", "2")
     run_cli("train.py", "single", "--run-id", "ranks", *common, nproc=2)
-    assert_same_weights(weights(st, "accum"), weights(st, "ranks"), exact=False)
-    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(st, "accum"), losses(st, "ranks")):
+    assert_same_weights(weights(store, "accum"), weights(store, "ranks"), exact=False)
+    for (s1, n1, l1, _), (s2, n2, l2, _) in zip(losses(store, "accum"), losses(store, "ranks")):
         assert (s1, n1) == (s2, n2) and abs(l1 - l2) < 1e-5
 
 
-def test_the_two_loss_normalisations_train_differently(st):
+def test_the_two_loss_normalisations_train_differently(store):
     """So the equivalence tests above compare two distinct trainings, not one under two names."""
-    make_toy_dataset(st.db)
+    make_toy_dataset(store.db)
     common = [*FAST, "--train-steps", "5", "--seed", "1", "--batch-size", "8"]
     run_cli("train.py", "single", "--run-id", "seq", *common)
     run_cli("train.py", "single", "--run-id", "tok", *common, "--loss-norm", "token")
-    a, b = weights(st, "seq"), weights(st, "tok")
+    a, b = weights(store, "seq"), weights(store, "tok")
     assert any(not torch.allclose(a[k], b[k], rtol=1e-4, atol=1e-5) for k in a)
 
 
-def test_relaunch_with_other_hyper_parameters_is_refused(st):
-    make_toy_dataset(st.db)
+def test_relaunch_with_other_hyper_parameters_is_refused(store):
+    make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "cfg", *FAST, "--train-steps", "5")
     r = run_cli("train.py", "single", "--run-id", "cfg", *FAST, "--train-steps", "5", "--lr", "5e-4", check=False)
     assert r.returncode != 0 and "lr" in r.stderr and "other hyper-parameters" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_live_run_id_is_refused_until_its_lease_expires(st):
-    make_toy_dataset(st.db)
+def test_live_run_id_is_refused_until_its_lease_expires(store):
+    make_toy_dataset(store.db)
     import socket
-    st.start_run("busy", TrainConfig(train_name="toy.copy", model_size="tiny", train_steps=5).to_dict(), "other:1:x", 600.0,
+    store.start_run("busy", TrainConfig(train_name="toy.copy", model_size="tiny", train_steps=5).to_dict(), "other:1:x", 600.0,
                  1, socket.gethostname())
     args = ["train.py", "single", "--run-id", "busy", "--train-name", "toy.copy", "--model-size", "tiny", "--train-steps", "5"]
     r = run_cli(*args, check=False)
     assert r.returncode != 0 and "being trained by other:1:x" in r.stderr
     import time
-    st.runs.update_one({"_id": "busy"}, {"$set": {"lease.expires": time.time() - 1}})  # its holder died long ago
+    store.runs.update_one({"_id": "busy"}, {"$set": {"lease.expires": time.time() - 1}})  # its holder died long ago
     run_cli(*args)
-    assert st.get_run("busy")["status"] == "finished"
+    assert store.get_run("busy")["status"] == "finished"
 
 
-def test_failing_run_records_failed_status(st):
-    make_toy_dataset(st.db)
+def test_failing_run_records_failed_status(store):
+    make_toy_dataset(store.db)
     r = run_cli("train.py", "single", "--run-id", "bad", *FAST, "--train-steps", "5", "--min-reasoning-len", "999",
                 check=False)
     assert r.returncode != 0 and "too few sequences" in r.stderr
-    run = st.get_run("bad")
+    run = store.get_run("bad")
     assert run["status"] == "failed" and "too few sequences" in run["error"]
 
 
@@ -153,17 +154,17 @@ def adam_steps(ck):
     return {float(v["step"]) for v in ck["optimizer"]["state"].values()}
 
 
-def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(st):
-    make_toy_dataset(st.db)
+def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(store):
+    make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "base", *FAST, "--train-steps", "10")
-    base = st.load_checkpoint("base")
+    base = load_checkpoint(store, "base")
     # the reference: weights and AdamW moments continue, the step counter and LR schedule restart,
     # the hyper-parameters are the new run's
     r = run_cli("train.py", "single", "--run-id", "tuned", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
                 "--lr", "5e-4", "--weight-decay", "0.02")
     assert "initialised from base (step 10): weights and optimizer state" in r.stdout
-    assert st.get_run("tuned")["step"] == 5 and st.get_run("tuned")["config"]["start_optimizer"] is True
-    tuned = st.load_checkpoint("tuned")
+    assert store.get_run("tuned")["step"] == 5 and store.get_run("tuned")["config"]["start_optimizer"] is True
+    tuned = load_checkpoint(store, "tuned")
     assert adam_steps(base) == {10.0} and adam_steps(tuned) == {15.0}  # moments carried on
     assert tuned["scheduler"]["last_epoch"] == 5
     groups = tuned["optimizer"]["param_groups"]
@@ -173,7 +174,7 @@ def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(st):
     r = run_cli("train.py", "single", "--run-id", "fresh", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
                 "--no-start-optimizer")
     assert "initialised from base (step 10): weights only" in r.stdout
-    assert adam_steps(st.load_checkpoint("fresh")) == {5.0}
+    assert adam_steps(load_checkpoint(store, "fresh")) == {5.0}
     r = run_cli("train.py", "single", "--run-id", "orphan", *FAST, "--train-steps", "5", "--start-checkpoint", "nope",
                 check=False)
     assert r.returncode != 0 and "nope" in r.stderr
@@ -182,13 +183,13 @@ def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(st):
     assert r.returncode != 0 and "has another model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_start_checkpoint_from_a_run_with_decay_on_matrices_only(st):
+def test_start_checkpoint_from_a_run_with_decay_on_matrices_only(store):
     """Both decay choices keep one optimizer layout: a run can start from the other's AdamW state."""
-    make_toy_dataset(st.db)
+    make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "mat", *FAST, "--train-steps", "5", "--decay-params", "matrices")
-    assert [g["weight_decay"] for g in st.load_checkpoint("mat")["optimizer"]["param_groups"]] == [0.01, 0.0]
+    assert [g["weight_decay"] for g in load_checkpoint(store, "mat")["optimizer"]["param_groups"]] == [0.01, 0.0]
     run_cli("train.py", "single", "--run-id", "all", *FAST, "--train-steps", "5", "--start-checkpoint", "mat")
-    ck = st.load_checkpoint("all")
+    ck = load_checkpoint(store, "all")
     assert [g["weight_decay"] for g in ck["optimizer"]["param_groups"]] == [0.01, 0.01] and adam_steps(ck) == {10.0}
 
 
@@ -208,12 +209,12 @@ def test_defaults_and_sweep_files_train_as_the_reference():
         TrainConfig.from_stored({**old, "loss_normalisation": "token"})
 
 
-def test_a_run_stored_before_the_new_defaults_resumes_as_it_trained(st):
+def test_a_run_stored_before_the_new_defaults_resumes_as_it_trained(store):
     """A run made by the previous version (no loss_norm / decay_params / start_optimizer in its config,
     grad_clip 1 by default, a 5-entry log accumulator), killed and relaunched with the command that made
     it, resumes with token-mean loss, decay on matrices and clipping: it ends as an uninterrupted run
     with those settings."""
-    make_toy_dataset(st.db)
+    make_toy_dataset(store.db)
     args = [*FAST, "--train-steps", "20", "--seed", "3"]
     old_flags = ["--loss-norm", "token", "--decay-params", "matrices", "--grad-clip", "1"]
     run_cli("train.py", "single", "--run-id", "straight", *args, *old_flags)
@@ -226,31 +227,31 @@ def test_a_run_stored_before_the_new_defaults_resumes_as_it_trained(st):
     proc.wait()
     # make it what the previous version stored
     new_keys = {"config.loss_norm": "", "config.decay_params": "", "config.start_optimizer": ""}
-    st.runs.update_one({"_id": "old"}, {"$unset": new_keys})
-    ck = st.load_checkpoint("old")
+    store.runs.update_one({"_id": "old"}, {"$unset": new_keys})
+    ck = load_checkpoint(store, "old")
     ck["log_acc"] = ck["log_acc"][:5]
     ck["config"] = {k: v for k, v in ck["config"].items() if k not in ("loss_norm", "decay_params", "start_optimizer")}
-    st.save_checkpoint("old", ck["step"], ck)
+    save_checkpoint(store, "old", ck["step"], ck)
     import time
     time.sleep(1.1)  # let the dead trainer's lease expire
     r = run_cli("train.py", "single", "--run-id", "old", *args)  # the old command: no new flags
     assert "resuming old from step 10" in r.stdout
-    cfg = st.get_run("old")["config"]
+    cfg = store.get_run("old")["config"]
     assert (cfg["loss_norm"], cfg["decay_params"], cfg["grad_clip"], cfg["start_optimizer"]) == ("token", "matrices", 1.0, False)
-    assert_same_weights(weights(st, "straight"), weights(st, "old"))
-    assert losses(st, "straight") == losses(st, "old")
+    assert_same_weights(weights(store, "straight"), weights(store, "old"))
+    assert losses(store, "straight") == losses(store, "old")
     r = run_cli("train.py", "single", "--run-id", "old", *args, "--loss-norm", "sequence", check=False)
     assert r.returncode != 0 and "loss_norm: 'token' -> 'sequence'" in r.stderr
 
 
-def test_logs_hold_exact_sequence_fractions(st):
-    make_toy_dataset(st.db)
+def test_logs_hold_exact_sequence_fractions(store):
+    make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "ex", *FAST, "--train-steps", "5")
-    for rec in st.get_logs("ex"):
+    for rec in store.get_logs("ex"):
         assert rec["sequences"] > 0 and 0 <= rec["response_exact"] <= rec["plan_exact"] <= 1
         assert rec["response_exact"] <= rec["trace_exact"] <= 1
     run_cli("train.py", "single", "--run-id", "ex-plan", *FAST, "--train-steps", "5", "--plan-only")
-    assert all("trace_exact" not in rec and "plan_exact" in rec for rec in st.get_logs("ex-plan"))
+    assert all("trace_exact" not in rec and "plan_exact" in rec for rec in store.get_logs("ex-plan"))
 
 
 def test_dry_run_prints_config_without_touching_the_database(monkeypatch):
@@ -269,13 +270,13 @@ def test_bad_flags_give_one_line_errors(flags, msg):
     assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_bucketed_batches_give_the_padded_loss(st):
+def test_bucketed_batches_give_the_padded_loss(store):
     """Per-token loss over the data is the same whether batches are length-sorted or padded at random."""
     from model import ModelConfig, Transformer
     import loss
     from loss import loss_terms, summarize
-    make_toy_dataset(st.db, n_train=64)
-    split = dataset.load_split(st.db, "toy.copy", "train")
+    make_toy_dataset(store.db, n_train=64)
+    split = dataset.load_split(store.db, "toy.copy", "train")
     seqs = batches.Sequences.build(split, np.arange(64), plan_only=False)
     torch.manual_seed(0)
     model = Transformer(ModelConfig(vocab_size=24, d_model=32, n_head=2, d_ff=64, n_layer=2)).double()
@@ -301,30 +302,9 @@ def test_bucketed_batches_give_the_padded_loss(st):
 # empty micro-batches, world size, bad input, timing
 
 
-@pytest.mark.parametrize("n,world,accum,rows,budget", [
-    (203, 1, 4, 2, 0), (203, 2, 4, 2, 0), (205, 2, 3, 1, 0), (17, 3, 2, 1, 0),  # uneven sizes, partial last batches
-    (203, 1, 4, 2, 20), (203, 2, 2, 2, 20), (64, 2, 3, 1, 5)])  # token budgets below the longest sequence
-def test_every_micro_batch_of_every_rank_is_non_empty(n, world, accum, rows, budget):
-    from batches import Batcher
-    lengths = np.random.default_rng(n).integers(8, 42, n)
-    seqs = type("Seqs", (), {"lengths": lengths})()
-    cfg = TrainConfig(batch_size=rows, grad_accum=accum, batch_tokens=budget, seed=1)
-    b = Batcher(seqs, cfg, world)
-    seen = []
-    for _ in range(3 * n):  # several epochs
-        batch = b.next()
-        shares = [m for r in range(world) for m in b.micro_batches(batch, r)]
-        assert all(len(m) > 0 for m in shares)
-        assert sorted(np.concatenate(shares).tolist()) == sorted(batch.tolist())  # each row once
-        if budget:
-            assert all(len(m) == 1 or len(m) * lengths[m].max() <= budget for m in shares)
-        seen += batch.tolist() if b.epoch == 0 else []
-    assert len(seen) >= n - world * accum * max(rows, 1) * 2  # only an epoch's last few are skipped
-
-
 @pytest.mark.parametrize("nproc", [0, 2])
-def test_uneven_data_with_accumulation_and_a_small_token_budget_trains(st, nproc):
-    make_toy_dataset(st.db, n_train=203)  # sequences of 11 to 41 tokens
+def test_uneven_data_with_accumulation_and_a_small_token_budget_trains(store, nproc):
+    make_toy_dataset(store.db, n_train=203)  # sequences of 11 to 41 tokens
     per = 1 if nproc else 2
     common = [*FAST, "--train-steps", "30", "--log-interval", "10", "--eval-interval", "30", "--checkpoint-interval", "30"]
     run_cli("train.py", "single", "--run-id", "uneven", *common, "--batch-size", per, "--grad-accum", "4",
@@ -332,45 +312,45 @@ def test_uneven_data_with_accumulation_and_a_small_token_budget_trains(st, nproc
     run_cli("train.py", "single", "--run-id", "budget", *common, "--batch-tokens", "20", "--grad-accum", "2",
             nproc=nproc)  # most sequences are longer than the budget
     for run_id in ("uneven", "budget"):
-        assert st.get_run(run_id)["status"] == "finished" and st.get_run(run_id)["step"] == 30
+        assert store.get_run(run_id)["status"] == "finished" and store.get_run(run_id)["step"] == 30
 
 
-def test_resume_with_another_world_size_is_refused(st):
-    make_toy_dataset(st.db)
+def test_resume_with_another_world_size_is_refused(store):
+    make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "w1", *FAST, "--train-steps", "10", "--batch-size", "4")
-    before = st.get_run("w1")
+    before = store.get_run("w1")
     r = run_cli("train.py", "single", "--run-id", "w1", *FAST, "--train-steps", "10", "--batch-size", "4", nproc=2,
                 check=False)
     errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1, r.stderr[-2000:]
     assert "world size 1" in errors[0] and "--nproc-per-node 1" in errors[0] and "not 2" in errors[0]
-    assert st.get_run("w1") == before  # nothing written
+    assert store.get_run("w1") == before  # nothing written
 
 
-def test_start_checkpoint_with_another_vocabulary_is_refused(st):
-    make_toy_dataset(st.db)
+def test_start_checkpoint_with_another_vocabulary_is_refused(store):
+    make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "base", *FAST, "--train-steps", "5")
-    make_toy_dataset(st.db, name="toy.reordered")
-    vocab = dataset.get_dataset(st.db, "toy.copy")["vocabulary"]
+    make_toy_dataset(store.db, name="toy.reordered")
+    vocab = dataset.get_dataset(store.db, "toy.copy")["vocabulary"]
     swapped = vocab[:4] + vocab[4:][::-1]  # same size, another order
-    st.db.datasets.update_one({"_id": "toy.reordered"}, {"$set": {"vocabulary": swapped}})
+    store.db.datasets.update_one({"_id": "toy.reordered"}, {"$set": {"vocabulary": swapped}})
     r = run_cli("train.py", "single", "--run-id", "tuned", *FAST, "--train-name", "toy.reordered", "--train-steps", "5",
                 "--start-checkpoint", "base", check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "another vocabulary than dataset 'toy.reordered'" in r.stderr and "first difference at id 4" in r.stderr
-    assert st.get_run("tuned") is None
+    assert store.get_run("tuned") is None
 
 
-def test_bad_training_input_leaves_no_run_behind(st):
-    make_toy_dataset(st.db)
+def test_bad_training_input_leaves_no_run_behind(store):
+    make_toy_dataset(store.db)
     for flags, words in ((["--train-name", "toy.missing"], "dataset 'toy.missing' does not exist"),
                          (["--test-name", "toy.missing"], "dataset 'toy.missing' does not exist"),
                          (["--start-checkpoint", "nope"], "no run with id 'nope'")):
         r = run_cli("train.py", "single", "--run-id", "fixme", *FAST, "--train-steps", "5", *flags, check=False)
         assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and words in r.stderr, r.stderr
-        assert st.get_run("fixme") is None
+        assert store.get_run("fixme") is None
     run_cli("train.py", "single", "--run-id", "fixme", *FAST, "--train-steps", "5")  # the corrected launch, no drop-run
-    assert st.get_run("fixme")["status"] == "finished"
+    assert store.get_run("fixme")["status"] == "finished"
 
 
 def test_eta_counts_the_evaluations_and_checkpoints_still_due():

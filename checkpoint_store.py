@@ -1,0 +1,161 @@
+"""A run's checkpoints in the database's GridFS bucket `checkpoints`: writing one so that a killed
+process always leaves the previous one loadable, loading the current one (safe while the run trains),
+and creating a run from an imported checkpoint all or nothing. Each file is a torch.save dict, loaded
+with weights_only=True; the run document's `checkpoint` field points at the current one."""
+import contextlib
+import shutil
+import tempfile
+import time
+
+import gridfs
+import torch
+from pymongo.errors import DuplicateKeyError, PyMongoError
+
+import testhook
+from errors import CheckpointError, StoreError
+from store import check_name, fenced, lost, now, retrying
+
+
+@retrying
+def save_checkpoint(store, run_id, step, state, owner=None):
+    """Write the new checkpoint in full, then move the run's pointer to it, then delete the old one.
+
+    A process killed at any point leaves the previous checkpoint loadable; the upload it left
+    half-done is deleted by the next save (or by a load once the run's lease is free). With an
+    owner, nothing is written unless that process still holds the run."""
+    stream = store.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
+    before = store.runs.find_one_and_update(fenced(run_id, owner), {"$set": {"pending_checkpoint": stream._id}},
+                                            {"pending_checkpoint": 1})
+    if before is None:
+        raise lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
+    if before.get("pending_checkpoint") is not None:  # left by a killed process or a failed attempt
+        delete_upload(store, before["pending_checkpoint"])
+    writer = _Writer(stream)
+    try:
+        torch.save(state, writer)  # streamed in chunks, no second copy in memory
+        testhook.pause(f"checkpoint-{step}")  # tests: stop here, the upload written and not closed
+        stream.close()
+    except BaseException as e:
+        with contextlib.suppress(PyMongoError):
+            stream.abort()
+        if writer.error is not None and writer.error is not e:
+            raise writer.error from None  # torch.save turns the write's error (e.g. a lost connection) into a RuntimeError
+        raise
+    info = {"id": stream._id, "step": step, "size": stream.length, "time": now()}
+    flip = store.runs.update_one({**fenced(run_id, owner), "pending_checkpoint": stream._id},
+                                 {"$set": {"checkpoint": info, "pending_checkpoint": None}})
+    if flip.matched_count == 0:
+        delete_upload(store, stream._id)
+        raise lost(run_id)
+    delete_stale(store, run_id, keep=stream._id)
+    return info
+
+
+@retrying
+def load_checkpoint(store, run_id, map_location="cpu"):
+    """The run's current checkpoint dict, or None when it has none.
+
+    Safe while the run trains: a live trainer's upload in progress is left alone, and a checkpoint
+    replaced (and deleted) while it was being read is read again at the new pointer."""
+    for attempt in range(3):
+        doc = store.require_run(run_id)
+        lease, pending = doc.get("lease"), doc.get("pending_checkpoint")
+        if pending is not None and (not lease or lease["expires"] < time.time()):
+            # a save was killed mid-write and nobody holds the run: remove its partial chunks
+            delete_upload(store, pending)
+            store.runs.update_one({"_id": run_id, "pending_checkpoint": pending}, {"$set": {"pending_checkpoint": None}})
+        info = doc.get("checkpoint")
+        if info is None:
+            return None
+        try:
+            with store.fs.open_download_stream(info["id"]) as f, tempfile.TemporaryFile() as tmp:
+                # torch.load seeks about, and each seek in a GridFS stream is a new query: copy the
+                # file to local disk in one sequential read, then load (one copy in memory)
+                shutil.copyfileobj(f, tmp, 16 << 20)
+                tmp.seek(0)
+                return torch.load(tmp, map_location=map_location, weights_only=True)
+        except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
+            moved = (store.runs.find_one({"_id": run_id}, {"checkpoint": 1}) or {}).get("checkpoint") != info
+            if not moved or attempt == 2:
+                raise CheckpointError(f"the checkpoint of run {run_id!r} is unreadable "
+                                      f"({type(e).__name__}: {e})") from None
+
+
+def put_checkpoint(store, run_id, config, state, step, replace=False):
+    """Create (or with replace, replace) a finished run from an imported checkpoint, all or nothing:
+    the new checkpoint is written in full first (as the old run's pending upload, so that a killed
+    import's chunks are cleaned away like a killed save's), then the run document is switched to
+    it in one write, then the old run's logs, results and checkpoint files are deleted."""
+    check_name(run_id)
+    old = store.get_run(run_id)
+    if old is not None:
+        if not replace:
+            raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW")
+        holder = store.live_holder(run_id)
+        if holder:
+            raise StoreError(f"run {run_id!r} is being trained by {holder}; stop that process first, or drop it with "
+                             f"`python admin.py drop-run --run-id {run_id} --force`, then import")
+    stream = store.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
+    if old is not None:
+        before = store.runs.find_one_and_update({"_id": run_id}, {"$set": {"pending_checkpoint": stream._id}})
+        if before and before.get("pending_checkpoint") is not None:
+            delete_upload(store, before["pending_checkpoint"])
+    try:
+        torch.save(state, _Writer(stream))
+        testhook.pause("import-upload")  # tests: the new file written, the old run not yet switched
+        stream.close()
+    except BaseException:
+        with contextlib.suppress(PyMongoError):
+            stream.abort()
+            store.runs.update_one({"_id": run_id, "pending_checkpoint": stream._id}, {"$set": {"pending_checkpoint": None}})
+        raise
+    t = now()
+    doc = {"_id": run_id, "config": config, "created": t, "updated": t, "step": step, "status": "imported",
+           "error": None, "lease": None, "world_size": state.get("world_size"), "pending_checkpoint": None,
+           "checkpoint": {"id": stream._id, "step": step, "size": stream.length, "time": t}}
+    try:
+        if old is None:
+            store.runs.insert_one(doc)
+        elif store.runs.replace_one({"_id": run_id, "pending_checkpoint": stream._id}, doc).matched_count == 0:
+            raise StoreError(f"run {run_id!r} changed during the import (relaunched or dropped); try again")
+    except BaseException as e:
+        delete_upload(store, stream._id)
+        if isinstance(e, DuplicateKeyError):  # another import of this id went first
+            raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW") from None
+        raise
+    if old is not None:  # the old run's records: its run document no longer points at any of them
+        store.logs.delete_many({"run_id": run_id})
+        store.results.delete_many({"run_id": run_id})
+        store.responses.delete_many({"run_id": run_id})
+        delete_stale(store, run_id, keep=stream._id)
+
+
+def delete_upload(store, file_id):
+    """Remove a GridFS file by hand, chunks first: it may be an upload that was never closed."""
+    store.db["checkpoints.chunks"].delete_many({"files_id": file_id})
+    store.db["checkpoints.files"].delete_many({"_id": file_id})
+
+
+def delete_stale(store, run_id, keep):
+    """Remove the run's checkpoint files but the current one."""
+    for f in store.fs.find({"metadata.run_id": run_id, "_id": {"$ne": keep}}):
+        store.fs.delete(f._id)
+
+
+class _Writer:
+    """File-like adapter: GridFS takes bytes, torch.save hands it memoryviews. Keeps the error a write
+    raised, which torch.save would otherwise hide inside a RuntimeError."""
+
+    def __init__(self, stream):
+        self.stream, self.error = stream, None
+
+    def write(self, data):
+        try:
+            self.stream.write(bytes(data))
+        except BaseException as e:
+            self.error = e
+            raise
+        return len(data)
+
+    def flush(self):
+        pass
