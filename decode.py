@@ -7,14 +7,15 @@ Row i continues prompts[src[i]] (token ids, e.g. `<bos> prompt <sep>`); ids are 
 before <eos> (uint16), eos whether <eos> came within max_tokens.
 
 Layout. Rows decode in lanes: a lane holds up to `slots` rows whose positions fit its capacity C,
-with a preallocated cache (n_layer, slots, H, C + 1, hd) and each row's tokens by position. Lane
-capacities grow by half from the longest prompt plus 64 up to the longest possible row, so a row
-attends over a window at most about 1.5 times its own length, and memory follows the rows' actual
-lengths rather than the token limit. A row about to fill its lane moves to the next (its keys and
-values are copied), growing that lane (slot counts double) while the memory budget allows; else it
-waits. Lanes that are mostly idle shrink.
+with a preallocated cache (n_layer, slots, H, C + 1, hd) and each row's tokens by position. Its rows
+sit packed in its first n slots, and a step computes only those: a row that leaves is replaced by
+the last one. Lane capacities grow by half from the longest prompt plus 64 up to the longest
+possible row, so a row attends over a window at most about 1.5 times its own length, and memory
+follows the rows' actual lengths rather than the token limit. A row about to fill its lane moves to
+the next (its keys and values are copied), growing that lane (slot counts double, the old cache's
+memory reused) while the memory budget allows; else it waits.
 
-Per token, `decode_step` feeds every running row's last token at its own position, picks the next
+Per token, `decode_step` feeds every row's last token at its own position, picks the next
 one (argmax, or Gumbel-max with noise hashed from (seed, row key, position) for the next `every`
 steps at once, so a row's samples do not depend on batching), and updates tokens, positions and flags in place. Every `every` steps the
 host collects: finished rows leave, full rows move up, waiting rows join (refills keep the batch
@@ -83,14 +84,15 @@ class Lane:
     """Rows whose positions fit `capacity`: their cache, tokens by position and state on the device;
     which caller row sits in which slot, and where its response starts, on the host."""
 
-    def __init__(self, model, slots, capacity, dtype):
+    def __init__(self, model, slots, capacity, dtype, storage=None):
         device = model.head.weight.device
         self.capacity, self.dtype = capacity, dtype
-        self.cache = model.new_cache(slots, capacity + 1, dtype)  # + scratch position
+        self.cache = model.new_cache(slots, capacity + 1, dtype, storage)  # + scratch position
         self.seq = torch.zeros(slots, capacity + 2, dtype=torch.long, device=device)
         self.pos, self.stop, self.key = (torch.zeros(slots, dtype=torch.long, device=device) for _ in range(3))
         self.live, self.eos = (torch.zeros(slots, dtype=torch.bool, device=device) for _ in range(2))
         self.row = np.full(slots, -1)  # caller's row per slot, -1 = free
+        self.n = 0  # rows sit in slots [0, n) (between collections, finished ones too)
         self.start = np.zeros(slots, dtype=np.int64)  # prompt length: where the response starts
         self.running = False  # some row can take a step (known at the last collection)
         self.high = 0  # the highest position of a running row at the last collection
@@ -103,23 +105,42 @@ class Lane:
         return self.cache, self.seq, self.pos, self.stop, self.key, self.live, self.eos
 
     def nbytes(self):
-        return sum(t.numel() * t.element_size() for t in (self.cache.k, self.cache.v, self.seq))
+        return sum(t.numel() * t.element_size() for t in (self.cache.storage, self.seq))
 
     def free(self):
-        return np.flatnonzero(self.row < 0)
+        return np.arange(self.n, self.slots)
 
-    def resize(self, model, slots):
-        """A lane with `slots` slots holding the same rows, packed at the front."""
-        new = Lane(model, slots, self.capacity, self.dtype)
-        keep = np.flatnonzero(self.row >= 0)
-        k = torch.as_tensor(keep, device=self.seq.device)
-        n = len(keep)
-        new.cache.k[:, :n] = self.cache.k[:, k]
-        new.cache.v[:, :n] = self.cache.v[:, k]
+    def view(self, rows):
+        """The step's arguments for the first `rows` slots (all: the tensors themselves, whose
+        addresses CUDA graphs keep)."""
+        if rows == self.slots:
+            return self.cache, self.seq, self.pos, self.stop, self.live, self.eos
+        return (self.cache.rows(rows), *(t[:rows] for t in (self.seq, self.pos, self.stop, self.live, self.eos)))
+
+    def resize(self, new):
+        """Move the rows into `new`, an empty lane of the same capacity."""
+        n = self.n
+        new.cache.k[:, :n] = self.cache.k[:, :n]
+        new.cache.v[:, :n] = self.cache.v[:, :n]
         for a, b in zip(new.tensors()[1:], self.tensors()[1:]):
-            a[:n] = b[k]
-        new.row[:n], new.start[:n], new.running, new.high = self.row[keep], self.start[keep], self.running, self.high
+            a[:n] = b[:n]
+        new.row[:n], new.start[:n], new.n, new.running, new.high = self.row[:n], self.start[:n], n, self.running, self.high
         return new
+
+    def compact(self, upto):
+        """Fill the free slots among the first n with the last rows (their positions < upto copied)."""
+        used = self.row[:self.n] >= 0
+        m = int(used.sum())
+        dst, src = np.flatnonzero(~used[:m]), np.flatnonzero(used[m:]) + m
+        if len(dst):
+            d, s = (torch.as_tensor(x, device=self.seq.device) for x in (dst, src))
+            self.cache.k[:, d, :, :upto] = self.cache.k[:, s, :, :upto]
+            self.cache.v[:, d, :, :upto] = self.cache.v[:, s, :, :upto]
+            for t in self.tensors()[1:]:
+                t[d] = t[s]
+            self.live[s] = False
+            self.row[dst], self.start[dst], self.row[src] = self.row[src], self.start[src], -1
+        self.n = m
 
 
 def memory_budget(device):
@@ -171,19 +192,47 @@ class Engine:
         caps = [min(first_capacity(max_prompt), top)]
         while caps[-1] < top:
             caps.append(min(next_capacity(caps[-1]), top))
-        self.lanes = [Lane(model, batch_size, caps[0], self.dtype)] + [None] * (len(caps) - 1)
         self.caps = caps
         self.slot_steps = 0  # rows computed, busy or idle (the bench's utilisation figure)
         cuda = self.device.type == "cuda"
         self.step, self.compiled = decode_step, compile
+        # eager on GPU attends up to the furthest running row; compiled keeps one shape; on CPU a
+        # shorter window is a strided view, which batched matmuls read at ~60% of a contiguous one's speed
+        self.trim = not compile and self.device.type != "cpu"
         if compile:
             self.step = torch.compile(decode_step, mode="reduce-overhead" if cuda else None, dynamic=True)
+        self.spare = []  # cache storage of retired lanes, reused: fresh memory costs a page fault per 4 KiB
+        self.lanes = [self.new_lane(batch_size, caps[0])] + [None] * (len(caps) - 1)
 
     def allocated(self):
-        return sum(lane.nbytes() for lane in self.lanes if lane is not None)
+        return (sum(lane.nbytes() for lane in self.lanes if lane is not None)
+                + sum(t.numel() * t.element_size() for t in self.spare))
+
+    def new_lane(self, slots, capacity):
+        """An empty lane, its cache in the smallest spare storage that holds it without wasting half;
+        when none does, the spares are freed first. The cache is not cleared: a slot's positions
+        are written or zeroed when a row enters it (so memory is touched as rows need it)."""
+        cfg = self.model.cfg
+        need = 2 * cfg.n_layer * slots * (capacity + 1) * cfg.d_model
+        fits = [i for i, t in enumerate(self.spare) if need <= t.numel() <= 2 * need]
+        if fits:
+            storage = self.spare.pop(min(fits, key=lambda i: self.spare[i].numel()))
+        else:
+            self.spare = []
+            storage = torch.empty(need, dtype=self.dtype, device=self.device)
+        return self.prepare(Lane(self.model, slots, capacity, self.dtype, storage))
+
+    def retire(self, lane):
+        self.spare.append(lane.cache.storage)
+
+    def resize(self, lane, slots):
+        new = self.new_lane(slots, lane.capacity)
+        lane.resize(new)
+        self.retire(lane)
+        return new
 
     def occupied(self):
-        return sum(int((lane.row >= 0).sum()) for lane in self.lanes if lane is not None)
+        return sum(lane.n for lane in self.lanes if lane is not None)
 
     def prepare(self, lane):
         if self.step is not decode_step and self.device.type == "cuda":  # CUDA graphs need fixed addresses
@@ -194,20 +243,22 @@ class Engine:
     def run(self, steps):
         """`steps` decode steps of every lane with running rows."""
         busy = [lane for lane in self.lanes if lane is not None and lane.running]
+        views = {id(lane): lane.view(lane.slots if self.compiled else lane.n) for lane in busy}  # compiled: one shape
         noise = {}
         if self.temperature > 0:  # a running row feeds positions pos, pos + 1, ...: all its noise at once
             for lane in busy:  # (hashing outside the compiled step: inductor 2.13 miscompiles it on CPU)
-                at = lane.pos[:, None] + torch.arange(steps, device=self.device)  # (B, steps)
-                noise[id(lane)] = gumbel(lane.key[:, None], at, self.model.cfg.vocab_size)  # (B, steps, V)
-        self.slot_steps += steps * sum(lane.slots for lane in busy)
+                B = len(views[id(lane)][2])
+                at = lane.pos[:B, None] + torch.arange(steps, device=self.device)  # (B, steps)
+                noise[id(lane)] = gumbel(lane.key[:B, None], at, self.model.cfg.vocab_size)  # (B, steps, V)
+        self.slot_steps += steps * sum(len(views[id(lane)][2]) for lane in busy)
         with self.autocast:
             for j in range(steps):
                 for lane in busy:
-                    if not self.compiled:  # eager: attend only up to the furthest running row (compiled: one shape)
-                        lane.cache.window = min(lane.capacity + 1, -(-(lane.high + j + 1) // 32) * 32)
+                    cache, seq, pos, stop, live, eos = views[id(lane)]
+                    if self.trim:  # attend only up to the furthest running row
+                        cache.window = min(lane.capacity + 1, -(-(lane.high + j + 1) // 32) * 32)
                     n = noise[id(lane)][:, j] if noise else None
-                    self.step(self.model, lane.cache, lane.seq, lane.pos, lane.stop, lane.live, lane.eos, n,
-                              self.temperature)
+                    self.step(self.model, cache, seq, pos, stop, live, eos, n, self.temperature)
 
     def collect(self):
         """Finished rows as [(row, ids, eos)], freeing their slots; full rows move up a lane."""
@@ -216,9 +267,10 @@ class Engine:
             lane = self.lanes[i]
             if lane is None:
                 continue
-            state = torch.stack([lane.live.long(), lane.eos.long(), lane.pos]).cpu().numpy()  # the one sync
+            n = lane.n
+            state = torch.stack([lane.live[:n].long(), lane.eos[:n].long(), lane.pos[:n]]).cpu().numpy()  # the one sync
             live, eos, pos = state[0].astype(bool), state[1].astype(bool), state[2]
-            used = lane.row >= 0
+            used = lane.row[:n] >= 0
             done = np.flatnonzero(used & ~live)
             if len(done):
                 seqs = lane.seq[torch.as_tensor(done, device=self.device)].cpu().numpy()
@@ -230,27 +282,16 @@ class Engine:
             full = np.flatnonzero(used & live & (pos + self.every >= lane.capacity)) if i + 1 < len(self.lanes) else []
             if len(full):
                 self.move_up(i, full)
-            running = (lane.row >= 0) & live & (pos < lane.capacity)
+            running = (lane.row[:n] >= 0) & live & (pos < lane.capacity)
             lane.running, lane.high = bool(running.any()), int(pos[running].max(initial=0))
+            lane.compact(int(pos.max(initial=0)) + 1)
         return finished
-
-    def shrink(self, waiting):
-        """Lanes at most half full shrink (pack their rows; empty upper lanes go): idle slots cost as
-        much compute as busy ones. The first lane keeps its size while rows wait to join."""
-        for i, lane in enumerate(self.lanes):
-            if lane is None or (i == 0 and waiting):
-                continue
-            n = int((lane.row >= 0).sum())
-            if i > 0 and n == 0:
-                self.lanes[i] = None  # gives its memory back
-            elif 2 * n <= lane.slots and lane.slots > 1:
-                self.lanes[i] = self.prepare(lane.resize(self.model, 1 << max(0, (n - 1).bit_length())))
 
     def move_up(self, i, full):
         """Move rows of lane i into lane i + 1, growing it while the budget allows; rows that find
         no room stay (and wait, once full)."""
         lane, up = self.lanes[i], self.lanes[i + 1]
-        want = len(full) + (0 if up is None else int((up.row >= 0).sum()))
+        want = len(full) + (0 if up is None else up.n)
         size = 0 if up is None else up.slots
         new = size
         while new < min(want, self.batch_size):
@@ -258,8 +299,7 @@ class Engine:
         new = min(new, self.batch_size)
         extra = (new - size) * (self.caps[i + 1] + 1) * bytes_per_token(self.model.cfg, self.dtype)
         if new > size and (size == 0 or self.allocated() + extra <= self.memory):
-            up = self.prepare(Lane(self.model, new, self.caps[i + 1], self.dtype) if up is None
-                              else up.resize(self.model, new))
+            up = self.new_lane(new, self.caps[i + 1]) if up is None else self.resize(up, new)
             self.lanes[i + 1] = up
         dst = up.free()[:len(full)] if up is not None else []
         if not len(dst):
@@ -269,11 +309,14 @@ class Engine:
         n = lane.capacity
         up.cache.k[:, d, :, :n] = lane.cache.k[:, s, :, :n]
         up.cache.v[:, d, :, :n] = lane.cache.v[:, s, :, :n]
+        up.cache.k[:, d, :, n:] = 0  # masked positions must hold finite numbers
+        up.cache.v[:, d, :, n:] = 0
         up.seq[d, :n + 1] = lane.seq[s, :n + 1]
         for name in ("pos", "stop", "key", "live", "eos"):
             getattr(up, name)[d] = getattr(lane, name)[s]
         lane.live[s] = False
         up.row[dst], up.start[dst] = lane.row[src], lane.start[src]
+        up.n += len(dst)
         lane.row[src] = -1
         up.running, up.high = True, max(up.high, lane.capacity)
 
@@ -300,6 +343,8 @@ class Engine:
                 u = torch.as_tensor([u for u, _, _ in pairs], device=self.device)
                 lane.cache.k[:, d, :, :P] = pre.k[:, u]
                 lane.cache.v[:, d, :, :P] = pre.v[:, u]
+            lane.cache.k[:, d, :, P:] = 0  # masked positions must hold finite numbers
+            lane.cache.v[:, d, :, P:] = 0
             seq = torch.zeros(len(pairs), lane.capacity + 2, dtype=torch.long)
             for k, (_, r, _) in enumerate(pairs):
                 seq[k, :len(prompts[src[r]])] = torch.as_tensor(np.asarray(prompts[src[r]], np.int64))
@@ -313,6 +358,7 @@ class Engine:
             for (_, r, s), n in zip(pairs, lens.tolist()):
                 lane.row[s], lane.start[s] = r, n
             lane.high = max(lane.high, int(lens.max()) - 1)
+        lane.n += len(slots)
         lane.running = True
 
 
@@ -331,11 +377,9 @@ def generate(model, prompts, src, max_tokens, temperature=0.0, seed=0, keys=None
     keys = list(range(len(src))) if keys is None else keys
     eng = Engine(model, max(len(prompts[s]) for s in set(src)), max_tokens, temperature, batch_size, memory,
                  autocast, cache_dtype, compile, every)
-    eng.prepare(eng.lanes[0])
     waiting = collections.deque(range(len(src)))
     while True:
         yield from eng.collect()
-        eng.shrink(len(waiting))
         room = min(len(eng.lanes[0].free()), len(waiting))
         if room > 0:
             eng.admit(prompts, src, keys, [waiting.popleft() for _ in range(room)], max_tokens, seed)

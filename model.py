@@ -3,6 +3,7 @@
 The reference was an encoder-decoder; here the prompt is a prefix that carries no loss. Depths are
 chosen so that each named size has about the parameters of the reference's encoder plus decoder.
 """
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
@@ -56,13 +57,26 @@ def apply_rope(x, cos, sin):
 class KVCache:
     """Preallocated keys and values, written at positions: (n_layer, B, H, max_len, hd). Each row
     has its own positions, so rows of different lengths share one static buffer. A plain object,
-    not a module: torch.compile treats module buffers as fixed shapes, these are dynamic."""
+    not a module: torch.compile treats module buffers as fixed shapes, these are dynamic.
+    storage: a 1-D tensor of at least 2 * numel elements to hold both, as it is (the caller makes
+    sure that every position attention reads holds finite numbers); default new zeros."""
 
-    def __init__(self, n_layer, batch, n_head, max_len, head_dim, device, dtype):
+    def __init__(self, n_layer, batch, n_head, max_len, head_dim, device, dtype, storage=None):
         shape = (n_layer, batch, n_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        n = n_layer * batch * n_head * max_len * head_dim
+        self.storage = storage
+        if storage is None:
+            self.k = torch.zeros(shape, device=device, dtype=dtype)
+            self.v = torch.zeros(shape, device=device, dtype=dtype)
+        else:
+            self.k, self.v = storage[:n].view(shape), storage[n:2 * n].view(shape)
         self.window = max_len  # positions attention reads: the first `window` (no query is beyond them)
+
+    def rows(self, n):
+        """The first n rows: a cache on the same buffers (each layer's slice stays contiguous)."""
+        view = copy.copy(self)
+        view.k, view.v = self.k[:, :n], self.v[:, :n]
+        return view
 
     def update(self, layer, k, v, pos):
         """Write k, v (B, H, T, hd) at positions pos (T,) or (B, T); return the layer's buffers up to
@@ -94,9 +108,11 @@ class Attention(nn.Module):
         if mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         elif T == 1 and x.device.type == "cpu":
-            # one query per row (decoding): two matmuls; SDPA's CPU kernels would copy the whole cache
+            # one query per row (decoding): two batched matrix-vector products, which read the cache
+            # at memory speed when it is contiguous; SDPA's CPU kernels are slower here
             att = (q * self.head_dim ** -0.5) @ k.transpose(-1, -2).to(q.dtype)  # (B, H, 1, S)
-            y = att.masked_fill(~mask, float("-inf")).softmax(-1) @ v.to(q.dtype)  # (B, H, 1, hd)
+            att = att.masked_fill_(~mask, float("-inf")) if mask.dtype == torch.bool else att.add_(mask)
+            y = att.softmax(-1) @ v.to(q.dtype)  # (B, H, 1, hd)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(y.transpose(1, 2).reshape(B, T, C))
@@ -167,6 +183,8 @@ class Transformer(nn.Module):
             # positions beyond a query's own may hold stale or padding keys: never attend to them
             mask = torch.arange(cache.window, device=idx.device) <= pos[..., None]  # (T, S) or (B, T, S)
             mask = mask[:, None] if mask.dim() == 3 else mask  # (B, 1, T, S) or (T, S)
+            if T == 1 and idx.device.type == "cpu":  # decoding on CPU adds it to the scores: build it once
+                mask = torch.zeros(mask.shape, device=idx.device).masked_fill_(~mask, float("-inf"))
         x = self.embed(idx)  # (B, T, C)
         for block in self.blocks:
             if self.activation_checkpointing and self.training:
@@ -177,8 +195,8 @@ class Transformer(nn.Module):
             x = x.flatten(0, 1).index_select(0, keep)  # (N, C)
         return self.head(self.norm(x))  # (B, T, V) or (N, V)
 
-    def new_cache(self, batch, max_len, dtype=None):
+    def new_cache(self, batch, max_len, dtype=None, storage=None):
         cfg = self.cfg
         dtype = dtype or self.head.weight.dtype
         head_dim = cfg.d_model // cfg.n_head
-        return KVCache(cfg.n_layer, batch, cfg.n_head, max_len, head_dim, self.head.weight.device, dtype)
+        return KVCache(cfg.n_layer, batch, cfg.n_head, max_len, head_dim, self.head.weight.device, dtype, storage)

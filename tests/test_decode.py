@@ -44,13 +44,26 @@ def run(model, prompts, src, max_tokens, **kw):
 def test_greedy_equals_naive_uncached_decoding(monkeypatch, batch_size, every, memory):
     """Right-padded shared prefills, rows that finish and leave, rows that join a running batch,
     rows that fill their lane and move up (first lane of 16 positions), rows that wait for room
-    above (memory=1 byte), lanes that shrink: the tokens are those of plain greedy decoding."""
+    above (memory=1 byte), rows that move down to fill a finished row's slot, lanes that grow: the
+    tokens are those of plain greedy decoding."""
     monkeypatch.setattr(decode, "first_capacity", lambda prompt_len: 16)
     model = small_model(eos_shift=-0.3)
     prompts, src = prompts_and_rows()
     ref = [naive_greedy(model, prompts[s], 70) for s in src]
     assert 0 < sum(e for _, e in ref) < len(src) and max(len(o) for o, _ in ref) == 70  # rows of both kinds
     assert run(model, prompts, src, 70, batch_size=batch_size, every=every, memory=memory) == ref
+
+
+def test_uncleared_cache_memory_is_never_read(monkeypatch):
+    """Lane caches are not cleared when allocated (or reused): a row's slot is written or zeroed
+    when it enters. Poison fresh cache memory with NaN: greedy tokens still equal naive decoding."""
+    monkeypatch.setattr(decode, "first_capacity", lambda prompt_len: 16)
+    empty = torch.empty
+    monkeypatch.setattr(decode.torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
+    model = small_model(eos_shift=-0.3)
+    prompts, src = prompts_and_rows()
+    ref = [naive_greedy(model, prompts[s], 70) for s in src]
+    assert run(model, prompts, src, 70, batch_size=3, every=2) == ref
 
 
 def test_greedy_with_early_eos_and_limit_one():
