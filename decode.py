@@ -243,22 +243,21 @@ class Engine:
     def run(self, steps):
         """`steps` decode steps of every lane with running rows."""
         busy = [lane for lane in self.lanes if lane is not None and lane.running]
-        views = {id(lane): lane.view(lane.slots if self.compiled else lane.n) for lane in busy}  # compiled: one shape
-        noise = {}
+        rows = [lane.slots if self.compiled else lane.n for lane in busy]  # compiled: one shape
+        views = [lane.view(b) for lane, b in zip(busy, rows)]
+        noise = [None] * len(busy)
         if self.temperature > 0:  # a running row feeds positions pos, pos + 1, ...: all its noise at once
-            for lane in busy:  # (hashing outside the compiled step: inductor 2.13 miscompiles it on CPU)
-                B = len(views[id(lane)][2])
-                at = lane.pos[:B, None] + torch.arange(steps, device=self.device)  # (B, steps)
-                noise[id(lane)] = gumbel(lane.key[:B, None], at, self.model.cfg.vocab_size)  # (B, steps, V)
-        self.slot_steps += steps * sum(len(views[id(lane)][2]) for lane in busy)
+            for k, (lane, b) in enumerate(zip(busy, rows)):  # (hashed outside the compiled step: inductor
+                at = lane.pos[:b, None] + torch.arange(steps, device=self.device)  # 2.13 miscompiles it on CPU)
+                noise[k] = gumbel(lane.key[:b, None], at, self.model.cfg.vocab_size)  # (b, steps, V)
+        self.slot_steps += steps * sum(rows)
         with self.autocast:
             for j in range(steps):
-                for lane in busy:
-                    cache, seq, pos, stop, live, eos = views[id(lane)]
+                for lane, (cache, seq, pos, stop, live, eos), z in zip(busy, views, noise):
                     if self.trim:  # attend only up to the furthest running row
                         cache.window = min(lane.capacity + 1, -(-(lane.high + j + 1) // 32) * 32)
-                    n = noise[id(lane)][:, j] if noise else None
-                    self.step(self.model, cache, seq, pos, stop, live, eos, n, self.temperature)
+                    self.step(self.model, cache, seq, pos, stop, live, eos, None if z is None else z[:, j],
+                              self.temperature)
 
     def collect(self):
         """Finished rows as [(row, ids, eos)], freeing their slots; full rows move up a lane."""
