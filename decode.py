@@ -117,8 +117,8 @@ class Lane:
             return self.cache, self.seq, self.pos, self.stop, self.live, self.eos
         return (self.cache.rows(rows), *(t[:rows] for t in (self.seq, self.pos, self.stop, self.live, self.eos)))
 
-    def resize(self, new):
-        """Move the rows into `new`, an empty lane of the same capacity."""
+    def move_into(self, new):
+        """Move the rows into `new`, an empty lane of the same capacity and at least as many slots."""
         n = self.n
         new.cache.k[:, :n] = self.cache.k[:, :n]
         new.cache.v[:, :n] = self.cache.v[:, :n]
@@ -155,8 +155,17 @@ def memory_budget(device):
     return avail // 2
 
 
+def values_per_token(cfg):
+    return 2 * cfg.n_layer * cfg.d_model  # keys and values of every layer
+
+
 def bytes_per_token(cfg, dtype):
-    return 2 * cfg.n_layer * cfg.d_model * torch.tensor([], dtype=dtype).element_size()  # keys and values
+    return values_per_token(cfg) * torch.tensor([], dtype=dtype).element_size()
+
+
+def new_storage(numel, dtype, device):
+    """Memory for a lane's cache, left as it is (tests fill it with NaN to show it is never read)."""
+    return torch.empty(numel, dtype=dtype, device=device)
 
 
 def first_capacity(prompt_len):
@@ -212,14 +221,13 @@ class Engine:
         """An empty lane, its cache in the smallest spare storage that holds it without wasting half;
         when none does, the spares are freed first. The cache is not cleared: a slot's positions
         are written or zeroed when a row enters it (so memory is touched as rows need it)."""
-        cfg = self.model.cfg
-        need = 2 * cfg.n_layer * slots * (capacity + 1) * cfg.d_model
+        need = slots * (capacity + 1) * values_per_token(self.model.cfg)
         fits = [i for i, t in enumerate(self.spare) if need <= t.numel() <= 2 * need]
         if fits:
             storage = self.spare.pop(min(fits, key=lambda i: self.spare[i].numel()))
         else:
             self.spare = []
-            storage = torch.empty(need, dtype=self.dtype, device=self.device)
+            storage = new_storage(need, self.dtype, self.device)
         return self.prepare(Lane(self.model, slots, capacity, self.dtype, storage))
 
     def retire(self, lane):
@@ -227,7 +235,7 @@ class Engine:
 
     def resize(self, lane, slots):
         new = self.new_lane(slots, lane.capacity)
-        lane.resize(new)
+        lane.move_into(new)
         self.retire(lane)
         return new
 

@@ -58,8 +58,7 @@ def test_uncleared_cache_memory_is_never_read(monkeypatch):
     """Lane caches are not cleared when allocated (or reused): a row's slot is written or zeroed
     when it enters. Poison fresh cache memory with NaN: greedy tokens still equal naive decoding."""
     monkeypatch.setattr(decode, "first_capacity", lambda prompt_len: 16)
-    empty = torch.empty
-    monkeypatch.setattr(decode.torch, "empty", lambda *a, **kw: empty(*a, **kw).fill_(float("nan")))
+    monkeypatch.setattr(decode, "new_storage", lambda n, dtype, device: torch.full((n,), float("nan"), dtype=dtype))
     model = small_model(eos_shift=-0.3)
     prompts, src = prompts_and_rows()
     ref = [naive_greedy(model, prompts[s], 70) for s in src]
