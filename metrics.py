@@ -155,7 +155,7 @@ def print_table(rows, label="run", columns=COLUMNS):
     title, format) of the columns to show where a row has a value."""
     def cell(metrics, key, spec):
         v = metrics.get(key)
-        return f"{fmt(v[0], spec)} ± {fmt(v[1], spec)}" if isinstance(v, tuple) else fmt(v, spec)
+        return f"{fmt(v[0], spec)} ± {fmt(v[1], spec.replace('+', ''))}" if isinstance(v, tuple) else fmt(v, spec)
 
     columns = [c for c in columns if any(m.get(c[0]) is not None for _, m in rows)]
     width = max([len(label)] + [len(name) for name, _ in rows])

@@ -294,10 +294,11 @@ def plot_efficiency(store, args):
         mine = [p for p in points if p["kind"] == kind]
         if not mine:
             continue
-        ax.errorbar([p["train_tasks"] for p in mine], [p["optimal_pct"][0] for p in mine],
+        dodge = 1.04 ** (i - 1)  # the kinds' error bars side by side where they share a count
+        ax.errorbar([p["train_tasks"] * dodge for p in mine], [p["optimal_pct"][0] for p in mine],
                     yerr=[p["optimal_pct"][1] for p in mine], marker="o", capsize=3, color=f"C{i}", label=kind)
         seeds = [r for r in runs if r["kind"] == kind]
-        ax.scatter([r["train_tasks"] for r in seeds], [r["optimal_pct"][0] for r in seeds], s=10, alpha=0.4,
+        ax.scatter([r["train_tasks"] * dodge for r in seeds], [r["optimal_pct"][0] for r in seeds], s=10, alpha=0.4,
                    color=f"C{i}")
     ax.set_xscale("log")
     ax.set_ylim(-2, 102)
@@ -336,7 +337,7 @@ def plot_bootstrap(store, args):
             if line == "control" and mine:
                 mine = [stats[0], *mine]
             if mine:
-                ax.errorbar([s["bootstrap_step"] for s in mine], [s[key][0] for s in mine],
+                ax.errorbar([s["bootstrap_step"] + 0.02 * i for s in mine], [s[key][0] for s in mine],
                             yerr=[s[key][1] or 0 for s in mine], marker="o", capsize=3, color=f"C{i}",
                             linestyle="-" if i == 0 else "--", label=line)
         ax.set_title(title, fontsize=9)
