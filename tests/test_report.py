@@ -12,6 +12,7 @@ import dataset as data
 import metrics
 import report
 import rollouts
+from bootstrap import write_bootstrap
 from eval import response_key, store_responses
 from conftest import call, run_cli
 from hparams import TrainConfig
@@ -52,6 +53,9 @@ def test_each_plot_is_a_valid_non_trivial_png(store, evaluated, tmp_path):
     by = res["optimal_by_task"]  # the planted tasks, with their traces and t* (here the stored trace)
     assert by["rows"] == [0, 3] and by["trace"] == by["astar"] == [float(evaluated.lens["trace"][r]) for r in (0, 3)]
     assert by["tasks"] == metrics.new_by_task(evaluated, range(4))["tasks"] != metrics.new_by_task(evaluated, [0, 1])["tasks"]
+    train = data.load_split(store.db, MAZE, "train")  # a bootstrapped dataset's copied test split names the same tasks
+    write_bootstrap(store.db, "boot", data.get_dataset(store.db, MAZE), MAZE, train, range(4), {}, {}, False)
+    assert metrics.new_by_task(data.load_split(store.db, "boot", "test"), range(4))["tasks"] == by["tasks"]
     for argv in (["loss", "--run-id", "tiny"],
                  ["traces", "--dataset", MAZE, "--run-id", "tiny"],
                  ["metrics", "--run-id", "tiny"]):
