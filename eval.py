@@ -43,7 +43,8 @@ ILRs and trace/A* are left out for plan-only runs. Results go to the `results` c
 checker and stores them as reference_metrics: no <eos> needed, the plan is every token from the
 first `plan` token on read as triples whose keyword is not checked, and for Sokoban the plan's
 steps are replayed as moves from the worker, illegal ones changing nothing, wherever the plan
-starts.
+starts. A result also holds t_i and t*_i of every task solved optimally (optimal_by_task):
+report.py compares runs on the tasks that all of them solve optimally.
 
 Bootstrapping. For every training prompt of the run (its dataset and filters), sample K responses;
 among those whose plan is correct and optimal (strict checking), the one with the fewest trace
@@ -71,7 +72,7 @@ from bootstrap import shortest_optimal, write_bootstrap
 from checkpoint_store import load_checkpoint
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
-from metrics import COLUMNS, Checker, print_table, score, summarize
+from metrics import COLUMNS, Checker, new_by_task, print_table, score, summarize
 from model import ModelConfig, Transformer
 from rollouts import MAX_TOKENS, Opts, batch_size_for, rollouts
 from store import check_name, connect, now
@@ -214,15 +215,17 @@ def params_of(doc, split_name, num_tasks, samples, opts):
     return params
 
 
-def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, reference=None):
+def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, by_task, reference=None):
     """Store the metrics with the run (results collection) and print them. optimal_traces: the trace
-    length of every optimal response (report.py plots their distribution); reference: the sums under
-    the reference's checker, stored as reference_metrics and shown in a second row."""
+    length of every optimal response (report.py plots their distribution); by_task: the per-task
+    record of metrics.new_by_task (report.py compares runs on the tasks they all solve optimally);
+    reference: the sums under the reference's checker, stored as reference_metrics and shown in a
+    second row."""
     metrics = summarize(sums, ck["config"]["plan_only"])
     params = params_of(doc, split_name, len(rows), args.samples, opts)
     rkey = {"run_id": args.run_id, "step": ck["step"], "pkey": json.dumps(params, sort_keys=True)}
     result = {**rkey, "params": params, "metrics": metrics, "optimal_trace_lens": [int(t) for t in optimal_traces],
-              "time": now()}
+              "optimal_by_task": by_task, "time": now()}
     if reference:
         result["reference_metrics"] = summarize(reference, ck["config"]["plan_only"])
     store.results.replace_one(rkey, result, upsert=True)
@@ -244,9 +247,10 @@ def cmd_run(store, args, rank, world, device):
         def keep_optimal_traces(row, responses, verdicts):
             optimal_traces.extend(v.trace_len for v in verdicts if v.kind == "optimal")
 
+        by_task = new_by_task(split, rows)
         sums = score(checker, split, iter_responses(store.responses, key, split, rows, args.samples), keep_optimal_traces,
-                     reference)
-        report(store, args, ck, doc, args.split, rows, opts, sums, optimal_traces, reference)
+                     reference, by_task)
+        report(store, args, ck, doc, args.split, rows, opts, sums, optimal_traces, by_task, reference)
 
 
 def cmd_bootstrap(store, args, rank, world, device):
@@ -272,8 +276,10 @@ def cmd_bootstrap(store, args, rank, world, device):
         if k is not None:
             chosen[row] = (responses[k][0], verdicts[k].trace_len)
 
-    sums = score(checker, split, iter_responses(store.responses, key, split, rows, args.samples), keep_shortest)
-    report(store, args, ck, doc, "train", rows, opts, sums, optimal_traces)
+    by_task = new_by_task(split, rows)
+    sums = score(checker, split, iter_responses(store.responses, key, split, rows, args.samples), keep_shortest,
+                 by_task=by_task)
+    report(store, args, ck, doc, "train", rows, opts, sums, optimal_traces, by_task)
     info = {"source": doc["_id"], "source_uid": doc["uid"], "run_id": args.run_id, "step": ck["step"],
             "samples": args.samples, "temperature": float(opts.temperature), "max_tokens": opts.max_tokens,
             "seed": opts.seed, "rows": len(rows), "rule": "only-shorter" if args.only_shorter else "reference"}
