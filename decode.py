@@ -337,7 +337,8 @@ class Engine:
         while new < want:
             new = max(1, 2 * new)
         room = self.room(i + 1)  # a lane being resized is held until its rows are copied out
-        new = min(new, self.batch_size, max(0 if up is not None else 1, room // self.slot_bytes(self.caps[i + 1])))
+        fit = room // self.slot_bytes(self.caps[i + 1])
+        new = min(new, self.batch_size, fit if up is not None else max(1, fit))  # a lane opens with a slot at least
         if new > size:
             up = self.new_lane(new, self.caps[i + 1], room) if up is None else self.resize(up, new, room)
             self.lanes[i + 1] = up
