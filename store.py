@@ -276,6 +276,14 @@ class Store:
         r = self.runs.update_one(fenced(run_id, owner), {"$set": {"status": status, "error": error, "updated": now()}})
         return r.matched_count > 0
 
+    @retrying
+    def set_stopped_early(self, run_id, step, best_step, owner=None):
+        """Record that model selection (train.py --patience) ended the run at `step`, its best at best_step."""
+        r = self.runs.update_one(fenced(run_id, owner), {"$set": {"stopped_early": {"step": step, "best_step": best_step},
+                                                                   "updated": now()}})
+        if owner and r.matched_count == 0:
+            raise lost(run_id)
+
     def live_holder(self, run_id):
         """The owner of the run's unexpired training lease, or None."""
         lease = (self.runs.find_one({"_id": run_id}, {"lease": 1}) or {}).get("lease")
