@@ -74,7 +74,7 @@ from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, print_table, score, summarize
 from model import ModelConfig, Transformer
 from rollouts import MAX_TOKENS, Opts, batch_size_for, reportable_tasks, rollouts
-from store import check_name, connect, now
+from store import check_checkpoint, check_name, connect, now
 
 
 # ---------------------------------------------------------------------------------------------
@@ -352,7 +352,6 @@ def cmd_average(store, args, rank, world, device):
                 "run (reference scoring)" if args.scoring == "reference" else "run")
 
 
-CHECKPOINTS = ("latest", "best")
 CHECKPOINT_HELP = ("latest (default): the run's current checkpoint; best: the one with the best validation metric, "
                    "kept by runs trained with --patience")
 
@@ -369,7 +368,7 @@ def add_sampling_flags(p, samples, num_tasks, help_tasks):
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decode step (default: on GPU only; on CPU compiling takes minutes)")
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="latest", help=CHECKPOINT_HELP)
+    p.add_argument("--checkpoint", default="latest", metavar="{latest,best}", help=CHECKPOINT_HELP)
 
 
 def parse_args(argv):
@@ -406,7 +405,7 @@ def parse_args(argv):
                    help="results of rollouts after this trace prefix (default: none)")
     p.add_argument("--scoring", choices=["strict", "reference"], default="strict",
                    help="reference: the figures of the reference's lenient checker")
-    p.add_argument("--checkpoint", choices=CHECKPOINTS, default="latest",
+    p.add_argument("--checkpoint", default="latest", metavar="{latest,best}",
                    help="results of the run's latest checkpoint (default) or of its best (eval.py --checkpoint best)")
     p.set_defaults(fn=cmd_average)
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -426,6 +425,7 @@ def parse_args(argv):
                               "--batch-size >= 0")
         if args.temperature == 0 and args.samples > 1:
             raise ConfigError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
+    check_checkpoint(args.checkpoint)
     if getattr(args, "prefix_len", 0) < 0:
         raise ConfigError("need --prefix-len >= 0")
     for rid in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []):

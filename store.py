@@ -43,6 +43,17 @@ def check_name(value, what="run id"):
     return value
 
 
+CHECKPOINTS = ("latest", "best")  # a run's checkpoints: where a resume starts, and its best (train.py --patience)
+
+
+def check_checkpoint(value):
+    """A checkpoint name given on the command line (--checkpoint)."""
+    if value not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {shown(value)}: give --checkpoint latest (the run's current one) or "
+                          f"--checkpoint best (kept by runs trained with --patience)")
+    return value
+
+
 SECRET_OPTION = re.compile(r"password|secret|token|authmechanismproperties", re.IGNORECASE)
 
 
@@ -328,6 +339,7 @@ class Store:
     # checkpoints (the files themselves: checkpoint_store.py) -------------------------------
 
     def list_checkpoints(self):
-        return [{"run_id": d["_id"], **d["checkpoint"]}
-                for d in self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1}).sort("_id", 1)
-                if d.get("checkpoint")]
+        """Every run's checkpoints, its latest (`checkpoint`) then its best (train.py --patience), by run id."""
+        docs = self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1, "best": 1}).sort("_id", 1)
+        return [{"run_id": d["_id"], "which": which, **d[field]}
+                for d in docs for which, field in (("latest", "checkpoint"), ("best", "best")) if d.get(field)]
