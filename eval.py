@@ -19,9 +19,14 @@ With --prefix-len K a response continues `<bos> prompt <sep>` and the first K to
 stored (A*) trace (all of it when shorter); the response is scored and stored with that prefix.
 
 Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
-parameters (prefix length included), task, sample index), the tokens as little-endian uint16
-binary. Evaluating again reuses them; an interrupted evaluation resumes by generating only the
-missing ones.
+parameters (prefix length and --checkpoint best included), task, sample index), the tokens as
+little-endian uint16 binary. Evaluating again reuses them; an interrupted evaluation resumes by
+generating only the missing ones.
+
+Checkpoints and tasks. --checkpoint latest (default) samples the run's current checkpoint, best the
+one with its best validation metric (train.py --patience). On the test split results are reported on
+its first tasks, never on the run's validation tasks (train.py --eval-tasks E: the last E, and the
+rest of the wall layout they start in): a --num-tasks reaching them is refused.
 
 Metrics, per task i over its K responses (strict checking: a response must end with <eos>, hold
 only task tokens and a plan of `plan x y` states from its first `plan` token on, from start to
