@@ -20,7 +20,7 @@ import server
 from dataset import generation_rule
 from errors import CheckpointError, ConfigError, StoreError
 from metrics import print_table
-from store import check_name, connect
+from store import check_checkpoint, check_name, connect
 
 def fmt_time(t):
     return t.strftime("%Y-%m-%d %H:%M") if t else "-"
@@ -90,8 +90,17 @@ def show(store, args):
         ds = store.db.datasets.find_one({"_id": name}, {"task": 1, "params": 1}) if name else None
         if ds:  # datasets made before the reference's generation rules are flagged as such
             print(f"{key.split('_')[0]} dataset {name}: generation rule {generation_rule(ds)}")
-    ck = r.get("checkpoint")
+    ck, best = r.get("checkpoint"), r.get("best")
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
+    if best:  # train.py --patience
+        m = best.get("metrics") or {}
+        rate = f"validation optimal {m['optimal_pct']:.1f}%, " if m.get("optimal_pct") is not None else ""
+        print(f"best checkpoint: step {best['step']} ({rate}test loss {m.get('loss', float('nan')):.4f}), "
+              f"{best['size'] / 2**20:.1f} MiB")
+    if r.get("stopped_early"):
+        k = r["config"].get("patience")
+        print(f"stopped early at step {r['stopped_early']['step']}: {k} evaluations in a row without improvement "
+              f"(--patience {k}); best step {r['stopped_early']['best_step']}")
     print(f"{'step':>8} {'split':5} {'loss':>8} {'trace':>8} {'plan':>8} {'acc':>6}")
     for rec in store.get_logs(args.run_id):
         rollout = f"  rollouts: optimal {rec['rollout_optimal_pct']:.1f}%, correct {rec['rollout_correct_pct']:.1f}% " \
@@ -129,23 +138,25 @@ def bulk_drop_run(store, args):
 
 
 def list_all_checkpoints(store, args):
-    print(f"{'run id':40} {'step':>9} {'size MiB':>9}  time")
+    print(f"{'run id':40} {'step':>9} {'kind':6} {'size MiB':>9}  time")
     for ck in store.list_checkpoints():
-        print(f"{ck['run_id']:40} {ck['step']:>9} {ck['size'] / 2**20:>9.1f}  {fmt_time(ck['time'])}")
+        print(f"{ck['run_id']:40} {ck['step']:>9} {ck['which']:6} {ck['size'] / 2**20:>9.1f}  {fmt_time(ck['time'])}")
 
 
-def export_one(store, run_id, export_dir):
+def export_one(store, run_id, export_dir, which="latest"):
     export_dir = Path(export_dir)
-    final = export_dir / f"{run_id}.pt"
-    tmp = export_dir / f".{run_id}.pt.partial-{os.getpid()}"
-    for stale in export_dir.glob(f".{run_id}.pt.partial-*"):  # left by an export that was killed
+    stem = run_id if which == "latest" else f"{run_id}.best"
+    final = export_dir / f"{stem}.pt"
+    tmp = export_dir / f".{stem}.pt.partial-{os.getpid()}"
+    for stale in export_dir.glob(f".{stem}.pt.partial-*"):  # left by an export that was killed
         pid = stale.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not server.pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     for attempt in range(3):
-        info = store.require_run(run_id).get("checkpoint")
+        info = store.require_run(run_id).get("checkpoint" if which == "latest" else "best")
         if not info:
-            raise StoreError(f"run {run_id!r} has no checkpoint yet")
+            raise StoreError(f"run {run_id!r} has no checkpoint yet" if which == "latest" else
+                             f"run {run_id!r} has no best checkpoint (kept by runs trained with --patience)")
         try:
             export_dir.mkdir(parents=True, exist_ok=True)
             with store.fs.open_download_stream(info["id"]) as src, open(tmp, "wb") as dst:
@@ -162,15 +173,15 @@ def export_one(store, run_id, export_dir):
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-    print(f"exported {run_id} step {info['step']} to {final}")
+    print(f"exported {run_id} step {info['step']}{' (best)' if which == 'best' else ''} to {final}")
 
 
 def export_checkpoint(store, args):
-    export_one(store, args.run_id, args.export_dir)
+    export_one(store, args.run_id, args.export_dir, args.which)
 
 
 def bulk_export_checkpoint(store, args):
-    ids = args.run_id or [ck["run_id"] for ck in store.list_checkpoints()]
+    ids = args.run_id or [ck["run_id"] for ck in store.list_checkpoints() if ck["which"] == "latest"]
     for i in ids:
         store.require_run(i)
     for i in ids:
@@ -231,10 +242,13 @@ def main(argv=None):
     p.add_argument("--pattern", help="regular expression matched against whole run ids")
     p.add_argument("--force", action="store_true", help="drop them even while trainers hold them")
     p.set_defaults(fn=bulk_drop_run)
-    sub.add_parser("list-all-checkpoints", help="every run's checkpoint").set_defaults(fn=list_all_checkpoints)
-    p = sub.add_parser("export-checkpoint", help="write a run's checkpoint to DIR/<run id>.pt")
+    sub.add_parser("list-all-checkpoints", help="every run's checkpoints: its latest, and its best (--patience)"
+                   ).set_defaults(fn=list_all_checkpoints)
+    p = sub.add_parser("export-checkpoint", help="write a run's checkpoint to DIR/<run id>.pt (best: <run id>.best.pt)")
     p.add_argument("--run-id", required=True)
     p.add_argument("--export-dir", required=True)
+    p.add_argument("--checkpoint", dest="which", default="latest", metavar="{latest,best}",
+                   help="the run's latest checkpoint (default) or its best (kept by runs trained with --patience)")
     p.set_defaults(fn=export_checkpoint)
     p = sub.add_parser("bulk-export-checkpoint", help="export several (default: all) checkpoints")
     p.add_argument("--export-dir", required=True)
@@ -252,6 +266,8 @@ def main(argv=None):
     try:
         for rid in ([args.run_id] if isinstance(getattr(args, "run_id", None), str) else getattr(args, "run_id", None) or []):
             check_name(rid)  # validated before any database call
+        if args.cmd == "export-checkpoint":
+            check_checkpoint(args.which)
         if args.cmd == "import-checkpoint":
             args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before touching the database
             named = args.checkpoint["run_id"] if "run_id" in args.checkpoint else Path(args.filename).stem

@@ -43,6 +43,17 @@ def check_name(value, what="run id"):
     return value
 
 
+CHECKPOINTS = ("latest", "best")  # a run's checkpoints: where a resume starts, and its best (train.py --patience)
+
+
+def check_checkpoint(value):
+    """A checkpoint name given on the command line (--checkpoint)."""
+    if value not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {shown(value)}: give --checkpoint latest (the run's current one) or "
+                          f"--checkpoint best (kept by runs trained with --patience)")
+    return value
+
+
 SECRET_OPTION = re.compile(r"password|secret|token|authmechanismproperties", re.IGNORECASE)
 
 
@@ -276,6 +287,14 @@ class Store:
         r = self.runs.update_one(fenced(run_id, owner), {"$set": {"status": status, "error": error, "updated": now()}})
         return r.matched_count > 0
 
+    @retrying
+    def set_stopped_early(self, run_id, step, best_step, owner=None):
+        """Record that model selection (train.py --patience) ended the run at `step`, its best at best_step."""
+        r = self.runs.update_one(fenced(run_id, owner), {"$set": {"stopped_early": {"step": step, "best_step": best_step},
+                                                                   "updated": now()}})
+        if owner and r.matched_count == 0:
+            raise lost(run_id)
+
     def live_holder(self, run_id):
         """The owner of the run's unexpired training lease, or None."""
         lease = (self.runs.find_one({"_id": run_id}, {"lease": 1}) or {}).get("lease")
@@ -320,6 +339,7 @@ class Store:
     # checkpoints (the files themselves: checkpoint_store.py) -------------------------------
 
     def list_checkpoints(self):
-        return [{"run_id": d["_id"], **d["checkpoint"]}
-                for d in self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1}).sort("_id", 1)
-                if d.get("checkpoint")]
+        """Every run's checkpoints, its latest (`checkpoint`) then its best (train.py --patience), by run id."""
+        docs = self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1, "best": 1}).sort("_id", 1)
+        return [{"run_id": d["_id"], "which": which, **d[field]}
+                for d in docs for which, field in (("latest", "checkpoint"), ("best", "best")) if d.get(field)]

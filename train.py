@@ -45,7 +45,7 @@ import runguard
 import sweep
 from batches import Batcher, Prefetcher, Sequences
 from checkpoint import build, check_vocabulary, restore, start_from
-from checkpoint_store import load_checkpoint, save_checkpoint
+from checkpoint_store import load_checkpoint, point_best, save_checkpoint
 from dataset import filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from hparams import ADDED, LEGACY, TrainConfig
@@ -184,7 +184,8 @@ class Clock:
 
 class Training:
     """One rank's training of a run: setup() builds (or resumes) it, loop() runs it to train_steps,
-    with the periodic log, test evaluation and checkpoint."""
+    with the periodic log, test evaluation and checkpoint; with patience, it keeps the best checkpoint
+    and stops after that many evaluations in a row without a better one."""
 
     def __init__(self, cfg, run_id, flags, store, rank, world, device):
         self.cfg, self.run_id, self.flags, self.store, self.rank, self.world, self.device = \
@@ -202,6 +203,7 @@ class Training:
         self.model.activation_checkpointing = self.flags.activation_checkpointing
         # the train log's pending sums (loss_terms stats since the last log)
         self.step, self.sums = 0, torch.zeros(STATS, dtype=torch.float64, device=device)
+        self.selection = {"best": None, "stale": 0}  # the best evaluation so far, the evaluations since (select())
         self.resume_or_start(init)
         print0(f"{self.run_id}: model {cfg.model_size} ({self.model.num_params() / 1e6:.1f}M params), "
                f"{len(self.train_seqs)} train / {len(self.test_seqs)} test sequences, world size {self.world}, "
@@ -224,13 +226,18 @@ class Training:
                 raise CheckpointError(world_size_refusal(run_id, ckpt["world_size"], self.world))
             check_vocabulary(ckpt, self.vocab, f"the checkpoint of run {run_id!r}", cfg.train_name)
             try:
-                self.step, rng, log_sums = restore(ckpt, self.model, self.opt, self.sched, self.batcher, self.sums)
+                self.step, rng, log_sums, self.selection = restore(ckpt, self.model, self.opt, self.sched,
+                                                                   self.batcher, self.sums)
             except ValueError as e:
                 raise CheckpointError(f"the checkpoint of run {run_id!r} cannot be resumed: {e}") from None
             torch.set_rng_state(rng)
             if self.rank == 0:
                 self.sums = log_sums.to(self.device)  # other ranks' shares were folded into rank 0's at save time
                 self.store.truncate_logs(run_id, self.step, owner=self.flags.owner)
+                best = (self.selection["best"] or {}).get("step")
+                if cfg.patience and not point_best(self.store, run_id, best, owner=self.flags.owner):
+                    print0(f"note: the best checkpoint (step {best}) is not stored (an imported run): "
+                           f"the run has none until a better evaluation")
             print0(f"resuming {run_id} from step {self.step}")
         elif cfg.start_checkpoint:
             init = init or check_inputs(self.store, cfg, run_id)  # rank 0 loaded and checked it before starting the run
@@ -241,20 +248,41 @@ class Training:
     def loop(self, guard=None):
         cfg = self.cfg
         self.clock = Clock(self.device, self.step)
-        while self.step < cfg.train_steps:
+        while self.step < cfg.train_steps and not self.stopped():
             if guard is not None:
                 guard.check()
             lr = self.optimizer_step()
             due = lambda interval: self.step % interval == 0 or self.step == cfg.train_steps  # noqa: E731
             if due(cfg.log_interval):
                 self.log(lr)
-            if due(cfg.eval_interval):
-                self.test()
-            if due(cfg.checkpoint_interval):
+            if due(cfg.eval_interval) and self.test():
+                self.checkpoint("best")
+            if due(cfg.checkpoint_interval) or self.stopped():
                 self.checkpoint()
             testhook.pause(f"step-{self.step}")
         self.prefetch.close()
+        if self.stopped():
+            best = self.selection["best"]
+            if self.rank == 0:
+                self.store.set_stopped_early(self.run_id, self.step, best["step"], owner=self.flags.owner)
+            print0(f"stopped early at step {self.step}: {cfg.patience} evaluations in a row without improvement; "
+                   f"best checkpoint: step {best['step']}")
         return self.model
+
+    def stopped(self):
+        return self.cfg.patience > 0 and self.selection["stale"] >= self.cfg.patience
+
+    def select(self, metrics):
+        """Model selection (patience > 0): this evaluation is the new best when its greedy optimal rate on
+        the validation tasks is higher, or equal with a lower test loss (the test loss alone without
+        eval_tasks). Returns whether it is."""
+        best = self.selection["best"]
+        now = {"step": self.step, "loss": metrics["loss"], "optimal_pct": metrics.get("rollout_optimal_pct")}
+        rank = lambda m: (m["optimal_pct"] or 0.0, -m["loss"])  # noqa: E731
+        better = best is None or rank(now) > rank(best)
+        # every rank takes rank 0's decision (their metrics are reduced alike, but a tie must not split them)
+        self.selection = broadcast_obj({"best": now if better else best, "stale": 0 if better else self.selection["stale"] + 1})
+        return self.selection["best"]["step"] == self.step
 
     def optimizer_step(self):
         """One step over a global batch, this rank's share in micro-steps; returns the step's LR."""
@@ -303,26 +331,32 @@ class Training:
             metrics.update({f"rollout_{k}": v for k, v in greedy.items()})
         if self.rank == 0:
             self.store.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
+        better = cfg.patience > 0 and self.select(metrics)
         rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" if cfg.eval_tasks else ""
+        best = f" | best step {self.selection['best']['step']}" if cfg.patience else ""
         print0(f"step {self.step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f} | exact plan "
-               f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}")
+               f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}{best}")
         device_sync(self.device)
         clock.t0 = time.perf_counter()
         clock.eval_s = clock.t0 - t1
+        return better
 
-    def checkpoint(self):
+    def checkpoint(self, which="latest"):
+        """Save the training state as the run's latest checkpoint, or as its best (with the selection
+        metrics of this step's evaluation)."""
         clock = self.clock
         t1 = clock.pause()
         all_sum(self.sums)  # fold every rank's pending log sums into rank 0's, which the checkpoint keeps
         if self.rank != 0:
             self.sums.zero_()
         if self.rank == 0:
-            save_checkpoint(self.store, self.run_id, self.step, owner=self.flags.owner, state={
+            best = self.selection["best"] if which == "best" else None
+            save_checkpoint(self.store, self.run_id, self.step, owner=self.flags.owner, which=which, metrics=best, state={
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "run_id": self.run_id, "step": self.step,
                 "data": self.prefetch.state_dict(), "rng": {"cpu": torch.get_rng_state()},
                 "log_acc": self.sums.cpu(), "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
-                "vocabulary": self.vocab, "world_size": self.world})
+                "vocabulary": self.vocab, "world_size": self.world, "selection": self.selection})
         clock.t0 = time.perf_counter()
         clock.checkpoint_s = clock.t0 - t1
 
@@ -393,16 +427,17 @@ def resolve_config(args, defaults=None):
 
 
 def settle_legacy(store, args, cfg):
-    """A run stored before the reference's training rules became the defaults trained under the old
-    ones: a relaunch takes those for what its flags leave out (so the same command resumes it as it
-    trained), and its stored config gains the new keys with their old values."""
+    """A run stored before a key existed (hparams.ADDED) trained with that key's old value, and one stored
+    before the reference's training rules became the defaults under the old defaults (LEGACY): a relaunch
+    takes those for what its flags leave out (so the same command resumes it as it trained), and its
+    stored config gains the missing keys with their old values."""
     doc = store.get_run(args.run_id)
-    if doc is None or all(k in doc["config"] for k in ADDED):
+    missing = [k for k in ADDED if doc is not None and k not in doc["config"]]
+    if not missing:
         return cfg
-    cfg = resolve_config(args, LEGACY)
-    missing = [k for k in ADDED if k not in doc["config"]]
+    cfg = resolve_config(args, {**(LEGACY if "loss_norm" in missing else {}), **{k: ADDED[k] for k in missing}})
     store.runs.update_one({"_id": args.run_id, **{f"config.{k}": {"$exists": False} for k in missing}},
-                       {"$set": {f"config.{k}": LEGACY[k] for k in missing}})
+                       {"$set": {f"config.{k}": ADDED[k] for k in missing}})
     return cfg
 
 

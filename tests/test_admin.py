@@ -108,6 +108,40 @@ def test_list_all_checkpoints(runs):
     assert [l.split()[:2] for l in out[1:]] == [["alpha", "10"], ["beta", "20"]]
 
 
+def test_best_checkpoints_are_listed_shown_exported_and_dropped(runs, tmp_path):
+    """A run trained with --patience keeps its best checkpoint beside its latest: list-all-checkpoints
+    and show say which step each holds, export-checkpoint --checkpoint best writes the best, and
+    drop-run deletes both."""
+    state = load_checkpoint(runs, "alpha")
+    metrics = {"step": 5, "loss": 0.5, "optimal_pct": 40.0}
+    checkpoint_store.save_checkpoint(runs, "alpha", 5, {**state, "step": 5}, which="best", metrics=metrics)
+    runs.runs.update_one({"_id": "alpha"}, {"$set": {"stopped_early": {"step": 10, "best_step": 5},
+                                                     "config.patience": 2}})
+    out = ok("list-all-checkpoints").splitlines()
+    assert [l.split()[:3] for l in out[1:]] == [["alpha", "10", "latest"], ["alpha", "5", "best"],
+                                                ["beta", "20", "latest"]]
+    out = ok("show", "--run-id", "alpha")
+    assert "checkpoint: step 10," in out and "best checkpoint: step 5 (validation optimal 40.0%, test loss 0.5000)" in out
+    assert "stopped early at step 10: 2 evaluations in a row without improvement (--patience 2); best step 5" in out
+    assert "best checkpoint" not in ok("show", "--run-id", "beta")
+    assert "exported alpha step 5 (best)" in ok("export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path,
+                                                "--checkpoint", "best")
+    assert "exported alpha step 10 to" in ok("export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path)
+    for name, field in (("alpha.best.pt", "best"), ("alpha.pt", "checkpoint")):
+        assert (tmp_path / name).read_bytes() == runs.fs.open_download_stream(runs.get_run("alpha")[field]["id"]).read()
+    assert torch.load(tmp_path / "alpha.best.pt", weights_only=True)["step"] == 5
+    refused(runs, "export-checkpoint", "--run-id", "beta", "--export-dir", tmp_path / "none", "--checkpoint", "best",
+            words=["no best checkpoint", "--patience"])
+    refused(runs, "export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path / "none", "--checkpoint", "newest",
+            words=["unknown checkpoint 'newest'", "--checkpoint best"])
+    # a latest save keeps the best; a drop deletes both
+    checkpoint_store.save_checkpoint(runs, "alpha", 15, {**state, "step": 15})
+    assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "alpha"}) == 2
+    assert load_checkpoint(runs, "alpha", which="best")["step"] == 5
+    ok("drop-run", "--run-id", "alpha")
+    assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "alpha"}) == 0
+
+
 def test_export_and_bulk_export(runs, tmp_path):
     assert "exported alpha step 10" in ok("export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path / "one")
     assert [p.name for p in (tmp_path / "one").iterdir()] == ["alpha.pt"]

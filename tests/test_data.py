@@ -141,3 +141,44 @@ def test_every_task_of_a_layout_is_kept_in_one_split(store):
     prompts = [[vocab[i] for i in part.get(r, "prompt")] for r in first]
     assert len({tuple(p[:6]) for p in prompts}) == len(first) > 1  # distinct (start, goal) pairs
     assert len({tuple(p[6:]) for p in prompts}) == 1  # on one wall layout
+
+
+def test_shuffle_traces_keeps_prompts_and_plans_permutes_traces_and_is_reproducible(store):
+    """data.py shuffle-traces: every training task keeps its prompt and plan and carries another task's
+    trace (a permutation of the traces, none kept), the test split is copied, the same seed gives the
+    same dataset, the source and seed are shown, and the result trains."""
+    generate.generate_maze(store.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
+    code, out, err = call(data.main, "shuffle-traces", NAME, "--seed", "3")
+    assert code == 0 and not err and f"wrote dataset shuffled.{NAME}" in out
+    src, new = (dataset.load_split(store.db, n, "train") for n in (NAME, f"shuffled.{NAME}"))
+    assert np.array_equal(src.ids, new.ids)
+    docs = {d["_id"]: d for d in store.db[f"ds.shuffled.{NAME}.{dataset.get_dataset(store.db, f'shuffled.{NAME}')['uid']}.train"].find()}
+    perm = [docs[int(i)]["trace_of"] for i in new.ids]
+    assert sorted(perm) == sorted(src.ids.tolist()) and all(p != i for p, i in zip(perm, new.ids))
+    for r in range(len(src.ids)):
+        assert np.array_equal(new.get(r, "prompt"), src.get(r, "prompt"))
+        assert np.array_equal(new.get(r, "plan"), src.get(r, "plan"))
+        assert np.array_equal(new.get(r, "trace"), src.get(perm[r], "trace"))
+    same_split(dataset.load_split(store.db, NAME, "test"), dataset.load_split(store.db, f"shuffled.{NAME}", "test"))
+    # reproducible from its seed; another seed, another permutation
+    for seed, name in (("3", "again"), ("4", "other")):
+        assert call(data.main, "shuffle-traces", NAME, "--seed", seed, "--name", name)[0] == 0
+    same_split(new, dataset.load_split(store.db, "again", "train"))
+    assert not np.array_equal(new.flat["trace"], dataset.load_split(store.db, "other", "train").flat["trace"])
+    assert f"traces shuffled from {NAME} (seed 3)" in call(data.main, "list")[1]
+    assert f"derived: traces shuffled from {NAME} (seed 4)" in call(data.main, "show", "other")[1]
+    # refusals: one line each, nothing written
+    writer = dataset.DatasetWriter(store.db, "plans", "maze", {"n": 10}, dataset.get_dataset(store.db, NAME)["vocabulary"][4:])
+    for r in range(3):
+        writer.add("train", src.get(r, "prompt"), [], src.get(r, "plan"), dataset.digest(bytes([r])))
+    writer.commit()
+    before = sorted(store.db.list_collection_names())
+    for argv, msg in ((["nope"], "dataset 'nope' does not exist"), (["plans"], "has no traces (plan-only)"),
+                      ([NAME, "--seed", "3"], "exists; pass --overwrite"), ([NAME, "--name", NAME], "into itself"),
+                      ([NAME, "--seed", "-1"], "--seed must be >= 0")):
+        code, out, err = call(data.main, "shuffle-traces", *argv)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and msg in err, (argv, err)
+    assert sorted(store.db.list_collection_names()) == before
+    r = run_cli("train.py", "single", "--run-id", "control", "--train-name", f"shuffled.{NAME}", "--model-size", "tiny",
+                "--train-steps", "2", "--batch-size", "4", "--log-interval", "1", "--num-test-sequences", "4")
+    assert "step 2/2" in r.stdout

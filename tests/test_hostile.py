@@ -158,7 +158,12 @@ def test_checkpoint_files_that_would_crash_a_resume_are_refused(store, exported,
            "log sums of another shape": {**ck, "log_acc": torch.zeros(3, dtype=torch.float64)},
            "scheduler behind the step": {**ck, "scheduler": {**ck["scheduler"], "last_epoch": 3}},
            "model_config of another size": {**ck, "model_config": {**ck["model_config"], "n_layer": 1}},
-           "world size zero": {**ck, "world_size": 0}}
+           "world size zero": {**ck, "world_size": 0},
+           "selection without its count": {**ck, "selection": {"best": None}},
+           "best after the step": {**ck, "selection": {"best": {"step": ck["step"] + 1, "loss": 1.0, "optimal_pct": None},
+                                                       "stale": 0}},
+           "best loss as a string": {**ck, "selection": {"best": {"step": 1, "loss": "1", "optimal_pct": None},
+                                                         "stale": 0}}}
     before = snapshot(store.db)
     for kind, content in bad.items():
         path = tmp_path / f"{kind.replace(' ', '-')}.pt"

@@ -374,8 +374,105 @@ def test_step_timing_waits_for_the_device(monkeypatch):
 
 @pytest.mark.parametrize("flags,msg", [(["--lr", "-1e-3"], "lr > 0"), (["--lr", "-.5"], "lr > 0"),
                                        (["--seed", "-3"], "'seed' must not be negative"),
+                                       (["--patience", "-1"], "'patience' must not be negative"),
                                        (["--min-lr-ratio", "-1E-2"], "min_lr_ratio")])
 def test_negative_numbers_reach_the_value_check(flags, msg):
     r = run_cli("train.py", "single", "--run-id", "x", *flags, "--dry-run", check=False)
     assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "expected one argument" not in r.stderr
+
+
+# --- model selection: --patience and the best checkpoint ----------------------------------------
+
+# a constant, high learning rate: the test loss goes up and down, so patience 2 stops the run early
+PATIENT = [*FAST, "--eval-interval", "5", "--lr", "3e-2", "--lr-schedule", "constant", "--train-steps", "80",
+           "--patience", "2", "--seed", "0"]
+
+
+def stop_by_the_rule(test_losses, patience):
+    """(stop step, best step) from a run's test losses by the selection rule, worked out here."""
+    best, stale = None, 0
+    for step, loss in test_losses:
+        best, stale = ((step, loss), 0) if best is None or loss < best[1] else (best, stale + 1)
+        if stale >= patience:
+            return step, best[0]
+    return None, best[0]
+
+
+def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(store, pauses):
+    """A run with --patience stops after that many evaluations without a lower test loss, keeps the best
+    checkpoint beside the latest and records both; one killed after saving a best that its latest
+    checkpoint does not know yet, and relaunched, points back at the earlier best, then stops at the
+    same step with the same best as an uninterrupted one."""
+    make_toy_dataset(store.db)
+    r = run_cli("train.py", "single", "--run-id", "straight", *PATIENT)
+    tests = [(n, loss) for split, n, loss, _ in losses(store, "straight") if split == "test"]
+    stop, best = stop_by_the_rule(tests, 2)
+    assert stop is not None and stop < 80, tests  # it did stop early, where the rule says
+    run = store.get_run("straight")
+    assert run["status"] == "finished" and run["step"] == stop and run["checkpoint"]["step"] == stop
+    assert run["stopped_early"] == {"step": stop, "best_step": best} and run["best"]["step"] == best
+    assert f"stopped early at step {stop}: 2 evaluations in a row without improvement; best checkpoint: step {best}" \
+        in r.stdout
+    ck = load_checkpoint(store, "straight", which="best")
+    assert ck["step"] == best and ck["selection"] == {"best": {"step": best, "loss": dict(tests)[best],
+                                                               "optimal_pct": None}, "stale": 0}
+    files = list(store.db["checkpoints.files"].find({"metadata.run_id": "straight"}))
+    assert sorted(f["_id"] for f in files) == sorted([run["checkpoint"]["id"], run["best"]["id"]])
+
+    # killed right after the best of step 25 is saved, before any checkpoint records it (latest: step 20)
+    assert best == 25 and stop == 35, "the kill below is placed for this trajectory"
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *PATIENT], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env("step-25")})
+    pauses.wait("step-25", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = store.get_run("killed")
+    assert killed["checkpoint"]["step"] == 20 and killed["best"]["step"] == 25
+    store.runs.update_one({"_id": "killed"}, {"$set": {"lease.expires": 0}})
+    relaunch = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *PATIENT], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, **pauses.env("step-21")})
+    pauses.wait("step-21", relaunch)
+    assert store.get_run("killed")["best"]["step"] == 15  # what its step-20 checkpoint recorded
+    pauses.release("step-21")
+    out, _ = relaunch.communicate(timeout=300)
+    assert relaunch.returncode == 0 and "resuming killed from step 20" in out
+    killed = store.get_run("killed")
+    assert killed["status"] == "finished" and killed["stopped_early"] == run["stopped_early"]
+    assert killed["best"]["step"] == best and killed["best"]["metrics"] == run["best"]["metrics"]
+    assert_same_weights(load_checkpoint(store, "straight", which="best")["model"],
+                        load_checkpoint(store, "killed", which="best")["model"])
+    assert_same_weights(weights(store, "straight"), weights(store, "killed"))
+    assert losses(store, "straight") == losses(store, "killed")
+    files = list(store.db["checkpoints.files"].find({"metadata.run_id": "killed"}))
+    assert len(files) == 2  # the killed process's best and the superseded ones are gone
+    # relaunching a run that stopped early trains no further
+    again = run_cli("train.py", "single", "--run-id", "killed", *PATIENT).stdout
+    assert f"resuming killed from step {stop}" in again and "stopped early" in again and "step 40" not in again
+    assert store.get_run("killed")["checkpoint"]["step"] == stop
+
+
+def test_the_selection_metric_is_the_validation_optimal_rate_then_the_test_loss():
+    import train
+    t = train.Training.__new__(train.Training)
+    t.selection = {"best": None, "stale": 0}
+    for step, optimal, loss, new_best in [(5, 10.0, 2.0, True), (10, 20.0, 2.5, True),  # a higher rate wins
+                                          (15, 20.0, 2.6, False), (20, 10.0, 1.0, False),  # not a higher loss or
+                                          (25, 20.0, 2.4, True)]:  # a lower rate; an equal rate and lower loss
+        t.step = step
+        assert t.select({"loss": loss, "rollout_optimal_pct": optimal}) == new_best
+    assert t.selection == {"best": {"step": 25, "loss": 2.4, "optimal_pct": 20.0}, "stale": 0}
+    t.selection, t.step = {"best": {"step": 5, "loss": 2.0, "optimal_pct": None}, "stale": 0}, 10
+    assert not t.select({"loss": 2.0}) and t.selection["stale"] == 1  # without --eval-tasks: the test loss alone
+    t.step = 15
+    assert t.select({"loss": 1.9}) and t.selection["stale"] == 0
+
+
+def test_a_run_stored_before_patience_existed_resumes(store):
+    """A stored config without the patience key (made before it existed) gains it with 0 on relaunch."""
+    make_toy_dataset(store.db)
+    args = ["train.py", "single", "--run-id", "pre", *FAST, "--train-steps", "5"]
+    run_cli(*args)
+    store.runs.update_one({"_id": "pre"}, {"$unset": {"config.patience": ""}})
+    r = run_cli(*args)
+    assert "resuming pre from step 5" in r.stdout and store.get_run("pre")["config"]["patience"] == 0
