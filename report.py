@@ -60,7 +60,6 @@ from store import check_name, connect  # noqa: E402
 PERCENTS = [("optimal_pct", "optimal %"), ("correct_pct", "correct %")]
 RATIOS = [("swc", "SWC"), ("ilr_solved", "ILR-solved"), ("ilr_optimal", "ILR-optimal")]
 KINDS = ("search-augmented", "shuffled-trace", "solution-only")  # efficiency's lines, in this order
-SHUFFLE_KEYS = ("shuffle_traces", "shuffled_from")  # a training dataset's params marking shuffled traces
 COMPARE_COLUMNS = [("step", "step", "{}"), ("checkpoint", "checkpoint", "{}"), ("optimal_pct", "optimal %", "{:.1f}"),
                    ("optimal_pct_diff", "Δ optimal %", "{:+.1f}"), ("common", "common tasks", "{}"),
                    ("trace_ratio", "trace/A*", "{:.3f}"), ("trace_ratio_diff", "Δ trace/A*", "{:+.3f}")]
@@ -247,7 +246,7 @@ def run_kind(store, cfg):
     count = min(cfg["num_train_sequences"] or math.inf, doc["counts"]["train"])
     if cfg["plan_only"]:
         return "solution-only", count
-    shuffled = any(k in doc.get("params", {}) for k in SHUFFLE_KEYS)
+    shuffled = "shuffled_traces" in doc.get("params", {})  # data.py shuffle-traces
     return ("shuffled-trace" if shuffled else "search-augmented"), count
 
 

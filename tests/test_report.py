@@ -123,7 +123,7 @@ def add_run(store, run_id, solved, trace=None, train_name="plain", num_train=0, 
 
 def test_efficiency_groups_runs_by_kind_and_training_tasks(store, tmp_path):
     add_dataset(store, "plain")
-    add_dataset(store, "shuffled", shuffle_traces={"from": "plain", "seed": 1})
+    add_dataset(store, "shuffled", shuffled_traces={"source": "plain", "seed": 1})
     later = T0 + datetime.timedelta(hours=1)
     add_run(store, "s100a", range(4), num_train=100, step=80, checkpoint="best")
     add_run(store, "s100a", range(9), num_train=100, checkpoint="latest", time=later)  # newer, but not the best
