@@ -1,4 +1,4 @@
-"""Train one run: `train.py single --run-id ID [flags]` or `train.py sweep --run-id ID --index N --sweep F`.
+"""Train one run: `train.py single --run-id ID [flags]` or `train.py sweep --index N --sweep F [--run-id ID]`.
 
 Runs as a plain process or under torchrun (DDP; gloo on CPU, NCCL on GPU). Hyper-parameters, logs
 and checkpoints live in MongoDB under the run id; launching an existing id resumes it exactly.
@@ -346,8 +346,9 @@ def add_config_flags(ap):
             ap.add_argument(flag, type=f.type, default=None, metavar=f.type.__name__.upper())
 
 
-def add_runtime_flags(ap):
-    ap.add_argument("--run-id", required=True, help="the run's id: launching an existing id resumes it")
+def add_runtime_flags(ap, run_id_help=None):
+    ap.add_argument("--run-id", required=run_id_help is None,
+                    help=run_id_help or "the run's id: launching an existing id resumes it")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved hyper-parameters and exit")
     ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -375,10 +376,14 @@ def parse_args(argv):
     add_runtime_flags(single)
     add_config_flags(single)
     sw = sub.add_parser("sweep", help="one entry of a sweep file")
-    add_runtime_flags(sw)
+    add_runtime_flags(sw, "the run's id (default: <sweep file stem>-<index>, or <base>-<index>-step-<k> for a step "
+                          "file <base>-step-<k>.json); launching an existing id resumes it")
     sw.add_argument("--sweep", required=True, help="JSON list of hyper-parameter dicts")
     sw.add_argument("--index", type=int, required=True, help="entry index (e.g. a job array's index)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.mode == "sweep" and args.run_id is None:
+        args.run_id = sweep.run_id(args.sweep, args.index)
+    return args
 
 
 def resolve_config(args, defaults=None):
