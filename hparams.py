@@ -79,9 +79,8 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and betas in [0, 1)")
         if self.model_size not in SIZES:
             raise ValueError(f"hyper-parameter 'model_size' must be one of {', '.join(SIZES)}, got {self.model_size!r}")
-        for key, allowed in (("lr_schedule", ("cosine", "constant")), ("loss_norm", ("sequence", "token")),
-                             ("decay_params", ("all", "matrices"))):
-            if getattr(self, key) not in allowed:
+        for key, allowed in CHOICES.items():
+            if key != "model_size" and getattr(self, key) not in allowed:
                 raise ValueError(f"hyper-parameter {key!r} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
         store.check_name(self.train_name, "dataset name")
         for key in ("test_name", "start_checkpoint"):
@@ -105,6 +104,10 @@ class TrainConfig:
         t = min(1.0, (step - self.warmup_steps) / max(1, self.train_steps - self.warmup_steps))
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
+
+# the values a string hyper-parameter may take
+CHOICES = {"model_size": tuple(SIZES), "lr_schedule": ("cosine", "constant"), "loss_norm": ("sequence", "token"),
+           "decay_params": ("all", "matrices")}
 
 # the defaults before the reference's training rules became the defaults; ADDED: the keys that came with
 # them, so a stored config without them was made under the old defaults
