@@ -183,6 +183,9 @@ def main(argv=None):
         (make if args.cmd in ("maze", "sokoban", "astar-stats", "import") else inspect)(db, args)
     except errors.REPORTED as e:  # a PyMongoError too: e.g. the database went away mid-command
         sys.exit(errors.exit_message(e))
+    except KeyboardInterrupt:  # generation saves its progress chunk by chunk
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
