@@ -42,20 +42,23 @@ def status_of(doc):
     died, or gave up on the database, without a word) is `interrupted`; with the time since it was
     last seen. Reading only: nothing is written."""
     status, lease = doc.get("status", "-"), doc.get("lease")
+    if status == "interrupted":  # stopped by a signal (train.py), at a step boundary
+        return status, None
     if status != "running" or (lease and lease.get("expires", 0) > time.time()):
         return status, None
     seen = (lease or {}).get("seen") or (doc["updated"].timestamp() if doc.get("updated") else None)
     return "interrupted", (time.time() - seen if seen else None)
 
 
-def interrupted_note(age):
-    return (f"trainer last seen {fmt_age(age)} ago" if age is not None else "trainer gone") + \
-        "; relaunch the same command to resume"
+def interrupted_note(run_id, age):
+    return (f"trainer last seen {fmt_age(age)} ago" if age is not None else "stopped") + \
+        f"; continue with `python train.py single --run-id {run_id}`"
 
 
 def fmt_optimal(store, run_id):
-    """optimal % of the run's latest evaluation by eval.py."""
-    res = store.results.find_one({"run_id": run_id}, sort=[("time", -1)])
+    """optimal % of the run's latest evaluation on the test split by eval.py (not a bootstrap's, which is
+    on the train split)."""
+    res = store.results.find_one({"run_id": run_id, "params.split": "test"}, sort=[("time", -1)])
     return f"{res['metrics']['optimal_pct']:.1f}" if res else "-"
 
 
@@ -72,7 +75,7 @@ def list_all(store, args):
         if r.get("status") == "failed" and r.get("error"):
             print(f"{'':40}   error: {r['error'].splitlines()[0][:100]}")
         if status == "interrupted":
-            print(f"{'':40}   {interrupted_note(age)}")
+            print(f"{'':40}   {interrupted_note(r['_id'], age)}")
     if not runs:
         print("(no runs)")
 
@@ -80,7 +83,7 @@ def list_all(store, args):
 def show(store, args):
     r = store.require_run(args.run_id)
     status, age = status_of(r)
-    note = f" ({interrupted_note(age)})" if status == "interrupted" else ""
+    note = f" ({interrupted_note(r['_id'], age)})" if status == "interrupted" else ""
     print(f"run {r['_id']}: {status}{note} at step {r.get('step', 0)}, world size {r.get('world_size', '-')}, "
           f"host {r.get('host', '-')}, updated {fmt_time(r.get('updated'))}")
     for k, v in r["config"].items():
@@ -231,7 +234,9 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list-all", help="all runs with status, step, dataset, size and last losses").set_defaults(fn=list_all)
     p = sub.add_parser("show", help="one run: hyper-parameters, checkpoint and loss curve")
-    p.add_argument("--run-id", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("run", nargs="?", metavar="RUN", help="the run id (as `data.py show NAME` takes a name)")
+    g.add_argument("--run-id", help="the same, as a flag")
     p.set_defaults(fn=show)
     p = sub.add_parser("drop-run", help="delete a run with its logs and checkpoints")
     p.add_argument("--run-id", required=True)
@@ -263,6 +268,8 @@ def main(argv=None):
     p.add_argument("action", choices=["status", "stop"])
     p.set_defaults(fn=db_cmd)
     args = ap.parse_args(argv)
+    if getattr(args, "run", None) is not None:
+        args.run_id = args.run
     try:
         for rid in ([args.run_id] if isinstance(getattr(args, "run_id", None), str) else getattr(args, "run_id", None) or []):
             check_name(rid)  # validated before any database call

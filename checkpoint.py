@@ -134,9 +134,12 @@ def read_exported(path):
     all into memory (mmap); raises CheckpointError on anything that is not a whole, valid checkpoint."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a valid checkpoint file ({reason})") from None
+    except Exception as e:  # in the project's words: torch's say what its loader met, not what the file is
+        unsafe = "weights only load failed" in str(e).lower()  # torch's weights_only refusal
+        reason = ("it holds objects other than tensors and plain data, which no checkpoint does (refused "
+                  "without loading them)" if unsafe else "not a whole file written by `python admin.py "
+                  "export-checkpoint` (empty, cut short, or another format)")
+        raise CheckpointError(f"{path}: not a valid checkpoint file: {reason}") from None
     if not isinstance(ck, dict) or not KEYS <= ck.keys():
         raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - set(ck) if isinstance(ck, dict) else KEYS)})")
     try:

@@ -77,6 +77,7 @@ def parse_args(argv):
                    help="the reference's nondeterministic A*: shuffled children, coin-flip f-ties")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument("--name", help="the dataset's name (default: the standard one, printed when written)")
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--chunk", type=int, default=16,
                    help="wall layouts per seeded job, about 17 tasks each (part of the dataset's identity)")
@@ -86,6 +87,7 @@ def parse_args(argv):
     p.add_argument("--max-trace-tokens", type=int, default=10000, help="keep levels whose trace is shorter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument("--name", help="the dataset's name (default: the standard one, printed when written)")
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--chunk", type=int, default=64, help="levels per seeded job (part of the dataset's identity)")
     p = sub.add_parser("astar-stats", help="store each test task's mean A* trace length (for ILR)")
@@ -112,7 +114,7 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="the permutation's seed (default 0)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     sub.add_parser("list", help="list datasets")
-    p = sub.add_parser("drop", help="delete a dataset")
+    p = sub.add_parser("drop", help="delete a dataset, and its local cache on this machine")
     p.add_argument("name")
     p = sub.add_parser("show", help="counts and length statistics of a dataset, or one task with --id")
     p.add_argument("name")
@@ -124,8 +126,10 @@ def parse_args(argv):
 def check_args(args):
     """Refuse values no command can use, and bad dataset names, before any database call."""
     if args.cmd in ("maze", "sokoban"):
-        if args.num_train < 0 or args.num_test < 0 or args.workers < 1 or args.chunk < 1:
-            raise ConfigError("--num-train/--num-test must be >= 0, --workers and --chunk >= 1")
+        for flag, value, least in (("--num-train", args.num_train, 1), ("--num-test", args.num_test, 0),
+                                   ("--workers", args.workers, 1), ("--chunk", args.chunk, 1)):
+            if value < least:  # no train sequences: nothing to train on
+                raise ConfigError(f"{flag} must be >= {least}, got {value}")
         if args.cmd == "maze" and args.size < 3:
             raise ConfigError("--size must be >= 3")
         if args.cmd == "sokoban" and args.max_trace_tokens < 100:  # shorter traces are too rare to fill a set
@@ -149,11 +153,11 @@ def make(db, args):
     """The commands that write a dataset: maze, sokoban, astar-stats, shuffle-traces, import."""
     if args.cmd == "maze":
         name = generate_maze(db, args.size, args.num_train, args.num_test, args.nondeterministic, args.seed,
-                             args.overwrite, args.workers, args.chunk)
+                             args.overwrite, args.workers, args.chunk, args.name)
         print(f"wrote dataset {name}")
     elif args.cmd == "sokoban":
         name = generate_sokoban(db, args.num_train, args.num_test, args.seed, args.overwrite, args.workers,
-                                args.max_trace_tokens, args.chunk)
+                                args.max_trace_tokens, args.chunk, args.name)
         print(f"wrote dataset {name}")
     elif args.cmd == "astar-stats":
         n = astar_stats(db, args.name, args.split, args.runs, args.limit, args.seed, args.workers)
@@ -204,6 +208,9 @@ def main(argv=None):
         (make if args.cmd in ("maze", "sokoban", "astar-stats", "shuffle-traces", "import") else inspect)(db, args)
     except errors.REPORTED as e:  # a PyMongoError too: e.g. the database went away mid-command
         sys.exit(errors.exit_message(e))
+    except KeyboardInterrupt:  # generation saves its progress chunk by chunk
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

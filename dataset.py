@@ -187,6 +187,8 @@ def origin(doc):
 
 
 def drop_dataset(db, name):
+    """The dataset in the database, and its local cache on this machine (other machines' caches are keyed
+    by its generation's uid: a new dataset of that name never reads them)."""
     doc = db.datasets.find_one({"_id": check_name(name, "dataset name")})
     if doc is None:
         raise DataError(f"no dataset named {name!r} (see `python data.py list`)")
@@ -194,6 +196,7 @@ def drop_dataset(db, name):
         for split in ("train", "test"):
             db[f"ds.{name}.{uid}.{split}"].drop()
     db.datasets.delete_one({"_id": name})
+    shutil.rmtree(cache_dir() / name, ignore_errors=True)
 
 
 def generation_rule(doc) -> str:

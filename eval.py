@@ -431,14 +431,16 @@ def parse_args(argv):
         except re.error as e:
             raise ConfigError(f"--pattern is not a regular expression: {e}") from None
     if args.cmd != "average":
-        if args.num_tasks < 0 or args.samples < 1 or args.temperature < 0 or args.max_tokens < 0 or args.batch_size < 0:
-            raise ConfigError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
-                              "--batch-size >= 0")
+        for flag, value, least in (("--num-tasks", args.num_tasks, 0), ("--samples", args.samples, 1),
+                                   ("--temperature", args.temperature, 0), ("--max-tokens", args.max_tokens, 0),
+                                   ("--batch-size", args.batch_size, 0)):
+            if not value >= least:  # a NaN temperature too
+                raise ConfigError(f"{flag} must be >= {least}, got {value}")
         if args.temperature == 0 and args.samples > 1:
             raise ConfigError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
     check_checkpoint(args.checkpoint)
     if getattr(args, "prefix_len", 0) < 0:
-        raise ConfigError("need --prefix-len >= 0")
+        raise ConfigError(f"--prefix-len must be >= 0, got {args.prefix_len}")
     for rid in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []):
         check_name(rid)
     return args
@@ -463,6 +465,10 @@ def main(argv=None):
         args.fn(connect(retry_s=60.0), args, rank, world, device)
     except errors.REPORTED as e:
         sys.exit(errors.exit_message(e))
+    except KeyboardInterrupt:  # the responses stored so far are kept: the same command continues
+        if rank == 0:
+            print("interrupted; run the same command again to continue (stored responses are reused)", file=sys.stderr)
+        sys.exit(130)
     finally:
         if world > 1:
             dist.destroy_process_group()

@@ -81,9 +81,8 @@ class TrainConfig:
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and betas in [0, 1)")
         if self.model_size not in SIZES:
             raise ValueError(f"hyper-parameter 'model_size' must be one of {', '.join(SIZES)}, got {self.model_size!r}")
-        for key, allowed in (("lr_schedule", ("cosine", "constant")), ("loss_norm", ("sequence", "token")),
-                             ("decay_params", ("all", "matrices"))):
-            if getattr(self, key) not in allowed:
+        for key, allowed in CHOICES.items():
+            if key != "model_size" and getattr(self, key) not in allowed:
                 raise ValueError(f"hyper-parameter {key!r} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
         store.check_name(self.train_name, "dataset name")
         for key in ("test_name", "start_checkpoint"):
@@ -108,8 +107,9 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+# the values a string hyper-parameter may take
+CHOICES = {"model_size": tuple(SIZES), "lr_schedule": ("cosine", "constant"), "loss_norm": ("sequence", "token"),
+           "decay_params": ("all", "matrices")}
+
 # the keys added after runs were stored, each with the value a stored config without it trained with
 ADDED = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0}
-# the defaults before the reference's training rules became the defaults: a stored config without
-# loss_norm (which came with them) was made under these
-LEGACY = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "grad_clip": 1.0}

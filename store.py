@@ -236,7 +236,8 @@ class Store:
         return list(self.runs.find(query).sort("_id", 1))
 
     def start_run(self, run_id, config, owner, lease_s, world_size, host):
-        """Create the run or re-open it for resuming; refuses a changed config or a live holder.
+        """Create the run or re-open it for resuming; refuses a changed config or a live holder, except
+        that a raised train_steps extends the run (the stored config takes it).
 
         Returns the run document as it was before this call (None for a new run)."""
         check_name(run_id)
@@ -252,10 +253,12 @@ class Store:
             except DuplicateKeyError:
                 doc = self.runs.find_one({"_id": run_id})
         diff = sorted(k for k in set(config) | set(doc["config"]) if config.get(k) != doc["config"].get(k))
-        if diff:
+        extend = diff == ["train_steps"] and config["train_steps"] > doc["config"]["train_steps"]
+        if diff and not extend:
             changes = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
-            raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({changes}); "
-                             f"use a new --run-id or drop it with `python admin.py drop-run --run-id {run_id}`")
+            raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({changes}); only --train-steps "
+                             f"may change, raised, to extend it; use a new --run-id or drop it with "
+                             f"`python admin.py drop-run --run-id {run_id}`")
         if doc.get("checkpoint") and doc.get("world_size") not in (None, world_size):
             raise StoreError(world_size_refusal(run_id, doc["world_size"], world_size))
         if not self.acquire_lease(run_id, owner, lease_s):
@@ -263,7 +266,7 @@ class Store:
             left = held["expires"] - time.time()
             raise StoreError(f"run {run_id!r} is being trained by {held['owner']} (lease expires in {left:.0f}s "
                              f"unless renewed); wait for it or stop that process")
-        self.runs.update_one({"_id": run_id}, {"$set": fields})
+        self.runs.update_one({"_id": run_id}, {"$set": {**fields, **({"config": config} if extend else {})}})
         return doc
 
     def acquire_lease(self, run_id, owner, lease_s):

@@ -63,11 +63,24 @@ def test_list_all(store):
 
 def test_show(runs):
     out = ok("show", "--run-id", "alpha")
+    assert ok("show", "alpha") == out  # the run id as data.py show takes a name
     assert out.startswith("run alpha: finished at step 10") and "checkpoint: step 10" in out
     assert "train_name             toy.copy" in out
     assert [l.split()[:2] for l in out.splitlines() if l.strip().startswith(("5 ", "10 "))] == [["5", "train"], ["10", "train"]]
     assert "checkpoint: none" in ok("show", "--run-id", "gamma")
     refused(runs, "show", "--run-id", "nope", words=["no run with id 'nope'", "list-all"])
+    refused(runs, "show", "nope", words=["no run with id 'nope'"])
+
+
+def test_list_all_optimal_is_the_latest_test_evaluation(runs):
+    """A later bootstrap stores a train-split result: list-all's opt % stays the test split's."""
+    import datetime
+    t = datetime.datetime.now(datetime.timezone.utc)
+    for split, pct, age in (("test", 31.5, 60), ("train", 88.0, 0)):
+        runs.results.insert_one({"run_id": "alpha", "step": 10, "params": {"split": split},
+                                 "metrics": {"optimal_pct": pct}, "time": t - datetime.timedelta(seconds=age)})
+    line = next(l for l in ok("list-all").splitlines() if l.startswith("alpha"))
+    assert "31.5" in line and "88.0" not in line
 
 
 def test_drop_run(runs):
@@ -288,9 +301,10 @@ def test_a_run_whose_trainer_died_shows_as_interrupted(runs):
     out = ok("list-all").splitlines() + [""]
     line = {l.split()[0]: (l, out[i + 1]) for i, l in enumerate(out[:-1]) if l and not l.startswith(" ")}
     assert line["dead"][0].split()[1] == "interrupted" and "trainer last seen 5m ago" in line["dead"][1]
-    assert line["gave-up"][0].split()[1] == "interrupted" and "relaunch" in line["gave-up"][1]
+    assert line["gave-up"][0].split()[1] == "interrupted" and "train.py single --run-id gave-up" in line["gave-up"][1]
     assert line["live"][0].split()[1] == "running"
     shown = ok("show", "--run-id", "dead").splitlines()[0]
-    assert shown.startswith("run dead: interrupted (trainer last seen 5m ago; relaunch the same command to resume)")
+    assert shown.startswith("run dead: interrupted (trainer last seen 5m ago; continue with "
+                            "`python train.py single --run-id dead`)")
     assert ok("show", "--run-id", "live").startswith("run live: running at step 20")
     assert snapshot(runs.db) == before and list(runs.runs.find()) == docs  # reading only

@@ -87,11 +87,21 @@ def test_data_cli_list_show_refuse_and_drop(store):
     plan = maze.parse_plan([vocab[i] for i in part.get(2, "plan")])
     assert r.stdout.splitlines()[1:] == maze.render(task, plan).splitlines()
     assert f"trace {part.lens['trace'][2]}, plan {part.lens['plan'][2]} tokens" in r.stdout
-    r = run_cli("data.py", "maze", "--num-train", "3", "--num-test", "1", check=False)
+    r = run_cli("data.py", "maze", "--num-train", "30", "--num-test", "5", check=False)
     assert r.returncode != 0 and r.stderr.strip() == \
         f"error: dataset '{NAME}' exists; pass --overwrite to replace it, or drop it first"
+    code, out, err = call(data.main, "maze", "--num-train", "30", "--num-test", "5", "--seed", "1")
+    assert code == 1 and "made with other parameters (seed 0 -> 1)" in err and f"--name {NAME}.seed-1" in err, err
+    assert call(data.main, "maze", "--num-train", "3", "--num-test", "1", "--seed", "1", "--workers", "1",
+                "--name", f"{NAME}.seed-1")[0] == 0
+    assert dataset.get_dataset(store.db, f"{NAME}.seed-1")["params"]["seed"] == 1
+    code, out, err = call(data.main, "maze", "--num-train", "0", "--num-test", "5")
+    assert code == 1 and err.strip() == "error: --num-train must be >= 1, got 0"
+    cached = dataset.cache_dir() / NAME
+    assert cached.is_dir()  # load_split above cached the test split
     r = run_cli("data.py", "drop", NAME)
-    assert store.db.datasets.find_one({"_id": NAME}) is None
+    assert store.db.datasets.find_one({"_id": NAME}) is None and not cached.exists()
+    run_cli("data.py", "drop", f"{NAME}.seed-1")
     assert not [c for c in store.db.list_collection_names() if c.startswith("ds.")]
     with pytest.raises(DataError, match="does not exist"):
         dataset.get_dataset(store.db, NAME)

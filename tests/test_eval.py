@@ -173,11 +173,24 @@ def test_average_gives_mean_and_standard_error(store):
 
 @pytest.mark.parametrize("flags,msg", [
     (["--run-id", "a/b"], "invalid run id"), (["--run-id", "x", "--temperature", "0"], "greedy"),
-    (["--run-id", "x", "--samples", "0"], "--samples >= 1"), (["--run-id", "nope", "--samples", "1"], "no run"),
+    (["--run-id", "x", "--samples", "0"], "--samples must be >= 1"), (["--run-id", "nope", "--samples", "1"], "no run"),
 ])
 def test_bad_input_gives_one_line_errors(store, flags, msg):
     r = run_cli("eval.py", *flags, check=False)
     assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+BAD_SAMPLING = {"--num-tasks": "-1", "--samples": "0", "--temperature": "-0.5", "--max-tokens": "-2",
+                "--batch-size": "-3", "--prefix-len": "-1"}
+
+
+def test_a_bad_sampling_flag_is_named_alone():
+    import eval as evaluate
+    from conftest import call
+    for flag, value in BAD_SAMPLING.items():
+        code, out, err = call(evaluate.main, "--run-id", "x", flag, value)
+        assert code == 1 and err.startswith(f"error: {flag} must be >= ") and f"got {value}" in err, err
+        assert not any(other in err for other in BAD_SAMPLING if other != flag), err
 
 
 @pytest.mark.slow

@@ -141,13 +141,17 @@ def test_live_run_id_is_refused_until_its_lease_expires(store):
     assert store.get_run("busy")["status"] == "finished"
 
 
-def test_failing_run_records_failed_status(store):
+def test_a_launch_failing_before_step_1_leaves_no_run(store):
+    """--num-train-sequences 4 with a batch of 8 used to leave a `failed` run at step 0 that refused the
+    corrected launch (its hyper-parameters differ)."""
     make_toy_dataset(store.db)
-    r = run_cli("train.py", "single", "--run-id", "bad", *FAST, "--train-steps", "5", "--min-reasoning-len", "999",
+    r = run_cli("train.py", "single", "--run-id", "bad", *FAST, "--train-steps", "5", "--num-train-sequences", "4",
                 check=False)
-    assert r.returncode != 0 and "too few sequences" in r.stderr
-    run = store.get_run("bad")
-    assert run["status"] == "failed" and "too few sequences" in run["error"]
+    assert r.returncode == 1 and "too few sequences" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert store.get_run("bad") is None
+    r = run_cli("train.py", "single", "--run-id", "bad", *FAST, "--train-steps", "5", "--num-train-sequences", "16")
+    assert store.get_run("bad")["status"] == "finished"
+    assert "finished bad at step 5" in r.stdout and "eval.py --run-id bad" in r.stdout and "report.py loss" in r.stdout
 
 
 def adam_steps(ck):
@@ -315,15 +319,17 @@ def test_uneven_data_with_accumulation_and_a_small_token_budget_trains(store, np
         assert store.get_run(run_id)["status"] == "finished" and store.get_run(run_id)["step"] == 30
 
 
-def test_resume_with_another_world_size_is_refused(store):
+def test_resume_with_another_world_size_is_refused_and_torchrun_names_why(store):
+    """Two gloo processes refused: rank 0 prints the one line, and torchrun's closing summary names it
+    (each worker's error file) instead of "To enable traceback see ..."."""
     make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "w1", *FAST, "--train-steps", "10", "--batch-size", "4")
     before = store.get_run("w1")
-    r = run_cli("train.py", "single", "--run-id", "w1", *FAST, "--train-steps", "10", "--batch-size", "4", nproc=2,
-                check=False)
+    r = run_cli("train.py", "single", "--run-id", "w1", nproc=2, check=False)  # the run id alone, as to continue it
     errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1, r.stderr[-2000:]
     assert "world size 1" in errors[0] and "--nproc-per-node 1" in errors[0] and "not 2" in errors[0]
+    assert f"traceback : {errors[0]}" in r.stderr and "To enable traceback" not in r.stderr, r.stderr[-2000:]
     assert store.get_run("w1") == before  # nothing written
 
 
@@ -476,3 +482,86 @@ def test_a_run_stored_before_patience_existed_resumes(store):
     store.runs.update_one({"_id": "pre"}, {"$unset": {"config.patience": ""}})
     r = run_cli(*args)
     assert "resuming pre from step 5" in r.stdout and store.get_run("pre")["config"]["patience"] == 0
+# ---------------------------------------------------------------------------------------------
+# stopping, continuing and extending
+
+
+def test_sigint_stops_at_a_step_boundary_and_the_run_id_alone_continues_it(store, pauses):
+    make_toy_dataset(store.db)
+    args = [*FAST, "--train-steps", "10", "--checkpoint-interval", "5", "--seed", "4"]
+    run_cli("train.py", "single", "--run-id", "straight", *args)
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "stopped", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **pauses.env("step-3")})
+    pauses.wait("step-3", proc)
+    proc.send_signal(signal.SIGINT)  # handled at the next step boundary, once released
+    pauses.release("step-3")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and err == "", err
+    assert out.splitlines()[-1] == "interrupted at step 3; continue with: python train.py single --run-id stopped"
+    run = store.get_run("stopped")
+    assert run["status"] == "interrupted" and run["checkpoint"]["step"] == 3 and run["lease"] is None
+    r = run_cli("train.py", "single", "--run-id", "stopped")  # its stored hyper-parameters, no flags
+    assert "resuming stopped from step 3" in r.stdout and "finished stopped at step 10" in r.stdout
+    assert store.get_run("stopped")["config"] == store.get_run("straight")["config"]
+    assert_same_weights(weights(store, "straight"), weights(store, "stopped"))
+    assert losses(store, "straight") == losses(store, "stopped")
+
+
+def test_sigterm_in_a_ddp_run_stops_every_rank_at_one_step(store, pauses):
+    """A signal reaching one worker stops both at the same step boundary (no DDP hang); one rank prints,
+    and torchrun's summary names the reason."""
+    make_toy_dataset(store.db)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py", "single",
+           "--run-id", "ddp-stop", *FAST, "--train-steps", "10", "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **pauses.env("step-2")})
+    workers = pauses.wait("step-2", proc, count=2)
+    os.kill(workers[1], signal.SIGTERM)
+    pauses.release("step-2")
+    out, err = proc.communicate(timeout=300)
+    line = "interrupted at step 2; continue with: torchrun --nproc-per-node 2 train.py single --run-id ddp-stop"
+    assert proc.returncode != 0 and out.count("interrupted at") == 1 and line in out, out + err
+    assert 'train.py", line' not in err and f"traceback : {line}" in err, err  # torchrun's own traceback aside
+    run = store.get_run("ddp-stop")
+    assert run["status"] == "interrupted" and run["checkpoint"]["step"] == 2
+
+
+def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(store):
+    make_toy_dataset(store.db)
+    args = [*FAST, "--log-interval", "1", "--lr-schedule", "cosine"]
+    run_cli("train.py", "single", "--run-id", "ext", *args, "--train-steps", "10")
+    for flags, words in ((["--train-steps", "20", "--lr", "5e-4"], "lr: 0.001 -> 0.0005"),
+                         (["--train-steps", "8"], "train_steps: 10 -> 8")):
+        r = run_cli("train.py", "single", "--run-id", "ext", *flags, check=False)
+        assert r.returncode == 1 and words in r.stderr and "only --train-steps may change" in r.stderr, r.stderr
+    r = run_cli("train.py", "single", "--run-id", "ext", "--train-steps", "20")
+    cfg = TrainConfig.from_dict(store.get_run("ext")["config"])
+    old = TrainConfig.from_dict({**cfg.to_dict(), "train_steps": 10})
+    assert cfg.train_steps == 20 and store.get_run("ext")["status"] == "finished"
+    assert (f"extending ext from 10 to 20 steps; the cosine schedule now ends at step 20: the LR goes from "
+            f"{old.lr_at(10):.2e} to {cfg.lr_at(10):.2e} at step 10") in r.stdout
+    lrs = {rec["step"]: rec["lr"] for rec in store.get_logs("ext", "train")}
+    assert lrs[10] == pytest.approx(old.lr_at(9)) and lrs[11] == pytest.approx(cfg.lr_at(10))  # the 11th step: new schedule
+    assert lrs[20] == pytest.approx(cfg.lr_at(19))
+
+
+def test_help_shows_every_hyper_parameter_default_and_choices(capsys):
+    import train
+    from dataclasses import fields
+    from hparams import CHOICES
+    with pytest.raises(SystemExit):
+        train.parse_args(["single", "--help"])
+    options = capsys.readouterr().out.split("options:")[1]
+    blocks = {}  # flag -> its help text
+    for line in options.splitlines():
+        if line.startswith("  --"):
+            flag = line.split()[0].rstrip(",")
+            blocks[flag] = line
+        elif line.startswith("   ") and blocks:
+            blocks[flag] += " " + line.strip()
+    for f in fields(TrainConfig):
+        text = " ".join(blocks["--" + f.name.replace("_", "-")].split())
+        default = (f"--{f.name.replace('_', '-')}" if f.default else f"--no-{f.name.replace('_', '-')}") \
+            if f.type is bool else repr(f.default)
+        assert f"default {default}" in text, text
+        assert f"one of {', '.join(CHOICES[f.name])}" in text if f.name in CHOICES else "one of" not in text, text
