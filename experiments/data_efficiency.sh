@@ -27,8 +27,8 @@ MODEL=${MODEL:-xs}
 COUNTS=${COUNTS:-"500 1000 2000"}   # training-task counts (the first N tasks of one dataset)
 SEEDS=${SEEDS:-"0"}
 KINDS=${KINDS:-"solution-only search shuffled"}
-PATIENCE=${PATIENCE:-4}             # evaluations without a better validation optimal rate before stopping
-EVAL_EVERY=${EVAL_EVERY:-250}       # steps between evaluations (and checkpoints)
+PATIENCE=${PATIENCE:-3}             # evaluations without a better validation optimal rate before stopping
+EVAL_EVERY=${EVAL_EVERY:-200}       # steps between evaluations (and checkpoints)
 MAX_STEPS=${MAX_STEPS:-8000}        # the cap; patience normally stops a run well before it
 BATCH=${BATCH:-32}                  # sequences per step, over all processes
 LR=${LR:-2e-3}
@@ -115,7 +115,8 @@ for seed in $SEEDS; do
     done
 done
 
-# claim (b): bootstrapping from the best search-augmented model at the largest count, seed 0's
+# claim (b): bootstrapping from the best search-augmented model at the largest count, the first seed's
+[ "$BOOT_STEPS" -gt 0 ] || { stamp "done (BOOT_STEPS=0: no bootstrapping)"; exit 0; }
 first_seed=$(echo "$SEEDS" | awk '{print $1}')
 base=$(run_id search "$NUM_TRAIN" "$first_seed")
 steps=("$base") controls=()
