@@ -28,7 +28,7 @@ delta-method standard error over tasks; and both as paired differences from the 
 same tasks (optimal: per-task solved-or-not differences; trace/A*: sum (t_i - t_first,i) / sum t*_i).
 
 Model kinds (efficiency): solution-only (a plan-only run), shuffled-trace (its training dataset
-records a shuffle of traces: params shuffle_traces or shuffled_from), search-augmented (otherwise).
+was made by data.py shuffle-traces: params shuffled_traces), search-augmented (otherwise).
 The training tasks are the run's num_train_sequences (all: the dataset's train count). Error bars:
 the standard error over the seeds (runs of the same kind and count) where there are two or more,
 else the binomial one. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the
