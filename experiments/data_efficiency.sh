@@ -24,7 +24,7 @@ PY=${PY:-.venv/bin/python}
 SIZE=${SIZE:-6}                     # maze side
 TRACES=${TRACES:-deterministic}     # deterministic | nondeterministic A* traces
 MODEL=${MODEL:-xs}
-COUNTS=${COUNTS:-"500 1000 2000"}   # training-task counts (the first N tasks of one dataset)
+COUNTS=${COUNTS:-"2000 1000 500"}   # training-task counts (the first N tasks of one dataset), trained in this order
 SEEDS=${SEEDS:-"0"}
 KINDS=${KINDS:-"solution-only search shuffled"}
 PATIENCE=${PATIENCE:-3}             # evaluations without a better validation optimal rate before stopping
@@ -94,9 +94,9 @@ model() {
     evaluate "$id" best
 }
 efficiency_report() {
-    local ids=()
+    local ids=() seed count kind id  # local: the main loop's own variables must survive this
     for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
-        local id; id=$(run_id "$kind" "$count" "$seed")
+        id=$(run_id "$kind" "$count" "$seed")
         cut -f1 "$STAGES" | grep -qx "model $id" && ids+=(--run-id "$id")
     done; done; done
     [ ${#ids[@]} -gt 0 ] || return 0
