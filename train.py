@@ -107,13 +107,13 @@ def wrap_ddp(model, device, grad_accum):
 
 def load_data(store, cfg, use_cache):
     test_name = cfg.test_name or cfg.train_name
-    train_doc, test_doc = get_dataset(store.db, cfg.train_name), get_dataset(store.db, test_name)
+    train_doc, test_doc = store.call(get_dataset, cfg.train_name), store.call(get_dataset, test_name)
     if train_doc["vocabulary"] != test_doc["vocabulary"]:
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     max_len = cfg.max_reasoning_len or None
     seqs = {}
     for split, name, limit in (("train", cfg.train_name, cfg.num_train_sequences), ("test", test_name, cfg.num_test_sequences)):
-        part = load_split(store.db, name, split, use_cache)
+        part = store.call(load_split, name, split, use_cache)
         rows = filter_split(part, cfg.min_reasoning_len, max_len, limit or None)
         seqs[split] = Sequences.build(part, rows, cfg.plan_only)
     return train_doc["vocabulary"], seqs["train"], seqs["test"]
@@ -123,8 +123,8 @@ def check_inputs(store, cfg, run_id):
     """What a launch can check before it creates or re-opens the run, so that bad input changes
     nothing: the datasets, and the start checkpoint when it will be used (returned, loaded)."""
     test_name = cfg.test_name or cfg.train_name
-    vocab = get_dataset(store.db, cfg.train_name)["vocabulary"]
-    if get_dataset(store.db, test_name)["vocabulary"] != vocab:
+    vocab = store.call(get_dataset, cfg.train_name)["vocabulary"]
+    if store.call(get_dataset, test_name)["vocabulary"] != vocab:
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     if not cfg.start_checkpoint or (store.get_run(run_id) or {}).get("checkpoint"):
         return None  # a new run, or one that resumes from its own checkpoint
@@ -299,7 +299,8 @@ class Training:
         t1 = clock.pause()
         metrics = evaluate(self.model, self.test_seqs, self.rank, self.world, self.device, self.autocast)
         if cfg.eval_tasks:
-            greedy = rollout_metrics(self.model, self.store.db, cfg, self.rank, self.world, self.device)
+            greedy = rollout_metrics(self.model, self.store, cfg, self.rank, self.world, self.device,
+                                     not self.flags.no_cache)
             metrics.update({f"rollout_{k}": v for k, v in greedy.items()})
         if self.rank == 0:
             self.store.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
@@ -401,8 +402,8 @@ def settle_legacy(store, args, cfg):
         return cfg
     cfg = resolve_config(args, LEGACY)
     missing = [k for k in ADDED if k not in doc["config"]]
-    store.runs.update_one({"_id": args.run_id, **{f"config.{k}": {"$exists": False} for k in missing}},
-                       {"$set": {f"config.{k}": LEGACY[k] for k in missing}})
+    store.call(lambda db: db.runs.update_one({"_id": args.run_id, **{f"config.{k}": {"$exists": False} for k in missing}},
+                                             {"$set": {f"config.{k}": LEGACY[k] for k in missing}}))
     return cfg
 
 
