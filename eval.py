@@ -66,6 +66,7 @@ import torch.distributed as dist
 from bson import Binary
 from pymongo.errors import BulkWriteError
 
+import devices
 import errors
 from bootstrap import shortest_optimal, write_bootstrap
 from checkpoint_store import load_checkpoint
@@ -342,7 +343,7 @@ def add_sampling_flags(p, samples, num_tasks, help_tasks):
     p.add_argument("--batch-size", type=int, default=0, help="rows per decoding batch (default: from memory)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decode step (default: on GPU only; on CPU compiling takes minutes)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    devices.add_flags(p)
 
 
 def parse_args(argv):
@@ -404,18 +405,16 @@ def parse_args(argv):
 def main(argv=None):
     try:
         args = parse_args(argv)
+        device = torch.device("cpu") if args.cmd == "average" else devices.from_flags(args)  # average: results only
     except errors.REPORTED as e:
         sys.exit(errors.exit_message(e))
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    dev = getattr(args, "device", "cpu")
-    use_cuda = dev == "cuda" or (dev == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # decoding steps are small: extra threads mostly wait (use ranks for cores)
     if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        devices.init_process_group(device, getattr(args, "dist_timeout_minutes", devices.DIST_TIMEOUT_MINUTES))
     try:
         args.fn(connect(retry_s=60.0), args, rank, world, device)
     except errors.REPORTED as e:

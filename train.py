@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import devices
 import errors
 import runguard
 import sweep
@@ -350,7 +351,7 @@ def add_config_flags(ap):
 def add_runtime_flags(ap):
     ap.add_argument("--run-id", required=True, help="the run's id: launching an existing id resumes it")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved hyper-parameters and exit")
-    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    devices.add_flags(ap)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (big models)")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -412,6 +413,7 @@ def main(argv=None):
     try:
         cfg = resolve_config(args)
         check_name(args.run_id)
+        device = devices.from_flags(args)
     except (errors.Error, ValueError) as e:
         sys.exit(errors.exit_message(e))
     if args.dry_run:
@@ -419,14 +421,11 @@ def main(argv=None):
         return
 
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        devices.init_process_group(device, args.dist_timeout_minutes)
     runguard.exit_on_sigterm()
     code = 0
     try:
