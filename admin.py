@@ -20,7 +20,7 @@ import server
 from dataset import generation_rule
 from errors import CheckpointError, ConfigError, StoreError
 from metrics import print_table
-from store import check_name, connect
+from store import check_checkpoint, check_name, connect
 
 def fmt_time(t):
     return t.strftime("%Y-%m-%d %H:%M") if t else "-"
@@ -42,20 +42,23 @@ def status_of(doc):
     died, or gave up on the database, without a word) is `interrupted`; with the time since it was
     last seen. Reading only: nothing is written."""
     status, lease = doc.get("status", "-"), doc.get("lease")
+    if status == "interrupted":  # stopped by a signal (train.py), at a step boundary
+        return status, None
     if status != "running" or (lease and lease.get("expires", 0) > time.time()):
         return status, None
     seen = (lease or {}).get("seen") or (doc["updated"].timestamp() if doc.get("updated") else None)
     return "interrupted", (time.time() - seen if seen else None)
 
 
-def interrupted_note(age):
-    return (f"trainer last seen {fmt_age(age)} ago" if age is not None else "trainer gone") + \
-        "; relaunch the same command to resume"
+def interrupted_note(run_id, age):
+    return (f"trainer last seen {fmt_age(age)} ago" if age is not None else "stopped") + \
+        f"; continue with `python train.py single --run-id {run_id}`"
 
 
 def fmt_optimal(store, run_id):
-    """optimal % of the run's latest evaluation by eval.py."""
-    res = store.results.find_one({"run_id": run_id}, sort=[("time", -1)])
+    """optimal % of the run's latest evaluation on the test split by eval.py (not a bootstrap's, which is
+    on the train split)."""
+    res = store.results.find_one({"run_id": run_id, "params.split": "test"}, sort=[("time", -1)])
     return f"{res['metrics']['optimal_pct']:.1f}" if res else "-"
 
 
@@ -72,7 +75,7 @@ def list_all(store, args):
         if r.get("status") == "failed" and r.get("error"):
             print(f"{'':40}   error: {r['error'].splitlines()[0][:100]}")
         if status == "interrupted":
-            print(f"{'':40}   {interrupted_note(age)}")
+            print(f"{'':40}   {interrupted_note(r['_id'], age)}")
     if not runs:
         print("(no runs)")
 
@@ -80,7 +83,7 @@ def list_all(store, args):
 def show(store, args):
     r = store.require_run(args.run_id)
     status, age = status_of(r)
-    note = f" ({interrupted_note(age)})" if status == "interrupted" else ""
+    note = f" ({interrupted_note(r['_id'], age)})" if status == "interrupted" else ""
     print(f"run {r['_id']}: {status}{note} at step {r.get('step', 0)}, world size {r.get('world_size', '-')}, "
           f"host {r.get('host', '-')}, updated {fmt_time(r.get('updated'))}")
     for k, v in r["config"].items():
@@ -90,8 +93,17 @@ def show(store, args):
         ds = store.db.datasets.find_one({"_id": name}, {"task": 1, "params": 1}) if name else None
         if ds:  # datasets made before the reference's generation rules are flagged as such
             print(f"{key.split('_')[0]} dataset {name}: generation rule {generation_rule(ds)}")
-    ck = r.get("checkpoint")
+    ck, best = r.get("checkpoint"), r.get("best")
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
+    if best:  # train.py --patience
+        m = best.get("metrics") or {}
+        rate = f"validation optimal {m['optimal_pct']:.1f}%, " if m.get("optimal_pct") is not None else ""
+        print(f"best checkpoint: step {best['step']} ({rate}test loss {m.get('loss', float('nan')):.4f}), "
+              f"{best['size'] / 2**20:.1f} MiB")
+    if r.get("stopped_early"):
+        k = r["config"].get("patience")
+        print(f"stopped early at step {r['stopped_early']['step']}: {k} evaluations in a row without improvement "
+              f"(--patience {k}); best step {r['stopped_early']['best_step']}")
     print(f"{'step':>8} {'split':5} {'loss':>8} {'trace':>8} {'plan':>8} {'acc':>6}")
     for rec in store.get_logs(args.run_id):
         rollout = f"  rollouts: optimal {rec['rollout_optimal_pct']:.1f}%, correct {rec['rollout_correct_pct']:.1f}% " \
@@ -129,23 +141,25 @@ def bulk_drop_run(store, args):
 
 
 def list_all_checkpoints(store, args):
-    print(f"{'run id':40} {'step':>9} {'size MiB':>9}  time")
+    print(f"{'run id':40} {'step':>9} {'kind':6} {'size MiB':>9}  time")
     for ck in store.list_checkpoints():
-        print(f"{ck['run_id']:40} {ck['step']:>9} {ck['size'] / 2**20:>9.1f}  {fmt_time(ck['time'])}")
+        print(f"{ck['run_id']:40} {ck['step']:>9} {ck['which']:6} {ck['size'] / 2**20:>9.1f}  {fmt_time(ck['time'])}")
 
 
-def export_one(store, run_id, export_dir):
+def export_one(store, run_id, export_dir, which="latest"):
     export_dir = Path(export_dir)
-    final = export_dir / f"{run_id}.pt"
-    tmp = export_dir / f".{run_id}.pt.partial-{os.getpid()}"
-    for stale in export_dir.glob(f".{run_id}.pt.partial-*"):  # left by an export that was killed
+    stem = run_id if which == "latest" else f"{run_id}.best"
+    final = export_dir / f"{stem}.pt"
+    tmp = export_dir / f".{stem}.pt.partial-{os.getpid()}"
+    for stale in export_dir.glob(f".{stem}.pt.partial-*"):  # left by an export that was killed
         pid = stale.name.rsplit("-", 1)[-1]
         if not pid.isdigit() or not server.pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     for attempt in range(3):
-        info = store.require_run(run_id).get("checkpoint")
+        info = store.require_run(run_id).get("checkpoint" if which == "latest" else "best")
         if not info:
-            raise StoreError(f"run {run_id!r} has no checkpoint yet")
+            raise StoreError(f"run {run_id!r} has no checkpoint yet" if which == "latest" else
+                             f"run {run_id!r} has no best checkpoint (kept by runs trained with --patience)")
         try:
             export_dir.mkdir(parents=True, exist_ok=True)
             with store.fs.open_download_stream(info["id"]) as src, open(tmp, "wb") as dst:
@@ -162,15 +176,15 @@ def export_one(store, run_id, export_dir):
         finally:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
-    print(f"exported {run_id} step {info['step']} to {final}")
+    print(f"exported {run_id} step {info['step']}{' (best)' if which == 'best' else ''} to {final}")
 
 
 def export_checkpoint(store, args):
-    export_one(store, args.run_id, args.export_dir)
+    export_one(store, args.run_id, args.export_dir, args.which)
 
 
 def bulk_export_checkpoint(store, args):
-    ids = args.run_id or [ck["run_id"] for ck in store.list_checkpoints()]
+    ids = args.run_id or [ck["run_id"] for ck in store.list_checkpoints() if ck["which"] == "latest"]
     for i in ids:
         store.require_run(i)
     for i in ids:
@@ -220,7 +234,9 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list-all", help="all runs with status, step, dataset, size and last losses").set_defaults(fn=list_all)
     p = sub.add_parser("show", help="one run: hyper-parameters, checkpoint and loss curve")
-    p.add_argument("--run-id", required=True)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("run", nargs="?", metavar="RUN", help="the run id (as `data.py show NAME` takes a name)")
+    g.add_argument("--run-id", help="the same, as a flag")
     p.set_defaults(fn=show)
     p = sub.add_parser("drop-run", help="delete a run with its logs and checkpoints")
     p.add_argument("--run-id", required=True)
@@ -231,10 +247,13 @@ def main(argv=None):
     p.add_argument("--pattern", help="regular expression matched against whole run ids")
     p.add_argument("--force", action="store_true", help="drop them even while trainers hold them")
     p.set_defaults(fn=bulk_drop_run)
-    sub.add_parser("list-all-checkpoints", help="every run's checkpoint").set_defaults(fn=list_all_checkpoints)
-    p = sub.add_parser("export-checkpoint", help="write a run's checkpoint to DIR/<run id>.pt")
+    sub.add_parser("list-all-checkpoints", help="every run's checkpoints: its latest, and its best (--patience)"
+                   ).set_defaults(fn=list_all_checkpoints)
+    p = sub.add_parser("export-checkpoint", help="write a run's checkpoint to DIR/<run id>.pt (best: <run id>.best.pt)")
     p.add_argument("--run-id", required=True)
     p.add_argument("--export-dir", required=True)
+    p.add_argument("--checkpoint", dest="which", default="latest", metavar="{latest,best}",
+                   help="the run's latest checkpoint (default) or its best (kept by runs trained with --patience)")
     p.set_defaults(fn=export_checkpoint)
     p = sub.add_parser("bulk-export-checkpoint", help="export several (default: all) checkpoints")
     p.add_argument("--export-dir", required=True)
@@ -249,9 +268,13 @@ def main(argv=None):
     p.add_argument("action", choices=["status", "stop"])
     p.set_defaults(fn=db_cmd)
     args = ap.parse_args(argv)
+    if getattr(args, "run", None) is not None:
+        args.run_id = args.run
     try:
         for rid in ([args.run_id] if isinstance(getattr(args, "run_id", None), str) else getattr(args, "run_id", None) or []):
             check_name(rid)  # validated before any database call
+        if args.cmd == "export-checkpoint":
+            check_checkpoint(args.which)
         if args.cmd == "import-checkpoint":
             args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before touching the database
             named = args.checkpoint["run_id"] if "run_id" in args.checkpoint else Path(args.filename).stem

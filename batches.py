@@ -65,7 +65,8 @@ def epoch_batches(lengths, seed, epoch, rows, world, token_budget=0, window=64):
     A batch holds `rows * world` sequences, or with a token budget as many as keep every rank's
     padded tokens (rows x longest) within it, a multiple of `world` and never fewer. With a budget a
     window holds about `window` batches whatever the lengths. Each batch is an array of indices,
-    shortest first; an epoch's last few sequences that cannot fill a batch are skipped."""
+    shortest first. A window's last sequences form a shorter batch; only the fewer than `world`
+    left after it (too few to give every rank one) are skipped."""
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(len(lengths))
     size = rows * world
@@ -103,8 +104,8 @@ class Batcher:
 
     Each (micro-step, rank) pair is a share of its own: batches are cut for world x grad_accum
     shares, so every share of every batch holds at least one sequence and fits the token budget
-    alone (a sequence longer than the budget still trains, in a share of one); an epoch's last
-    sequences that cannot give every share one are skipped."""
+    alone (a sequence longer than the budget still trains, in a share of one); a window's last
+    sequences form a shorter batch, and only the fewer than one per share left after it are skipped."""
 
     def __init__(self, seqs, cfg, world):
         self.seqs, self.cfg, self.world = seqs, cfg, world

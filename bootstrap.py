@@ -2,7 +2,7 @@
 training sequence, and writing the new dataset (`eval.py bootstrap`)."""
 import numpy as np
 
-from dataset import PARTS, SPECIALS, DatasetWriter, digest, load_split
+from dataset import PARTS, SPECIALS, DatasetWriter, copy_split, extras, load_split, sequence_key
 
 
 def shortest_optimal(verdicts, trace_len, only_shorter=False):
@@ -15,14 +15,6 @@ def shortest_optimal(verdicts, trace_len, only_shorter=False):
                 (best is None or v.trace_len < verdicts[best].trace_len):
             best = i
     return best
-
-
-def sequence_key(split_name, split, row):
-    return digest(split_name.encode() + int(split.ids[row]).to_bytes(8, "little") + split.get(row, "prompt").tobytes())
-
-
-def extras(split, row):
-    return {k: float(v[row]) for k, v in split.extra.items() if not np.isnan(v[row])}
 
 
 def write_bootstrap(db, name, src_doc, test_name, train, rows, chosen, info, overwrite):
@@ -40,8 +32,6 @@ def write_bootstrap(db, name, src_doc, test_name, train, rows, chosen, info, ove
         after.append(len(trace))
         writer.add("train", prompt, trace, plan, sequence_key("train", train, r), source_id=int(train.ids[r]),
               **extras(train, r))
-    test = load_split(db, test_name, "test")
-    for r in range(len(test.ids)):
-        writer.add("test", *(test.get(r, p) for p in PARTS), sequence_key("test", test, r), **extras(test, r))
+    copy_split(writer, "test", load_split(db, test_name, "test"))
     writer.commit()
     return len(chosen), float(np.mean(before)) if before else 0.0, float(np.mean(after)) if after else 0.0

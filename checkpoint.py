@@ -52,7 +52,8 @@ def build(cfg, vocab_size, device):
 
 def restore(ck, model, opt, sched, batcher, sums):
     """Load a checkpoint's training state into these objects, as a resume does, checking every part
-    it reads; ValueError (one line) when one is missing or does not fit. Returns (step, log sums)."""
+    it reads; ValueError (one line) when one is missing or does not fit. Returns (step, RNG state, log
+    sums, model selection state)."""
     try:
         step = ck["step"]
         if type(step) is not int or step < 0:
@@ -79,11 +80,26 @@ def restore(ck, model, opt, sched, batcher, sums):
             log_sums = F.pad(log_sums, (0, len(sums) - 5))
         if not torch.is_tensor(log_sums) or log_sums.dtype != sums.dtype or log_sums.shape != sums.shape:
             raise ValueError(f"log_acc must be a {sums.dtype} tensor of shape {tuple(sums.shape)}")
+        selection = ck.get("selection", {"best": None, "stale": 0})  # absent: from before --patience
+        check_selection(selection, step)
     except KeyError as e:
         raise ValueError(f"missing {e}") from None
     except (TypeError, RuntimeError, IndexError) as e:
         raise ValueError((str(e).strip().splitlines() or [type(e).__name__])[0][:200]) from None
-    return step, rng, log_sums
+    return step, rng, log_sums, selection
+
+
+def check_selection(sel, step):
+    """The model selection state of a checkpoint (train.py --patience): the best evaluation so far
+    ({step, loss, optimal_pct (None without --eval-tasks)} or None) and the evaluations since it."""
+    best = sel.get("best") if isinstance(sel, dict) else 0
+    number = lambda v: type(v) in (int, float)  # noqa: E731
+    if not isinstance(sel, dict) or sorted(sel) != ["best", "stale"] or type(sel["stale"]) is not int or \
+            sel["stale"] < 0 or best is not None and not (
+                isinstance(best, dict) and sorted(best) == ["loss", "optimal_pct", "step"] and
+                type(best["step"]) is int and 0 < best["step"] <= step and number(best["loss"]) and
+                (best["optimal_pct"] is None or number(best["optimal_pct"]))):
+        raise ValueError(f"malformed selection state {shown(sel)}")
 
 
 def check_resumable(ck):
@@ -118,9 +134,12 @@ def read_exported(path):
     all into memory (mmap); raises CheckpointError on anything that is not a whole, valid checkpoint."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        reason = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a valid checkpoint file ({reason})") from None
+    except Exception as e:  # in the project's words: torch's say what its loader met, not what the file is
+        unsafe = "weights only load failed" in str(e).lower()  # torch's weights_only refusal
+        reason = ("it holds objects other than tensors and plain data, which no checkpoint does (refused "
+                  "without loading them)" if unsafe else "not a whole file written by `python admin.py "
+                  "export-checkpoint` (empty, cut short, or another format)")
+        raise CheckpointError(f"{path}: not a valid checkpoint file: {reason}") from None
     if not isinstance(ck, dict) or not KEYS <= ck.keys():
         raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - set(ck) if isinstance(ck, dict) else KEYS)})")
     try:

@@ -1,13 +1,18 @@
 """A run's checkpoints in the database's GridFS bucket `checkpoints`: writing one so that a killed
 process always leaves the previous one loadable, loading the current one (safe while the run trains),
 and creating a run from an imported checkpoint all or nothing. Each file is a torch.save dict, loaded
-with weights_only=True; the run document's `checkpoint` field points at the current one."""
+with weights_only=True.
+
+A run has up to two: `latest` (the run document's `checkpoint` field; where a resume starts) and, when
+it selects a best (train.py --patience), `best` (its `best` field: the checkpoint of its best
+evaluation, with that evaluation's selection metrics)."""
 import contextlib
 import shutil
 import tempfile
 
 import gridfs
 import torch
+from pymongo import ReturnDocument
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
 import testhook
@@ -15,23 +20,32 @@ from errors import CheckpointError, StoreError
 from store import check_name, fenced, free, lost, now, retrying
 
 
+FIELDS = {"latest": "checkpoint", "best": "best"}  # which checkpoint -> the run document's field pointing at it
+
+
 @retrying
-def save_checkpoint(store, run_id, step, state, owner=None):
-    """Write the new checkpoint in full, then move the run's pointer to it, then delete the old one.
+def save_checkpoint(store, run_id, step, state, owner=None, which="latest", metrics=None):
+    """Write the new checkpoint in full, then move the run's pointer (FIELDS[which]) to it, then delete
+    the files it replaces.
 
     A process killed at any point leaves the previous checkpoint loadable; the upload it left
     half-done is deleted by the next save (or by a load once the run's lease is free). With an
-    owner, nothing is written unless that process still holds the run. An upload that a load took
-    for abandoned meanwhile (this process paused past its lease) is written again."""
+    owner, nothing is written unless that process still holds the run. A best save (with its selection
+    metrics) deletes nothing: the latest checkpoint may still record the previous best, which a resume
+    from it points back at (point_best); a latest save deletes every other file of the run but the
+    current best. An upload that a load took for abandoned meanwhile (this process paused past its
+    lease) is written again."""
     while True:
-        info = _save(store, run_id, step, state, owner)
+        info = _save(store, run_id, step, state, owner, which, metrics)
         if info is not None:
             return info
 
 
-def _save(store, run_id, step, state, owner):
+def _save(store, run_id, step, state, owner, which, metrics):
     """One attempt of save_checkpoint: the new pointer's info, or None when the upload was taken away."""
-    stream = store.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
+    best = which == "best"
+    meta = {"run_id": run_id, "step": step, **({"kind": "best", "metrics": metrics} if best else {})}
+    stream = store.fs.open_upload_stream(f"{run_id}/{step}{'/best' if best else ''}", metadata=meta)
     before = store.runs.find_one_and_update(fenced(run_id, owner), {"$set": {"pending_checkpoint": stream._id}},
                                             {"pending_checkpoint": 1})
     if before is None:
@@ -41,7 +55,7 @@ def _save(store, run_id, step, state, owner):
     writer = _Writer(stream)
     try:
         torch.save(state, writer)  # streamed in chunks, no second copy in memory
-        testhook.pause(f"checkpoint-{step}")  # tests: stop here, the upload written and not closed
+        testhook.pause(f"{'best' if best else 'checkpoint'}-{step}")  # tests: the upload written and not closed
         stream.close()
     except BaseException as e:
         with contextlib.suppress(PyMongoError):
@@ -49,21 +63,39 @@ def _save(store, run_id, step, state, owner):
         if writer.error is not None and writer.error is not e:
             raise writer.error from None  # torch.save turns the write's error (e.g. a lost connection) into a RuntimeError
         raise
-    info = {"id": stream._id, "step": step, "size": stream.length, "time": now()}
-    flip = store.runs.update_one({**fenced(run_id, owner), "pending_checkpoint": stream._id},
-                                 {"$set": {"checkpoint": info, "pending_checkpoint": None}})
-    if flip.matched_count == 0:
+    info = {"id": stream._id, "step": step, "size": stream.length, "time": now(), **({"metrics": metrics} if best else {})}
+    after = store.runs.find_one_and_update({**fenced(run_id, owner), "pending_checkpoint": stream._id},
+                                           {"$set": {FIELDS[which]: info, "pending_checkpoint": None}},
+                                           {"best": 1}, return_document=ReturnDocument.AFTER)
+    if after is None:
         store.delete_upload(stream._id)
         if store.runs.count_documents(fenced(run_id, owner), limit=1) == 0:
             raise lost(run_id)
         return None  # still held: the pointer was cleared by a load that took the upload for abandoned
-    delete_stale(store, run_id, keep=stream._id)
+    if not best:
+        delete_stale(store, run_id, keep=[stream._id, (after.get("best") or {}).get("id")])
     return info
 
 
 @retrying
-def load_checkpoint(store, run_id, map_location="cpu"):
-    """The run's current checkpoint dict, or None when it has none.
+def point_best(store, run_id, step, owner=None):
+    """After a resume: point the run's `best` at its best checkpoint of `step`, the best that the resumed
+    checkpoint recorded (a killed process may have saved a later one), or at none (step None). Returns
+    False when that file is not stored (a run imported from an exported file keeps no best file)."""
+    found = None
+    if step is not None:
+        files = store.fs.find({"metadata.run_id": run_id, "metadata.kind": "best", "metadata.step": step})
+        found = next(iter(files.sort("uploadDate", -1).limit(1)), None)
+    info = found and {"id": found._id, "step": step, "size": found.length, "time": found.upload_date,
+                      "metrics": found.metadata.get("metrics")}
+    if store.runs.update_one(fenced(run_id, owner), {"$set": {"best": info}}).matched_count == 0:
+        raise lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
+    return step is None or found is not None
+
+
+@retrying
+def load_checkpoint(store, run_id, map_location="cpu", which="latest"):
+    """The run's current checkpoint dict (`latest` or `best`), or None when it has none.
 
     Safe while the run trains: a live trainer's upload in progress is left alone, and a checkpoint
     replaced (and deleted) while it was being read is read again at the new pointer."""
@@ -78,7 +110,7 @@ def load_checkpoint(store, run_id, map_location="cpu"):
             if store.runs.update_one(claim, {"$set": {"pending_checkpoint": None}}).matched_count:
                 testhook.pause("stale-upload")  # tests: the pointer cleared, the chunks not yet removed
                 store.delete_upload(pending)
-        info = doc.get("checkpoint")
+        info = doc.get(FIELDS[which])
         if info is None:
             return None
         try:
@@ -89,9 +121,9 @@ def load_checkpoint(store, run_id, map_location="cpu"):
                 tmp.seek(0)
                 return torch.load(tmp, map_location=map_location, weights_only=True)
         except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
-            moved = (store.runs.find_one({"_id": run_id}, {"checkpoint": 1}) or {}).get("checkpoint") != info
+            moved = (store.runs.find_one({"_id": run_id}, {FIELDS[which]: 1}) or {}).get(FIELDS[which]) != info
             if not moved or attempt == 2:
-                raise CheckpointError(f"the checkpoint of run {run_id!r} is unreadable "
+                raise CheckpointError(f"the {which} checkpoint of run {run_id!r} is unreadable "
                                       f"({type(e).__name__}: {e})") from None
 
 
@@ -147,12 +179,12 @@ def put_checkpoint(store, run_id, config, state, step, replace=False):
         store.logs.delete_many({"run_id": run_id})
         store.results.delete_many({"run_id": run_id})
         store.responses.delete_many({"run_id": run_id})
-        delete_stale(store, run_id, keep=stream._id)
+        delete_stale(store, run_id, keep=[stream._id])
 
 
 def delete_stale(store, run_id, keep):
-    """Remove the run's checkpoint files but the current one."""
-    for f in store.fs.find({"metadata.run_id": run_id, "_id": {"$ne": keep}}):
+    """Remove the run's checkpoint files but those in keep (ids)."""
+    for f in store.fs.find({"metadata.run_id": run_id, "_id": {"$nin": list(keep)}}):
         store.fs.delete(f._id)
 
 

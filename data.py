@@ -1,5 +1,5 @@
 """Datasets on the command line: generate (maze, sokoban), import (the reference's layout), add A*
-statistics, list, show and drop token datasets in MongoDB.
+statistics, shuffle traces (the trace-meaning control), list, show and drop token datasets in MongoDB.
 
 The stored format and loading are in dataset.py, generation in generate.py, the import in
 reference_import.py.
@@ -13,7 +13,7 @@ import numpy as np
 import errors
 import store
 import tasks
-from dataset import ASTAR_FIELD, DTYPE, PARTS, drop_dataset, generation_rule, get_dataset
+from dataset import ASTAR_FIELD, DTYPE, PARTS, drop_dataset, generation_rule, get_dataset, origin, shuffle_traces
 from errors import ConfigError, DataError
 from generate import astar_stats, generate_maze, generate_sokoban
 from reference_import import import_dataset
@@ -77,6 +77,7 @@ def parse_args(argv):
                    help="the reference's nondeterministic A*: shuffled children, coin-flip f-ties")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument("--name", help="the dataset's name (default: the standard one, printed when written)")
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--chunk", type=int, default=16,
                    help="wall layouts per seeded job, about 17 tasks each (part of the dataset's identity)")
@@ -86,6 +87,7 @@ def parse_args(argv):
     p.add_argument("--max-trace-tokens", type=int, default=10000, help="keep levels whose trace is shorter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
+    p.add_argument("--name", help="the dataset's name (default: the standard one, printed when written)")
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--chunk", type=int, default=64, help="levels per seeded job (part of the dataset's identity)")
     p = sub.add_parser("astar-stats", help="store each test task's mean A* trace length (for ILR)")
@@ -102,8 +104,17 @@ def parse_args(argv):
     p.add_argument("--as", dest="new_name", help="name to give it here (default: the same)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     p.add_argument("--batch-size", type=int, default=1000, help="sequences read per batch")
+    p = sub.add_parser("shuffle-traces", help="the trace-meaning control: NAME's tasks, each with another task's trace",
+                       description="Write a dataset with NAME's training prompts and plans, each task carrying the A* "
+                                   "trace of another task (a seeded random permutation of the traces in which no task "
+                                   "keeps its own), and NAME's test split unchanged. It records its source and seed "
+                                   "(data.py list / show).")
+    p.add_argument("name", help="the dataset to shuffle (it must have traces)")
+    p.add_argument("--name", dest="new_name", help="the new dataset's name (default shuffled.NAME)")
+    p.add_argument("--seed", type=int, default=0, help="the permutation's seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing dataset of that name")
     sub.add_parser("list", help="list datasets")
-    p = sub.add_parser("drop", help="delete a dataset")
+    p = sub.add_parser("drop", help="delete a dataset, and its local cache on this machine")
     p.add_argument("name")
     p = sub.add_parser("show", help="counts and length statistics of a dataset, or one task with --id")
     p.add_argument("name")
@@ -115,8 +126,10 @@ def parse_args(argv):
 def check_args(args):
     """Refuse values no command can use, and bad dataset names, before any database call."""
     if args.cmd in ("maze", "sokoban"):
-        if args.num_train < 0 or args.num_test < 0 or args.workers < 1 or args.chunk < 1:
-            raise ConfigError("--num-train/--num-test must be >= 0, --workers and --chunk >= 1")
+        for flag, value, least in (("--num-train", args.num_train, 1), ("--num-test", args.num_test, 0),
+                                   ("--workers", args.workers, 1), ("--chunk", args.chunk, 1)):
+            if value < least:  # no train sequences: nothing to train on
+                raise ConfigError(f"{flag} must be >= {least}, got {value}")
         if args.cmd == "maze" and args.size < 3:
             raise ConfigError("--size must be >= 3")
         if args.cmd == "sokoban" and args.max_trace_tokens < 100:  # shorter traces are too rare to fill a set
@@ -125,25 +138,34 @@ def check_args(args):
         raise ConfigError("--runs and --workers must be >= 1, --limit >= 0")
     if args.cmd == "import" and args.batch_size < 1:
         raise ConfigError("--batch-size must be >= 1")
-    named = (args.new_name or args.name) if args.cmd == "import" else getattr(args, "name", None)
+    if args.cmd == "shuffle-traces":
+        if args.seed < 0:
+            raise ConfigError("--seed must be >= 0")
+        check_name(args.name, "dataset name")
+        args.new_name = check_name(args.new_name or f"shuffled.{args.name}", "dataset name")
+    named = (args.new_name or args.name) if args.cmd in ("import", "shuffle-traces") else getattr(args, "name", None)
     if named is not None:
         check_name(named, "dataset name")
     return args
 
 
 def make(db, args):
-    """The commands that write a dataset: maze, sokoban, astar-stats, import."""
+    """The commands that write a dataset: maze, sokoban, astar-stats, shuffle-traces, import."""
     if args.cmd == "maze":
         name = generate_maze(db, args.size, args.num_train, args.num_test, args.nondeterministic, args.seed,
-                             args.overwrite, args.workers, args.chunk)
+                             args.overwrite, args.workers, args.chunk, args.name)
         print(f"wrote dataset {name}")
     elif args.cmd == "sokoban":
         name = generate_sokoban(db, args.num_train, args.num_test, args.seed, args.overwrite, args.workers,
-                                args.max_trace_tokens, args.chunk)
+                                args.max_trace_tokens, args.chunk, args.name)
         print(f"wrote dataset {name}")
     elif args.cmd == "astar-stats":
         n = astar_stats(db, args.name, args.split, args.runs, args.limit, args.seed, args.workers)
         print(f"{args.name}: {ASTAR_FIELD} set on {n} {args.split} sequences")
+    elif args.cmd == "shuffle-traces":
+        shuffle_traces(db, args.name, args.new_name, args.seed, args.overwrite)
+        print(f"wrote dataset {args.new_name}: the training tasks of {args.name}, each with another one's trace "
+              f"(seed {args.seed}); test split copied")
     elif args.cmd == "import":
         name, counts, skipped = import_dataset(db, args.from_uri, args.from_db, args.name, args.new_name,
                                                args.overwrite, args.batch_size)
@@ -160,8 +182,9 @@ def inspect(db, args):
             state = f"building ({sum(building['counts'].values())} written)" if building else "complete"
             counts = doc.get("counts", {})
             rule = generation_rule(doc if doc.get("uid") else building)
+            source = origin(doc if doc.get("uid") else building)
             print(f"{doc['_id']:45} {doc.get('task', building and building['task']):8} {rule:9} "
-                  f"{counts.get('train', '-'):>9} {counts.get('test', '-'):>8}  {state}")
+                  f"{counts.get('train', '-'):>9} {counts.get('test', '-'):>8}  {state}" + (f", {source}" if source else ""))
     elif args.cmd == "drop":
         drop_dataset(db, args.name)
         print(f"dropped dataset {args.name}")
@@ -171,6 +194,8 @@ def inspect(db, args):
         doc = get_dataset(db, args.name)
         print(f"{args.name}: task {doc['task']}, generation rule {generation_rule(doc)}, "
               f"vocabulary {len(doc['vocabulary'])} tokens, params {doc['params']}")
+        if origin(doc):
+            print(f"derived: {origin(doc)}")
         print(f"{'split':6} {'part':8} {'count':>8} {'min':>6} {'q25':>6} {'median':>6} {'q75':>6} {'max':>6}")
         for split, part, count, *q in length_stats(db, args.name):
             print(f"{split:6} {part:8} {count:>8} " + " ".join(f"{v:>6}" for v in q))
@@ -180,9 +205,12 @@ def main(argv=None):
     try:
         args = parse_args(argv)
         db = store.connect().db
-        (make if args.cmd in ("maze", "sokoban", "astar-stats", "import") else inspect)(db, args)
+        (make if args.cmd in ("maze", "sokoban", "astar-stats", "shuffle-traces", "import") else inspect)(db, args)
     except errors.REPORTED as e:  # a PyMongoError too: e.g. the database went away mid-command
         sys.exit(errors.exit_message(e))
+    except KeyboardInterrupt:  # generation saves its progress chunk by chunk
+        print("interrupted; run the same command again to continue", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

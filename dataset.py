@@ -131,7 +131,64 @@ class DatasetWriter:
             self.coll(split, uid).drop()
 
 
+def sequence_key(split_name, split, row):
+    """A derived dataset's key for a sequence of a loaded split."""
+    return digest(split_name.encode() + int(split.ids[row]).to_bytes(8, "little") + split.get(row, "prompt").tobytes())
+
+
+def extras(split, row):
+    """A loaded sequence's per-sequence statistics (e.g. astar_mean_trace_len), to write with it."""
+    return {k: float(v[row]) for k, v in split.extra.items() if not np.isnan(v[row])}
+
+
+def copy_split(writer, split_name, split):
+    """Add every sequence of a loaded split to the writer's split of that name, as it is."""
+    for r in range(len(split.ids)):
+        writer.add(split_name, *(split.get(r, p) for p in PARTS), sequence_key(split_name, split, r), **extras(split, r))
+
+
+def shuffle_traces(db, name, new_name, seed, overwrite=False):
+    """Write new_name, the trace-meaning control: name's training tasks, each prompt with its own plan
+    and the trace of another task (the traces permuted, no task keeping its own: same lengths, valid
+    tokens, no meaning for the task), and name's test split as it is (evaluation and ILR against the
+    real A* traces). Reproducible from the seed; the new dataset records its source and seed."""
+    doc = get_dataset(db, name)
+    if new_name == name:
+        raise DataError(f"shuffling {name!r} into itself would replace it; give another --name")
+    train = load_split(db, name, "train")
+    n = len(train.ids)
+    if not train.lens["trace"].any():
+        raise DataError(f"dataset {name!r} has no traces (plan-only): there is nothing to shuffle")
+    if n < 2:
+        raise DataError(f"dataset {name!r} has {n} training sequence: shuffling traces needs 2 or more")
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n)
+    while (perm == np.arange(n)).any():  # redrawn until no task keeps its own trace (about e draws)
+        perm = rng.permutation(n)
+    info = {"source": name, "source_uid": doc["uid"], "seed": seed}
+    writer = DatasetWriter(db, new_name, doc["task"], {**doc["params"], "shuffled_traces": info},
+                           doc["vocabulary"][len(SPECIALS):], overwrite)
+    for r, t in enumerate(perm.tolist()):
+        writer.add("train", train.get(r, "prompt"), train.get(t, "trace"), train.get(r, "plan"),
+                   sequence_key("train", train, r), source_id=int(train.ids[r]), trace_of=int(train.ids[t]),
+                   **extras(train, r))
+    copy_split(writer, "test", load_split(db, name, "test"))
+    writer.commit()
+
+
+def origin(doc):
+    """Where a derived dataset came from (shown by `data.py list` and `show`), or "" for one generated or imported."""
+    params = doc.get("params") or {}
+    if "shuffled_traces" in params:
+        return f"traces shuffled from {params['shuffled_traces']['source']} (seed {params['shuffled_traces']['seed']})"
+    if "bootstrap" in params:
+        return f"bootstrapped from run {params['bootstrap']['run_id']} (step {params['bootstrap']['step']})"
+    return ""
+
+
 def drop_dataset(db, name):
+    """The dataset in the database, and its local cache on this machine (other machines' caches are keyed
+    by its generation's uid: a new dataset of that name never reads them)."""
     doc = db.datasets.find_one({"_id": check_name(name, "dataset name")})
     if doc is None:
         raise DataError(f"no dataset named {name!r} (see `python data.py list`)")
@@ -139,6 +196,7 @@ def drop_dataset(db, name):
         for split in ("train", "test"):
             db[f"ds.{name}.{uid}.{split}"].drop()
     db.datasets.delete_one({"_id": name})
+    shutil.rmtree(cache_dir() / name, ignore_errors=True)
 
 
 def generation_rule(doc) -> str:

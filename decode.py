@@ -8,12 +8,16 @@ before <eos> (uint16), eos whether <eos> came within max_tokens.
 
 Layout. Rows decode in lanes: a lane holds up to `slots` rows whose positions fit its capacity C,
 with a preallocated cache (n_layer, slots, H, C + 1, hd) and each row's tokens by position. Its rows
-sit packed in its first n slots, and a step computes only those: a row that leaves is replaced by
-the last one. Lane capacities grow by half from the longest prompt plus 64 up to the longest
-possible row, so a row attends over a window at most about 1.5 times its own length, and memory
-follows the rows' actual lengths rather than the token limit. A row about to fill its lane moves to
-the next (its keys and values are copied), growing that lane (slot counts double, the old cache's
-memory reused) while the memory budget allows; else it waits.
+sit packed in its first n slots, and an eager step computes only those (a compiled one computes
+every slot, to keep one shape): a row that leaves is replaced by the last one. Lane capacities grow
+by half from the longest prompt plus 64 up to the longest possible row, so a row attends over a
+window at most about 1.5 times its own length, and memory follows the rows' actual lengths rather
+than the token limit. A row about to fill its lane moves to the next (its keys and values are
+copied), opening or growing that lane (slot counts double, the old cache's memory reused) as far as
+the memory budget allows; rows that find no room wait, full. The budget holds the open lanes and one
+slot of each lane not open, so any lane can open with a slot and rows always move on; a larger lane
+left empty gives its memory back. (Only a budget below the first lane and one slot of every other
+one is exceeded: each lane still opens with one slot.)
 
 Per token, `decode_step` feeds every row's last token at its own position, picks the next
 one (argmax, or Gumbel-max with noise hashed from (seed, row key, position) for the next `every`
@@ -144,9 +148,11 @@ class Lane:
 
 
 def memory_budget(device):
-    """Bytes the caches may take: half of what is free now."""
+    """Bytes the caches may take: half of what is free now. On CUDA the memory that PyTorch's caching
+    allocator holds unused counts as free (inside training it still holds the freed activations)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0] // 2
+        unused = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return (torch.cuda.mem_get_info(device)[0] + unused) // 2
     try:
         with open("/proc/meminfo") as f:
             avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
@@ -213,16 +219,31 @@ class Engine:
         self.spare = []  # cache storage of retired lanes, reused: fresh memory costs a page fault per 4 KiB
         self.lanes = [self.new_lane(batch_size, caps[0])] + [None] * (len(caps) - 1)
 
-    def allocated(self):
-        return (sum(lane.nbytes() for lane in self.lanes if lane is not None)
-                + sum(t.numel() * t.element_size() for t in self.spare))
+    def held(self):
+        """Bytes of the open lanes (spares are not counted: they are freed before new memory is taken)."""
+        return sum(lane.nbytes() for lane in self.lanes if lane is not None)
 
-    def new_lane(self, slots, capacity):
-        """An empty lane, its cache in the smallest spare storage that holds it without wasting half;
-        when none does, the spares are freed first. The cache is not cleared: a slot's positions
-        are written or zeroed when a row enters it (so memory is touched as rows need it)."""
+    def slot_bytes(self, capacity):
+        """Bytes of one slot of a lane: its cache and its tokens."""
+        return (capacity + 1) * bytes_per_token(self.model.cfg, self.dtype) + (capacity + 2) * 8
+
+    def room(self, i):
+        """Bytes lane i may take now: the budget less the open lanes and one slot of every other lane
+        not open (so each of them can still open within the budget)."""
+        closed = sum(self.slot_bytes(c) for j, c in enumerate(self.caps) if j != i and self.lanes[j] is None)
+        return self.memory - self.held() - closed
+
+    def new_lane(self, slots, capacity, room=None):
+        """An empty lane, its cache in the smallest spare storage that holds it without wasting half
+        (nor taking more than `room` bytes); when none does, the spares are freed first. The cache is
+        not cleared: a slot's positions are written or zeroed when a row enters it (so memory is
+        touched as rows need it)."""
         need = slots * (capacity + 1) * values_per_token(self.model.cfg)
-        fits = [i for i, t in enumerate(self.spare) if need <= t.numel() <= 2 * need]
+        most = 2 * need
+        if room is not None:  # a larger spare counts whole: at most the room left, in elements
+            slack = room - slots * self.slot_bytes(capacity)
+            most = min(most, need + slack // torch.empty(0, dtype=self.dtype).element_size())
+        fits = [i for i, t in enumerate(self.spare) if need <= t.numel() <= most]
         if fits:
             storage = self.spare.pop(min(fits, key=lambda i: self.spare[i].numel()))
         else:
@@ -233,8 +254,8 @@ class Engine:
     def retire(self, lane):
         self.spare.append(lane.cache.storage)
 
-    def resize(self, lane, slots):
-        new = self.new_lane(slots, lane.capacity)
+    def resize(self, lane, slots, room=None):
+        new = self.new_lane(slots, lane.capacity, room)
         lane.move_into(new)
         self.retire(lane)
         return new
@@ -268,9 +289,17 @@ class Engine:
                               self.temperature)
 
     def collect(self):
-        """Finished rows as [(row, ids, eos)], freeing their slots; full rows move up a lane."""
+        """Finished rows as [(row, ids, eos)], freeing their slots; full rows move up a lane; larger
+        lanes left empty are retired.
+
+        The order matters. The top lane is collected first, so when lane i's full rows move up, lane
+        i + 1 has already let its finished rows go and packed the rest: its free slots are known and
+        the moved rows land behind its packed ones. Lane i + 1's `high` was therefore taken from its
+        own rows before the move; move_up raises it to cover the rows that came in (their positions
+        are in no snapshot). And lane i is compacted with `upto` from its own snapshot, before any row
+        of lane i - 1 enters it: every position of a row it holds then is below `upto`."""
         finished = []
-        for i in range(len(self.lanes) - 1, -1, -1):  # top lane first: it frees room for the one below
+        for i in range(len(self.lanes) - 1, -1, -1):
             lane = self.lanes[i]
             if lane is None:
                 continue
@@ -292,21 +321,26 @@ class Engine:
             running = (lane.row[:n] >= 0) & live & (pos < lane.capacity)
             lane.running, lane.high = bool(running.any()), int(pos[running].max(initial=0))
             lane.compact(int(pos.max(initial=0)) + 1)
+        for i in range(1, len(self.lanes)):  # after all moves: a lane emptied at its collection may take rows from below
+            if self.lanes[i] is not None and self.lanes[i].n == 0:
+                self.retire(self.lanes[i])
+                self.lanes[i] = None
         return finished
 
     def move_up(self, i, full):
-        """Move rows of lane i into lane i + 1, growing it while the budget allows; rows that find
-        no room stay (and wait, once full)."""
+        """Move rows of lane i into lane i + 1, opening or growing it as far as the budget allows (a
+        lane opens with at least one slot); rows that find no room stay (and wait, once full)."""
         lane, up = self.lanes[i], self.lanes[i + 1]
-        want = len(full) + (0 if up is None else up.n)
+        want = min(len(full) + (0 if up is None else up.n), self.batch_size)
         size = 0 if up is None else up.slots
         new = size
-        while new < min(want, self.batch_size):
+        while new < want:
             new = max(1, 2 * new)
-        new = min(new, self.batch_size)
-        extra = (new - size) * (self.caps[i + 1] + 1) * bytes_per_token(self.model.cfg, self.dtype)
-        if new > size and (size == 0 or self.allocated() + extra <= self.memory):
-            up = self.new_lane(new, self.caps[i + 1]) if up is None else self.resize(up, new)
+        room = self.room(i + 1)  # a lane being resized is held until its rows are copied out
+        fit = room // self.slot_bytes(self.caps[i + 1])
+        new = min(new, self.batch_size, fit if up is not None else max(1, fit))  # a lane opens with a slot at least
+        if new > size:
+            up = self.new_lane(new, self.caps[i + 1], room) if up is None else self.resize(up, new, room)
             self.lanes[i + 1] = up
         dst = up.free()[:len(full)] if up is not None else []
         if not len(dst):

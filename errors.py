@@ -5,6 +5,11 @@ Each message says what is wrong and how to fix it; a command prints it as `error
 with status 1, having written nothing or only what a re-run resumes from. A database error met
 mid-command (PyMongoError, e.g. the server went away) is reported the same way (REPORTED).
 """
+import contextlib
+import json
+import os
+import time
+
 from pymongo.errors import PyMongoError
 
 
@@ -47,5 +52,19 @@ def one_line(e):
 
 
 def exit_message(e):
-    """What a command prints, and exits with, for one of REPORTED."""
-    return f"error: {one_line(e)}"
+    """What a command prints, and exits with, for one of REPORTED; under torchrun also the worker's
+    error file (tell_launcher)."""
+    line = f"error: {one_line(e)}"
+    tell_launcher(line)
+    return line
+
+
+def tell_launcher(line):
+    """Under torchrun, write line to this worker's error file (TORCHELASTIC_ERROR_FILE, the documented
+    mechanism of torch.distributed.elastic): torchrun's closing summary then shows it as the failure's
+    reason instead of "To enable traceback see ...". The JSON is the one torch's ErrorHandler writes,
+    less the traceback (the summary shows extraInfo.py_callstack when there is one, else message)."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        with contextlib.suppress(OSError), open(path, "w") as f:
+            json.dump({"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}}}, f)

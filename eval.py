@@ -19,9 +19,14 @@ With --prefix-len K a response continues `<bos> prompt <sep>` and the first K to
 stored (A*) trace (all of it when shorter); the response is scored and stored with that prefix.
 
 Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
-parameters (prefix length included), task, sample index), the tokens as little-endian uint16
-binary. Evaluating again reuses them; an interrupted evaluation resumes by generating only the
-missing ones.
+parameters (prefix length and --checkpoint best included), task, sample index), the tokens as
+little-endian uint16 binary. Evaluating again reuses them; an interrupted evaluation resumes by
+generating only the missing ones.
+
+Checkpoints and tasks. --checkpoint latest (default) samples the run's current checkpoint, best the
+one with its best validation metric (train.py --patience). On the test split results are reported on
+its first tasks, never on the run's validation tasks (train.py --eval-tasks E: the last E, and the
+rest of the wall layout they start in): a --num-tasks reaching them is refused.
 
 Metrics, per task i over its K responses (strict checking: a response must end with <eos>, hold
 only task tokens and a plan of `plan x y` states from its first `plan` token on, from start to
@@ -43,7 +48,8 @@ ILRs and trace/A* are left out for plan-only runs. Results go to the `results` c
 checker and stores them as reference_metrics: no <eos> needed, the plan is every token from the
 first `plan` token on read as triples whose keyword is not checked, and for Sokoban the plan's
 steps are replayed as moves from the worker, illegal ones changing nothing, wherever the plan
-starts.
+starts. A result also holds t_i and t*_i of every task solved optimally (optimal_by_task):
+report.py compares runs on the tasks that all of them solve optimally.
 
 Bootstrapping. For every training prompt of the run (its dataset and filters), sample K responses;
 among those whose plan is correct and optimal (strict checking), the one with the fewest trace
@@ -72,21 +78,23 @@ from bootstrap import shortest_optimal, write_bootstrap
 from checkpoint_store import load_checkpoint
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
-from metrics import COLUMNS, Checker, print_table, score, summarize
+from metrics import COLUMNS, Checker, new_by_task, print_table, score, summarize
 from model import ModelConfig, Transformer
-from rollouts import MAX_TOKENS, Opts, batch_size_for, rollouts
-from store import check_name, connect, now
+from rollouts import MAX_TOKENS, Opts, batch_size_for, reportable_tasks, rollouts
+from store import check_checkpoint, check_name, connect, now
 
 
 # ---------------------------------------------------------------------------------------------
 # stored responses
 
 
-def response_key(run_id, step, dataset_doc, split, opts):
+def response_key(run_id, step, dataset_doc, split, opts, which="latest"):
     params = {"dataset": dataset_doc["_id"], "uid": dataset_doc["uid"], "split": split,
               "temperature": float(opts.temperature), "max_tokens": opts.max_tokens, "seed": opts.seed}
     if opts.prefix_len:  # absent at 0, so responses stored before the option keep their key
         params["prefix_len"] = opts.prefix_len
+    if which != "latest":  # absent for the latest checkpoint, likewise: best and latest never mix
+        params["checkpoint"] = which
     return {"run_id": run_id, "step": step, "pkey": json.dumps(params, sort_keys=True)}
 
 
@@ -168,9 +176,13 @@ def barrier(device):
         dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
 
 
-def load_model(store, run_id, device):
-    """(model in eval mode, checkpoint dict without the optimizer state)."""
-    ck = load_checkpoint(store, run_id)
+def load_model(store, run_id, device, which="latest"):
+    """(model in eval mode, checkpoint dict without the optimizer state) of the run's latest or best
+    checkpoint."""
+    ck = load_checkpoint(store, run_id, which=which)
+    if ck is None and which == "best":
+        raise StoreError(f"run {run_id!r} has no best checkpoint: only runs trained with --patience keep one "
+                         f"(and only after their first evaluation); use --checkpoint latest")
     if ck is None:
         raise StoreError(f"run {run_id!r} has no checkpoint yet")
     model = Transformer(ModelConfig(**ck["model_config"]))
@@ -198,18 +210,36 @@ def resolve_opts(args, doc, plan_only):
     return Opts(args.temperature, max_tokens, args.seed, prefix_len)
 
 
+def test_rows(run_id, cfg, doc, split, num_tasks):
+    """The first num_tasks test tasks (0: all), never one the run validates on (rollouts.reportable_tasks):
+    its validation tasks select its best checkpoint."""
+    eval_tasks = cfg.get("eval_tasks", 0)
+    if not eval_tasks:
+        return np.arange(len(split.ids))[:num_tasks or None]
+    allowed = reportable_tasks(doc, split, eval_tasks)
+    if num_tasks > allowed or allowed == 0:
+        how = f"give --num-tasks {allowed} or less (0: all of those)" if allowed else "none is left to report on"
+        raise ConfigError(f"run {run_id!r} validates on the last {eval_tasks} test tasks of {doc['_id']} "
+                          f"(--eval-tasks), so results are reported on its first {allowed} at most: {how}")
+    return np.arange(num_tasks or allowed)
+
+
 def sample_run(store, args, split_name, rank, world, device, rows_of=None):
     """Sample the responses of a run for a split; returns what scoring and writing need (rank 0)."""
-    model, ck = load_model(store, args.run_id, device)
+    which = getattr(args, "checkpoint", "latest")
+    model, ck = load_model(store, args.run_id, device, which)
     cfg = ck["config"]
     doc = dataset_for(store, ck, split_name)
     checker = Checker(doc)
     split = store.call(load_split, doc["_id"], split_name)
-    rows = rows_of(split, cfg) if rows_of else np.arange(len(split.ids))
-    if args.num_tasks:
-        rows = rows[:args.num_tasks]
+    if split_name == "test":
+        rows = test_rows(args.run_id, cfg, doc, split, args.num_tasks)
+    else:
+        rows = rows_of(split, cfg) if rows_of else np.arange(len(split.ids))
+        if args.num_tasks:
+            rows = rows[:args.num_tasks]
     opts = resolve_opts(args, doc, cfg["plan_only"])
-    key = response_key(args.run_id, ck["step"], doc, split_name, opts)
+    key = response_key(args.run_id, ck["step"], doc, split_name, opts, which)
     size = args.batch_size or batch_size_for(model, split, device, opts.prefix_len)
     t0 = time.monotonic()
     sample_missing(store, model, key, split, rows, args.samples, opts, size, rank, world, device, args.compile)
@@ -218,28 +248,33 @@ def sample_run(store, args, split_name, rank, world, device, rows_of=None):
     return ck, doc, checker, split, rows, opts, key
 
 
-def params_of(doc, split_name, num_tasks, samples, opts):
+def params_of(doc, split_name, num_tasks, samples, opts, which="latest"):
     params = {"dataset": doc["_id"], "split": split_name, "num_tasks": num_tasks, "samples": samples,
               "temperature": float(opts.temperature), "max_tokens": opts.max_tokens, "seed": opts.seed}
     if opts.prefix_len:
         params["prefix_len"] = opts.prefix_len
+    if which != "latest":
+        params["checkpoint"] = which
     return params
 
 
-def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, reference=None):
+def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, by_task, reference=None):
     """Store the metrics with the run (results collection) and print them. optimal_traces: the trace
-    length of every optimal response (report.py plots their distribution); reference: the sums under
-    the reference's checker, stored as reference_metrics and shown in a second row."""
+    length of every optimal response (report.py plots their distribution); by_task: the per-task
+    record of metrics.new_by_task (report.py compares runs on the tasks they all solve optimally);
+    reference: the sums under the reference's checker, stored as reference_metrics and shown in a
+    second row."""
     metrics = summarize(sums, ck["config"]["plan_only"])
-    params = params_of(doc, split_name, len(rows), args.samples, opts)
+    which = getattr(args, "checkpoint", "latest")
+    params = params_of(doc, split_name, len(rows), args.samples, opts, which)
     rkey = {"run_id": args.run_id, "step": ck["step"], "pkey": json.dumps(params, sort_keys=True)}
     result = {**rkey, "params": params, "metrics": metrics, "optimal_trace_lens": [int(t) for t in optimal_traces],
-              "time": now()}
+              "optimal_by_task": by_task, "time": now()}
     if reference:
         result["reference_metrics"] = summarize(reference, ck["config"]["plan_only"])
     store.call(lambda db: db.results.replace_one(rkey, result, upsert=True))
     prefix = f", starting after {opts.prefix_len} trace tokens" if opts.prefix_len else ""
-    print(f"run {args.run_id} at step {ck['step']}: {len(rows)} {split_name} tasks of {doc['_id']}, {args.samples} "
+    print(f"run {args.run_id} at step {ck['step']}{' (best checkpoint)' if which == 'best' else ''}: {len(rows)} {split_name} tasks of {doc['_id']}, {args.samples} "
           f"samples each, temperature {opts.temperature:g}, up to {opts.max_tokens} tokens{prefix}")
     rows = [(args.run_id, metrics)]
     if reference:
@@ -256,9 +291,10 @@ def cmd_run(store, args, rank, world, device):
         def keep_optimal_traces(row, responses, verdicts):
             optimal_traces.extend(v.trace_len for v in verdicts if v.kind == "optimal")
 
+        by_task = new_by_task(split, rows)
         sums = score(checker, split, iter_responses(store, key, split, rows, args.samples), keep_optimal_traces,
-                     reference)
-        report(store, args, ck, doc, args.split, rows, opts, sums, optimal_traces, reference)
+                     reference, by_task)
+        report(store, args, ck, doc, args.split, rows, opts, sums, optimal_traces, by_task, reference)
 
 
 def cmd_bootstrap(store, args, rank, world, device):
@@ -284,11 +320,14 @@ def cmd_bootstrap(store, args, rank, world, device):
         if k is not None:
             chosen[row] = (responses[k][0], verdicts[k].trace_len)
 
-    sums = score(checker, split, iter_responses(store, key, split, rows, args.samples), keep_shortest)
-    report(store, args, ck, doc, "train", rows, opts, sums, optimal_traces)
+    by_task = new_by_task(split, rows)
+    sums = score(checker, split, iter_responses(store, key, split, rows, args.samples), keep_shortest,
+                 by_task=by_task)
+    report(store, args, ck, doc, "train", rows, opts, sums, optimal_traces, by_task)
     info = {"source": doc["_id"], "source_uid": doc["uid"], "run_id": args.run_id, "step": ck["step"],
             "samples": args.samples, "temperature": float(opts.temperature), "max_tokens": opts.max_tokens,
-            "seed": opts.seed, "rows": len(rows), "rule": "only-shorter" if args.only_shorter else "reference"}
+            "seed": opts.seed, "rows": len(rows), "rule": "only-shorter" if args.only_shorter else "reference",
+            **({"checkpoint": "best"} if args.checkpoint == "best" else {})}
     test_name = dataset_for(store, ck, "test")["_id"]
     # run again from the start after a lost connection: the writer starts the unfinished dataset over
     replaced, before, after = store.call(write_bootstrap, name, doc, test_name, split, rows, chosen, info, args.overwrite)
@@ -309,16 +348,21 @@ def cmd_average(store, args, rank, world, device):
               if getattr(args, k) is not None}
     # results with a trace prefix only when asked for, and then only that prefix
     prefix = {"params.prefix_len": args.prefix_len} if args.prefix_len else {"params.prefix_len": {"$exists": False}}
+    # and of the latest checkpoint, or only of the best one when asked for
+    checkpoint = {"params.checkpoint": "best" if args.checkpoint == "best" else {"$exists": False}}
     field = "reference_metrics" if args.scoring == "reference" else "metrics"
     rows = []
     for run_id in ids:
         store.require_run(run_id)
-        query = {"run_id": run_id, **{f"params.{k}": v for k, v in wanted.items()}, **prefix, field: {"$exists": True}}
+        query = {"run_id": run_id, **{f"params.{k}": v for k, v in wanted.items()}, **prefix, **checkpoint,
+                 field: {"$exists": True}}
         res = store.call(lambda db: db.results.find_one(query, sort=[("time", -1)]))
         if res is None:
             given = ", ".join(f"{k}={v}" for k, v in wanted.items()) or "any parameters"
             given += f", prefix_len={args.prefix_len}" if args.prefix_len else ""
-            how = " --scoring reference" if args.scoring == "reference" else ""
+            given += ", the best checkpoint" if args.checkpoint == "best" else ""
+            how = (" --scoring reference" if args.scoring == "reference" else "") + \
+                (" --checkpoint best" if args.checkpoint == "best" else "")
             raise StoreError(f"run {run_id!r} has no evaluation result{' with reference scoring' if how else ''} "
                              f"with {given}; run `python eval.py --run-id {run_id}{how}` first")
         rows.append((f"{run_id} @{res['step']}", res[field]))
@@ -330,6 +374,10 @@ def cmd_average(store, args, rank, world, device):
             mean[key] = (float(np.mean(vals)), se)
     print_table(rows + [(f"mean ± se ({len(rows)} runs)", mean)],
                 "run (reference scoring)" if args.scoring == "reference" else "run")
+
+
+CHECKPOINT_HELP = ("latest (default): the run's current checkpoint; best: the one with the best validation metric, "
+                   "kept by runs trained with --patience")
 
 
 def add_sampling_flags(p, samples, num_tasks, help_tasks):
@@ -344,13 +392,17 @@ def add_sampling_flags(p, samples, num_tasks, help_tasks):
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decode step (default: on GPU only; on CPU compiling takes minutes)")
     devices.add_flags(p)
+    p.add_argument("--checkpoint", default="latest", metavar="{latest,best}", help=CHECKPOINT_HELP)
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("run", help="sample and score a run's responses (the default command)")
-    add_sampling_flags(p, 64, 200, "the first N tasks of the split (default 200; 0 = all)")
+    add_sampling_flags(p, 64, 200, "the first N tasks of the split (default 200; 0 = all). On the test split never "
+                                   "the run's validation tasks (train.py --eval-tasks E: the last E test tasks and "
+                                   "the rest of the wall layout they start in); asking for them is refused, 0 "
+                                   "means all before them")
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--scoring", choices=["strict", "reference"], default="strict",
                    help="reference: also score with the reference's lenient checker (no <eos> needed, plan from the "
@@ -377,6 +429,8 @@ def parse_args(argv):
                    help="results of rollouts after this trace prefix (default: none)")
     p.add_argument("--scoring", choices=["strict", "reference"], default="strict",
                    help="reference: the figures of the reference's lenient checker")
+    p.add_argument("--checkpoint", default="latest", metavar="{latest,best}",
+                   help="results of the run's latest checkpoint (default) or of its best (eval.py --checkpoint best)")
     p.set_defaults(fn=cmd_average)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in ("run", "bootstrap", "average", "-h", "--help"):
@@ -390,13 +444,16 @@ def parse_args(argv):
         except re.error as e:
             raise ConfigError(f"--pattern is not a regular expression: {e}") from None
     if args.cmd != "average":
-        if args.num_tasks < 0 or args.samples < 1 or args.temperature < 0 or args.max_tokens < 0 or args.batch_size < 0:
-            raise ConfigError("need --num-tasks >= 0, --samples >= 1, --temperature >= 0, --max-tokens >= 0 and "
-                              "--batch-size >= 0")
+        for flag, value, least in (("--num-tasks", args.num_tasks, 0), ("--samples", args.samples, 1),
+                                   ("--temperature", args.temperature, 0), ("--max-tokens", args.max_tokens, 0),
+                                   ("--batch-size", args.batch_size, 0)):
+            if not value >= least:  # a NaN temperature too
+                raise ConfigError(f"{flag} must be >= {least}, got {value}")
         if args.temperature == 0 and args.samples > 1:
             raise ConfigError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")
+    check_checkpoint(args.checkpoint)
     if getattr(args, "prefix_len", 0) < 0:
-        raise ConfigError("need --prefix-len >= 0")
+        raise ConfigError(f"--prefix-len must be >= 0, got {args.prefix_len}")
     for rid in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []):
         check_name(rid)
     return args
@@ -419,6 +476,10 @@ def main(argv=None):
         args.fn(connect(retry_s=60.0), args, rank, world, device)
     except errors.REPORTED as e:
         sys.exit(errors.exit_message(e))
+    except KeyboardInterrupt:  # the responses stored so far are kept: the same command continues
+        if rank == 0:
+            print("interrupted; run the same command again to continue (stored responses are reused)", file=sys.stderr)
+        sys.exit(130)
     finally:
         if world > 1:
             dist.destroy_process_group()

@@ -4,6 +4,7 @@ ILR metric needs (`data.py maze`, `data.py sokoban`, `data.py astar-stats`)."""
 import collections
 import functools
 import multiprocessing as mp
+import signal
 
 import numpy as np
 import pymongo
@@ -38,6 +39,12 @@ def chunk_seed(seed, chunk):
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
+def ignore_sigint():
+    """A pool worker leaves Ctrl-C (sent to the whole terminal's process group) to its parent, which stops
+    them: one line from data.py instead of a traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _generate(writer, what, want, worker, args, seed, workers, chunk):
     """Fill the splits up to `want` ({"test": n, "train": m}, test first) with the task groups of
     seeded chunks made by `worker(*args, chunk, seed, index)` in a process pool, then commit.
@@ -50,7 +57,7 @@ def _generate(writer, what, want, worker, args, seed, workers, chunk):
     total = sum(want.values())
     next_chunk = writer.progress.get("next_chunk", 0)
     progress = Progress(what, total, sum(writer.counts.values()))
-    with mp.Pool(workers) as pool:
+    with mp.Pool(workers, initializer=ignore_sigint) as pool:
         pending = collections.deque()
         submitted = next_chunk
         while sum(writer.counts.values()) < total:
@@ -72,22 +79,34 @@ def _generate(writer, what, want, worker, args, seed, workers, chunk):
     progress.update(total, force=True)
 
 
-def generate_maze(db, n, num_train, num_test, nondeterministic, seed, overwrite, workers, chunk=16):
-    name = tasks.dataset_name("maze", n=n, nondeterministic=nondeterministic)
+def writer_for(db, name, task, params, vocabulary, overwrite):
+    """The DatasetWriter of a generation: a complete dataset of that name made with other parameters
+    (another --seed, say) is refused with how to make this one beside it."""
+    doc = db.datasets.find_one({"_id": name}, {"uid": 1, "params": 1}) or {}
+    had = doc.get("params") or {}
+    if doc.get("uid") and not overwrite and had != params:
+        diff = ", ".join(f"{k} {had.get(k)!r} -> {v!r}" for k, v in params.items() if had.get(k) != v)
+        raise DataError(f"dataset {name!r} exists, made with other parameters ({diff}); give this one another name "
+                        f"with --name (e.g. --name {name}.seed-{params['seed']}), or pass --overwrite to replace it")
+    return DatasetWriter(db, name, task, params, vocabulary, overwrite)
+
+
+def generate_maze(db, n, num_train, num_test, nondeterministic, seed, overwrite, workers, chunk=16, name=None):
+    name = name or tasks.dataset_name("maze", n=n, nondeterministic=nondeterministic)
     params = {"n": n, "nondeterministic": nondeterministic, "seed": seed, "num_train": num_train,
               "num_test": num_test, "chunk": chunk, "rule": maze.RULE}
-    writer = DatasetWriter(db, name, "maze", params, maze.vocabulary(n), overwrite)
+    writer = writer_for(db, name, "maze", params, maze.vocabulary(n), overwrite)
     # a group is a wall layout: the split is by layout
     _generate(writer, f"maze {n}x{n}", {"test": num_test, "train": num_train}, _maze_chunk, (n, nondeterministic),
               seed, workers, chunk)
     return name
 
 
-def generate_sokoban(db, num_train, num_test, seed, overwrite, workers, max_trace_tokens=10000, chunk=64):
-    name = tasks.dataset_name("sokoban")
+def generate_sokoban(db, num_train, num_test, seed, overwrite, workers, max_trace_tokens=10000, chunk=64, name=None):
+    name = name or tasks.dataset_name("sokoban")
     params = {"seed": seed, "num_train": num_train, "num_test": num_test, "max_trace_tokens": max_trace_tokens,
               "chunk": chunk, "rule": sokoban.RULE}
-    writer = DatasetWriter(db, name, "sokoban", params, sokoban.vocabulary(), overwrite)
+    writer = writer_for(db, name, "sokoban", params, sokoban.vocabulary(), overwrite)
     _generate(writer, "sokoban 7x7", {"test": num_test, "train": num_train}, _sokoban_chunk, (max_trace_tokens,),
               seed, workers, chunk)
     return name
@@ -132,7 +151,7 @@ def astar_stats(db, name, split="test", runs=64, limit=0, seed=0, workers=1, bat
             yield [(d["_id"], d["prompt"], chunk_seed(seed, d["_id"])) for d in docs]
 
     work = functools.partial(_astar_means, doc["task"], doc["params"], doc["vocabulary"], runs)
-    with mp.Pool(workers) as pool:
+    with mp.Pool(workers, initializer=ignore_sigint) as pool:
         for result in pool.imap(work, jobs()):
             if isinstance(result, str):
                 raise DataError(f"dataset {name!r} {split} {result}")

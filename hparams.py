@@ -40,7 +40,9 @@ class TrainConfig:
     start_checkpoint: str = ""  # run id whose checkpoint initialises this run (step starts at 0)
     start_optimizer: bool = True  # with start_checkpoint: its AdamW state too (the reference); false: weights only
     seed: int = 0
-    eval_tasks: int = 0  # > 0: greedy rollouts on this many test tasks at each eval (rollout_* in the test log)
+    eval_tasks: int = 0  # > 0: greedy rollouts on the last this many test tasks (the validation tasks) at each
+    # eval (rollout_* in the test log)
+    patience: int = 0  # > 0: stop after this many evals in a row without a better selection metric (0: never)
 
     @classmethod
     def from_dict(cls, d):
@@ -72,16 +74,15 @@ class TrainConfig:
             if getattr(self, key) <= 0:
                 raise ValueError(f"hyper-parameter {key!r} must be positive, got {getattr(self, key)}")
         for key in ["batch_tokens", "warmup_steps", "num_train_sequences", "min_reasoning_len",
-                    "max_reasoning_len", "seed", "weight_decay", "grad_clip", "eval_tasks"]:
+                    "max_reasoning_len", "seed", "weight_decay", "grad_clip", "eval_tasks", "patience"]:
             if getattr(self, key) < 0:
                 raise ValueError(f"hyper-parameter {key!r} must not be negative, got {getattr(self, key)}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and betas in [0, 1)")
         if self.model_size not in SIZES:
             raise ValueError(f"hyper-parameter 'model_size' must be one of {', '.join(SIZES)}, got {self.model_size!r}")
-        for key, allowed in (("lr_schedule", ("cosine", "constant")), ("loss_norm", ("sequence", "token")),
-                             ("decay_params", ("all", "matrices"))):
-            if getattr(self, key) not in allowed:
+        for key, allowed in CHOICES.items():
+            if key != "model_size" and getattr(self, key) not in allowed:
                 raise ValueError(f"hyper-parameter {key!r} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
         store.check_name(self.train_name, "dataset name")
         for key in ("test_name", "start_checkpoint"):
@@ -94,7 +95,7 @@ class TrainConfig:
     @classmethod
     def from_stored(cls, d):
         """A stored config: one written before a key existed trained as that key's old value says."""
-        return cls.from_dict({**{k: v for k, v in LEGACY.items() if k in ADDED}, **d})
+        return cls.from_dict({**ADDED, **d})
 
     def lr_at(self, step):
         """Linear warm-up, then cosine decay to min_lr_ratio x lr at train_steps (or constant)."""
@@ -106,7 +107,9 @@ class TrainConfig:
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-# the defaults before the reference's training rules became the defaults; ADDED: the keys that came with
-# them, so a stored config without them was made under the old defaults
-LEGACY = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "grad_clip": 1.0}
-ADDED = ("loss_norm", "decay_params", "start_optimizer")
+# the values a string hyper-parameter may take
+CHOICES = {"model_size": tuple(SIZES), "lr_schedule": ("cosine", "constant"), "loss_norm": ("sequence", "token"),
+           "decay_params": ("all", "matrices")}
+
+# the keys added after runs were stored, each with the value a stored config without it trained with
+ADDED = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0}

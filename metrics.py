@@ -1,17 +1,20 @@
 """Judging sampled responses and the paper's metrics over them (optimal %, correct %, SWC, ILR,
-malformed %, trace/A*), summed per task so that ranks can reduce them, and their table.
+malformed %, trace/A*), summed per task so that ranks can reduce them, and their table; comparing
+stored evaluations of several runs on the tasks that all of them solve optimally.
 
 A response is judged strictly (ours: it must end with <eos>, hold only task tokens and a plan of
 `plan x y` states from its first `plan` token on that the task's check accepts) or as the
 reference's more lenient checker does; see eval.py for the metrics' definitions.
 """
+import hashlib
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 import tasks
 from dataset import SPECIALS
-from errors import DataError
+from errors import ConfigError, DataError, StoreError
 
 KINDS = ("optimal", "correct", "invalid", "malformed")  # a response's verdict; correct = correct, not optimal
 COLUMNS = [("optimal_pct", "optimal %", "{:.1f}"), ("correct_pct", "correct %", "{:.1f}"), ("swc", "SWC", "{:.3f}"),
@@ -118,18 +121,22 @@ def summarize(sums, plan_only):
     return m
 
 
-def score(checker, split, tasks, on_task=None, reference=None):
+def score(checker, split, tasks, on_task=None, reference=None, by_task=None):
     """Summed metrics over tasks, an iterable of (row, [(ids, eos), ...]); on_task(row, responses,
     verdicts) sees each task on the way. reference: a dict to fill with the same sums under the
-    reference's lenient checker."""
+    reference's lenient checker; by_task: a new_by_task record to fill."""
     sums = dict.fromkeys(SUM_FIELDS, 0.0)
     if reference is not None:
         reference.update(dict.fromkeys(SUM_FIELDS, 0.0))
     for row, resp in tasks:
         problem, best = checker.problem(split.get(row, "prompt")), optimal_moves(split, row)
         verdicts = [checker.judge(problem, ids, eos, best) for ids, eos in resp]
-        for k, v in task_sums(verdicts, best, astar_trace_len(split, row)).items():
+        mine = task_sums(verdicts, best, astar_trace_len(split, row))
+        for k, v in mine.items():
             sums[k] += v
+        if by_task is not None and mine["optimal"]:
+            for k, v in (("rows", int(row)), ("trace", mine["trace_optimal"]), ("astar", mine["trace_astar"])):
+                by_task[k].append(v)
         if reference is not None:
             lenient = [checker.judge_reference(problem, ids, eos, best) for ids, eos in resp]
             for k, v in task_sums(lenient, best, astar_trace_len(split, row)).items():
@@ -143,15 +150,131 @@ def fmt(value, spec):
     return "-" if value is None else spec.format(value)
 
 
-def print_table(rows, label="run"):
-    """rows: [(name, metrics)], metrics values may be (mean, standard error) pairs."""
+def print_table(rows, label="run", columns=COLUMNS):
+    """rows: [(name, metrics)], metrics values may be (mean, standard error) pairs; columns: (key,
+    title, format) of the columns to show where a row has a value."""
     def cell(metrics, key, spec):
         v = metrics.get(key)
-        return f"{fmt(v[0], spec)} ± {fmt(v[1], spec)}" if isinstance(v, tuple) else fmt(v, spec)
+        return f"{fmt(v[0], spec)} ± {fmt(v[1], spec.replace('+', ''))}" if isinstance(v, tuple) else fmt(v, spec)
 
-    columns = [c for c in COLUMNS if any(m.get(c[0]) is not None for _, m in rows)]
+    columns = [c for c in columns if any(m.get(c[0]) is not None for _, m in rows)]
     width = max([len(label)] + [len(name) for name, _ in rows])
     widths = [max(len(title), *(len(cell(m, key, spec)) for _, m in rows)) for key, title, spec in columns]
     print(f"{label:{width}}  " + "  ".join(f"{title:>{w}}" for (_, title, _), w in zip(columns, widths)))
     for name, m in rows:
         print(f"{name:{width}}  " + "  ".join(f"{cell(m, key, spec):>{w}}" for (key, _, spec), w in zip(columns, widths)))
+
+
+# ---------------------------------------------------------------------------------------------
+# comparing runs on the tasks they share (report.py compare, efficiency, bootstrap)
+
+ALIKE = ("split", "samples", "temperature", "prefix_len")  # evaluation parameters compared runs must share
+
+
+def new_by_task(split, rows):
+    """The per-task record an evaluation stores as optimal_by_task (score() fills it): "tasks" names
+    the evaluated tasks (a digest of their prompts in order, so a copied test split names the same
+    tasks), and, for each task with an optimal response, parallel lists (MongoDB keys must be
+    strings) of its row, the mean trace length t_i of its optimal responses and t*_i."""
+    h = hashlib.blake2b(digest_size=8)
+    for r in rows:
+        prompt = split.get(r, "prompt")
+        h.update(len(prompt).to_bytes(4, "little") + prompt.tobytes())
+    return {"tasks": h.hexdigest(), "rows": [], "trace": [], "astar": []}
+
+
+def by_task_of(name, res):
+    by = res.get("optimal_by_task")
+    if by is None:
+        raise StoreError(f"{name}'s evaluation at step {res['step']} predates per-task results: run eval.py "
+                         f"--run-id {res['run_id']} again with the same flags (its stored responses are reused)")
+    return by
+
+
+def check_alike(named):
+    """named: [(name, result document)]; refuses runs evaluated on other tasks or otherwise unlike the first."""
+    first, ref = named[0]
+    for name, res in named[1:]:
+        if by_task_of(name, res)["tasks"] != by_task_of(first, ref)["tasks"]:
+            a, b = ref["params"], res["params"]
+            raise ConfigError(f"{first} and {name} were evaluated on different tasks ({a['num_tasks']} {a['split']} "
+                              f"tasks of {a['dataset']} vs {b['num_tasks']} of {b['dataset']}): evaluate them on the "
+                              f"same ones (eval.py --split, --num-tasks; train with --test-name)")
+        for key in ALIKE:
+            if res["params"].get(key) != ref["params"].get(key):
+                raise ConfigError(f"{first} and {name} were evaluated differently ({key} {ref['params'].get(key)} vs "
+                                  f"{res['params'].get(key)}): evaluate them alike")
+
+
+def common_tasks(named):
+    """The rows that every run of named solves optimally (checked alike first), sorted."""
+    check_alike(named)
+    return sorted(set.intersection(*(set(by_task_of(name, res)["rows"]) for name, res in named)))
+
+
+def binomial_se(k, n):
+    """The standard error of a percentage k/n of tasks."""
+    p = k / n
+    return 100 * math.sqrt(p * (1 - p) / n)
+
+
+def ratio_of_sums(t, t_star):
+    """(sum t / sum t*, its delta-method standard error over tasks); the error is None below two tasks."""
+    t, s = np.asarray(t, float), np.asarray(t_star, float)
+    if not len(t):
+        return None
+    r = float(t.sum() / s.sum())
+    n = len(t)
+    return r, (float(math.sqrt(((t - r * s) ** 2).sum() / (n * (n - 1))) / s.mean()) if n > 1 else None)
+
+
+def traces_on(name, res, rows):
+    """(t_i, t*_i) of a run's optimal responses on rows (tasks it solves optimally); None for plan-only runs."""
+    if "trace_ratio" not in res["metrics"]:
+        return None
+    by = by_task_of(name, res)
+    at = dict(zip(by["rows"], zip(by["trace"], by["astar"])))
+    return np.array([at[r][0] for r in rows], float), np.array([at[r][1] for r in rows], float)
+
+
+def paired(a, b, rows):
+    """b minus a, each (name, result document) on the same tasks: optimal % over all of them and
+    trace/A* over rows, as paired differences with their standard errors over tasks (per task,
+    solved optimally or not, and t_b,i - t_a,i over the shared sum of t*)."""
+    (name_a, res_a), (name_b, res_b) = a, b
+    n = res_a["metrics"]["tasks"]
+    solved_a, solved_b = set(by_task_of(name_a, res_a)["rows"]), set(by_task_of(name_b, res_b)["rows"])
+    mean = (len(solved_b) - len(solved_a)) / n
+    var = (len(solved_a ^ solved_b) - n * mean ** 2) / (n - 1) if n > 1 else 0.0  # per-task differences are -1, 0, 1
+    out = {"optimal_pct_diff": (100 * mean, 100 * math.sqrt(max(var, 0.0) / n) if n > 1 else None)}
+    ta, tb = traces_on(name_a, res_a, rows), traces_on(name_b, res_b, rows)
+    if ta is not None and tb is not None and len(rows):
+        if not np.allclose(ta[1], tb[1]):
+            raise ConfigError(f"{name_a} and {name_b} were scored with different A* trace lengths t* (data.py "
+                              f"astar-stats ran between their evaluations?): evaluate both again")
+        out["trace_ratio_diff"] = ratio_of_sums(tb[0] - ta[0], ta[1])
+    return out
+
+
+def compare(named):
+    """Each run of named ([(name, result document)], evaluated alike on the same tasks) on the tasks
+    that every one solves optimally: optimal % of all its tasks with the binomial standard error,
+    trace/A* over the common tasks as a ratio of sums (as trace_ratio: sum t_i / sum t*_i) with its
+    delta-method standard error, and both as paired differences from the first run. Returns
+    (common rows, [stats per run])."""
+    rows = common_tasks(named)
+    out = [run_stats(name, res, rows) for name, res in named]
+    for stats, (name, res) in zip(out[1:], named[1:]):
+        stats.update(paired(named[0], (name, res), rows))
+    return rows, out
+
+
+def run_stats(name, res, rows):
+    """One run's figures of compare() without the paired differences (rows: the common tasks)."""
+    n, solved = res["metrics"]["tasks"], len(by_task_of(name, res)["rows"])
+    stats = {"run": name, "step": res["step"], "checkpoint": res["params"].get("checkpoint", "latest"), "tasks": n,
+             "optimal": solved, "optimal_pct": (100 * solved / n, binomial_se(solved, n)), "common": len(rows)}
+    traces = traces_on(name, res, rows)
+    if traces is not None:
+        stats["trace_ratio"] = ratio_of_sums(*traces)
+    return stats

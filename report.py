@@ -1,4 +1,5 @@
-"""Plots of runs and datasets, each written to the PNG file named by --out (matplotlib, headless).
+"""Plots of runs and datasets, each written to the PNG file named by --out (matplotlib, headless), and
+tables comparing runs' evaluations (--json: also as a JSON file).
 
   python report.py loss --run-id A [--run-id B ...] --out loss.png
       training (solid) and test (dashed) loss against the step, one colour per run
@@ -7,12 +8,39 @@
       bootstrapped dataset's), and each run's optimal responses in its latest evaluation (eval.py)
   python report.py metrics --run-id A [--run-id B ...] [--split test] --out metrics.png
       optimal % / correct % and SWC / ILR of each run's latest evaluation, as bars (Table 1 as a picture)
+  python report.py compare --run-id A --run-id B [...] [--split test] [--json cmp.json]
+      a table of runs on the tasks that every one solves optimally (see below)
+  python report.py efficiency --run-id R [...] --out eff.png [--json eff.json]
+      optimal % against the number of training tasks, one line per model kind (the paper's Figure 3)
+  python report.py bootstrap --run-id STEP0 --run-id STEP1 [...] [--control C1 ...] --out boot.png [--json ...]
+      trace/A* and optimal % per bootstrapping step, the control runs as a second line
 
 A run's "latest evaluation" is the most recent eval.py result on that split (eval.py bootstrap stores
-one on the train split). The file is written under a temporary name and renamed, so a failed plot
-never leaves a partial PNG.
+one on the train split). compare, efficiency and bootstrap use the latest of the best checkpoint's
+evaluations (eval.py --checkpoint best) when the run has one, else its latest; evaluations after a
+trace prefix are left out; the runs must have been evaluated on the same tasks (the same prompts,
+whichever dataset holds them) with the same samples and temperature.
+
+Comparing runs. Per run: optimal % of the evaluated tasks with its binomial standard error; trace/A*
+over the tasks that every compared run solves optimally, as the ratio of sums sum t_i / sum t*_i
+(as eval.py's trace/A*; t_i the mean trace length of the task's optimal responses) with its
+delta-method standard error over tasks; and both as paired differences from the first run on the
+same tasks (optimal: per-task solved-or-not differences; trace/A*: sum (t_i - t_first,i) / sum t*_i).
+
+Model kinds (efficiency): solution-only (a plan-only run), shuffled-trace (its training dataset
+records a shuffle of traces: params shuffle_traces or shuffled_from), search-augmented (otherwise).
+The training tasks are the run's num_train_sequences (all: the dataset's train count). Error bars:
+the standard error over the seeds (runs of the same kind and count) where there are two or more,
+else the binomial one. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the
+train log records, up to the evaluated step and in all; wall time runs from the run's creation to its
+last update (time between a kill and its resume included).
+
+PNG and JSON files are written under a temporary name and renamed, so a failure never leaves a
+partial file.
 """
 import argparse
+import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -26,17 +54,29 @@ import numpy as np  # noqa: E402
 import errors  # noqa: E402
 from dataset import get_dataset, load_split  # noqa: E402
 from errors import ConfigError, DataError, StoreError  # noqa: E402
+from metrics import check_alike, compare, paired, print_table, run_stats  # noqa: E402
 from store import check_name, connect  # noqa: E402
 
 PERCENTS = [("optimal_pct", "optimal %"), ("correct_pct", "correct %")]
 RATIOS = [("swc", "SWC"), ("ilr_solved", "ILR-solved"), ("ilr_optimal", "ILR-optimal")]
+KINDS = ("search-augmented", "shuffled-trace", "solution-only")  # efficiency's lines, in this order
+COMPARE_COLUMNS = [("step", "step", "{}"), ("checkpoint", "checkpoint", "{}"), ("optimal_pct", "optimal %", "{:.1f}"),
+                   ("optimal_pct_diff", "Δ optimal %", "{:+.1f}"), ("common", "common tasks", "{}"),
+                   ("trace_ratio", "trace/A*", "{:.3f}"), ("trace_ratio_diff", "Δ trace/A*", "{:+.3f}")]
+EFFICIENCY_COLUMNS = [("kind", "kind", "{}"), ("train_tasks", "train tasks", "{:,}"), ("seed", "seed", "{}"),
+                      ("optimal_pct", "optimal %", "{:.1f}"), ("step", "step", "{}"), ("checkpoint", "checkpoint", "{}"),
+                      ("tokens_at_eval", "tokens to step", "{:,}"), ("tokens", "tokens", "{:,}"),
+                      ("steps_trained", "steps trained", "{}"), ("wall_s", "wall s", "{:.0f}")]
+BOOTSTRAP_COLUMNS = [("line", "line", "{}"), ("bootstrap_step", "bootstrap step", "{}"), *COMPARE_COLUMNS,
+                     ("control_optimal_pct_diff", "Δ control optimal %", "{:+.1f}"),
+                     ("control_trace_ratio_diff", "Δ control trace/A*", "{:+.3f}")]
 
 
-def check_out(path):
-    """The output must be a .png in an existing, writable folder: checked before any work."""
+def check_out(path, suffix=".png", flag="--out"):
+    """The output must be a .png (.json) in an existing, writable folder: checked before any work."""
     out = Path(path)
-    if out.suffix.lower() != ".png":
-        raise ConfigError(f"--out {path!r} must name a .png file")
+    if out.suffix.lower() != suffix:
+        raise ConfigError(f"{flag} {path!r} must name a {suffix} file")
     folder = out.parent if str(out.parent) else Path(".")
     if not folder.is_dir():
         why = "is not a folder" if folder.exists() else "does not exist (create it first)"
@@ -46,17 +86,42 @@ def check_out(path):
     return out
 
 
-def save(fig, out):
+def write_atomic(out, write):
+    """write(tmp) then rename tmp to out: a failure leaves no partial file."""
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+        write(tmp)
         os.replace(tmp, out)
     except OSError as e:
         raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
     finally:
-        plt.close(fig)
         tmp.unlink(missing_ok=True)
     print(f"wrote {out}")
+
+
+def save(fig, out):
+    try:
+        write_atomic(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
+    finally:
+        plt.close(fig)
+
+
+def save_json(doc, out):
+    """(value, standard error) pairs become value and value_se fields."""
+    def flat(d):
+        if isinstance(d, list):
+            return [flat(x) for x in d]
+        if not isinstance(d, dict):
+            return d
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, tuple):
+                out[k], out[f"{k}_se"] = v
+            else:
+                out[k] = flat(v)
+        return out
+    if out is not None:
+        write_atomic(out, lambda tmp: tmp.write_text(json.dumps(flat(doc), indent=1) + "\n"))
 
 
 def finish(fig, ax, xlabel, ylabel, out, legend_size=8):
@@ -67,9 +132,14 @@ def finish(fig, ax, xlabel, ylabel, out, legend_size=8):
     save(fig, out)
 
 
-def latest_result(store, run_id, split):
+def latest_result(store, run_id, split, compared=False):
+    """The run's latest evaluation on split; compared: the one a comparison uses, of the best
+    checkpoint where there is one, never one after a trace prefix."""
     store.require_run(run_id)
-    res = next(iter(store.results.find({"run_id": run_id, "params.split": split}).sort([("time", -1)]).limit(1)), None)
+    query = {"run_id": run_id, "params.split": split,
+             **({"params.prefix_len": {"$exists": False}} if compared else {})}
+    newest = lambda extra: store.results.find_one({**query, **extra}, sort=[("time", -1)])  # noqa: E731
+    res = (compared and newest({"params.checkpoint": "best"})) or newest({})
     if res is None:
         raise StoreError(f"run {run_id!r} has no evaluation on the {split} split: run eval.py --run-id {run_id}"
                          f"{' --split train' if split == 'train' else ''} first")
@@ -143,6 +213,142 @@ def plot_metrics(store, args):
     save(fig, args.out)
 
 
+def compared_results(store, run_ids, split):
+    return [(run_id, latest_result(store, run_id, split, compared=True)) for run_id in run_ids]
+
+
+def evaluation(named, stats):
+    """What the compared evaluations share, for the JSON file and the titles."""
+    p = named[0][1]["params"]
+    kinds = sorted({s["checkpoint"] for s in stats})
+    return {"split": p["split"], "num_tasks": p["num_tasks"], "samples": p["samples"], "temperature": p["temperature"],
+            "datasets": sorted({res["params"]["dataset"] for _, res in named}),
+            "checkpoint": kinds[0] if len(kinds) == 1 else "mixed"}
+
+
+def describe(ev):
+    which = "mixed checkpoints (see the table)" if ev["checkpoint"] == "mixed" else f"{ev['checkpoint']} checkpoints"
+    return f"{ev['num_tasks']} {ev['split']} tasks, {ev['samples']} samples each, {which}"
+
+
+def cmd_compare(store, args):
+    named = compared_results(store, args.run_id, args.split)
+    rows, stats = compare(named)
+    ev = evaluation(named, stats)
+    print(f"{describe(ev)}; {len(rows)} solved optimally by every run; Δ: paired difference from {named[0][0]}")
+    print_table([(s["run"], s) for s in stats], columns=COMPARE_COLUMNS)
+    save_json({"evaluation": ev, "common_tasks": len(rows), "runs": stats}, args.json)
+
+
+def run_kind(store, cfg):
+    """(model kind, training tasks) of a run's config."""
+    doc = get_dataset(store.db, cfg["train_name"])
+    count = min(cfg["num_train_sequences"] or math.inf, doc["counts"]["train"])
+    if cfg["plan_only"]:
+        return "solution-only", count
+    shuffled = "shuffled_traces" in doc.get("params", {})  # data.py shuffle-traces
+    return ("shuffled-trace" if shuffled else "search-augmented"), count
+
+
+def run_facts(store, run, step):
+    """Loss tokens seen up to step and in all (train log records), steps trained and wall time of a run."""
+    logs = store.get_logs(run["_id"], "train")
+    known = bool(logs) and all("tokens" in r for r in logs)
+    wall = (run["updated"] - run["created"]).total_seconds() if run.get("created") and run.get("updated") else None
+    return {"tokens_at_eval": sum(r["tokens"] for r in logs if r["step"] <= step) if known else None,
+            "tokens": sum(r["tokens"] for r in logs) if known else None, "steps_trained": run.get("step"),
+            "wall_s": wall}
+
+
+def efficiency_points(runs):
+    """One point per (kind, training tasks): the mean optimal % of its runs with the standard error
+    over them (two or more), else the run's binomial one."""
+    points = []
+    for kind in KINDS:
+        for count in sorted({r["train_tasks"] for r in runs if r["kind"] == kind}):
+            group = [r for r in runs if r["kind"] == kind and r["train_tasks"] == count]
+            pcts = [r["optimal_pct"][0] for r in group]
+            se = float(np.std(pcts, ddof=1) / math.sqrt(len(pcts))) if len(pcts) > 1 else group[0]["optimal_pct"][1]
+            points.append({"kind": kind, "train_tasks": count, "runs": [r["run"] for r in group],
+                           "optimal_pct": (float(np.mean(pcts)), se),
+                           "error": "seeds" if len(pcts) > 1 else "binomial"})
+    return points
+
+
+def plot_efficiency(store, args):
+    named = compared_results(store, args.run_id, args.split)
+    check_alike(named)
+    runs = []
+    for name, res in named:
+        run = store.require_run(name)
+        kind, count = run_kind(store, run["config"])
+        runs.append({"run": name, "kind": kind, "train_tasks": count, "seed": run["config"]["seed"],
+                     **{k: v for k, v in run_stats(name, res, []).items() if k != "common"},
+                     **run_facts(store, run, res["step"])})
+    points = efficiency_points(runs)
+    ev = evaluation(named, runs)
+    print_table([(r["run"], r) for r in runs], columns=EFFICIENCY_COLUMNS)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for i, kind in enumerate(KINDS):
+        mine = [p for p in points if p["kind"] == kind]
+        if not mine:
+            continue
+        dodge = 1.04 ** (i - 1)  # the kinds' error bars side by side where they share a count
+        ax.errorbar([p["train_tasks"] * dodge for p in mine], [p["optimal_pct"][0] for p in mine],
+                    yerr=[p["optimal_pct"][1] for p in mine], marker="o", capsize=3, color=f"C{i}", label=kind)
+        seeds = [r for r in runs if r["kind"] == kind]
+        ax.scatter([r["train_tasks"] * dodge for r in seeds], [r["optimal_pct"][0] for r in seeds], s=10, alpha=0.4,
+                   color=f"C{i}")
+    ax.set_xscale("log")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"{describe(ev)}\nerror bars: the seeds' standard error (2+ runs), else binomial", fontsize=9)
+    save_json({"evaluation": ev, "runs": runs, "points": points}, args.json)
+    finish(fig, ax, "training tasks", f"optimal % of {ev['split']} tasks", args.out)
+
+
+def plot_bootstrap(store, args):
+    lines = [("bootstrap", k, r) for k, r in enumerate(args.run_id)]
+    lines += [("control", k + 1, r) for k, r in enumerate(args.control or [])]  # step 0's run is both lines' start
+    named = compared_results(store, [r for _, _, r in lines], args.split)
+    for name, res in named:
+        if "trace_ratio" not in res["metrics"]:
+            raise ConfigError(f"run {name!r} is plan-only: bootstrapping compares search-augmented runs")
+    rows, stats = compare(named)
+    if not rows:
+        raise DataError("no task is solved optimally by every run: trace/A* has no common task to compare on")
+    for (line, step, _), s in zip(lines, stats):
+        s.update(line=line, bootstrap_step=step)
+    for s, (name, res) in zip(stats, named):
+        control = next((i for i, (line, step, _) in enumerate(lines)
+                        if line == "control" and step == s["bootstrap_step"]), None)
+        if s["line"] == "bootstrap" and control is not None:
+            vs = paired(named[control], (name, res), rows)
+            s.update({f"control_{k}": v for k, v in vs.items()})
+    ev = evaluation(named, stats)
+    print(f"{describe(ev)}; trace/A* on the {len(rows)} tasks that every run solves optimally; Δ: paired difference "
+          f"from step 0 ({named[0][0]}), Δ control: from the control at the same step")
+    print_table([(s["run"], s) for s in stats], columns=BOOTSTRAP_COLUMNS)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, key, title in ((axes[0], "trace_ratio", f"trace/A* on the {len(rows)} tasks every run solves optimally"),
+                           (axes[1], "optimal_pct", f"optimal % of {ev['split']} tasks")):
+        for i, line in enumerate(("bootstrap", "control")):
+            mine = [s for s in stats if s["line"] == line]
+            if line == "control" and mine:
+                mine = [stats[0], *mine]
+            if mine:
+                ax.errorbar([s["bootstrap_step"] + 0.02 * i for s in mine], [s[key][0] for s in mine],
+                            yerr=[s[key][1] or 0 for s in mine], marker="o", capsize=3, color=f"C{i}",
+                            linestyle="-" if i == 0 else "--", label=line)
+        ax.set_title(title, fontsize=9)
+        ax.set_xticks(sorted({s["bootstrap_step"] for s in stats}))
+        ax.set_xlabel("bootstrapping step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(describe(ev), fontsize=9)
+    save_json({"evaluation": ev, "common_tasks": len(rows), "runs": stats}, args.json)
+    save(fig, args.out)
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -162,19 +368,42 @@ def parse_args(argv):
     p.add_argument("--run-id", action="append", required=True, help="repeatable")
     p.add_argument("--split", default="test", choices=["train", "test"], help="which evaluation (default test)")
     p.set_defaults(fn=plot_metrics)
-    for p in sub.choices.values():
-        p.add_argument("--out", required=True, help="the PNG file to write")
+    p = sub.add_parser("compare", help="a table of runs on the tasks that every one solves optimally: optimal %% "
+                       "(binomial SE), trace/A* as sum t_i / sum t*_i (delta-method SE), paired differences from the "
+                       "first run")
+    p.add_argument("--run-id", action="append", required=True, help="repeatable; the first is the paired reference")
+    p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("efficiency", help="optimal %% against training tasks, one line per model kind (Figure 3)")
+    p.add_argument("--run-id", action="append", required=True, help="repeatable: every run of every kind and seed")
+    p.set_defaults(fn=plot_efficiency)
+    p = sub.add_parser("bootstrap", help="trace/A* (on the tasks every run solves optimally) and optimal %% per "
+                       "bootstrapping step, with the control")
+    p.add_argument("--run-id", action="append", required=True,
+                   help="repeatable, in order: the runs of bootstrapping steps 0, 1, 2, ...")
+    p.add_argument("--control", action="append", help="repeatable, in order: the control runs of steps 1, 2, ... "
+                   "(its line starts at step 0's run)")
+    p.set_defaults(fn=plot_bootstrap)
+    for name in ("compare", "efficiency", "bootstrap"):
+        sub.choices[name].add_argument("--split", default="test", choices=["train", "test"],
+                                       help="which evaluation (default test)")
+        sub.choices[name].add_argument("--json", help="also write the figures to this .json file")
+    for name, p in sub.choices.items():
+        if name != "compare":
+            p.add_argument("--out", required=True, help="the PNG file to write")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        for run_id in args.run_id or []:
+        for run_id in (args.run_id or []) + (getattr(args, "control", None) or []):
             check_name(run_id)
         if getattr(args, "first", 0) < 0:
             raise ConfigError(f"--first must not be negative, got {args.first}")
-        args.out = check_out(args.out)
+        if getattr(args, "out", None) is not None:
+            args.out = check_out(args.out)
+        if getattr(args, "json", None) is not None:
+            args.json = check_out(args.json, ".json", "--json")
         args.fn(connect(), args)
     except errors.REPORTED as e:
         sys.exit(errors.exit_message(e))

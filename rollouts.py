@@ -1,6 +1,10 @@
 """Rollouts of a model on a dataset's tasks: each continues `<bos> prompt <sep>` (and an optional
 prefix of the stored trace) through the sampling engine (decode.py); and the greedy rollout metrics
-a trainer logs at its evaluations (train.py --eval-tasks)."""
+a trainer logs at its evaluations (train.py --eval-tasks) on its validation tasks.
+
+Validation tasks: the last eval_tasks tasks of the run's test split. A trainer selects its best
+checkpoint on them (--patience), so results are reported only on the tasks before them, and before
+the wall layout they start in (reportable_tasks): no reported task shares a layout with them."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -8,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 import decode
+import tasks
 from dataset import BOS, DTYPE, SEP, get_dataset, load_split
 from metrics import SUM_FIELDS, Checker, score, summarize
 
@@ -58,25 +63,37 @@ def batch_size_for(model, split, device, prefix_len=0):
     return decode.auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + prefix_len, device)
 
 
+def reportable_tasks(doc, split, eval_tasks):
+    """How many leading tasks of a test split results may be reported on when a run validates on its
+    last eval_tasks: those before the validation tasks and before the wall layout the first of them
+    is in (a layout's tasks are stored together)."""
+    start = max(0, len(split.ids) - eval_tasks)
+    task = tasks.of(doc["task"], doc.get("params", {}))
+    layout = lambda r: (task.layout if task else lambda p: p)(split.get(r, "prompt")).tobytes()  # noqa: E731
+    while 0 < start < len(split.ids) and layout(start - 1) == layout(start):
+        start -= 1
+    return start
+
+
 def rollout_metrics(model, store, cfg, rank, world, device, use_cache):
-    """For the trainer: greedy rollouts on the first cfg.eval_tasks test tasks, each rank a share,
-    metrics over all of them. Rollouts stop at twice the longest reference response of these tasks
-    (or the usual limit, if lower): an untrained model would otherwise run to the full limit. The
-    dataset is read through the store's retries, from the local cache when use_cache."""
+    """For the trainer: greedy rollouts on the validation tasks (the last cfg.eval_tasks test tasks),
+    each rank a share, metrics over all of them. Rollouts stop at twice the longest reference response
+    of these tasks (or the usual limit, if lower): an untrained model would otherwise run to the full
+    limit. The dataset is read through the store's retries, from the local cache when use_cache."""
     name = cfg.test_name or cfg.train_name
     doc = store.call(get_dataset, name)
     checker = Checker(doc)
     split = store.call(load_split, name, "test", use_cache)
-    rows = np.arange(min(cfg.eval_tasks, len(split.ids)))
+    rows = np.arange(max(0, len(split.ids) - cfg.eval_tasks), len(split.ids))
     ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
     opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))
     mine = [(int(r), 0) for r in rows[rank::world]]
     size = batch_size_for(model, split, device)
     training = model.training
     model.eval()
-    tasks = [(r, [(ids, eos)]) for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device)]
+    answers = [(r, [(ids, eos)]) for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device)]
     model.train(training)
-    sums = score(checker, split, tasks)
+    sums = score(checker, split, answers)
     total = torch.tensor([sums[k] for k in SUM_FIELDS], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(total)

@@ -43,6 +43,17 @@ def check_name(value, what="run id"):
     return value
 
 
+CHECKPOINTS = ("latest", "best")  # a run's checkpoints: where a resume starts, and its best (train.py --patience)
+
+
+def check_checkpoint(value):
+    """A checkpoint name given on the command line (--checkpoint)."""
+    if value not in CHECKPOINTS:
+        raise ConfigError(f"unknown checkpoint {shown(value)}: give --checkpoint latest (the run's current one) or "
+                          f"--checkpoint best (kept by runs trained with --patience)")
+    return value
+
+
 SECRET_OPTION = re.compile(r"password|secret|token|authmechanismproperties", re.IGNORECASE)
 
 
@@ -263,7 +274,8 @@ class Store:
 
     @retrying
     def start_run(self, run_id, config, owner, lease_s, world_size, host):
-        """Create the run or re-open it for resuming; refuses a changed config or a live holder.
+        """Create the run or re-open it for resuming; refuses a changed config or a live holder, except
+        that a raised train_steps extends the run (the stored config takes it).
 
         Returns the run document as it was before this call (None for a new run)."""
         check_name(run_id)
@@ -271,6 +283,8 @@ class Store:
         lease = {"owner": owner, "expires": server_t + lease_s, "seen": server_t}
         fields = {"status": "running", "error": None, "world_size": world_size, "host": host, "updated": t}
         doc = self.runs.find_one({"_id": run_id})
+        if doc and (doc.get("lease") or {}).get("owner") == owner and doc.get("created") == doc.get("updated"):
+            return None  # this call's own insert, its answer lost (retried whole): still a new run (RunGuard.created)
         if doc is None:
             try:
                 self.runs.insert_one({"_id": run_id, "config": config, "created": t, "step": 0,
@@ -279,10 +293,12 @@ class Store:
             except DuplicateKeyError:
                 doc = self.runs.find_one({"_id": run_id})
         diff = sorted(k for k in set(config) | set(doc["config"]) if config.get(k) != doc["config"].get(k))
-        if diff:
+        extend = diff == ["train_steps"] and config["train_steps"] > doc["config"]["train_steps"]
+        if diff and not extend:
             changes = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
-            raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({changes}); "
-                             f"use a new --run-id or drop it with `python admin.py drop-run --run-id {run_id}`")
+            raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({changes}); only --train-steps "
+                             f"may change, raised, to extend it; use a new --run-id or drop it with "
+                             f"`python admin.py drop-run --run-id {run_id}`")
         if doc.get("checkpoint") and doc.get("world_size") not in (None, world_size):
             raise StoreError(world_size_refusal(run_id, doc["world_size"], world_size))
         if not self.acquire_lease(run_id, owner, lease_s):
@@ -290,7 +306,7 @@ class Store:
             left = held["expires"] - self.server_time()
             raise StoreError(f"run {run_id!r} is being trained by {held['owner']} (lease expires in {left:.0f}s "
                              f"unless renewed); wait for it or stop that process")
-        self.runs.update_one({"_id": run_id}, {"$set": fields})
+        self.runs.update_one({"_id": run_id}, {"$set": {**fields, **({"config": config} if extend else {})}})
         return doc
 
     def acquire_lease(self, run_id, owner, lease_s):
@@ -312,6 +328,14 @@ class Store:
         """Returns False when owner is given and no longer holds the run (nothing is written then)."""
         r = self.runs.update_one(fenced(run_id, owner), {"$set": {"status": status, "error": error, "updated": now()}})
         return r.matched_count > 0
+
+    @retrying
+    def set_stopped_early(self, run_id, step, best_step, owner=None):
+        """Record that model selection (train.py --patience) ended the run at `step`, its best at best_step."""
+        r = self.runs.update_one(fenced(run_id, owner), {"$set": {"stopped_early": {"step": step, "best_step": best_step},
+                                                                   "updated": now()}})
+        if owner and r.matched_count == 0:
+            raise lost(run_id)
 
     @retrying
     def live_holder(self, run_id):
@@ -362,6 +386,7 @@ class Store:
 
     @retrying
     def list_checkpoints(self):
-        return [{"run_id": d["_id"], **d["checkpoint"]}
-                for d in self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1}).sort("_id", 1)
-                if d.get("checkpoint")]
+        """Every run's checkpoints, its latest (`checkpoint`) then its best (train.py --patience), by run id."""
+        docs = self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1, "best": 1}).sort("_id", 1)
+        return [{"run_id": d["_id"], "which": which, **d[field]}
+                for d in docs for which, field in (("latest", "checkpoint"), ("best", "best")) if d.get(field)]

@@ -1,10 +1,12 @@
-"""Sweep files: a JSON list of hyper-parameter dicts; `load(path, index)` gives one entry's TrainConfig.
+"""Sweep files: a JSON list of hyper-parameter dicts; `load(path, index)` gives one entry's TrainConfig,
+`run_id(path, index)` the id its run gets when the command line names none.
 
 Keys are TrainConfig's field names, which follow the reference's spelling; the reference's
 `encoder` / `decoder` model names (e.g. `enc-m-s`, `dec-m-s`) map to our `model_size`.
 Missing keys take TrainConfig's defaults.
 """
 import json
+from pathlib import Path
 
 from errors import ConfigError, Error
 from hparams import TrainConfig, shown
@@ -59,3 +61,12 @@ def load(path, index, defaults=None):
         have = f"0..{len(entries) - 1}" if entries else "none"
         raise ConfigError(f"{path}: index {shown(index)} out of range (the file's entries: {have})")
     return to_config(entries[index], f"{path}[{index}]", defaults)
+
+
+def run_id(path, index):
+    """The default run id of entry `index`: `<file stem>-<index>` (the reference's naming), except that a
+    Searchformer step file `<base>-step-<k>.json` names `<base>-<index>-step-<k>`: the ids its next
+    step's start_checkpoint and the bootstrap dataset names (`bootstrap.<run id>`) assume."""
+    stem = Path(path).stem
+    base, sep, k = stem.rpartition("-step-")
+    return f"{base}-{index}-step-{k}" if sep and k.isdigit() else f"{stem}-{index}"

@@ -3,7 +3,8 @@ dataset's `task` field.
 
 A task (of(kind, params)) parses a prompt into its problem (ValueError when malformed), parses a
 plan (None when malformed), checks a plan strictly (ours) or as the reference does, renders a
-problem with a plan drawn, and gives the mean A* trace length of a problem (the ILR metric's t*).
+problem with a plan drawn, gives the mean A* trace length of a problem (the ILR metric's t*), and
+the part of a prompt that names its layout (the tasks drawn on one wall layout share it).
 To add a kind: a module like maze.py, a class here, and an entry in KINDS.
 """
 import maze
@@ -26,6 +27,11 @@ class Maze:
     def mean_trace_len(self, problem, runs, seed):
         return maze.mean_trace_len(problem, runs, seed, self.nondeterministic)
 
+    @staticmethod
+    def layout(prompt):
+        """The part of a prompt (tokens or ids) that its wall layout's other tasks share: after `start x y goal x y`."""
+        return prompt[6:]
+
 
 class Sokoban:
     kind = "sokoban"
@@ -38,6 +44,10 @@ class Sokoban:
 
     def __init__(self, params):
         pass
+
+    @staticmethod
+    def layout(prompt):
+        return prompt  # a level is a task of its own
 
 
 KINDS = {"maze": Maze, "sokoban": Sokoban}

@@ -1,4 +1,4 @@
-"""Train one run: `train.py single --run-id ID [flags]` or `train.py sweep --run-id ID --index N --sweep F`.
+"""Train one run: `train.py single --run-id ID [flags]` or `train.py sweep --index N --sweep F [--run-id ID]`.
 
 Runs as a plain process or under torchrun (DDP; gloo on CPU, NCCL on GPU). Hyper-parameters, logs
 and checkpoints live in MongoDB under the run id; launching an existing id resumes it exactly.
@@ -25,6 +25,8 @@ def die_with_parent():
 
 
 if __name__ == "__main__":
+    for sig in (signal.SIGINT, signal.SIGTERM):  # stopped while starting: quietly (main() installs the real handlers)
+        signal.signal(sig, lambda *_: sys.exit(130))
     testhook.pause("start")
     die_with_parent()
 
@@ -46,14 +48,14 @@ import runguard
 import sweep
 from batches import Batcher, Prefetcher, Sequences
 from checkpoint import build, check_vocabulary, restore, start_from
-from checkpoint_store import load_checkpoint, save_checkpoint
+from checkpoint_store import load_checkpoint, point_best, save_checkpoint
 from dataset import filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
-from hparams import ADDED, LEGACY, TrainConfig
+from hparams import ADDED, CHOICES, TrainConfig
 from loss import STATS, autocast_for, loss_denominator, loss_terms, summarize
 from model import ModelConfig
 from rollouts import rollout_metrics
-from runguard import RunGuard
+from runguard import INTERRUPTED, Interrupted, RunGuard, Signals
 from store import check_name, connect, world_size_refusal
 
 
@@ -71,6 +73,16 @@ def all_sum(t):
     if dist.is_initialized():
         dist.all_reduce(t)
     return t
+
+
+def any_rank(flag, group=None):
+    """True on every rank when flag is on any: one small collective at a step boundary, on the CPU
+    (group: a gloo group beside NCCL, so the host does not wait for the device)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
 
 
 def broadcast_obj(obj):
@@ -183,9 +195,13 @@ class Clock:
         return t
 
 
+QUICK_CHECKPOINT_S = 10.0  # an interrupted run saves its current step when a checkpoint takes at most this
+
+
 class Training:
     """One rank's training of a run: setup() builds (or resumes) it, loop() runs it to train_steps,
-    with the periodic log, test evaluation and checkpoint."""
+    with the periodic log, test evaluation and checkpoint; with patience, it keeps the best checkpoint
+    and stops after that many evaluations in a row without a better one."""
 
     def __init__(self, cfg, run_id, flags, store, rank, world, device):
         self.cfg, self.run_id, self.flags, self.store, self.rank, self.world, self.device = \
@@ -203,6 +219,8 @@ class Training:
         self.model.activation_checkpointing = self.flags.activation_checkpointing
         # the train log's pending sums (loss_terms stats since the last log)
         self.step, self.sums = 0, torch.zeros(STATS, dtype=torch.float64, device=device)
+        self.selection = {"best": None, "stale": 0}  # the best evaluation so far, the evaluations since (select())
+        self.saved = None  # the step of the run's latest checkpoint
         self.resume_or_start(init)
         print0(f"{self.run_id}: model {cfg.model_size} ({self.model.num_params() / 1e6:.1f}M params), "
                f"{len(self.train_seqs)} train / {len(self.test_seqs)} test sequences, world size {self.world}, "
@@ -213,6 +231,8 @@ class Training:
         # compiled on GPU: padded lengths rounded up to a multiple of 64, so few shapes ever occur
         multiple = 64 if self.flags.compile and device.type == "cuda" else 1
         self.prefetch = Prefetcher(self.batcher, self.rank, device, multiple)
+        gloo = self.world > 1 and dist.get_backend() != "gloo"
+        self.cpu_group = dist.new_group(backend="gloo") if gloo else None  # for any_rank
         return self
 
     def resume_or_start(self, init):
@@ -225,13 +245,21 @@ class Training:
                 raise CheckpointError(world_size_refusal(run_id, ckpt["world_size"], self.world))
             check_vocabulary(ckpt, self.vocab, f"the checkpoint of run {run_id!r}", cfg.train_name)
             try:
-                self.step, rng, log_sums = restore(ckpt, self.model, self.opt, self.sched, self.batcher, self.sums)
+                self.step, rng, log_sums, self.selection = restore(ckpt, self.model, self.opt, self.sched,
+                                                                   self.batcher, self.sums)
             except ValueError as e:
                 raise CheckpointError(f"the checkpoint of run {run_id!r} cannot be resumed: {e}") from None
             torch.set_rng_state(rng)
+            self.saved = self.step
+            if ckpt["config"]["train_steps"] != cfg.train_steps:
+                self.extend(ckpt["config"]["train_steps"])
             if self.rank == 0:
                 self.sums = log_sums.to(self.device)  # other ranks' shares were folded into rank 0's at save time
                 self.store.truncate_logs(run_id, self.step, owner=self.flags.owner)
+                best = (self.selection["best"] or {}).get("step")
+                if cfg.patience and not point_best(self.store, run_id, best, owner=self.flags.owner):
+                    print0(f"note: the best checkpoint (step {best}) is not stored (an imported run): "
+                           f"the run has none until a better evaluation")
             print0(f"resuming {run_id} from step {self.step}")
         elif cfg.start_checkpoint:
             init = init or check_inputs(self.store, cfg, run_id)  # rank 0 loaded and checked it before starting the run
@@ -239,23 +267,65 @@ class Training:
             print0(f"initialised from {cfg.start_checkpoint} (step {init['step']}): "
                    f"{'weights and optimizer state' if cfg.start_optimizer else 'weights only'}, step reset to 0")
 
+    def extend(self, old):
+        """A run continued past its stored train_steps (store.start_run allows raising it): the LR
+        schedule is cfg.lr_at, which now reaches its end at the new train_steps, from this step on."""
+        cfg, step = self.cfg, self.step
+        before, after = TrainConfig.from_dict({**cfg.to_dict(), "train_steps": old}).lr_at(step), cfg.lr_at(step)
+        for g, base in zip(self.opt.param_groups, self.sched.base_lrs):  # as the scheduler sets it at this step
+            g["lr"] = base * (after / cfg.lr)
+        schedule = (f"the cosine schedule now ends at step {cfg.train_steps}: the LR goes from {before:.2e} to "
+                    f"{after:.2e} at step {step} and decays to {cfg.lr * cfg.min_lr_ratio:.2e} at step "
+                    f"{cfg.train_steps}" if cfg.lr_schedule == "cosine" and step >= cfg.warmup_steps else
+                    f"the LR schedule is now {cfg.train_steps} steps long (LR {after:.2e} at step {step})")
+        print0(f"extending {self.run_id} from {old} to {cfg.train_steps} steps; {schedule}")
+
     def loop(self, guard=None):
         cfg = self.cfg
         self.clock = Clock(self.device, self.step)
-        while self.step < cfg.train_steps:
-            if guard is not None:
-                guard.check()
+        while self.step < cfg.train_steps and not self.out_of_patience():
+            if guard is not None and any_rank(guard.check(), self.cpu_group):
+                self.stop()
             lr = self.optimizer_step()
             due = lambda interval: self.step % interval == 0 or self.step == cfg.train_steps  # noqa: E731
             if due(cfg.log_interval):
                 self.log(lr)
-            if due(cfg.eval_interval):
-                self.test()
-            if due(cfg.checkpoint_interval):
+            if due(cfg.eval_interval) and self.test():
+                self.checkpoint("best")
+            if due(cfg.checkpoint_interval) or self.out_of_patience():
                 self.checkpoint()
             testhook.pause(f"step-{self.step}")
         self.prefetch.close()
+        if self.out_of_patience():
+            best = self.selection["best"]
+            if self.rank == 0:
+                self.store.set_stopped_early(self.run_id, self.step, best["step"], owner=self.flags.owner)
+            print0(f"stopped early at step {self.step}: {cfg.patience} evaluations in a row without improvement; "
+                   f"best checkpoint: step {best['step']}")
         return self.model
+
+    def out_of_patience(self):
+        return self.cfg.patience > 0 and self.selection["stale"] >= self.cfg.patience
+
+    def select(self, metrics):
+        """Model selection (patience > 0): this evaluation is the new best when its greedy optimal rate on
+        the validation tasks is higher, or equal with a lower test loss (the test loss alone without
+        eval_tasks). Returns whether it is."""
+        best = self.selection["best"]
+        now = {"step": self.step, "loss": metrics["loss"], "optimal_pct": metrics.get("rollout_optimal_pct")}
+        rank = lambda m: (m["optimal_pct"] or 0.0, -m["loss"])  # noqa: E731
+        better = best is None or rank(now) > rank(best)
+        # every rank takes rank 0's decision (their metrics are reduced alike, but a tie must not split them)
+        self.selection = broadcast_obj({"best": now if better else best, "stale": 0 if better else self.selection["stale"] + 1})
+        return self.selection["best"]["step"] == self.step
+
+    def stop(self):
+        """Every rank at this step boundary after a signal: save the step when it is not saved and a
+        checkpoint is quick (rank 0's last one, or unmeasured, its size at 100 MB/s), then leave."""
+        quick = (self.clock.checkpoint_s or self.model.num_params() * 12 / 100e6) <= QUICK_CHECKPOINT_S
+        if self.saved != self.step and broadcast_obj(quick):
+            self.checkpoint()
+        raise Interrupted(self.step, self.saved)
 
     def optimizer_step(self):
         """One step over a global batch, this rank's share in micro-steps; returns the step's LR."""
@@ -270,7 +340,7 @@ class Training:
             self.sums += stats
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        lr = self.sched.get_last_lr()[0]
+        lr = self.opt.param_groups[0]["lr"]
         self.opt.step()
         self.sched.step()
         self.opt.zero_grad(set_to_none=True)
@@ -305,26 +375,34 @@ class Training:
             metrics.update({f"rollout_{k}": v for k, v in greedy.items()})
         if self.rank == 0:
             self.store.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
+        better = cfg.patience > 0 and self.select(metrics)
         rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" if cfg.eval_tasks else ""
+        best = f" | best step {self.selection['best']['step']}" if cfg.patience else ""
         print0(f"step {self.step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f} | exact plan "
-               f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}")
+               f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}{best}")
         device_sync(self.device)
         clock.t0 = time.perf_counter()
         clock.eval_s = clock.t0 - t1
+        return better
 
-    def checkpoint(self):
+    def checkpoint(self, which="latest"):
+        """Save the training state as the run's latest checkpoint, or as its best (with the selection
+        metrics of this step's evaluation)."""
         clock = self.clock
         t1 = clock.pause()
         all_sum(self.sums)  # fold every rank's pending log sums into rank 0's, which the checkpoint keeps
         if self.rank != 0:
             self.sums.zero_()
         if self.rank == 0:
-            save_checkpoint(self.store, self.run_id, self.step, owner=self.flags.owner, state={
+            best = self.selection["best"] if which == "best" else None
+            save_checkpoint(self.store, self.run_id, self.step, owner=self.flags.owner, which=which, metrics=best, state={
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "run_id": self.run_id, "step": self.step,
                 "data": self.prefetch.state_dict(), "rng": {"cpu": torch.get_rng_state()},
                 "log_acc": self.sums.cpu(), "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
-                "vocabulary": self.vocab, "world_size": self.world})
+                "vocabulary": self.vocab, "world_size": self.world, "selection": self.selection})
+        if which == "latest":
+            self.saved = self.step
         clock.t0 = time.perf_counter()
         clock.checkpoint_s = clock.t0 - t1
 
@@ -340,16 +418,22 @@ def train(cfg, run_id, flags, store, rank, world, device, init=None, guard=None)
 
 
 def add_config_flags(ap):
+    """One flag per TrainConfig field, its help its default and choices; a flag left out takes the
+    stored run's value when the run exists (settle_stored), else that default."""
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if f.type is bool:
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-        else:
-            ap.add_argument(flag, type=f.type, default=None, metavar=f.type.__name__.upper())
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
+                            help=f"default {flag if f.default else '--no-' + flag[2:]}")
+            continue
+        choices = CHOICES.get(f.name)
+        ap.add_argument(flag, type=f.type, default=None, metavar=f.type.__name__.upper(),
+                        help=(f"one of {', '.join(choices)}; " if choices else "") + f"default {f.default!r}")
 
 
-def add_runtime_flags(ap):
-    ap.add_argument("--run-id", required=True, help="the run's id: launching an existing id resumes it")
+def add_runtime_flags(ap, run_id_help=None):
+    ap.add_argument("--run-id", required=run_id_help is None,
+                    help=run_id_help or "the run's id: launching an existing id resumes it")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved hyper-parameters and exit")
     devices.add_flags(ap)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -357,9 +441,9 @@ def add_runtime_flags(ap):
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
                     help="auto: bf16 autocast on GPU, fp32 on CPU (bf16 there is faster on CPUs with AMX)")
     ap.add_argument("--no-cache", action="store_true", help="read datasets from MongoDB, not the local cache")
-    ap.add_argument("--lease-seconds", type=float, default=60.0, help="how long a dead trainer blocks a relaunch")
+    ap.add_argument("--lease-seconds", type=float, default=60.0, help="how long a dead trainer blocks a relaunch (default %(default)s)")
     ap.add_argument("--db-retry-seconds", type=float, default=300.0,
-                    help="how long to wait for a lost database before failing")
+                    help="how long to wait for a lost database before failing (default %(default)s)")
 
 
 NEGATIVE = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-inf(inity)?|-nan", re.IGNORECASE)
@@ -373,14 +457,21 @@ def parse_args(argv):
             argv[i - 1:i + 1] = [f"{argv[i - 1]}={argv[i]}"]
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="mode", required=True)
-    single = sub.add_parser("single", help="one run from flags (defaults as in TrainConfig)")
+    single = sub.add_parser("single", help="one run from flags (defaults as in TrainConfig)",
+                            description="Train, continue or extend one run. Launching a stored run id continues "
+                                        "it: flags left out take its stored values, and only a raised "
+                                        "--train-steps may differ (it extends the run).")
     add_runtime_flags(single)
     add_config_flags(single)
     sw = sub.add_parser("sweep", help="one entry of a sweep file")
-    add_runtime_flags(sw)
+    add_runtime_flags(sw, "the run's id (default: <sweep file stem>-<index>, or <base>-<index>-step-<k> for a step "
+                          "file <base>-step-<k>.json); launching an existing id resumes it")
     sw.add_argument("--sweep", required=True, help="JSON list of hyper-parameter dicts")
     sw.add_argument("--index", type=int, required=True, help="entry index (e.g. a job array's index)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if args.mode == "sweep" and args.run_id is None:
+        args.run_id = sweep.run_id(args.sweep, args.index)
+    return args
 
 
 def resolve_config(args, defaults=None):
@@ -394,18 +485,36 @@ def resolve_config(args, defaults=None):
         raise ConfigError(str(e)) from None
 
 
-def settle_legacy(store, args, cfg):
-    """A run stored before the reference's training rules became the defaults trained under the old
-    ones: a relaunch takes those for what its flags leave out (so the same command resumes it as it
-    trained), and its stored config gains the new keys with their old values."""
+def settle_stored(store, args, cfg):
+    """A relaunch of a stored run takes the run's hyper-parameters for what its flags leave out, so
+    `train.py single --run-id ID` alone continues it as it trained. A run stored before the
+    reference's training rules became the defaults trained under the old ones: its stored config
+    gains the new keys with their old values (TrainConfig.from_stored)."""
     doc = store.get_run(args.run_id)
-    if doc is None or all(k in doc["config"] for k in ADDED):
+    if doc is None:
         return cfg
-    cfg = resolve_config(args, LEGACY)
+    try:
+        stored = TrainConfig.from_stored(doc["config"])
+    except (ValueError, TypeError) as e:
+        raise StoreError(f"run {args.run_id!r} has a stored config this version cannot read ({e}); use a new "
+                         f"--run-id") from None
     missing = [k for k in ADDED if k not in doc["config"]]
-    store.call(lambda db: db.runs.update_one({"_id": args.run_id, **{f"config.{k}": {"$exists": False} for k in missing}},
-                                             {"$set": {f"config.{k}": LEGACY[k] for k in missing}}))
-    return cfg
+    if missing:
+        unset = {f"config.{k}": {"$exists": False} for k in missing}
+        store.call(lambda db: db.runs.update_one({"_id": args.run_id, **unset},
+                                                 {"$set": {f"config.{k}": ADDED[k] for k in missing}}))
+    return resolve_config(args, stored.to_dict())
+
+
+def stopped(e, run_id, world):
+    """Report a run stopped by a signal (runguard.Interrupted): one line, and torchrun's error file."""
+    launcher = f"torchrun --nproc-per-node {world}" if world > 1 else "python"
+    line = e.line(f"{launcher} train.py single --run-id {run_id}")
+    errors.tell_launcher(line)
+    print0(line)
+    if e.step is not None and world > 1:
+        dist.barrier()  # the ranks agreed on the stop: none exits (and has torchrun stop the rest) before rank 0 is done
+    return INTERRUPTED
 
 
 def main(argv=None):
@@ -424,14 +533,15 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if world > 1:
-        devices.init_process_group(device, args.dist_timeout_minutes)
-    runguard.exit_on_sigterm()
-    code = 0
+    Signals.install()  # SIGINT and SIGTERM: stop at the next step boundary (runguard.Signals)
     try:
-        code = run(cfg, args, rank, world, device)
-    finally:
         if world > 1:
+            devices.init_process_group(device, args.dist_timeout_minutes)
+        code = run(cfg, args, rank, world, device)
+    except Interrupted as e:  # a second signal outside the training
+        code = stopped(e, args.run_id, world)
+    finally:
+        if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
     sys.exit(code)
 
@@ -440,19 +550,20 @@ def run(cfg, args, rank, world, device):
     try:
         store = connect(retry_s=args.db_retry_seconds)
     except StoreError as e:
-        print(errors.exit_message(e), file=sys.stderr)
+        print0(errors.exit_message(e), file=sys.stderr)
         return 1
     guard = RunGuard(store, args.run_id, args.lease_seconds, rank)
     err, init = None, None
     if rank == 0:
         try:
-            cfg = settle_legacy(store, args, cfg)
+            cfg = settle_stored(store, args, cfg)
             init = check_inputs(store, cfg, args.run_id)  # before the run is created: bad input changes nothing
             guard.claim(cfg.to_dict(), world)
         except errors.Error as e:
             err = errors.exit_message(e)
     err, stored = broadcast_obj((err, cfg.to_dict()))
     if err:
+        errors.tell_launcher(err)  # every rank's error file names it, whichever torchrun reports
         print0(err, file=sys.stderr)
         return 1
     cfg = TrainConfig.from_dict(stored)  # every rank trains with rank 0's config
@@ -461,10 +572,16 @@ def run(cfg, args, rank, world, device):
         with guard:
             train(cfg, args.run_id, args, store, rank, world, device, init, guard)
             guard.finished()
-        return 0
+    except Interrupted as e:
+        return stopped(e, args.run_id, world)
     except errors.Error as e:
-        print(errors.exit_message(e), file=sys.stderr)
+        print0(errors.exit_message(e), file=sys.stderr)
         return 1
+    print0(f"finished {args.run_id} at step {cfg.train_steps}; its checkpoint is in the database (export it with "
+           f"`python admin.py export-checkpoint --run-id {args.run_id} --export-dir DIR`). Next: evaluate it with "
+           f"`python eval.py --run-id {args.run_id}`, plot its loss with "
+           f"`python report.py loss --run-id {args.run_id} --out {args.run_id}-loss.png`")
+    return 0
 
 
 if __name__ == "__main__":

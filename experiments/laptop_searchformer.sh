@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Searchformer at laptop scale (README "Searchformer on a laptop"): on 5x5 nondeterministic mazes,
+# Searchformer at laptop scale (docs/laptop.md, "Searchformer on a laptop"): on 5x5 nondeterministic mazes,
 # train a solution-only and a search-augmented xs model on the same training tasks, evaluate both on
 # the same test tasks, run search dynamics bootstrapping from the search-augmented model, fine-tune
 # and evaluate each step, and draw the plots. Run from the repository root, after `bash .ci/setup`:

@@ -63,11 +63,24 @@ def test_list_all(store):
 
 def test_show(runs):
     out = ok("show", "--run-id", "alpha")
+    assert ok("show", "alpha") == out  # the run id as data.py show takes a name
     assert out.startswith("run alpha: finished at step 10") and "checkpoint: step 10" in out
     assert "train_name             toy.copy" in out
     assert [l.split()[:2] for l in out.splitlines() if l.strip().startswith(("5 ", "10 "))] == [["5", "train"], ["10", "train"]]
     assert "checkpoint: none" in ok("show", "--run-id", "gamma")
     refused(runs, "show", "--run-id", "nope", words=["no run with id 'nope'", "list-all"])
+    refused(runs, "show", "nope", words=["no run with id 'nope'"])
+
+
+def test_list_all_optimal_is_the_latest_test_evaluation(runs):
+    """A later bootstrap stores a train-split result: list-all's opt % stays the test split's."""
+    import datetime
+    t = datetime.datetime.now(datetime.timezone.utc)
+    for split, pct, age in (("test", 31.5, 60), ("train", 88.0, 0)):
+        runs.results.insert_one({"run_id": "alpha", "step": 10, "params": {"split": split},
+                                 "metrics": {"optimal_pct": pct}, "time": t - datetime.timedelta(seconds=age)})
+    line = next(l for l in ok("list-all").splitlines() if l.startswith("alpha"))
+    assert "31.5" in line and "88.0" not in line
 
 
 def test_drop_run(runs):
@@ -106,6 +119,40 @@ def test_bulk_drop_run(runs):
 def test_list_all_checkpoints(runs):
     out = ok("list-all-checkpoints").splitlines()
     assert [l.split()[:2] for l in out[1:]] == [["alpha", "10"], ["beta", "20"]]
+
+
+def test_best_checkpoints_are_listed_shown_exported_and_dropped(runs, tmp_path):
+    """A run trained with --patience keeps its best checkpoint beside its latest: list-all-checkpoints
+    and show say which step each holds, export-checkpoint --checkpoint best writes the best, and
+    drop-run deletes both."""
+    state = load_checkpoint(runs, "alpha")
+    metrics = {"step": 5, "loss": 0.5, "optimal_pct": 40.0}
+    checkpoint_store.save_checkpoint(runs, "alpha", 5, {**state, "step": 5}, which="best", metrics=metrics)
+    runs.runs.update_one({"_id": "alpha"}, {"$set": {"stopped_early": {"step": 10, "best_step": 5},
+                                                     "config.patience": 2}})
+    out = ok("list-all-checkpoints").splitlines()
+    assert [l.split()[:3] for l in out[1:]] == [["alpha", "10", "latest"], ["alpha", "5", "best"],
+                                                ["beta", "20", "latest"]]
+    out = ok("show", "--run-id", "alpha")
+    assert "checkpoint: step 10," in out and "best checkpoint: step 5 (validation optimal 40.0%, test loss 0.5000)" in out
+    assert "stopped early at step 10: 2 evaluations in a row without improvement (--patience 2); best step 5" in out
+    assert "best checkpoint" not in ok("show", "--run-id", "beta")
+    assert "exported alpha step 5 (best)" in ok("export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path,
+                                                "--checkpoint", "best")
+    assert "exported alpha step 10 to" in ok("export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path)
+    for name, field in (("alpha.best.pt", "best"), ("alpha.pt", "checkpoint")):
+        assert (tmp_path / name).read_bytes() == runs.fs.open_download_stream(runs.get_run("alpha")[field]["id"]).read()
+    assert torch.load(tmp_path / "alpha.best.pt", weights_only=True)["step"] == 5
+    refused(runs, "export-checkpoint", "--run-id", "beta", "--export-dir", tmp_path / "none", "--checkpoint", "best",
+            words=["no best checkpoint", "--patience"])
+    refused(runs, "export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path / "none", "--checkpoint", "newest",
+            words=["unknown checkpoint 'newest'", "--checkpoint best"])
+    # a latest save keeps the best; a drop deletes both
+    checkpoint_store.save_checkpoint(runs, "alpha", 15, {**state, "step": 15})
+    assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "alpha"}) == 2
+    assert load_checkpoint(runs, "alpha", which="best")["step"] == 5
+    ok("drop-run", "--run-id", "alpha")
+    assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "alpha"}) == 0
 
 
 def test_export_and_bulk_export(runs, tmp_path):
@@ -254,9 +301,10 @@ def test_a_run_whose_trainer_died_shows_as_interrupted(runs):
     out = ok("list-all").splitlines() + [""]
     line = {l.split()[0]: (l, out[i + 1]) for i, l in enumerate(out[:-1]) if l and not l.startswith(" ")}
     assert line["dead"][0].split()[1] == "interrupted" and "trainer last seen 5m ago" in line["dead"][1]
-    assert line["gave-up"][0].split()[1] == "interrupted" and "relaunch" in line["gave-up"][1]
+    assert line["gave-up"][0].split()[1] == "interrupted" and "train.py single --run-id gave-up" in line["gave-up"][1]
     assert line["live"][0].split()[1] == "running"
     shown = ok("show", "--run-id", "dead").splitlines()[0]
-    assert shown.startswith("run dead: interrupted (trainer last seen 5m ago; relaunch the same command to resume)")
+    assert shown.startswith("run dead: interrupted (trainer last seen 5m ago; continue with "
+                            "`python train.py single --run-id dead`)")
     assert ok("show", "--run-id", "live").startswith("run live: running at step 20")
     assert snapshot(runs.db) == before and list(runs.runs.find()) == docs  # reading only

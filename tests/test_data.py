@@ -87,11 +87,21 @@ def test_data_cli_list_show_refuse_and_drop(store):
     plan = maze.parse_plan([vocab[i] for i in part.get(2, "plan")])
     assert r.stdout.splitlines()[1:] == maze.render(task, plan).splitlines()
     assert f"trace {part.lens['trace'][2]}, plan {part.lens['plan'][2]} tokens" in r.stdout
-    r = run_cli("data.py", "maze", "--num-train", "3", "--num-test", "1", check=False)
+    r = run_cli("data.py", "maze", "--num-train", "30", "--num-test", "5", check=False)
     assert r.returncode != 0 and r.stderr.strip() == \
         f"error: dataset '{NAME}' exists; pass --overwrite to replace it, or drop it first"
+    code, out, err = call(data.main, "maze", "--num-train", "30", "--num-test", "5", "--seed", "1")
+    assert code == 1 and "made with other parameters (seed 0 -> 1)" in err and f"--name {NAME}.seed-1" in err, err
+    assert call(data.main, "maze", "--num-train", "3", "--num-test", "1", "--seed", "1", "--workers", "1",
+                "--name", f"{NAME}.seed-1")[0] == 0
+    assert dataset.get_dataset(store.db, f"{NAME}.seed-1")["params"]["seed"] == 1
+    code, out, err = call(data.main, "maze", "--num-train", "0", "--num-test", "5")
+    assert code == 1 and err.strip() == "error: --num-train must be >= 1, got 0"
+    cached = dataset.cache_dir() / NAME
+    assert cached.is_dir()  # load_split above cached the test split
     r = run_cli("data.py", "drop", NAME)
-    assert store.db.datasets.find_one({"_id": NAME}) is None
+    assert store.db.datasets.find_one({"_id": NAME}) is None and not cached.exists()
+    run_cli("data.py", "drop", f"{NAME}.seed-1")
     assert not [c for c in store.db.list_collection_names() if c.startswith("ds.")]
     with pytest.raises(DataError, match="does not exist"):
         dataset.get_dataset(store.db, NAME)
@@ -141,3 +151,44 @@ def test_every_task_of_a_layout_is_kept_in_one_split(store):
     prompts = [[vocab[i] for i in part.get(r, "prompt")] for r in first]
     assert len({tuple(p[:6]) for p in prompts}) == len(first) > 1  # distinct (start, goal) pairs
     assert len({tuple(p[6:]) for p in prompts}) == 1  # on one wall layout
+
+
+def test_shuffle_traces_keeps_prompts_and_plans_permutes_traces_and_is_reproducible(store):
+    """data.py shuffle-traces: every training task keeps its prompt and plan and carries another task's
+    trace (a permutation of the traces, none kept), the test split is copied, the same seed gives the
+    same dataset, the source and seed are shown, and the result trains."""
+    generate.generate_maze(store.db, 10, 30, 5, False, seed=0, overwrite=False, workers=1)
+    code, out, err = call(data.main, "shuffle-traces", NAME, "--seed", "3")
+    assert code == 0 and not err and f"wrote dataset shuffled.{NAME}" in out
+    src, new = (dataset.load_split(store.db, n, "train") for n in (NAME, f"shuffled.{NAME}"))
+    assert np.array_equal(src.ids, new.ids)
+    docs = {d["_id"]: d for d in store.db[f"ds.shuffled.{NAME}.{dataset.get_dataset(store.db, f'shuffled.{NAME}')['uid']}.train"].find()}
+    perm = [docs[int(i)]["trace_of"] for i in new.ids]
+    assert sorted(perm) == sorted(src.ids.tolist()) and all(p != i for p, i in zip(perm, new.ids))
+    for r in range(len(src.ids)):
+        assert np.array_equal(new.get(r, "prompt"), src.get(r, "prompt"))
+        assert np.array_equal(new.get(r, "plan"), src.get(r, "plan"))
+        assert np.array_equal(new.get(r, "trace"), src.get(perm[r], "trace"))
+    same_split(dataset.load_split(store.db, NAME, "test"), dataset.load_split(store.db, f"shuffled.{NAME}", "test"))
+    # reproducible from its seed; another seed, another permutation
+    for seed, name in (("3", "again"), ("4", "other")):
+        assert call(data.main, "shuffle-traces", NAME, "--seed", seed, "--name", name)[0] == 0
+    same_split(new, dataset.load_split(store.db, "again", "train"))
+    assert not np.array_equal(new.flat["trace"], dataset.load_split(store.db, "other", "train").flat["trace"])
+    assert f"traces shuffled from {NAME} (seed 3)" in call(data.main, "list")[1]
+    assert f"derived: traces shuffled from {NAME} (seed 4)" in call(data.main, "show", "other")[1]
+    # refusals: one line each, nothing written
+    writer = dataset.DatasetWriter(store.db, "plans", "maze", {"n": 10}, dataset.get_dataset(store.db, NAME)["vocabulary"][4:])
+    for r in range(3):
+        writer.add("train", src.get(r, "prompt"), [], src.get(r, "plan"), dataset.digest(bytes([r])))
+    writer.commit()
+    before = sorted(store.db.list_collection_names())
+    for argv, msg in ((["nope"], "dataset 'nope' does not exist"), (["plans"], "has no traces (plan-only)"),
+                      ([NAME, "--seed", "3"], "exists; pass --overwrite"), ([NAME, "--name", NAME], "into itself"),
+                      ([NAME, "--seed", "-1"], "--seed must be >= 0")):
+        code, out, err = call(data.main, "shuffle-traces", *argv)
+        assert code == 1 and len(err.strip().splitlines()) == 1 and msg in err, (argv, err)
+    assert sorted(store.db.list_collection_names()) == before
+    r = run_cli("train.py", "single", "--run-id", "control", "--train-name", f"shuffled.{NAME}", "--model-size", "tiny",
+                "--train-steps", "2", "--batch-size", "4", "--log-interval", "1", "--num-test-sequences", "4")
+    assert "step 2/2" in r.stdout

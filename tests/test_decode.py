@@ -1,4 +1,6 @@
 """The decoding engine against naive uncached decoding, and its sampling."""
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -111,3 +113,90 @@ def test_auto_batch_size_follows_the_memory_budget():
     per_row = decode.bytes_per_token(cfg, torch.float32) * (decode.first_capacity(120) + 1)
     assert decode.auto_batch_size(cfg, 120, cpu, memory=4 * 10 * per_row) == 10
     assert decode.auto_batch_size(cfg, 120, cpu, memory=1) == 1
+
+
+class NoEos(Transformer):
+    """A model that never gives <eos>."""
+
+    def forward(self, *args, **kw):
+        return super().forward(*args, **kw).index_fill(-1, torch.tensor([EOS]), float("-inf"))
+
+
+def lockstep(monkeypatch):
+    """64 samples of one prompt that never end with <eos>: they fill each lane at the same step and
+    all want the next lane at once. Returns (model, prompts, src, max_tokens, engine of that call)."""
+    monkeypatch.setattr(decode, "first_capacity", lambda prompt_len: 16)  # lanes of 16, 32, 48, 80, 105
+    torch.manual_seed(1)
+    model = NoEos(ModelConfig(vocab_size=9, d_model=32, n_head=2, d_ff=64, n_layer=2)).double().eval()
+    prompts, src = [np.array([1, 5, 6, 7, 3])], [0] * 64
+    eng = decode.Engine(model, 5, 101, 1.0, 64, None, None, None, False, 8)
+    return model, prompts, src, 101, eng
+
+
+def slot_bytes(model, capacity):
+    """One slot of a lane: keys and values (and the scratch position), tokens by position."""
+    return decode.bytes_per_token(model.cfg, torch.float64) * (capacity + 1) + 8 * (capacity + 2)
+
+
+def track_cache_memory(monkeypatch):
+    """Patch new_storage to record the peak of the lane caches' live bytes (spares included)."""
+    live, peak = [], [0]
+
+    def storage(numel, dtype, device):
+        t = torch.empty(numel, dtype=dtype, device=device)
+        live[:] = [r for r in live if r() is not None] + [weakref.ref(t)]
+        peak[0] = max(peak[0], sum(r().numel() * r().element_size() for r in live))
+        return t
+
+    monkeypatch.setattr(decode, "new_storage", storage)
+    return peak
+
+
+def test_lockstep_samples_keep_the_caches_within_the_memory_budget(monkeypatch):
+    """Every larger lane is wanted by all 64 rows at once: it opens only as wide as the budget
+    allows (a third of the first lane here), the other rows wait, and the samples are those drawn
+    with memory to spare."""
+    model, prompts, src, limit, eng = lockstep(monkeypatch)
+    first = 64 * slot_bytes(model, eng.caps[0])
+    budget = first + first // 3 + sum(slot_bytes(model, c) for c in eng.caps[1:])
+    free = run(model, prompts, src, limit, temperature=1.0, batch_size=64)
+    assert all(len(o) == limit and not e for o, e in free) and len({tuple(o) for o, _ in free}) == 64
+    peak = track_cache_memory(monkeypatch)
+    assert run(model, prompts, src, limit, temperature=1.0, batch_size=64, memory=budget) == free
+    assert first < peak[0] <= budget
+
+
+def test_emptied_lanes_give_their_memory_to_the_next(monkeypatch):
+    """With room for two full-width larger lanes at once, each of the four opens at full width: the
+    one the rows left is freed before the next is needed."""
+    model, prompts, src, limit, eng = lockstep(monkeypatch)
+    widest = max(64 * (slot_bytes(model, a) + slot_bytes(model, b)) for a, b in zip(eng.caps[1:], eng.caps[2:]))
+    budget = 64 * slot_bytes(model, eng.caps[0]) + widest + sum(slot_bytes(model, c) for c in eng.caps[1:])
+    opened = []
+    new_lane = decode.Engine.new_lane
+    monkeypatch.setattr(decode.Engine, "new_lane", lambda self, slots, capacity, room=None: (
+        opened.append((capacity, slots)), new_lane(self, slots, capacity, room))[1])
+    run(model, prompts, src, limit, temperature=1.0, batch_size=64, memory=budget)
+    assert opened == [(c, 64) for c in eng.caps]
+
+
+@pytest.mark.parametrize("trim,all_slots", [(True, False), (False, True)])
+@pytest.mark.parametrize("memory", [None, 1, 250_000])
+def test_gpu_paths_forced_on_cpu_equal_naive_decoding(monkeypatch, trim, all_slots, memory):
+    """What only a GPU runs, forced on CPU: eager steps that attend only up to the furthest running
+    row (trim), and steps over every slot of a lane, free ones included, as the compiled step takes
+    them. Lane moves and waits for memory (a budget of 1 byte, and one of a few slots), cache memory
+    never cleared (NaN here): the tokens are still those of plain greedy decoding."""
+    monkeypatch.setattr(decode, "first_capacity", lambda prompt_len: 16)
+    monkeypatch.setattr(decode, "new_storage", lambda n, dtype, device: torch.full((n,), float("nan"), dtype=dtype))
+    init = decode.Engine.__init__
+
+    def forced(self, *args):
+        init(self, *args)
+        self.trim, self.compiled = trim, all_slots
+
+    monkeypatch.setattr(decode.Engine, "__init__", forced)
+    model = small_model(eos_shift=-0.3)
+    prompts, src = prompts_and_rows()
+    ref = [naive_greedy(model, prompts[s], 70) for s in src]
+    assert run(model, prompts, src, 70, batch_size=3, every=2, memory=memory) == ref

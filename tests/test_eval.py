@@ -103,6 +103,52 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(store):
     assert store.responses.count_documents({"run_id": "step1"}) == 0
 
 
+def test_best_checkpoint_is_evaluated_apart_and_never_on_validation_tasks(store):
+    """eval.py --checkpoint best samples the run's best checkpoint, stores its responses and result
+    under their own key (the latest's are sampled anew), and eval.py reports on no validation task
+    of the run (train.py --eval-tasks: the last ones of the test split) nor any of their wall layout."""
+    from checkpoint_store import load_checkpoint, save_checkpoint
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "40", "--chunk", "2", "--workers", "1")
+    common = [*TRAIN, "--plan-only", "--eval-interval", "5"]
+    run_cli("train.py", "single", "--run-id", "other", *common, "--train-steps", "5")
+    run_cli("train.py", "single", "--run-id", "sel", *common, "--train-steps", "10", "--eval-tasks", "5",
+            "--patience", "3")
+    assert store.get_logs("sel", "test")[-1]["rollout_tasks"] == 5
+    # the best checkpoint: here the weights of run `other`, at step 3 (the latest is at step 10)
+    sel = load_checkpoint(store, "sel")
+    save_checkpoint(store, "sel", 3, {**load_checkpoint(store, "other"), "run_id": "sel", "step": 3,
+                                      "config": sel["config"]}, which="best", metrics={"step": 3, "loss": 1.0,
+                                                                                       "optimal_pct": 0.0})
+    test = dataset.load_split(store.db, MAZE, "test")
+    walls = [test.get(r, "prompt")[6:].tobytes() for r in range(40)]  # a maze prompt: start x y goal x y walls
+    allowed = rollouts.reportable_tasks(dataset.get_dataset(store.db, MAZE), test, 5)
+    assert allowed <= 35 and walls[allowed - 1] != walls[35] and set(walls[allowed:35]) <= {walls[35]}
+
+    greedy = ["--samples", "1", "--temperature", "0", "--max-tokens", "60"]
+    out = run_cli("eval.py", "--run-id", "sel", "--checkpoint", "best", "--num-tasks", "4", *greedy).stdout
+    assert "run sel at step 3 (best checkpoint): 4 test tasks" in out and "0 stored, 4 to generate" in out
+    run_cli("eval.py", "--run-id", "other", "--num-tasks", "4", *greedy)
+    best = {d["task"]: d["tokens"] for d in store.responses.find({"run_id": "sel"})}
+    assert len(best) == 4 and best == {d["task"]: d["tokens"] for d in store.responses.find({"run_id": "other"})}
+    assert all(json.loads(d["pkey"])["checkpoint"] == "best" and d["step"] == 3 for d in store.responses.find({"run_id": "sel"}))
+    out = run_cli("eval.py", "--run-id", "sel", "--num-tasks", "4", *greedy).stdout  # the latest: its own responses
+    assert "run sel at step 10: 4 test tasks" in out and "0 stored, 4 to generate" in out
+    assert sorted((r["step"], r["params"].get("checkpoint")) for r in store.results.find({"run_id": "sel"})) == \
+        [(3, "best"), (10, None)]
+    assert "sel @3" in run_cli("eval.py", "average", "--run-id", "sel", "--checkpoint", "best").stdout
+    assert "sel @10" in run_cli("eval.py", "average", "--run-id", "sel").stdout
+
+    r = run_cli("eval.py", "--run-id", "sel", "--num-tasks", allowed + 1, *greedy, check=False)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert f"validates on the last 5 test tasks" in r.stderr and f"--num-tasks {allowed} or less" in r.stderr
+    out = run_cli("eval.py", "--run-id", "sel", "--num-tasks", "0", *greedy).stdout
+    assert f"{allowed} test tasks" in out
+    for flags, msg in ((["--checkpoint", "newest"], "unknown checkpoint 'newest'"),
+                       (["--checkpoint", "best"], "no best checkpoint")):
+        r = run_cli("eval.py", "--run-id", "other", *flags, *greedy, check=False)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and msg in r.stderr, r.stderr
+
+
 def test_average_gives_mean_and_standard_error(store):
     from hparams import TrainConfig
     for i, opt in enumerate([80.0, 90.0, 100.0]):
@@ -127,11 +173,24 @@ def test_average_gives_mean_and_standard_error(store):
 
 @pytest.mark.parametrize("flags,msg", [
     (["--run-id", "a/b"], "invalid run id"), (["--run-id", "x", "--temperature", "0"], "greedy"),
-    (["--run-id", "x", "--samples", "0"], "--samples >= 1"), (["--run-id", "nope", "--samples", "1"], "no run"),
+    (["--run-id", "x", "--samples", "0"], "--samples must be >= 1"), (["--run-id", "nope", "--samples", "1"], "no run"),
 ])
 def test_bad_input_gives_one_line_errors(store, flags, msg):
     r = run_cli("eval.py", *flags, check=False)
     assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+BAD_SAMPLING = {"--num-tasks": "-1", "--samples": "0", "--temperature": "-0.5", "--max-tokens": "-2",
+                "--batch-size": "-3", "--prefix-len": "-1"}
+
+
+def test_a_bad_sampling_flag_is_named_alone():
+    import eval as evaluate
+    from conftest import call
+    for flag, value in BAD_SAMPLING.items():
+        code, out, err = call(evaluate.main, "--run-id", "x", flag, value)
+        assert code == 1 and err.startswith(f"error: {flag} must be >= ") and f"got {value}" in err, err
+        assert not any(other in err for other in BAD_SAMPLING if other != flag), err
 
 
 @pytest.mark.slow

@@ -347,22 +347,25 @@ def blip_every_call_site(monkeypatch):
 
 
 def test_training_and_evaluation_ride_out_a_lost_connection_at_every_database_call(store, env, monkeypatch):
-    """Every database call of a training run (rollout evaluations included) and of an evaluation is
-    inside the store's retries: each call site meets a lost connection once, and both finish. A
-    training run with --no-cache writes no dataset cache, rollouts included."""
-    run_cli("data.py", "maze", "--size", "10", "--num-train", "16", "--num-test", "4", "--chunk", "2", "--workers", "1")
+    """Every database call of a training run (rollout evaluations and its best checkpoint included) and
+    of an evaluation (of that best checkpoint) is inside the store's retries: each call site meets a
+    lost connection once, and both finish. A training run with --no-cache writes no dataset cache,
+    rollouts included."""
+    # the validation tasks are the last 2 test tasks: the first wall layout's ~17 are left to report on
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "16", "--num-test", "24", "--chunk", "2", "--workers", "1")
     train, evaluate = __import__("train"), __import__("eval")
     store.retry_s = 30  # this test's own reads meet the blips too
     met = blip_every_call_site(monkeypatch)
     code, out, err = call(train.main, "single", "--run-id", "blips", "--train-name", "maze.10-by-10-deterministic.simple",
                           "--model-size", "tiny", "--batch-size", 4, "--train-steps", 4, "--log-interval", 2,
-                          "--eval-interval", 2, "--checkpoint-interval", 2, "--num-test-sequences", 4, "--eval-tasks", 4,
-                          "--no-cache", "--db-retry-seconds", 60)
+                          "--eval-interval", 2, "--checkpoint-interval", 2, "--num-test-sequences", 4, "--eval-tasks", 2,
+                          "--patience", 2, "--no-cache", "--db-retry-seconds", 60)
     assert code == 0 and "Traceback" not in err, err[-3000:]
     assert {"train.py", "rollouts.py", "runguard.py", "checkpoint_store.py"} <= {f for chain in met for f, _ in chain}
     assert "rollout_optimal_pct" in store.get_logs("blips", "test")[0]
-    assert not (env["tmp"] / "cache").exists()
-    code, out, err = call(evaluate.main, "--run-id", "blips", "--num-tasks", 4, "--samples", 2, "--max-tokens", 24)
+    assert not (env["tmp"] / "cache").exists() and store.get_run("blips")["best"]["step"] in (2, 4)
+    code, out, err = call(evaluate.main, "--run-id", "blips", "--checkpoint", "best", "--num-tasks", 4, "--samples", 2,
+                          "--max-tokens", 24)
     assert code == 0 and "Traceback" not in err, err[-3000:]
     assert "eval.py" in {chain[0][0] for chain in met}  # its own reads and writes
     assert store.call(lambda db: db.results.count_documents({"run_id": "blips"})) == 1

@@ -1,5 +1,7 @@
 """Judging responses (strict and the reference's checker) and the paper's metrics, on hand-made maze
 and Sokoban responses."""
+import re
+
 import numpy as np
 import pytest
 
@@ -8,6 +10,7 @@ import maze
 import metrics
 import sokoban
 from dataset import SPECIALS
+from errors import ConfigError, StoreError
 
 
 # --- hand-made maze responses -------------------------------------------------------------------
@@ -122,3 +125,71 @@ def test_reference_scoring_of_sokoban_plans_replays_moves_from_the_worker():
     assert both(bumped) == ("invalid", "correct")
     assert both(solution[:-1]) == ("invalid", "invalid")  # a box left off its dock
     assert both([(2, 2), (4, 2), (4, 3)]) == ("invalid", "invalid")  # a jump
+
+
+# --- comparing stored evaluations on their common tasks -------------------------------------
+
+def result(rows, trace, astar=None, tasks=10, digest="d1", samples=4, plan_only=False, step=100):
+    """A stored evaluation as eval.py's report() writes it: rows solved optimally with t_i and t*_i."""
+    astar = astar or [100.0] * len(rows)
+    metrics_ = {"tasks": tasks, "optimal_pct": 100 * len(rows) / tasks}
+    if not plan_only:
+        metrics_["trace_ratio"] = sum(trace) / sum(astar) if rows else None
+    return {"run_id": "r", "step": step, "metrics": metrics_,
+            "params": {"dataset": "ds", "split": "test", "num_tasks": tasks, "samples": samples, "temperature": 1.0},
+            "optimal_by_task": {"tasks": digest, "rows": list(rows), "trace": list(trace), "astar": list(astar)}}
+
+
+def test_binomial_standard_error():
+    assert metrics.binomial_se(3, 10) == pytest.approx(100 * np.sqrt(0.3 * 0.7 / 10))
+    assert metrics.binomial_se(0, 10) == 0 and metrics.binomial_se(10, 10) == 0
+
+
+def test_ratio_of_sums_and_its_delta_method_error():
+    r, se = metrics.ratio_of_sums([10, 20], [20, 20])
+    assert r == 0.75  # residuals t - r t* = -5, 5: sqrt(50 / (2 * 1)) / mean t* = 5 / 20
+    assert se == pytest.approx(0.25)
+    assert metrics.ratio_of_sums([30], [60]) == (0.5, None)
+    assert metrics.ratio_of_sums([], []) is None
+    rng = np.random.default_rng(0)  # the error matches the spread of the ratio over resampled task sets
+    t_star = rng.uniform(50, 150, 400)
+    t = t_star * rng.normal(0.7, 0.2, 400)
+    draws = [metrics.ratio_of_sums(t[i], t_star[i])[0] for i in rng.integers(0, 400, (2000, 400))]
+    assert metrics.ratio_of_sums(t, t_star)[1] == pytest.approx(np.std(draws), rel=0.1)
+
+
+def test_compare_uses_the_tasks_every_run_solves_optimally():
+    a = result([0, 1, 2, 5], [50, 60, 70, 999], [100, 100, 100, 100])
+    b = result([1, 2, 3, 5, 7, 8], [40, 30, 1, 80, 1, 1], [100, 100, 100, 100, 100, 100])
+    c = result([1, 2, 4, 5, 9], [0, 0, 0, 0, 0], plan_only=True)
+    rows, stats = metrics.compare([("a", a), ("b", b), ("c", c)])
+    assert rows == [1, 2, 5]  # task 0 only a solves, 3 only b: neither is compared
+    sa, sb, sc = stats
+    assert [s["common"] for s in stats] == [3, 3, 3] and [s["optimal"] for s in stats] == [4, 6, 5]
+    assert sa["trace_ratio"][0] == pytest.approx((60 + 70 + 999) / 300)
+    assert sb["trace_ratio"][0] == pytest.approx((40 + 30 + 80) / 300)
+    assert "trace_ratio" not in sc  # plan-only: no trace, but its tasks still bound the common set
+    assert sb["optimal_pct"] == pytest.approx((60, metrics.binomial_se(6, 10)))
+    # paired from a: per task solved (1) or not (0), b - a over the 10 tasks: 0, 3, 7, 8 differ
+    d = np.array([-1, 0, 0, 1, 0, 0, 0, 1, 1, 0])
+    assert sb["optimal_pct_diff"] == pytest.approx((100 * d.mean(), 100 * d.std(ddof=1) / np.sqrt(10)))
+    assert sb["trace_ratio_diff"] == pytest.approx(metrics.ratio_of_sums([-20, -40, -919], [100] * 3))
+    assert "optimal_pct_diff" not in sa and "trace_ratio_diff" not in sc
+
+
+def test_compare_over_a_runs_own_tasks_is_its_stored_trace_ratio():
+    a = result([0, 3, 4], [30, 90, 45], [60, 100, 90])
+    assert metrics.compare([("a", a)])[1][0]["trace_ratio"][0] == pytest.approx(a["metrics"]["trace_ratio"])
+
+
+@pytest.mark.parametrize("other, error, msg", [
+    (result([1], [5], digest="d2"), ConfigError, "a and b were evaluated on different tasks"),
+    (result([1], [5], samples=8), ConfigError, "a and b were evaluated differently (samples 4 vs 8)"),
+    ({**result([1], [5]), "optimal_by_task": None}, StoreError, "b's evaluation at step 100 predates per-task"),
+    (result([1], [5], astar=[120.0]), ConfigError, "different A* trace lengths"),
+])
+def test_compare_refuses_runs_evaluated_otherwise(other, error, msg):
+    if other["optimal_by_task"] is None:
+        del other["optimal_by_task"]
+    with pytest.raises(error, match=re.escape(msg)):
+        metrics.compare([("a", result([1, 2], [5, 6])), ("b", other)])

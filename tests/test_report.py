@@ -1,14 +1,21 @@
 """report.py: each plot rendered from a tiny trained and evaluated run is a valid, non-trivial PNG;
-bad input gets a one-line error and writes nothing."""
+the comparisons of runs on hand-made evaluations written into the database; bad input gets a
+one-line error and writes nothing."""
+import datetime
+import json
+
 import matplotlib.image
 import numpy as np
 import pytest
 
 import dataset as data
+import metrics
 import report
 import rollouts
+from bootstrap import write_bootstrap
 from eval import response_key, store_responses
 from conftest import call, run_cli
+from hparams import TrainConfig
 
 MAZE = "maze.10-by-10-deterministic.simple"
 TRAIN = ["--train-name", MAZE, "--model-size", "tiny", "--warmup-steps", "2", "--lr", "1e-3", "--log-interval", "2",
@@ -43,6 +50,12 @@ def test_each_plot_is_a_valid_non_trivial_png(store, evaluated, tmp_path):
     res = store.results.find_one({"run_id": "tiny"})
     assert sorted(res["optimal_trace_lens"]) == sorted(int(evaluated.lens["trace"][r]) for r in (0, 3))
     assert res["metrics"]["optimal_pct"] == 50.0
+    by = res["optimal_by_task"]  # the planted tasks, with their traces and t* (here the stored trace)
+    assert by["rows"] == [0, 3] and by["trace"] == by["astar"] == [float(evaluated.lens["trace"][r]) for r in (0, 3)]
+    assert by["tasks"] == metrics.new_by_task(evaluated, range(4))["tasks"] != metrics.new_by_task(evaluated, [0, 1])["tasks"]
+    train = data.load_split(store.db, MAZE, "train")  # a bootstrapped dataset's copied test split names the same tasks
+    write_bootstrap(store.db, "boot", data.get_dataset(store.db, MAZE), MAZE, train, range(4), {}, {}, False)
+    assert metrics.new_by_task(data.load_split(store.db, "boot", "test"), range(4))["tasks"] == by["tasks"]
     for argv in (["loss", "--run-id", "tiny"],
                  ["traces", "--dataset", MAZE, "--run-id", "tiny"],
                  ["metrics", "--run-id", "tiny"]):
@@ -76,3 +89,123 @@ def test_bad_input_gives_one_line_errors_and_writes_nothing(store, tmp_path, arg
     code, _, err = call(report.main, *[a.format(tmp=tmp_path) for a in argv])
     assert code == 1 and msg in err and len(err.strip().splitlines()) == 1, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+# --- comparisons of runs on hand-made evaluations -----------------------------------------------
+
+T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.timezone.utc)
+
+
+def add_dataset(store, name, train=1000, **params):
+    store.db.datasets.insert_one({"_id": name, "uid": "u1", "task": "maze", "params": {"n": 10, **params},
+                                  "vocabulary": [], "counts": {"train": train, "test": 10}})
+
+
+def add_run(store, run_id, solved, trace=None, train_name="plain", num_train=0, seed=0, plan_only=False, step=100,
+            wall_s=600, tokens=(1000, 2000), checkpoint=None, tasks="d1", time=T0):
+    """A run trained to step 100 (train logs at 50 and 100 with their loss tokens) and its evaluation
+    on 10 test tasks solving `solved` optimally with traces `trace` (t* = 100 each)."""
+    cfg = TrainConfig(train_name=train_name, num_train_sequences=num_train, seed=seed, plan_only=plan_only).to_dict()
+    if not store.runs.find_one({"_id": run_id}):
+        store.runs.insert_one({"_id": run_id, "config": cfg, "status": "finished", "step": 100, "lease": None,
+                               "error": None, "created": T0})
+        for s, n in zip((50, 100), tokens):
+            store.log(run_id, s, "train", {"loss": 1.0, "tokens": n})
+        store.runs.update_one({"_id": run_id}, {"$set": {"updated": T0 + datetime.timedelta(seconds=wall_s)}})
+    trace = trace or [0.0 if plan_only else 50.0] * len(solved)
+    params = {"dataset": "plain", "split": "test", "num_tasks": 10, "samples": 4, "temperature": 1.0,
+              "max_tokens": 150, "seed": 0, **({"checkpoint": checkpoint} if checkpoint else {})}
+    m = {"tasks": 10, "optimal_pct": 10.0 * len(solved), **({} if plan_only else {"trace_ratio": 0.5})}
+    store.results.insert_one({"run_id": run_id, "step": step, "params": params, "metrics": m, "time": time,
+                              "optimal_by_task": {"tasks": tasks, "rows": list(solved), "trace": trace,
+                                                  "astar": [100.0] * len(solved)}})
+
+
+def test_efficiency_groups_runs_by_kind_and_training_tasks(store, tmp_path):
+    add_dataset(store, "plain")
+    add_dataset(store, "shuffled", shuffled_traces={"source": "plain", "seed": 1})
+    later = T0 + datetime.timedelta(hours=1)
+    add_run(store, "s100a", range(4), num_train=100, step=80, checkpoint="best")
+    add_run(store, "s100a", range(9), num_train=100, checkpoint="latest", time=later)  # newer, but not the best
+    add_run(store, "s100b", range(6), num_train=100, seed=1)
+    add_run(store, "s1000", range(8), wall_s=900)  # num_train_sequences 0: the dataset's 1000
+    add_run(store, "p100", range(2), num_train=100, plan_only=True)
+    add_run(store, "x100", range(3), num_train=100, train_name="shuffled")
+    out, js = tmp_path / "eff.png", tmp_path / "eff.json"
+    code, stdout, err = call(report.main, "efficiency", *[a for r in ("s100a", "s100b", "s1000", "p100", "x100")
+                                                          for a in ("--run-id", r)], "--out", out, "--json", js)
+    assert code == 0, err
+    assert_real_png(out)
+    doc = json.loads(js.read_text())
+    assert doc["evaluation"]["checkpoint"] == "mixed" and "s100a" in stdout
+    runs = {r["run"]: r for r in doc["runs"]}
+    assert runs["s100a"]["step"] == 80 and runs["s100a"]["checkpoint"] == "best" and runs["s100a"]["optimal_pct"] == 40
+    assert runs["s100a"]["tokens_at_eval"] == 1000 and runs["s100a"]["tokens"] == 3000
+    assert runs["s1000"]["wall_s"] == 900 and runs["s1000"]["steps_trained"] == 100 and runs["s1000"]["seed"] == 0
+    assert {r: runs[r]["kind"] for r in runs} == {"s100a": "search-augmented", "s100b": "search-augmented",
+                                                 "s1000": "search-augmented", "p100": "solution-only",
+                                                 "x100": "shuffled-trace"}
+    points = {(p["kind"], p["train_tasks"]): p for p in doc["points"]}
+    assert sorted(points) == [("search-augmented", 100), ("search-augmented", 1000), ("shuffled-trace", 100),
+                              ("solution-only", 100)]
+    seeds = points[("search-augmented", 100)]  # two seeds: their spread
+    assert seeds["runs"] == ["s100a", "s100b"] and seeds["error"] == "seeds"
+    assert seeds["optimal_pct"] == 50 and seeds["optimal_pct_se"] == pytest.approx(np.std([40, 60], ddof=1) / np.sqrt(2))
+    single = points[("solution-only", 100)]  # one run: the binomial error
+    assert single["error"] == "binomial" and single["optimal_pct_se"] == pytest.approx(metrics.binomial_se(2, 10))
+
+
+def test_bootstrap_and_compare_on_the_common_tasks(store, tmp_path):
+    add_dataset(store, "plain")
+    add_run(store, "step0", [0, 1, 2, 3], [80.0, 80.0, 80.0, 80.0])
+    add_run(store, "step1", [1, 2, 3, 4], [60.0, 60.0, 50.0, 10.0])
+    add_run(store, "ctrl1", [1, 2, 3], [75.0, 80.0, 70.0])
+    out, js = tmp_path / "boot.png", tmp_path / "boot.json"
+    code, stdout, err = call(report.main, "bootstrap", "--run-id", "step0", "--run-id", "step1", "--control", "ctrl1",
+                             "--out", out, "--json", js)
+    assert code == 0, err
+    assert_real_png(out)
+    doc = json.loads(js.read_text())
+    assert doc["common_tasks"] == 3  # tasks 1, 2, 3
+    runs = {r["run"]: r for r in doc["runs"]}
+    assert [(r["line"], r["bootstrap_step"]) for r in doc["runs"]] == [("bootstrap", 0), ("bootstrap", 1),
+                                                                        ("control", 1)]
+    assert runs["step1"]["trace_ratio"] == pytest.approx(170 / 300)
+    assert runs["step1"]["trace_ratio_diff"] == pytest.approx(-70 / 300)  # from step 0
+    assert runs["step1"]["control_trace_ratio_diff"] == pytest.approx((170 - 225) / 300)  # from the control
+    assert runs["step1"]["control_optimal_pct_diff"] == pytest.approx(10)
+    code, stdout, err = call(report.main, "compare", "--run-id", "ctrl1", "--run-id", "step1", "--json",
+                             tmp_path / "cmp.json")
+    assert code == 0, err
+    assert "3 solved optimally by every run" in stdout and "-0.183" in stdout  # (170 - 225) / 300
+    cmp = json.loads((tmp_path / "cmp.json").read_text())
+    assert cmp["runs"][1]["trace_ratio_diff"] == runs["step1"]["control_trace_ratio_diff"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["boot.json", "boot.png", "cmp.json"]
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["efficiency", "--run-id", "a", "--run-id", "other"], "a and other were evaluated on different tasks"),
+    (["bootstrap", "--run-id", "a", "--control", "other"], "a and other were evaluated on different tasks"),
+    (["compare", "--run-id", "a", "--run-id", "old"], "old's evaluation at step 100 predates per-task results"),
+    (["bootstrap", "--run-id", "a", "--run-id", "plan"], "run 'plan' is plan-only"),
+    (["bootstrap", "--run-id", "a", "--run-id", "none"], "no task is solved optimally by every run"),
+    (["efficiency", "--run-id", "a", "--json", "{tmp}/eff.txt"], "--json '{tmp}/eff.txt' must name a .json file"),
+])
+def test_comparisons_refuse_unlike_runs_and_write_nothing(store, tmp_path, argv, msg):
+    add_dataset(store, "plain")
+    add_run(store, "a", [0, 1])
+    add_run(store, "other", [0, 1], tasks="d2")
+    add_run(store, "old", [0, 1])
+    store.results.update_one({"run_id": "old"}, {"$unset": {"optimal_by_task": ""}})
+    add_run(store, "plan", [0, 1], plan_only=True)
+    add_run(store, "none", [5])
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    if "--json" not in argv:
+        argv += ["--json", f"{tmp_path}/figures.json"]
+    if argv[0] != "compare":
+        argv += ["--out", f"{tmp_path}/plot.png"]
+    code, _, err = call(report.main, *argv)
+    assert code == 1 and msg.format(tmp=tmp_path) in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

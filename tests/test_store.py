@@ -38,6 +38,29 @@ def test_a_host_whose_clock_runs_ahead_cannot_take_a_live_lease(store, monkeypat
     assert store.acquire_lease("l", "a", 60) and store.live_holder("l") == "a"
 
 
+def test_a_launch_whose_answers_are_lost_still_knows_whether_it_created_the_run(store, monkeypatch):
+    """start_run is retried whole: when a new run's insert was written and its answer lost, the retry
+    still reports the run as new (so a launch failing before step 1 drops it, runguard.RunGuard), and a
+    re-open whose answer is lost still reports an existing run."""
+    store.retry_s = 30
+    lose = {"insert_one": 1, "update_one": 1}
+
+    def then_lose(name):
+        def written_then_lost(self, *args, _real=getattr(Collection, name), **kwargs):
+            r = _real(self, *args, **kwargs)
+            if lose[name]:
+                lose[name] -= 1
+                raise AutoReconnect("connection reset by peer")
+            return r
+        return written_then_lost
+
+    monkeypatch.setattr(Collection, "insert_one", then_lose("insert_one"))
+    assert store.start_run("n", {"a": 1}, "me", 60, 1, "h") is None and not lose["insert_one"]
+    store.release_lease("n", "me")
+    monkeypatch.setattr(Collection, "update_one", then_lose("update_one"))
+    assert store.start_run("n", {"a": 1}, "other", 60, 1, "h")["_id"] == "n" and not lose["update_one"]
+
+
 def test_following_a_moved_server_closes_the_old_client_and_is_retried(store, env, monkeypatch):
     """A lost connection to the embedded server, which came back at another address: every store
     sharing the connection (with_retry copies too) rebinds to it, the old client (its threads and

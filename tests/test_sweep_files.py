@@ -90,16 +90,39 @@ def test_sokoban_files_match_the_reference(stem):
 CLI_FAST = ("maze_sweep_rep_det_small", "sokoban-7722-m-trace-plan-100k-step-2")
 
 
+def default_run_id(stem, index):
+    """The run id the README's recipes use: <stem>-<index>, and <base>-<index>-step-<k> for step files."""
+    base, _, k = stem.partition("-step-")
+    return f"{base}-{index}-step-{k}" if k else f"{stem}-{index}"
+
+
 @pytest.mark.parametrize("stem", [s if s in CLI_FAST else pytest.param(s, marks=pytest.mark.slow)
                                   for s in [*MAZE, *SOKOBAN]])
 def test_cli_dry_run_for_one_entry_of_each_file(stem):
+    """Without --run-id, the run is named for the file and the index."""
     index = len(entries(stem)) - 1
-    r = run_cli("train.py", "sweep", "--run-id", f"{stem}-{index}", "--index", index, "--sweep",
-                SWEEPS / f"{stem}.json", "--dry-run")
+    r = run_cli("train.py", "sweep", "--index", index, "--sweep", SWEEPS / f"{stem}.json", "--dry-run")
     printed, entry = json.loads(r.stdout), entries(stem)[index]
-    assert printed["run_id"] == f"{stem}-{index}"
+    assert printed["run_id"] == default_run_id(stem, index)
     assert MODELS[printed["model_size"]] == (entry.pop("encoder"), entry.pop("decoder"))
     assert {k: printed[k] for k in entry} == entry
+
+
+def test_run_id_overrides_the_default_name():
+    r = run_cli("train.py", "sweep", "--run-id", "mine", "--index", 0, "--sweep", SWEEPS / f"{CLI_FAST[1]}.json",
+                "--dry-run")
+    assert json.loads(r.stdout)["run_id"] == "mine"
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_each_step_file_starts_from_the_run_its_predecessor_file_names(k):
+    """Launched without --run-id, step k's entry s finds the run (and its bootstrap dataset) that the
+    previous file's entry s was given by default."""
+    before = SWEEPS / ("sokoban-7722-m-trace-plan-100k.json" if k == 1 else f"sokoban-7722-m-trace-plan-100k-step-{k - 1}.json")
+    for s in range(3):
+        cfg = sweep.load(str(SWEEPS / f"sokoban-7722-m-trace-plan-100k-step-{k}.json"), s)
+        assert cfg.start_checkpoint == sweep.run_id(before, s) == default_run_id(before.stem, s)
+        assert cfg.train_name == f"bootstrap.{sweep.run_id(before, s)}"
 
 
 GOOD = {"train_name": SOKOBAN_DATA, "batch_size": 2}

@@ -141,13 +141,17 @@ def test_live_run_id_is_refused_until_its_lease_expires(store):
     assert store.get_run("busy")["status"] == "finished"
 
 
-def test_failing_run_records_failed_status(store):
+def test_a_launch_failing_before_step_1_leaves_no_run(store):
+    """--num-train-sequences 4 with a batch of 8 used to leave a `failed` run at step 0 that refused the
+    corrected launch (its hyper-parameters differ)."""
     make_toy_dataset(store.db)
-    r = run_cli("train.py", "single", "--run-id", "bad", *FAST, "--train-steps", "5", "--min-reasoning-len", "999",
+    r = run_cli("train.py", "single", "--run-id", "bad", *FAST, "--train-steps", "5", "--num-train-sequences", "4",
                 check=False)
-    assert r.returncode != 0 and "too few sequences" in r.stderr
-    run = store.get_run("bad")
-    assert run["status"] == "failed" and "too few sequences" in run["error"]
+    assert r.returncode == 1 and "too few sequences" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert store.get_run("bad") is None
+    r = run_cli("train.py", "single", "--run-id", "bad", *FAST, "--train-steps", "5", "--num-train-sequences", "16")
+    assert store.get_run("bad")["status"] == "finished"
+    assert "finished bad at step 5" in r.stdout and "eval.py --run-id bad" in r.stdout and "report.py loss" in r.stdout
 
 
 def adam_steps(ck):
@@ -315,15 +319,17 @@ def test_uneven_data_with_accumulation_and_a_small_token_budget_trains(store, np
         assert store.get_run(run_id)["status"] == "finished" and store.get_run(run_id)["step"] == 30
 
 
-def test_resume_with_another_world_size_is_refused(store):
+def test_resume_with_another_world_size_is_refused_and_torchrun_names_why(store):
+    """Two gloo processes refused: rank 0 prints the one line, and torchrun's closing summary names it
+    (each worker's error file) instead of "To enable traceback see ..."."""
     make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "w1", *FAST, "--train-steps", "10", "--batch-size", "4")
     before = store.get_run("w1")
-    r = run_cli("train.py", "single", "--run-id", "w1", *FAST, "--train-steps", "10", "--batch-size", "4", nproc=2,
-                check=False)
+    r = run_cli("train.py", "single", "--run-id", "w1", nproc=2, check=False)  # the run id alone, as to continue it
     errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
     assert r.returncode != 0 and len(errors) == 1, r.stderr[-2000:]
     assert "world size 1" in errors[0] and "--nproc-per-node 1" in errors[0] and "not 2" in errors[0]
+    assert f"traceback : {errors[0]}" in r.stderr and "To enable traceback" not in r.stderr, r.stderr[-2000:]
     assert store.get_run("w1") == before  # nothing written
 
 
@@ -374,8 +380,188 @@ def test_step_timing_waits_for_the_device(monkeypatch):
 
 @pytest.mark.parametrize("flags,msg", [(["--lr", "-1e-3"], "lr > 0"), (["--lr", "-.5"], "lr > 0"),
                                        (["--seed", "-3"], "'seed' must not be negative"),
+                                       (["--patience", "-1"], "'patience' must not be negative"),
                                        (["--min-lr-ratio", "-1E-2"], "min_lr_ratio")])
 def test_negative_numbers_reach_the_value_check(flags, msg):
     r = run_cli("train.py", "single", "--run-id", "x", *flags, "--dry-run", check=False)
     assert r.returncode != 0 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "expected one argument" not in r.stderr
+
+
+# --- model selection: --patience and the best checkpoint ----------------------------------------
+
+# a constant, high learning rate: the test loss goes up and down, so patience 2 stops the run early
+PATIENT = [*FAST, "--eval-interval", "5", "--lr", "3e-2", "--lr-schedule", "constant", "--train-steps", "80",
+           "--patience", "2", "--seed", "0"]
+
+
+def stop_by_the_rule(test_losses, patience):
+    """(stop step, best step) from a run's test losses by the selection rule, worked out here."""
+    best, stale = None, 0
+    for step, loss in test_losses:
+        best, stale = ((step, loss), 0) if best is None or loss < best[1] else (best, stale + 1)
+        if stale >= patience:
+            return step, best[0]
+    return None, best[0]
+
+
+def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(store, pauses):
+    """A run with --patience stops after that many evaluations without a lower test loss, keeps the best
+    checkpoint beside the latest and records both; one killed after saving a best that its latest
+    checkpoint does not know yet, and relaunched, points back at the earlier best, then stops at the
+    same step with the same best as an uninterrupted one."""
+    make_toy_dataset(store.db)
+    r = run_cli("train.py", "single", "--run-id", "straight", *PATIENT)
+    tests = [(n, loss) for split, n, loss, _ in losses(store, "straight") if split == "test"]
+    stop, best = stop_by_the_rule(tests, 2)
+    assert stop is not None and stop < 80, tests  # it did stop early, where the rule says
+    run = store.get_run("straight")
+    assert run["status"] == "finished" and run["step"] == stop and run["checkpoint"]["step"] == stop
+    assert run["stopped_early"] == {"step": stop, "best_step": best} and run["best"]["step"] == best
+    assert f"stopped early at step {stop}: 2 evaluations in a row without improvement; best checkpoint: step {best}" \
+        in r.stdout
+    ck = load_checkpoint(store, "straight", which="best")
+    assert ck["step"] == best and ck["selection"] == {"best": {"step": best, "loss": dict(tests)[best],
+                                                               "optimal_pct": None}, "stale": 0}
+    files = list(store.db["checkpoints.files"].find({"metadata.run_id": "straight"}))
+    assert sorted(f["_id"] for f in files) == sorted([run["checkpoint"]["id"], run["best"]["id"]])
+
+    # killed right after the best of step 25 is saved, before any checkpoint records it (latest: step 20)
+    assert best == 25 and stop == 35, "the kill below is placed for this trajectory"
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *PATIENT], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env("step-25")})
+    pauses.wait("step-25", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = store.get_run("killed")
+    assert killed["checkpoint"]["step"] == 20 and killed["best"]["step"] == 25
+    store.runs.update_one({"_id": "killed"}, {"$set": {"lease.expires": 0}})
+    relaunch = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *PATIENT], cwd=ROOT,
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, **pauses.env("step-21")})
+    pauses.wait("step-21", relaunch)
+    assert store.get_run("killed")["best"]["step"] == 15  # what its step-20 checkpoint recorded
+    pauses.release("step-21")
+    out, _ = relaunch.communicate(timeout=300)
+    assert relaunch.returncode == 0 and "resuming killed from step 20" in out
+    killed = store.get_run("killed")
+    assert killed["status"] == "finished" and killed["stopped_early"] == run["stopped_early"]
+    assert killed["best"]["step"] == best and killed["best"]["metrics"] == run["best"]["metrics"]
+    assert_same_weights(load_checkpoint(store, "straight", which="best")["model"],
+                        load_checkpoint(store, "killed", which="best")["model"])
+    assert_same_weights(weights(store, "straight"), weights(store, "killed"))
+    assert losses(store, "straight") == losses(store, "killed")
+    files = list(store.db["checkpoints.files"].find({"metadata.run_id": "killed"}))
+    assert len(files) == 2  # the killed process's best and the superseded ones are gone
+    # relaunching a run that stopped early trains no further
+    again = run_cli("train.py", "single", "--run-id", "killed", *PATIENT).stdout
+    assert f"resuming killed from step {stop}" in again and "stopped early" in again and "step 40" not in again
+    assert store.get_run("killed")["checkpoint"]["step"] == stop
+
+
+def test_the_selection_metric_is_the_validation_optimal_rate_then_the_test_loss():
+    import train
+    t = train.Training.__new__(train.Training)
+    t.selection = {"best": None, "stale": 0}
+    for step, optimal, loss, new_best in [(5, 10.0, 2.0, True), (10, 20.0, 2.5, True),  # a higher rate wins
+                                          (15, 20.0, 2.6, False), (20, 10.0, 1.0, False),  # not a higher loss or
+                                          (25, 20.0, 2.4, True)]:  # a lower rate; an equal rate and lower loss
+        t.step = step
+        assert t.select({"loss": loss, "rollout_optimal_pct": optimal}) == new_best
+    assert t.selection == {"best": {"step": 25, "loss": 2.4, "optimal_pct": 20.0}, "stale": 0}
+    t.selection, t.step = {"best": {"step": 5, "loss": 2.0, "optimal_pct": None}, "stale": 0}, 10
+    assert not t.select({"loss": 2.0}) and t.selection["stale"] == 1  # without --eval-tasks: the test loss alone
+    t.step = 15
+    assert t.select({"loss": 1.9}) and t.selection["stale"] == 0
+
+
+def test_a_run_stored_before_patience_existed_resumes(store):
+    """A stored config without the patience key (made before it existed) gains it with 0 on relaunch."""
+    make_toy_dataset(store.db)
+    args = ["train.py", "single", "--run-id", "pre", *FAST, "--train-steps", "5"]
+    run_cli(*args)
+    store.runs.update_one({"_id": "pre"}, {"$unset": {"config.patience": ""}})
+    r = run_cli(*args)
+    assert "resuming pre from step 5" in r.stdout and store.get_run("pre")["config"]["patience"] == 0
+# ---------------------------------------------------------------------------------------------
+# stopping, continuing and extending
+
+
+def test_sigint_stops_at_a_step_boundary_and_the_run_id_alone_continues_it(store, pauses):
+    make_toy_dataset(store.db)
+    args = [*FAST, "--train-steps", "10", "--checkpoint-interval", "5", "--seed", "4"]
+    run_cli("train.py", "single", "--run-id", "straight", *args)
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "stopped", *args], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, **pauses.env("step-3")})
+    pauses.wait("step-3", proc)
+    proc.send_signal(signal.SIGINT)  # handled at the next step boundary, once released
+    pauses.release("step-3")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and err == "", err
+    assert out.splitlines()[-1] == "interrupted at step 3; continue with: python train.py single --run-id stopped"
+    run = store.get_run("stopped")
+    assert run["status"] == "interrupted" and run["checkpoint"]["step"] == 3 and run["lease"] is None
+    r = run_cli("train.py", "single", "--run-id", "stopped")  # its stored hyper-parameters, no flags
+    assert "resuming stopped from step 3" in r.stdout and "finished stopped at step 10" in r.stdout
+    assert store.get_run("stopped")["config"] == store.get_run("straight")["config"]
+    assert_same_weights(weights(store, "straight"), weights(store, "stopped"))
+    assert losses(store, "straight") == losses(store, "stopped")
+
+
+def test_sigterm_in_a_ddp_run_stops_every_rank_at_one_step(store, pauses):
+    """A signal reaching one worker stops both at the same step boundary (no DDP hang); one rank prints,
+    and torchrun's summary names the reason."""
+    make_toy_dataset(store.db)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py", "single",
+           "--run-id", "ddp-stop", *FAST, "--train-steps", "10", "--batch-size", "4"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, **pauses.env("step-2")})
+    workers = pauses.wait("step-2", proc, count=2)
+    os.kill(workers[1], signal.SIGTERM)
+    pauses.release("step-2")
+    out, err = proc.communicate(timeout=300)
+    line = "interrupted at step 2; continue with: torchrun --nproc-per-node 2 train.py single --run-id ddp-stop"
+    assert proc.returncode != 0 and out.count("interrupted at") == 1 and line in out, out + err
+    assert 'train.py", line' not in err and f"traceback : {line}" in err, err  # torchrun's own traceback aside
+    run = store.get_run("ddp-stop")
+    assert run["status"] == "interrupted" and run["checkpoint"]["step"] == 2
+
+
+def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(store):
+    make_toy_dataset(store.db)
+    args = [*FAST, "--log-interval", "1", "--lr-schedule", "cosine"]
+    run_cli("train.py", "single", "--run-id", "ext", *args, "--train-steps", "10")
+    for flags, words in ((["--train-steps", "20", "--lr", "5e-4"], "lr: 0.001 -> 0.0005"),
+                         (["--train-steps", "8"], "train_steps: 10 -> 8")):
+        r = run_cli("train.py", "single", "--run-id", "ext", *flags, check=False)
+        assert r.returncode == 1 and words in r.stderr and "only --train-steps may change" in r.stderr, r.stderr
+    r = run_cli("train.py", "single", "--run-id", "ext", "--train-steps", "20")
+    cfg = TrainConfig.from_dict(store.get_run("ext")["config"])
+    old = TrainConfig.from_dict({**cfg.to_dict(), "train_steps": 10})
+    assert cfg.train_steps == 20 and store.get_run("ext")["status"] == "finished"
+    assert (f"extending ext from 10 to 20 steps; the cosine schedule now ends at step 20: the LR goes from "
+            f"{old.lr_at(10):.2e} to {cfg.lr_at(10):.2e} at step 10") in r.stdout
+    lrs = {rec["step"]: rec["lr"] for rec in store.get_logs("ext", "train")}
+    assert lrs[10] == pytest.approx(old.lr_at(9)) and lrs[11] == pytest.approx(cfg.lr_at(10))  # the 11th step: new schedule
+    assert lrs[20] == pytest.approx(cfg.lr_at(19))
+
+
+def test_help_shows_every_hyper_parameter_default_and_choices(capsys):
+    import train
+    from dataclasses import fields
+    from hparams import CHOICES
+    with pytest.raises(SystemExit):
+        train.parse_args(["single", "--help"])
+    options = capsys.readouterr().out.split("options:")[1]
+    blocks = {}  # flag -> its help text
+    for line in options.splitlines():
+        if line.startswith("  --"):
+            flag = line.split()[0].rstrip(",")
+            blocks[flag] = line
+        elif line.startswith("   ") and blocks:
+            blocks[flag] += " " + line.strip()
+    for f in fields(TrainConfig):
+        text = " ".join(blocks["--" + f.name.replace("_", "-")].split())
+        default = (f"--{f.name.replace('_', '-')}" if f.default else f"--no-{f.name.replace('_', '-')}") \
+            if f.type is bool else repr(f.default)
+        assert f"default {default}" in text, text
+        assert f"one of {', '.join(CHOICES[f.name])}" in text if f.name in CHOICES else "one of" not in text, text

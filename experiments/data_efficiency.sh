@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Searchformer's two claims measured the paper's way at laptop scale (docs/laptop.md, "Data efficiency"):
+#   (a) with the same training tasks, a search-augmented model plans optimally more often than a
+#       solution-only one: solution-only, search-augmented and shuffled-trace (each task carries another
+#       task's A* trace) models at several training-task counts, each trained to its best (--patience on
+#       the validation tasks), its best checkpoint evaluated on the same test tasks;
+#   (b) bootstrapping shortens the traces and keeps the optimal rate: BOOT_STEPS steps from the best
+#       search-augmented model at the largest count, and a control fine-tuned from the same checkpoint
+#       for the same steps on the original A* data.
+# Run from the repository root, after `bash .ci/setup`:
+#
+#   bash experiments/data_efficiency.sh            # embedded database (or MONGODB_URI)
+#
+# Every stage skips what is done (a finished run, a stored evaluation, an existing dataset), so an
+# interrupted script continues where it stopped when started again, also in a later sitting. Each
+# finished stage appends its wall time to $RESULTS/stages.tsv and rewrites the small results files
+# (JSON tables, PNG plots) in $RESULTS, which the write-up reads: commit them as they come.
+# Knobs (environment): SIZE TRACES MODEL COUNTS SEEDS KINDS PATIENCE EVAL_EVERY MAX_STEPS BATCH LR
+# VAL_TASKS TEST_TASKS SAMPLES BOOT_STEPS BOOT_SAMPLES FT_STEPS NPROC COMPILE PREFIX RESULTS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-.venv/bin/python}
+SIZE=${SIZE:-6}                     # maze side
+TRACES=${TRACES:-deterministic}     # deterministic | nondeterministic A* traces
+MODEL=${MODEL:-xs}
+COUNTS=${COUNTS:-"500 1000 2000"}   # training-task counts (the first N tasks of one dataset)
+SEEDS=${SEEDS:-"0"}
+KINDS=${KINDS:-"solution-only search shuffled"}
+PATIENCE=${PATIENCE:-3}             # evaluations without a better validation optimal rate before stopping
+EVAL_EVERY=${EVAL_EVERY:-200}       # steps between evaluations (and checkpoints)
+MAX_STEPS=${MAX_STEPS:-8000}        # the cap; patience normally stops a run well before it
+BATCH=${BATCH:-32}                  # sequences per step, over all processes
+LR=${LR:-2e-3}
+VAL_TASKS=${VAL_TASKS:-100}         # greedy validation tasks: the last ones of the test split
+TEST_TASKS=${TEST_TASKS:-500}       # reported test tasks: the first ones, never validation tasks
+SAMPLES=${SAMPLES:-8}               # responses per test task, the same for every model
+BOOT_STEPS=${BOOT_STEPS:-2}
+BOOT_SAMPLES=${BOOT_SAMPLES:-16}    # responses per training prompt when bootstrapping (the paper: 64)
+FT_STEPS=${FT_STEPS:-500}           # fine-tuning steps per bootstrapping step (and per control step)
+NPROC=${NPROC:-2}                   # processes of one thread each (DDP, gloo)
+COMPILE=${COMPILE:-}                # --compile to torch.compile training
+PREFIX=${PREFIX:-eff$SIZE}
+RESULTS=${RESULTS:-experiments/results/$PREFIX}
+DATA=maze.$SIZE-by-$SIZE-$TRACES.simple
+SHUFFLED=shuffled.$DATA
+NUM_TRAIN=$(for c in $COUNTS; do echo "$c"; done | sort -n | tail -1)
+NUM_TEST=$(( TEST_TASKS + VAL_TASKS + 200 ))   # room for whole wall layouts between the two parts
+MAX_TOKENS=$(( SIZE * SIZE * 16 ))  # generated tokens per response (the longest 6x6 A* response of 12,000 tasks: 306)
+export OMP_NUM_THREADS=1
+
+mkdir -p "$RESULTS"
+STAGES=$RESULTS/stages.tsv
+[ -f "$STAGES" ] || printf 'stage\tseconds\tfinished\n' > "$STAGES"
+script_start=$(date +%s)
+stamp() { echo "=== [$(( $(date +%s) - script_start )) s] $*"; }
+# stage NAME CMD...: run CMD and record its wall time, unless NAME is recorded as done
+stage() {
+    local name=$1; shift
+    if cut -f1 "$STAGES" | grep -qx "$name"; then return 0; fi
+    stamp "$name"
+    local t0; t0=$(date +%s)
+    "$@"
+    printf '%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$(date -u +%FT%TZ)" >> "$STAGES"
+}
+torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
+have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
+train() {
+    # shellcheck disable=SC2086
+    torchrun train.py single --model-size "$MODEL" --batch-size $(( BATCH / NPROC )) --lr "$LR" --warmup-steps 100 \
+        --log-interval 50 --num-test-sequences 200 --eval-tasks "$VAL_TASKS" $COMPILE "$@"
+}
+evaluate() { torchrun eval.py --run-id "$1" --checkpoint "$2" --num-tasks "$TEST_TASKS" --samples "$SAMPLES" --max-tokens "$MAX_TOKENS"; }
+run_id() { echo "$PREFIX-$1-$2-s$3"; }  # kind, count, seed
+
+data() {
+    local flags=(); [ "$TRACES" = nondeterministic ] && flags=(--nondeterministic)
+    have_dataset "$DATA" || "$PY" data.py maze --size "$SIZE" "${flags[@]}" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
+    have_dataset "$SHUFFLED" || "$PY" data.py shuffle-traces "$DATA" --name "$SHUFFLED" --seed 0
+}
+# one model of claim (a): trained to its best, then its best checkpoint evaluated
+model() {
+    local kind=$1 count=$2 seed=$3 flags=() name=$DATA
+    case $kind in
+        solution-only) flags=(--plan-only) ;;
+        shuffled) name=$SHUFFLED ;;
+        search) ;;
+        *) echo "error: unknown kind $kind in KINDS; use solution-only, search or shuffled" >&2; exit 1 ;;
+    esac
+    local id; id=$(run_id "$kind" "$count" "$seed")
+    train --run-id "$id" --train-name "$name" --test-name "$DATA" --num-train-sequences "$count" --seed "$seed" \
+        --train-steps "$MAX_STEPS" --patience "$PATIENCE" --eval-interval "$EVAL_EVERY" \
+        --checkpoint-interval "$EVAL_EVERY" "${flags[@]}"
+    evaluate "$id" best
+}
+efficiency_report() {
+    local ids=()
+    for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
+        local id; id=$(run_id "$kind" "$count" "$seed")
+        cut -f1 "$STAGES" | grep -qx "model $id" && ids+=(--run-id "$id")
+    done; done; done
+    [ ${#ids[@]} -gt 0 ] || return 0
+    "$PY" report.py efficiency "${ids[@]}" --out "$RESULTS/efficiency.png" --json "$RESULTS/efficiency.json"
+}
+
+stage "data $DATA and $SHUFFLED" data
+
+for seed in $SEEDS; do
+    for count in $COUNTS; do
+        for kind in $KINDS; do
+            id=$(run_id "$kind" "$count" "$seed")
+            stage "model $id" model "$kind" "$count" "$seed"
+            efficiency_report
+        done
+    done
+done
+
+# claim (b): bootstrapping from the best search-augmented model at the largest count, the first seed's
+[ "$BOOT_STEPS" -gt 0 ] || { stamp "done (BOOT_STEPS=0: no bootstrapping)"; exit 0; }
+first_seed=$(echo "$SEEDS" | awk '{print $1}')
+base=$(run_id search "$NUM_TRAIN" "$first_seed")
+steps=("$base") controls=()
+prev=$base prev_control=$base checkpoint=best
+for k in $(seq 1 "$BOOT_STEPS"); do
+    run=$base-boot-$k control=$base-control-$k
+    stage "bootstrap dataset from $prev" \
+        torchrun eval.py bootstrap --run-id "$prev" --checkpoint "$checkpoint" --samples "$BOOT_SAMPLES" \
+        --max-tokens "$MAX_TOKENS" --name "bootstrap.$prev" --overwrite
+    common=(--num-train-sequences "$NUM_TRAIN" --test-name "$DATA" --train-steps "$FT_STEPS" --eval-interval "$FT_STEPS"
+            --checkpoint-interval "$FT_STEPS")
+    stage "fine-tune $run" train --run-id "$run" --train-name "bootstrap.$prev" --start-checkpoint "$prev" \
+        --start-from "$checkpoint" "${common[@]}"
+    stage "evaluate $run" evaluate "$run" latest
+    stage "fine-tune $control" train --run-id "$control" --train-name "$DATA" --start-checkpoint "$prev_control" \
+        --start-from "$checkpoint" "${common[@]}"
+    stage "evaluate $control" evaluate "$control" latest
+    steps+=("$run") controls+=("$control")
+    prev=$run prev_control=$control checkpoint=latest
+done
+boot=(); for r in "${steps[@]}"; do boot+=(--run-id "$r"); done
+for c in "${controls[@]}"; do boot+=(--control "$c"); done
+"$PY" report.py bootstrap "${boot[@]}" --out "$RESULTS/bootstrap.png" --json "$RESULTS/bootstrap.json"
+stamp done
