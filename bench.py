@@ -28,6 +28,7 @@ device's dense bf16 peak from measure.DEVICE_PEAKS.
 import argparse
 import shutil
 import socket
+import sys
 import tempfile
 import time
 import uuid
@@ -39,8 +40,11 @@ import torch
 import batches
 import dataset
 import decode
+import errors
 import loss
 from checkpoint_store import load_checkpoint, save_checkpoint
+from devices import DEVICE_HELP, parse_device
+from errors import ConfigError
 from measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
 from model import ModelConfig, Transformer
 from rollout_baselines import LengthModel, length_hazard, naive_generate, today_rollout, todays_attention
@@ -390,7 +394,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="train,load,checkpoint,rollout", help="comma-separated subset")
     ap.add_argument("--size", default="s", help="model size (model.SIZES)")
-    ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     ap.add_argument("--lengths", default="maze20", help=f"preset ({', '.join(PRESETS)}) or L:q,... quantiles")
     ap.add_argument("--prompt-share", type=float, default=0.3, help="prompt share of tokens for custom quantiles")
@@ -430,9 +434,11 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", 0) if cuda else torch.device("cpu")
-    if cuda:
+    try:
+        device = parse_device(args.device)
+    except ConfigError as e:
+        sys.exit(errors.exit_message(e))
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     if args.threads:
         torch.set_num_threads(args.threads)

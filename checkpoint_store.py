@@ -9,7 +9,6 @@ evaluation, with that evaluation's selection metrics)."""
 import contextlib
 import shutil
 import tempfile
-import time
 
 import gridfs
 import torch
@@ -18,7 +17,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 import testhook
 from errors import CheckpointError, StoreError
-from store import check_name, fenced, lost, now, retrying
+from store import check_name, fenced, free, lost, now, retrying
 
 
 FIELDS = {"latest": "checkpoint", "best": "best"}  # which checkpoint -> the run document's field pointing at it
@@ -34,7 +33,16 @@ def save_checkpoint(store, run_id, step, state, owner=None, which="latest", metr
     owner, nothing is written unless that process still holds the run. A best save (with its selection
     metrics) deletes nothing: the latest checkpoint may still record the previous best, which a resume
     from it points back at (point_best); a latest save deletes every other file of the run but the
-    current best."""
+    current best. An upload that a load took for abandoned meanwhile (this process paused past its
+    lease) is written again."""
+    while True:
+        info = _save(store, run_id, step, state, owner, which, metrics)
+        if info is not None:
+            return info
+
+
+def _save(store, run_id, step, state, owner, which, metrics):
+    """One attempt of save_checkpoint: the new pointer's info, or None when the upload was taken away."""
     best = which == "best"
     meta = {"run_id": run_id, "step": step, **({"kind": "best", "metrics": metrics} if best else {})}
     stream = store.fs.open_upload_stream(f"{run_id}/{step}{'/best' if best else ''}", metadata=meta)
@@ -43,7 +51,7 @@ def save_checkpoint(store, run_id, step, state, owner=None, which="latest", metr
     if before is None:
         raise lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
     if before.get("pending_checkpoint") is not None:  # left by a killed process or a failed attempt
-        delete_upload(store, before["pending_checkpoint"])
+        store.delete_upload(before["pending_checkpoint"])
     writer = _Writer(stream)
     try:
         torch.save(state, writer)  # streamed in chunks, no second copy in memory
@@ -60,8 +68,10 @@ def save_checkpoint(store, run_id, step, state, owner=None, which="latest", metr
                                            {"$set": {FIELDS[which]: info, "pending_checkpoint": None}},
                                            {"best": 1}, return_document=ReturnDocument.AFTER)
     if after is None:
-        delete_upload(store, stream._id)
-        raise lost(run_id)
+        store.delete_upload(stream._id)
+        if store.runs.count_documents(fenced(run_id, owner), limit=1) == 0:
+            raise lost(run_id)
+        return None  # still held: the pointer was cleared by a load that took the upload for abandoned
     if not best:
         delete_stale(store, run_id, keep=[stream._id, (after.get("best") or {}).get("id")])
     return info
@@ -91,11 +101,15 @@ def load_checkpoint(store, run_id, map_location="cpu", which="latest"):
     replaced (and deleted) while it was being read is read again at the new pointer."""
     for attempt in range(3):
         doc = store.require_run(run_id)
-        lease, pending = doc.get("lease"), doc.get("pending_checkpoint")
-        if pending is not None and (not lease or lease["expires"] < time.time()):
-            # a save was killed mid-write and nobody holds the run: remove its partial chunks
-            delete_upload(store, pending)
-            store.runs.update_one({"_id": run_id, "pending_checkpoint": pending}, {"$set": {"pending_checkpoint": None}})
+        pending = doc.get("pending_checkpoint")
+        if pending is not None:
+            # a save (or import) was killed mid-write when nobody holds the run by the server's clock:
+            # clear the pointer first, in one write that checks both, and only then remove the chunks,
+            # so that a trainer that still writes it finds its upload gone before it can point at it
+            claim = {"_id": run_id, "pending_checkpoint": pending, **free(store.server_time())}
+            if store.runs.update_one(claim, {"$set": {"pending_checkpoint": None}}).matched_count:
+                testhook.pause("stale-upload")  # tests: the pointer cleared, the chunks not yet removed
+                store.delete_upload(pending)
         info = doc.get(FIELDS[which])
         if info is None:
             return None
@@ -115,12 +129,14 @@ def load_checkpoint(store, run_id, map_location="cpu", which="latest"):
 
 def put_checkpoint(store, run_id, config, state, step, replace=False):
     """Create (or with replace, replace) a finished run from an imported checkpoint, all or nothing:
-    the new checkpoint is written in full first (as the old run's pending upload, so that a killed
-    import's chunks are cleaned away like a killed save's), then the run document is switched to
-    it in one write, then the old run's logs, results and checkpoint files are deleted."""
+    the upload is recorded as the run's pending checkpoint before its first chunk (a new run's
+    document is created for it, status `importing`), so that a killed import's chunks are found and
+    removed like a killed save's (by a load, drop-run, or the same import run again); the new
+    checkpoint is written in full, then the run document is switched to it in one write, then the
+    old run's logs, results and checkpoint files are deleted."""
     check_name(run_id)
     old = store.get_run(run_id)
-    if old is not None:
+    if old is not None and old.get("status") != "importing":  # a killed import's leftover is imported over
         if not replace:
             raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW")
         holder = store.live_holder(run_id)
@@ -128,10 +144,17 @@ def put_checkpoint(store, run_id, config, state, step, replace=False):
             raise StoreError(f"run {run_id!r} is being trained by {holder}; stop that process first, or drop it with "
                              f"`python admin.py drop-run --run-id {run_id} --force`, then import")
     stream = store.fs.open_upload_stream(f"{run_id}/{step}", metadata={"run_id": run_id, "step": step})
-    if old is not None:
+    mine, t = {"_id": run_id, "pending_checkpoint": stream._id}, now()
+    if old is None:
+        try:
+            store.runs.insert_one({**mine, "config": config, "created": t, "updated": t, "step": 0, "status": "importing",
+                                   "error": None, "lease": None, "checkpoint": None})
+        except DuplicateKeyError:  # another import of this id went first
+            raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW") from None
+    else:
         before = store.runs.find_one_and_update({"_id": run_id}, {"$set": {"pending_checkpoint": stream._id}})
         if before and before.get("pending_checkpoint") is not None:
-            delete_upload(store, before["pending_checkpoint"])
+            store.delete_upload(before["pending_checkpoint"])
     try:
         torch.save(state, _Writer(stream))
         testhook.pause("import-upload")  # tests: the new file written, the old run not yet switched
@@ -139,33 +162,24 @@ def put_checkpoint(store, run_id, config, state, step, replace=False):
     except BaseException:
         with contextlib.suppress(PyMongoError):
             stream.abort()
-            store.runs.update_one({"_id": run_id, "pending_checkpoint": stream._id}, {"$set": {"pending_checkpoint": None}})
+            store.runs.delete_one({**mine, "status": "importing"})  # a new run's document, made for this import
+            store.runs.update_one(mine, {"$set": {"pending_checkpoint": None}})
         raise
-    t = now()
     doc = {"_id": run_id, "config": config, "created": t, "updated": t, "step": step, "status": "imported",
            "error": None, "lease": None, "world_size": state.get("world_size"), "pending_checkpoint": None,
            "checkpoint": {"id": stream._id, "step": step, "size": stream.length, "time": t}}
     try:
-        if old is None:
-            store.runs.insert_one(doc)
-        elif store.runs.replace_one({"_id": run_id, "pending_checkpoint": stream._id}, doc).matched_count == 0:
-            raise StoreError(f"run {run_id!r} changed during the import (relaunched or dropped); try again")
-    except BaseException as e:
-        delete_upload(store, stream._id)
-        if isinstance(e, DuplicateKeyError):  # another import of this id went first
-            raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it, or --run-id NEW") from None
+        if store.runs.replace_one(mine, doc).matched_count == 0:
+            raise StoreError(f"run {run_id!r} changed during the import (relaunched, dropped or imported again); "
+                             f"try again")
+    except BaseException:
+        store.delete_upload(stream._id)
         raise
     if old is not None:  # the old run's records: its run document no longer points at any of them
         store.logs.delete_many({"run_id": run_id})
         store.results.delete_many({"run_id": run_id})
         store.responses.delete_many({"run_id": run_id})
         delete_stale(store, run_id, keep=[stream._id])
-
-
-def delete_upload(store, file_id):
-    """Remove a GridFS file by hand, chunks first: it may be an upload that was never closed."""
-    store.db["checkpoints.chunks"].delete_many({"files_id": file_id})
-    store.db["checkpoints.files"].delete_many({"_id": file_id})
 
 
 def delete_stale(store, run_id, keep):

@@ -72,6 +72,7 @@ import torch.distributed as dist
 from bson import Binary
 from pymongo.errors import BulkWriteError
 
+import devices
 import errors
 from bootstrap import shortest_optimal, write_bootstrap
 from checkpoint_store import load_checkpoint
@@ -97,44 +98,55 @@ def response_key(run_id, step, dataset_doc, split, opts, which="latest"):
     return {"run_id": run_id, "step": step, "pkey": json.dumps(params, sort_keys=True)}
 
 
-def missing_work(coll, key, split, rows, samples):
+# each of these reads or writes the database (db) through store.call, which retries it whole: they are
+# safe to run again from the start
+
+
+def missing_work(db, key, split, rows, samples):
     """[(row, [sample, ...])] of responses not stored yet, rows with short prompts first."""
     ids = split.ids[rows]
     have = {}
-    for d in coll.find({**key, "sample": {"$lt": samples}}, {"task": 1, "sample": 1}):
+    for d in db.responses.find({**key, "sample": {"$lt": samples}}, {"task": 1, "sample": 1}):
         have.setdefault(d["task"], set()).add(d["sample"])
     work = [(r, [s for s in range(samples) if s not in have.get(int(i), ())]) for r, i in zip(rows, ids)]
     work = [(int(r), s) for r, s in work if s]
     return sorted(work, key=lambda w: split.lens["prompt"][w[0]])
 
 
-def store_responses(coll, key, split, finished):
-    """Insert [((row, sample), ids, eos), ...]."""
+def store_responses(db, key, split, finished):
+    """Insert [((row, sample), ids, eos), ...]; those already stored (by another evaluation of the same
+    key, or by an attempt whose answer was lost) are kept."""
     if not finished:
         return
     docs = [{**key, "task": int(split.ids[r]), "sample": s, "tokens": Binary(ids.tobytes()), "n": len(ids), "eos": e}
             for (r, s), ids, e in finished]
     try:
-        coll.insert_many(docs, ordered=False)
-    except BulkWriteError as e:  # another evaluation of the same key got there first: keep its copy
+        db.responses.insert_many(docs, ordered=False)
+    except BulkWriteError as e:  # stored already: keep that copy
         if any(err["code"] != 11000 for err in e.details["writeErrors"]):
             raise
 
 
-def iter_responses(coll, key, split, rows, samples, chunk=256):
+def read_responses(db, key, tasks, samples):
+    """{task: [(ids, eos), ...]} for the given task ids, samples in index order."""
+    out = {t: [] for t in tasks}
+    query = {**key, "task": {"$in": list(out)}, "sample": {"$lt": samples}}
+    for d in db.responses.find(query, {"task": 1, "sample": 1, "tokens": 1, "eos": 1}).sort([("task", 1), ("sample", 1)]):
+        out[d["task"]].append((np.frombuffer(d["tokens"], DTYPE), d["eos"]))
+    return out
+
+
+def iter_responses(store, key, split, rows, samples, chunk=256):
     """(row, [(ids, eos), ...]) for each row, samples in index order, read a chunk of tasks at a time."""
     for i in range(0, len(rows), chunk):
         part = [int(r) for r in rows[i:i + chunk]]
-        out = {int(split.ids[r]): [] for r in part}
-        query = {**key, "task": {"$in": list(out)}, "sample": {"$lt": samples}}
-        for d in coll.find(query, {"task": 1, "sample": 1, "tokens": 1, "eos": 1}).sort([("task", 1), ("sample", 1)]):
-            out[d["task"]].append((np.frombuffer(d["tokens"], DTYPE), d["eos"]))
+        out = store.call(read_responses, key, [int(split.ids[r]) for r in part], samples)
         yield from ((r, out[int(split.ids[r])]) for r in part)
 
 
 def sample_missing(store, model, key, split, rows, samples, opts, batch_size, rank, world, device, compile=None):
     """Generate this rank's share of the responses missing for rows x samples, storing each batch."""
-    work = missing_work(store.responses, key, split, rows, samples)
+    work = store.call(missing_work, key, split, rows, samples)
     barrier(device)  # every rank plans from the same stored state before any writes
     mine = [(r, s) for r, missing in work[rank::world] for s in missing]  # a row's samples share a prefill
     if rank == 0:
@@ -146,12 +158,12 @@ def sample_missing(store, model, key, split, rows, samples, opts, batch_size, ra
     for item in rollouts(model, split, mine, opts, batch_size, device, compile):
         finished.append(item)
         if len(finished) >= max(batch_size, 64):  # stored as they come: an interruption loses little
-            store_responses(store.responses, key, split, finished)
+            store.call(store_responses, key, split, finished)
             done += len(finished)
             finished = []
             if rank == 0:
                 progress.update(done)
-    store_responses(store.responses, key, split, finished)
+    store.call(store_responses, key, split, finished)
     barrier(device)
 
 
@@ -183,7 +195,7 @@ def dataset_for(store, ck, split):
     """The run's dataset for a split (test_name for test), checked against the checkpoint's vocabulary."""
     cfg = ck["config"]
     name = (cfg["test_name"] or cfg["train_name"]) if split == "test" else cfg["train_name"]
-    doc = get_dataset(store.db, name)
+    doc = store.call(get_dataset, name)
     if doc["vocabulary"] != ck["vocabulary"]:
         raise CheckpointError(f"dataset {name!r} has another vocabulary than run {ck['run_id']!r}'s checkpoint")
     return doc
@@ -219,7 +231,7 @@ def sample_run(store, args, split_name, rank, world, device, rows_of=None):
     cfg = ck["config"]
     doc = dataset_for(store, ck, split_name)
     checker = Checker(doc)
-    split = load_split(store.db, doc["_id"], split_name)
+    split = store.call(load_split, doc["_id"], split_name)
     if split_name == "test":
         rows = test_rows(args.run_id, cfg, doc, split, args.num_tasks)
     else:
@@ -260,7 +272,7 @@ def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, b
               "optimal_by_task": by_task, "time": now()}
     if reference:
         result["reference_metrics"] = summarize(reference, ck["config"]["plan_only"])
-    store.results.replace_one(rkey, result, upsert=True)
+    store.call(lambda db: db.results.replace_one(rkey, result, upsert=True))
     prefix = f", starting after {opts.prefix_len} trace tokens" if opts.prefix_len else ""
     print(f"run {args.run_id} at step {ck['step']}{' (best checkpoint)' if which == 'best' else ''}: {len(rows)} {split_name} tasks of {doc['_id']}, {args.samples} "
           f"samples each, temperature {opts.temperature:g}, up to {opts.max_tokens} tokens{prefix}")
@@ -280,7 +292,7 @@ def cmd_run(store, args, rank, world, device):
             optimal_traces.extend(v.trace_len for v in verdicts if v.kind == "optimal")
 
         by_task = new_by_task(split, rows)
-        sums = score(checker, split, iter_responses(store.responses, key, split, rows, args.samples), keep_optimal_traces,
+        sums = score(checker, split, iter_responses(store, key, split, rows, args.samples), keep_optimal_traces,
                      reference, by_task)
         report(store, args, ck, doc, args.split, rows, opts, sums, optimal_traces, by_task, reference)
 
@@ -290,7 +302,7 @@ def cmd_bootstrap(store, args, rank, world, device):
     if cfg.get("plan_only"):
         raise ConfigError(f"run {args.run_id!r} is plan-only: bootstrapping needs a search-augmented run")
     name = check_name(args.name or f"bootstrap.{args.run_id}", "dataset name")
-    if (store.db.datasets.find_one({"_id": name}) or {}).get("uid") and not args.overwrite:
+    if (store.call(lambda db: db.datasets.find_one({"_id": name})) or {}).get("uid") and not args.overwrite:
         raise DataError(f"dataset {name!r} exists; pass --overwrite to replace it")
 
     def training_rows(split, cfg):  # the run's own training sequences
@@ -309,7 +321,7 @@ def cmd_bootstrap(store, args, rank, world, device):
             chosen[row] = (responses[k][0], verdicts[k].trace_len)
 
     by_task = new_by_task(split, rows)
-    sums = score(checker, split, iter_responses(store.responses, key, split, rows, args.samples), keep_shortest,
+    sums = score(checker, split, iter_responses(store, key, split, rows, args.samples), keep_shortest,
                  by_task=by_task)
     report(store, args, ck, doc, "train", rows, opts, sums, optimal_traces, by_task)
     info = {"source": doc["_id"], "source_uid": doc["uid"], "run_id": args.run_id, "step": ck["step"],
@@ -317,7 +329,8 @@ def cmd_bootstrap(store, args, rank, world, device):
             "seed": opts.seed, "rows": len(rows), "rule": "only-shorter" if args.only_shorter else "reference",
             **({"checkpoint": "best"} if args.checkpoint == "best" else {})}
     test_name = dataset_for(store, ck, "test")["_id"]
-    replaced, before, after = write_bootstrap(store.db, name, doc, test_name, split, rows, chosen, info, args.overwrite)
+    # run again from the start after a lost connection: the writer starts the unfinished dataset over
+    replaced, before, after = store.call(write_bootstrap, name, doc, test_name, split, rows, chosen, info, args.overwrite)
     shorter = sum(cut < split.lens["trace"][r] for r, (_, cut) in chosen.items())
     change = f" ({100 * (after / before - 1):+.1f}%)" if before else ""
     print(f"wrote dataset {name}: {len(rows)} train sequences, {replaced} replaced by their shortest correct optimal "
@@ -343,7 +356,7 @@ def cmd_average(store, args, rank, world, device):
         store.require_run(run_id)
         query = {"run_id": run_id, **{f"params.{k}": v for k, v in wanted.items()}, **prefix, **checkpoint,
                  field: {"$exists": True}}
-        res = store.results.find_one(query, sort=[("time", -1)])
+        res = store.call(lambda db: db.results.find_one(query, sort=[("time", -1)]))
         if res is None:
             given = ", ".join(f"{k}={v}" for k, v in wanted.items()) or "any parameters"
             given += f", prefix_len={args.prefix_len}" if args.prefix_len else ""
@@ -378,7 +391,7 @@ def add_sampling_flags(p, samples, num_tasks, help_tasks):
     p.add_argument("--batch-size", type=int, default=0, help="rows per decoding batch (default: from memory)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="torch.compile the decode step (default: on GPU only; on CPU compiling takes minutes)")
-    p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    devices.add_flags(p)
     p.add_argument("--checkpoint", default="latest", metavar="{latest,best}", help=CHECKPOINT_HELP)
 
 
@@ -449,18 +462,16 @@ def parse_args(argv):
 def main(argv=None):
     try:
         args = parse_args(argv)
+        device = torch.device("cpu") if args.cmd == "average" else devices.from_flags(args)  # average: results only
     except errors.REPORTED as e:
         sys.exit(errors.exit_message(e))
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    dev = getattr(args, "device", "cpu")
-    use_cuda = dev == "cuda" or (dev == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    if device.type == "cuda":
         torch.cuda.set_device(device)
     elif "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)  # decoding steps are small: extra threads mostly wait (use ranks for cores)
     if world > 1:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        devices.init_process_group(device, getattr(args, "dist_timeout_minutes", devices.DIST_TIMEOUT_MINUTES))
     try:
         args.fn(connect(retry_s=60.0), args, rank, world, device)
     except errors.REPORTED as e:

@@ -75,15 +75,15 @@ def reportable_tasks(doc, split, eval_tasks):
     return start
 
 
-def rollout_metrics(model, db, cfg, rank, world, device):
+def rollout_metrics(model, store, cfg, rank, world, device, use_cache):
     """For the trainer: greedy rollouts on the validation tasks (the last cfg.eval_tasks test tasks),
     each rank a share, metrics over all of them. Rollouts stop at twice the longest reference response
     of these tasks (or the usual limit, if lower): an untrained model would otherwise run to the full
-    limit."""
+    limit. The dataset is read through the store's retries, from the local cache when use_cache."""
     name = cfg.test_name or cfg.train_name
-    doc = get_dataset(db, name)
+    doc = store.call(get_dataset, name)
     checker = Checker(doc)
-    split = load_split(db, name, "test")
+    split = store.call(load_split, name, "test", use_cache)
     rows = np.arange(max(0, len(split.ids) - cfg.eval_tasks), len(split.ids))
     ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
     opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))

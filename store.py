@@ -100,6 +100,13 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
+def free(t, owner=None):
+    """A query for a run no process holds at server time t (its lease released or expired), or that
+    owner holds: leases are written and read on the database server's clock (Store.server_time),
+    never a host's, so a host whose clock runs ahead cannot take a live lease for expired."""
+    return {"$or": [{"lease": None}, {"lease.expires": {"$lt": t}}, *([{"lease.owner": owner}] if owner else [])]}
+
+
 def fenced(run_id, owner):
     """A query for the run's document, and with an owner only while that process holds the run: the
     fence that keeps a trainer whose lease was taken over (or whose run was dropped) from writing to it."""
@@ -190,38 +197,67 @@ def connect(uri=None, timeout_s=5.0, retry_s=0.0):
         raise StoreError(f"cannot reach MongoDB at {redact(uri)}: {reason}; {hint}") from None
 
 
+class Connection:
+    """A database and its collections, shared by a Store and its with_retry copies, so that all of
+    them follow the embedded server together when it moves."""
+
+    def __init__(self, db, address):
+        self.db, self.address = db, address
+        self.runs, self.logs, self.results, self.responses = db["runs"], db["logs"], db["results"], db["responses"]
+        self.fs = gridfs.GridFSBucket(db, "checkpoints")
+
+
 class Store:
     """One database's runs, logs, evaluation results and sampled responses, and the GridFS bucket of
     checkpoint files (written and read by checkpoint_store.py). Methods marked @retrying ride out a
-    lost connection for retry_s seconds."""
+    lost connection for retry_s seconds; code above the store reaches the database through them, or
+    through call() for what it reads and writes itself."""
 
     def __init__(self, db, address, retry_s=0.0, folder=None):
-        self.db = db
-        self.address = address
+        self.link = Connection(db, address)
         self.retry_s = retry_s
         self.folder = folder  # the embedded server's data folder, else None
-        self.runs = db["runs"]
-        self.logs = db["logs"]
-        self.results = db["results"]
-        self.responses = db["responses"]
-        self.fs = gridfs.GridFSBucket(db, "checkpoints")
         self.logs.create_index([("run_id", 1), ("split", 1), ("step", 1)], unique=True)
         self.results.create_index([("run_id", 1)])
         self.responses.create_index([("run_id", 1), ("step", 1), ("pkey", 1), ("task", 1), ("sample", 1)], unique=True)
         db["checkpoints.files"].create_index([("metadata.run_id", 1)])
 
+    def __getattr__(self, name):  # db, address, runs, logs, results, responses, fs: the shared connection's
+        if name == "link":
+            raise AttributeError(name)
+        return getattr(self.link, name)
+
     def _follow_embedded(self):
         """After a lost connection to the embedded server: when it was restarted on another address
-        (its port was taken meanwhile), rebind to the one its folder's record names."""
+        (its port was taken meanwhile), rebind to the one its folder's record names and close the old
+        client (its monitor threads and sockets). The indexes are the folder's: nothing to create."""
         info = server.server_info(self.folder) if self.folder else None
         uri = info and info["up"] and f"mongodb://{info['host']}:{info['port']}/{DEFAULT_DB}"
         if uri and redact(uri) != self.address:
             client = pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000, connectTimeoutMS=5000, tz_aware=True)
             print(f"the embedded server moved to {uri}: reconnecting", file=sys.stderr)
-            self.__init__(client[self.db.name], redact(uri), self.retry_s, self.folder)
+            old, link = self.db.client, self.link
+            link.__init__(client[self.db.name], redact(uri))
+            old.close()
+
+    @retrying
+    def call(self, fn, *args, **kwargs):
+        """fn(db, *args, **kwargs), retried like the store's own methods: for the reads and writes of the
+        modules above the store (datasets, responses). fn must be safe to run again from the start."""
+        return fn(self.db, *args, **kwargs)
+
+    def server_time(self):
+        """The database server's clock, in seconds since the epoch: what leases are measured on."""
+        return self.db.command("hello", codec_options=self.db.codec_options)["localTime"].timestamp()
+
+    def delete_upload(self, file_id):
+        """Remove a GridFS file by hand, chunks first: it may be an upload that was never closed."""
+        self.db["checkpoints.chunks"].delete_many({"files_id": file_id})
+        self.db["checkpoints.files"].delete_many({"_id": file_id})
 
     # runs ------------------------------------------------------------------------------------
 
+    @retrying
     def get_run(self, run_id):
         return self.runs.find_one({"_id": check_name(run_id)})
 
@@ -231,20 +267,24 @@ class Store:
             raise StoreError(f"no run with id {run_id!r} (see `python admin.py list-all`)")
         return doc
 
+    @retrying
     def list_runs(self, pattern=None):
         query = {"_id": {"$regex": pattern}} if pattern else {}
         return list(self.runs.find(query).sort("_id", 1))
 
+    @retrying
     def start_run(self, run_id, config, owner, lease_s, world_size, host):
         """Create the run or re-open it for resuming; refuses a changed config or a live holder, except
         that a raised train_steps extends the run (the stored config takes it).
 
         Returns the run document as it was before this call (None for a new run)."""
         check_name(run_id)
-        t = now()
-        lease = {"owner": owner, "expires": time.time() + lease_s, "seen": time.time()}
+        t, server_t = now(), self.server_time()
+        lease = {"owner": owner, "expires": server_t + lease_s, "seen": server_t}
         fields = {"status": "running", "error": None, "world_size": world_size, "host": host, "updated": t}
         doc = self.runs.find_one({"_id": run_id})
+        if doc and (doc.get("lease") or {}).get("owner") == owner and doc.get("created") == doc.get("updated"):
+            return None  # this call's own insert, its answer lost (retried whole): still a new run (RunGuard.created)
         if doc is None:
             try:
                 self.runs.insert_one({"_id": run_id, "config": config, "created": t, "step": 0,
@@ -263,17 +303,16 @@ class Store:
             raise StoreError(world_size_refusal(run_id, doc["world_size"], world_size))
         if not self.acquire_lease(run_id, owner, lease_s):
             held = self.runs.find_one({"_id": run_id})["lease"]
-            left = held["expires"] - time.time()
+            left = held["expires"] - self.server_time()
             raise StoreError(f"run {run_id!r} is being trained by {held['owner']} (lease expires in {left:.0f}s "
                              f"unless renewed); wait for it or stop that process")
         self.runs.update_one({"_id": run_id}, {"$set": {**fields, **({"config": config} if extend else {})}})
         return doc
 
     def acquire_lease(self, run_id, owner, lease_s):
-        t = time.time()
-        free = {"$or": [{"lease": None}, {"lease.expires": {"$lt": t}}, {"lease.owner": owner}]}
+        t = self.server_time()
         new = {"$set": {"lease": {"owner": owner, "expires": t + lease_s, "seen": t}}}
-        return self.runs.find_one_and_update({"_id": run_id, **free}, new) is not None
+        return self.runs.find_one_and_update({"_id": run_id, **free(t, owner)}, new) is not None
 
     def release_lease(self, run_id, owner):
         self.runs.update_one({"_id": run_id, "lease.owner": owner}, {"$set": {"lease": None}})
@@ -298,17 +337,20 @@ class Store:
         if owner and r.matched_count == 0:
             raise lost(run_id)
 
+    @retrying
     def live_holder(self, run_id):
         """The owner of the run's unexpired training lease, or None."""
         lease = (self.runs.find_one({"_id": run_id}, {"lease": 1}) or {}).get("lease")
-        return lease["owner"] if lease and lease["expires"] > time.time() else None
+        return lease["owner"] if lease and lease["expires"] > self.server_time() else None
 
     def drop_run(self, run_id, force=False):
-        self.require_run(run_id)
+        doc = self.require_run(run_id)
         holder = self.live_holder(run_id)
         if holder and not force:
             raise StoreError(f"run {run_id!r} is being trained by {holder}; stop that process first, or drop it "
                              f"anyway with `python admin.py drop-run --run-id {run_id} --force` (the trainer then stops)")
+        if doc.get("pending_checkpoint") is not None:  # an upload never closed (a killed save or import): chunks, no file
+            self.delete_upload(doc["pending_checkpoint"])
         for f in self.fs.find({"metadata.run_id": run_id}):
             self.fs.delete(f._id)
         self.logs.delete_many({"run_id": run_id})
@@ -335,12 +377,14 @@ class Store:
             raise lost(run_id)
         self.logs.delete_many({"run_id": run_id, "step": {"$gt": after_step}})
 
+    @retrying
     def get_logs(self, run_id, split=None):
         query = {"run_id": run_id, **({"split": split} if split else {})}
         return list(self.logs.find(query, {"_id": 0}).sort([("split", 1), ("step", 1)]))
 
     # checkpoints (the files themselves: checkpoint_store.py) -------------------------------
 
+    @retrying
     def list_checkpoints(self):
         """Every run's checkpoints, its latest (`checkpoint`) then its best (train.py --patience), by run id."""
         docs = self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1, "best": 1}).sort("_id", 1)

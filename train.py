@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+import devices
 import errors
 import runguard
 import sweep
@@ -119,13 +120,13 @@ def wrap_ddp(model, device, grad_accum):
 
 def load_data(store, cfg, use_cache):
     test_name = cfg.test_name or cfg.train_name
-    train_doc, test_doc = get_dataset(store.db, cfg.train_name), get_dataset(store.db, test_name)
+    train_doc, test_doc = store.call(get_dataset, cfg.train_name), store.call(get_dataset, test_name)
     if train_doc["vocabulary"] != test_doc["vocabulary"]:
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     max_len = cfg.max_reasoning_len or None
     seqs = {}
     for split, name, limit in (("train", cfg.train_name, cfg.num_train_sequences), ("test", test_name, cfg.num_test_sequences)):
-        part = load_split(store.db, name, split, use_cache)
+        part = store.call(load_split, name, split, use_cache)
         rows = filter_split(part, cfg.min_reasoning_len, max_len, limit or None)
         seqs[split] = Sequences.build(part, rows, cfg.plan_only)
     return train_doc["vocabulary"], seqs["train"], seqs["test"]
@@ -135,8 +136,8 @@ def check_inputs(store, cfg, run_id):
     """What a launch can check before it creates or re-opens the run, so that bad input changes
     nothing: the datasets, and the start checkpoint when it will be used (returned, loaded)."""
     test_name = cfg.test_name or cfg.train_name
-    vocab = get_dataset(store.db, cfg.train_name)["vocabulary"]
-    if get_dataset(store.db, test_name)["vocabulary"] != vocab:
+    vocab = store.call(get_dataset, cfg.train_name)["vocabulary"]
+    if store.call(get_dataset, test_name)["vocabulary"] != vocab:
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     if not cfg.start_checkpoint or (store.get_run(run_id) or {}).get("checkpoint"):
         return None  # a new run, or one that resumes from its own checkpoint
@@ -369,7 +370,8 @@ class Training:
         t1 = clock.pause()
         metrics = evaluate(self.model, self.test_seqs, self.rank, self.world, self.device, self.autocast)
         if cfg.eval_tasks:
-            greedy = rollout_metrics(self.model, self.store.db, cfg, self.rank, self.world, self.device)
+            greedy = rollout_metrics(self.model, self.store, cfg, self.rank, self.world, self.device,
+                                     not self.flags.no_cache)
             metrics.update({f"rollout_{k}": v for k, v in greedy.items()})
         if self.rank == 0:
             self.store.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
@@ -433,7 +435,7 @@ def add_runtime_flags(ap, run_id_help=None):
     ap.add_argument("--run-id", required=run_id_help is None,
                     help=run_id_help or "the run's id: launching an existing id resumes it")
     ap.add_argument("--dry-run", action="store_true", help="print the resolved hyper-parameters and exit")
-    ap.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
+    devices.add_flags(ap)
     ap.add_argument("--compile", action="store_true", help="torch.compile the model")
     ap.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (big models)")
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
@@ -498,8 +500,9 @@ def settle_stored(store, args, cfg):
                          f"--run-id") from None
     missing = [k for k in ADDED if k not in doc["config"]]
     if missing:
-        store.runs.update_one({"_id": args.run_id, **{f"config.{k}": {"$exists": False} for k in missing}},
-                              {"$set": {f"config.{k}": ADDED[k] for k in missing}})
+        unset = {f"config.{k}": {"$exists": False} for k in missing}
+        store.call(lambda db: db.runs.update_one({"_id": args.run_id, **unset},
+                                                 {"$set": {f"config.{k}": ADDED[k] for k in missing}}))
     return resolve_config(args, stored.to_dict())
 
 
@@ -519,6 +522,7 @@ def main(argv=None):
     try:
         cfg = resolve_config(args)
         check_name(args.run_id)
+        device = devices.from_flags(args)
     except (errors.Error, ValueError) as e:
         sys.exit(errors.exit_message(e))
     if args.dry_run:
@@ -526,16 +530,13 @@ def main(argv=None):
         return
 
     world, rank = int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("RANK", 0))
-    use_cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
-    if use_cuda:
+    if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     Signals.install()  # SIGINT and SIGTERM: stop at the next step boundary (runguard.Signals)
     try:
         if world > 1:
-            dist.init_process_group("nccl" if use_cuda else "gloo")
+            devices.init_process_group(device, args.dist_timeout_minutes)
         code = run(cfg, args, rank, world, device)
     except Interrupted as e:  # a second signal outside the training
         code = stopped(e, args.run_id, world)

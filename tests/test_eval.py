@@ -35,11 +35,11 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(store):
     key = ev.response_key("base", 5, doc, "train", opts)
     short = np.concatenate([train.get(1, "trace")[:-5], train.get(1, "plan")])
     wrong = train.get(2, "plan")[:-3]
-    ev.store_responses(store.responses, key, train, [((1, 0), short, True), ((2, 0), wrong, True)])
+    ev.store_responses(store.db, key, train, [((1, 0), short, True), ((2, 0), wrong, True)])
 
     # and for sequence 3 an optimal response whose trace is longer than A*'s (its last step repeated)
     longer = np.concatenate([train.get(3, "trace"), train.get(3, "trace")[-5:], train.get(3, "plan")])
-    ev.store_responses(store.responses, key, train, [((3, 0), longer, True)])
+    ev.store_responses(store.db, key, train, [((3, 0), longer, True)])
 
     r = run_cli("eval.py", "bootstrap", "--run-id", "base", "--num-tasks", "6", "--samples", "2",
                 "--max-tokens", "200")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pymongo.collection import Collection
 from pymongo.errors import AutoReconnect
 
 import admin
@@ -316,6 +317,59 @@ def test_connection_lost_inside_a_checkpoint_write_is_retried(store, capsys):
     assert "database unreachable (AutoReconnect), retrying" in capsys.readouterr().err
     assert torch.equal(load_checkpoint(store, "r")["w"], torch.arange(10))
     assert store.db["checkpoints.files"].count_documents({}) == 1
+
+
+def blip_every_call_site(monkeypatch):
+    """From now on, the first database call from each call site of the project's code (the chain of
+    its lines on the stack) finds the connection lost (AutoReconnect), as in a short outage; calls
+    made again afterwards go through. Returns the call sites that met one."""
+    met = set()
+
+    def site():
+        chain, f = [], sys._getframe(2)
+        while f:
+            name = f.f_code.co_filename
+            if name.startswith(str(ROOT)) and "/.venv/" not in name and "/tests/" not in name:
+                chain.append((Path(name).name, f.f_lineno))
+            f = f.f_back
+        return tuple(chain)
+
+    for name in ("find", "find_one", "insert_one", "insert_many", "update_one", "replace_one", "delete_one",
+                 "delete_many", "find_one_and_update", "count_documents"):
+        def flaky(self, *args, _real=getattr(Collection, name), **kwargs):
+            where = site()
+            if where and where not in met:
+                met.add(where)
+                raise AutoReconnect("connection reset by peer")
+            return _real(self, *args, **kwargs)
+        monkeypatch.setattr(Collection, name, flaky)
+    return met
+
+
+def test_training_and_evaluation_ride_out_a_lost_connection_at_every_database_call(store, env, monkeypatch):
+    """Every database call of a training run (rollout evaluations and its best checkpoint included) and
+    of an evaluation (of that best checkpoint) is inside the store's retries: each call site meets a
+    lost connection once, and both finish. A training run with --no-cache writes no dataset cache,
+    rollouts included."""
+    # the validation tasks are the last 2 test tasks: the first wall layout's ~17 are left to report on
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "16", "--num-test", "24", "--chunk", "2", "--workers", "1")
+    train, evaluate = __import__("train"), __import__("eval")
+    store.retry_s = 30  # this test's own reads meet the blips too
+    met = blip_every_call_site(monkeypatch)
+    code, out, err = call(train.main, "single", "--run-id", "blips", "--train-name", "maze.10-by-10-deterministic.simple",
+                          "--model-size", "tiny", "--batch-size", 4, "--train-steps", 4, "--log-interval", 2,
+                          "--eval-interval", 2, "--checkpoint-interval", 2, "--num-test-sequences", 4, "--eval-tasks", 2,
+                          "--patience", 2, "--no-cache", "--db-retry-seconds", 60)
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    assert {"train.py", "rollouts.py", "runguard.py", "checkpoint_store.py"} <= {f for chain in met for f, _ in chain}
+    assert "rollout_optimal_pct" in store.get_logs("blips", "test")[0]
+    assert not (env["tmp"] / "cache").exists() and store.get_run("blips")["best"]["step"] in (2, 4)
+    code, out, err = call(evaluate.main, "--run-id", "blips", "--checkpoint", "best", "--num-tasks", 4, "--samples", 2,
+                          "--max-tokens", 24)
+    assert code == 0 and "Traceback" not in err, err[-3000:]
+    assert "eval.py" in {chain[0][0] for chain in met}  # its own reads and writes
+    assert store.call(lambda db: db.results.count_documents({"run_id": "blips"})) == 1
+    assert store.get_run("blips")["status"] == "finished"
 
 
 def test_reading_a_run_never_disturbs_its_trainer(store):

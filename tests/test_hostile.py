@@ -21,6 +21,7 @@ from hypothesis import strategies as hs
 
 import admin
 import data
+import eval as evaluate
 import sweep
 import train
 from checkpoint_store import load_checkpoint
@@ -418,3 +419,19 @@ def test_unusable_embedded_server_folder_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("SEARCHFORMER_DB_DIR", str(tmp_path / "file" / "db"))
     code, out, err = call(admin.main, "list-all")
     one_line_error(code, err, "cannot use the database folder", "SEARCHFORMER_DB_DIR")
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:0", "cuda", "cuda:x"])
+def test_a_device_that_is_not_there_is_one_line(env, device, monkeypatch):
+    """--device gpu or cuda:0 once trained on the CPU without a word, and cuda on a CPU build of torch
+    ended in a traceback."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for main, argv in ((train.main, ["single", "--run-id", "x", "--train-name", "toy.copy"]),
+                       (evaluate.main, ["--run-id", "x"])):
+        code, out, err = call(main, *argv, "--device", device)
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: --device ") and device in lines[0], err
+    for bad in ("0", "-1", "nan"):
+        code, out, err = call(train.main, "single", "--run-id", "x", "--train-name", "toy.copy", "--device", "cpu",
+                              f"--dist-timeout-minutes={bad}")
+        assert code == 1 and err.strip() == f"error: need --dist-timeout-minutes > 0, not {float(bad):g}", err

@@ -41,7 +41,7 @@ def evaluated(store):
     test = data.load_split(store.db, MAZE, "test")
     key = response_key("tiny", 8, data.get_dataset(store.db, MAZE), "test", rollouts.Opts(temperature=1.0, max_tokens=150))
     planted = [((row, 0), np.concatenate([test.get(row, "trace"), test.get(row, "plan")]), True) for row in (0, 3)]
-    store_responses(store.responses, key, test, planted)
+    store_responses(store.db, key, test, planted)
     run_cli("eval.py", "--run-id", "tiny", "--num-tasks", "4", "--samples", "2", "--max-tokens", "150")
     return test
 
