@@ -39,6 +39,7 @@ class TrainConfig:
     max_reasoning_len: int = 0  # 0: no bound
     start_checkpoint: str = ""  # run id whose checkpoint initialises this run (step starts at 0)
     start_optimizer: bool = True  # with start_checkpoint: its AdamW state too (the reference); false: weights only
+    start_from: str = "latest"  # with start_checkpoint: that run's latest checkpoint, or its best (--patience)
     seed: int = 0
     eval_tasks: int = 0  # > 0: greedy rollouts on the last this many test tasks (the validation tasks) at each
     # eval (rollout_* in the test log)
@@ -109,7 +110,8 @@ class TrainConfig:
 
 # the values a string hyper-parameter may take
 CHOICES = {"model_size": tuple(SIZES), "lr_schedule": ("cosine", "constant"), "loss_norm": ("sequence", "token"),
-           "decay_params": ("all", "matrices")}
+           "decay_params": ("all", "matrices"), "start_from": store.CHECKPOINTS}
 
 # the keys added after runs were stored, each with the value a stored config without it trained with
-ADDED = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0}
+ADDED = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0,
+         "start_from": "latest"}

@@ -141,9 +141,10 @@ def check_inputs(store, cfg, run_id):
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     if not cfg.start_checkpoint or (store.get_run(run_id) or {}).get("checkpoint"):
         return None  # a new run, or one that resumes from its own checkpoint
-    init = load_checkpoint(store, cfg.start_checkpoint)  # raises for a run that does not exist
+    init = load_checkpoint(store, cfg.start_checkpoint, which=cfg.start_from)  # raises for a run that does not exist
     if init is None:
-        raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has no checkpoint yet")
+        why = "no best checkpoint (it trained without --patience)" if cfg.start_from == "best" else "no checkpoint yet"
+        raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has {why}")
     check_vocabulary(init, vocab, f"start_checkpoint run {cfg.start_checkpoint!r}", cfg.train_name)
     if init.get("model_config") != ModelConfig.from_size(cfg.model_size, len(vocab)).to_dict():
         raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model than model_size "
@@ -264,7 +265,7 @@ class Training:
         elif cfg.start_checkpoint:
             init = init or check_inputs(self.store, cfg, run_id)  # rank 0 loaded and checked it before starting the run
             start_from(self.model, self.opt, init, cfg)
-            print0(f"initialised from {cfg.start_checkpoint} (step {init['step']}): "
+            print0(f"initialised from {cfg.start_checkpoint} ({cfg.start_from} checkpoint, step {init['step']}): "
                    f"{'weights and optimizer state' if cfg.start_optimizer else 'weights only'}, step reset to 0")
 
     def extend(self, old):

@@ -166,7 +166,7 @@ def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(store)
     # the hyper-parameters are the new run's
     r = run_cli("train.py", "single", "--run-id", "tuned", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
                 "--lr", "5e-4", "--weight-decay", "0.02")
-    assert "initialised from base (step 10): weights and optimizer state" in r.stdout
+    assert "initialised from base (latest checkpoint, step 10): weights and optimizer state" in r.stdout
     assert store.get_run("tuned")["step"] == 5 and store.get_run("tuned")["config"]["start_optimizer"] is True
     tuned = load_checkpoint(store, "tuned")
     assert adam_steps(base) == {10.0} and adam_steps(tuned) == {15.0}  # moments carried on
@@ -177,7 +177,7 @@ def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(store)
     # weights only: fresh AdamW moments
     r = run_cli("train.py", "single", "--run-id", "fresh", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
                 "--no-start-optimizer")
-    assert "initialised from base (step 10): weights only" in r.stdout
+    assert "initialised from base (latest checkpoint, step 10): weights only" in r.stdout
     assert adam_steps(load_checkpoint(store, "fresh")) == {5.0}
     r = run_cli("train.py", "single", "--run-id", "orphan", *FAST, "--train-steps", "5", "--start-checkpoint", "nope",
                 check=False)
@@ -565,3 +565,24 @@ def test_help_shows_every_hyper_parameter_default_and_choices(capsys):
             if f.type is bool else repr(f.default)
         assert f"default {default}" in text, text
         assert f"one of {', '.join(CHOICES[f.name])}" in text if f.name in CHOICES else "one of" not in text, text
+
+
+def test_start_from_best_takes_the_best_checkpoint_of_a_patient_run(store):
+    """--start-from best initialises from the start run's best checkpoint (bootstrapping from a model
+    trained to its best), not its latest; a start run without a best one is refused in one line."""
+    make_toy_dataset(store.db)
+    run_cli("train.py", "single", "--run-id", "patient", *PATIENT)
+    best = load_checkpoint(store, "patient", which="best")["step"]
+    assert best < store.get_run("patient")["step"]  # the best is not the latest
+    r = run_cli("train.py", "single", "--run-id", "from-best", *FAST, "--train-steps", "5", "--start-checkpoint", "patient",
+                "--start-from", "best")
+    assert f"initialised from patient (best checkpoint, step {best}): weights and optimizer state" in r.stdout
+    assert adam_steps(load_checkpoint(store, "from-best")) == {best + 5.0}  # the best's AdamW moments, carried on
+    run_cli("train.py", "single", "--run-id", "base", *FAST, "--train-steps", "5")
+    r = run_cli("train.py", "single", "--run-id", "orphan", *FAST, "--train-steps", "5", "--start-checkpoint", "base",
+                "--start-from", "best", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == ("error: start_checkpoint run 'base' has no best checkpoint (it trained "
+                                                      "without --patience)")
+    assert store.get_run("orphan") is None
+    r = run_cli("train.py", "single", "--run-id", "orphan", *FAST, "--start-from", "worst", check=False)
+    assert r.returncode == 1 and "start_from" in r.stderr and len(r.stderr.strip().splitlines()) == 1
