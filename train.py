@@ -571,14 +571,15 @@ def run(cfg, args, rank, world, device):
     args.owner = guard.owner  # rank 0's writes are fenced by its lease
     try:
         with guard:
-            train(cfg, args.run_id, args, store, rank, world, device, init, guard)
+            training = Training(cfg, args.run_id, args, store, rank, world, device).setup(init)
+            training.loop(guard)
             guard.finished()
     except Interrupted as e:
         return stopped(e, args.run_id, world)
     except errors.Error as e:
         print0(errors.exit_message(e), file=sys.stderr)
         return 1
-    print0(f"finished {args.run_id} at step {cfg.train_steps}; its checkpoint is in the database (export it with "
+    print0(f"finished {args.run_id} at step {training.step}; its checkpoint is in the database (export it with "
            f"`python admin.py export-checkpoint --run-id {args.run_id} --export-dir DIR`). Next: evaluate it with "
            f"`python eval.py --run-id {args.run_id}`, plot its loss with "
            f"`python report.py loss --run-id {args.run_id} --out {args.run_id}-loss.png`")

@@ -420,6 +420,7 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     assert run["stopped_early"] == {"step": stop, "best_step": best} and run["best"]["step"] == best
     assert f"stopped early at step {stop}: 2 evaluations in a row without improvement; best checkpoint: step {best}" \
         in r.stdout
+    assert f"finished straight at step {stop};" in r.stdout  # the step it stopped at, not train_steps
     ck = load_checkpoint(store, "straight", which="best")
     assert ck["step"] == best and ck["selection"] == {"best": {"step": best, "loss": dict(tests)[best],
                                                                "optimal_pct": None}, "stale": 0}
