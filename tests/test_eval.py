@@ -70,7 +70,7 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(store):
 
     r = run_cli("train.py", "single", "--run-id", "step1", *TRAIN, "--train-name", "bootstrap.base", "--test-name", MAZE,
                 "--start-checkpoint", "base", "--train-steps", "5")
-    assert "initialised from base (step 5): weights and optimizer state" in r.stdout
+    assert "initialised from base (latest checkpoint, step 5): weights and optimizer state" in r.stdout
 
     # evaluate, then again: the second run only reads stored responses
     args = ["eval.py", "--run-id", "step1", "--num-tasks", "4", "--samples", "2", "--max-tokens", "150"]
