@@ -39,6 +39,14 @@ def chunk_seed(seed, chunk):
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
+def worker_pool(workers):
+    """A process pool whose workers leave Ctrl-C to their parent (ignore_sigint), started from a clean
+    server process (forkserver), not forked from this one: a fork copies the locks that this process's
+    other threads (pymongo's monitors, torch's) may hold at that moment, and a worker can then wait on
+    one for ever."""
+    return mp.get_context("forkserver").Pool(workers, initializer=ignore_sigint)
+
+
 def ignore_sigint():
     """A pool worker leaves Ctrl-C (sent to the whole terminal's process group) to its parent, which stops
     them: one line from data.py instead of a traceback per worker."""
@@ -57,7 +65,7 @@ def _generate(writer, what, want, worker, args, seed, workers, chunk):
     total = sum(want.values())
     next_chunk = writer.progress.get("next_chunk", 0)
     progress = Progress(what, total, sum(writer.counts.values()))
-    with mp.Pool(workers, initializer=ignore_sigint) as pool:
+    with worker_pool(workers) as pool:
         pending = collections.deque()
         submitted = next_chunk
         while sum(writer.counts.values()) < total:
@@ -151,7 +159,7 @@ def astar_stats(db, name, split="test", runs=64, limit=0, seed=0, workers=1, bat
             yield [(d["_id"], d["prompt"], chunk_seed(seed, d["_id"])) for d in docs]
 
     work = functools.partial(_astar_means, doc["task"], doc["params"], doc["vocabulary"], runs)
-    with mp.Pool(workers, initializer=ignore_sigint) as pool:
+    with worker_pool(workers) as pool:
         for result in pool.imap(work, jobs()):
             if isinstance(result, str):
                 raise DataError(f"dataset {name!r} {split} {result}")
