@@ -65,6 +65,14 @@ stage() {
 }
 torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
 have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
+# a stage recorded as done whose run the database lost (a new machine, say) is done again; its recorded
+# figures stay in the committed results files until the new ones replace them
+forget_lost() {
+    if cut -f1 "$STAGES" | grep -qx "$1" && ! "$PY" admin.py show "$2" > /dev/null 2>&1; then
+        echo "=== $1: recorded, but run $2 is not in the database: running it again"
+        awk -F '\t' -v s="$1" '$1 != s' "$STAGES" > "$STAGES.tmp" && mv "$STAGES.tmp" "$STAGES"
+    fi
+}
 train() {
     # shellcheck disable=SC2086
     torchrun train.py single --model-size "$MODEL" --batch-size $(( BATCH / NPROC )) --lr "$LR" --warmup-steps 100 \
@@ -109,6 +117,7 @@ for seed in $SEEDS; do
     for count in $COUNTS; do
         for kind in $KINDS; do
             id=$(run_id "$kind" "$count" "$seed")
+            forget_lost "model $id" "$id"
             stage "model $id" model "$kind" "$count" "$seed"
             efficiency_report
         done
