@@ -111,6 +111,17 @@ efficiency_report() {
     "$PY" report.py efficiency "${ids[@]}" --out "$RESULTS/efficiency.png" --json "$RESULTS/efficiency.json"
 }
 
+# the paired comparison at one count and seed, search-augmented first: Δ optimal % on the same tasks
+compare_report() {
+    local ids=() kind id
+    for kind in search solution-only shuffled; do
+        id=$(run_id "$kind" "$1" "$2")
+        cut -f1 "$STAGES" | grep -qx "model $id" && ids+=(--run-id "$id")
+    done
+    [ ${#ids[@]} -ge 4 ] || return 0  # two runs or more
+    "$PY" report.py compare "${ids[@]}" --json "$RESULTS/compare-$1-s$2.json"
+}
+
 stage "data $DATA and $SHUFFLED" data
 
 for seed in $SEEDS; do
@@ -121,6 +132,7 @@ for seed in $SEEDS; do
             stage "model $id" model "$kind" "$count" "$seed"
             efficiency_report
         done
+        compare_report "$count" "$seed"
     done
 done
 
