@@ -44,7 +44,6 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import devices
 import errors
-import runguard
 import sweep
 from batches import Batcher, Prefetcher, Sequences
 from checkpoint import build, check_vocabulary, restore, start_from

@@ -140,7 +140,7 @@ def test_best_checkpoint_is_evaluated_apart_and_never_on_validation_tasks(store)
 
     r = run_cli("eval.py", "--run-id", "sel", "--num-tasks", allowed + 1, *greedy, check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
-    assert f"validates on the last 5 test tasks" in r.stderr and f"--num-tasks {allowed} or less" in r.stderr
+    assert "validates on the last 5 test tasks" in r.stderr and f"--num-tasks {allowed} or less" in r.stderr
     out = run_cli("eval.py", "--run-id", "sel", "--num-tasks", "0", *greedy).stdout
     assert f"{allowed} test tasks" in out
     for flags, msg in ((["--checkpoint", "newest"], "unknown checkpoint 'newest'"),
