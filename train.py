@@ -407,12 +407,6 @@ class Training:
         clock.checkpoint_s = clock.t0 - t1
 
 
-def train(cfg, run_id, flags, store, rank, world, device, init=None, guard=None):
-    """Train (or resume) a run to cfg.train_steps; returns the model. flags: the runtime flags
-    (add_runtime_flags), with `owner` (RunGuard.owner) fencing rank 0's writes."""
-    return Training(cfg, run_id, flags, store, rank, world, device).setup(init).loop(guard)
-
-
 # ---------------------------------------------------------------------------------------------
 # command line
 
@@ -487,9 +481,9 @@ def resolve_config(args, defaults=None):
 
 def settle_stored(store, args, cfg):
     """A relaunch of a stored run takes the run's hyper-parameters for what its flags leave out, so
-    `train.py single --run-id ID` alone continues it as it trained. A run stored before the
-    reference's training rules became the defaults trained under the old ones: its stored config
-    gains the new keys with their old values (TrainConfig.from_stored)."""
+    `train.py single --run-id ID` alone continues it as it trained. A run stored before a key existed
+    trained with that key's old value: its stored config gains the missing keys with those values
+    (hparams.ADDED, TrainConfig.from_stored)."""
     doc = store.get_run(args.run_id)
     if doc is None:
         return cfg
