@@ -65,12 +65,15 @@ stage() {
 }
 torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
 have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
+recorded() { cut -f1 "$STAGES" | grep -qx "$1"; }
+forget() { awk -F '\t' -v s="$1" '$1 != s' "$STAGES" > "$STAGES.tmp" && mv "$STAGES.tmp" "$STAGES"; }
+have_run() { "$PY" admin.py show "$1" > /dev/null 2>&1; }
 # a stage recorded as done whose run the database lost (a new machine, say) is done again; its recorded
 # figures stay in the committed results files until the new ones replace them
 forget_lost() {
-    if cut -f1 "$STAGES" | grep -qx "$1" && ! "$PY" admin.py show "$2" > /dev/null 2>&1; then
+    if recorded "$1" && ! have_run "$2"; then
         echo "=== $1: recorded, but run $2 is not in the database: running it again"
-        awk -F '\t' -v s="$1" '$1 != s' "$STAGES" > "$STAGES.tmp" && mv "$STAGES.tmp" "$STAGES"
+        forget "$1"
     fi
 }
 train() {
@@ -111,7 +114,9 @@ efficiency_report() {
     "$PY" report.py efficiency "${ids[@]}" --out "$RESULTS/efficiency.png" --json "$RESULTS/efficiency.json"
 }
 
-# the paired comparison at one count and seed, search-augmented first: Δ optimal % on the same tasks
+# the paired comparison at one count and seed, search-augmented first: Δ optimal % on the same tasks,
+# of all kinds (compare-<count>-s<seed>.json) and of the search-augmented and solution-only models
+# alone (…-search-solution.json: a shuffled-trace model that solves nothing leaves no common tasks)
 compare_report() {
     local ids=() kind id
     for kind in search solution-only shuffled; do
@@ -120,15 +125,23 @@ compare_report() {
     done
     [ ${#ids[@]} -ge 4 ] || return 0  # two runs or more
     "$PY" report.py compare "${ids[@]}" --json "$RESULTS/compare-$1-s$2.json"
+    [ ${#ids[@]} -ge 6 ] || return 0
+    "$PY" report.py compare "${ids[@]:0:4}" --json "$RESULTS/compare-$1-s$2-search-solution.json"
 }
 
 stage "data $DATA and $SHUFFLED" data
 
+# first, so that no report names a lost run
+for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
+    id=$(run_id "$kind" "$count" "$seed")
+    forget_lost "model $id" "$id"
+done; done; done
+trained=()  # the models this launch trains
 for seed in $SEEDS; do
     for count in $COUNTS; do
         for kind in $KINDS; do
             id=$(run_id "$kind" "$count" "$seed")
-            forget_lost "model $id" "$id"
+            recorded "model $id" || trained+=("$id")
             stage "model $id" model "$kind" "$count" "$seed"
             efficiency_report
         done
@@ -140,6 +153,27 @@ done
 [ "$BOOT_STEPS" -gt 0 ] || { stamp "done (BOOT_STEPS=0: no bootstrapping)"; exit 0; }
 first_seed=$(echo "$SEEDS" | awk '{print $1}')
 base=$(run_id search "$NUM_TRAIN" "$first_seed")
+# each stage of the chain builds on the one before: from the first whose dataset or run the database
+# lost, or from the start when the base model was trained again, every stage is done again
+chain=() prev=$base
+for k in $(seq 1 "$BOOT_STEPS"); do
+    chain+=("bootstrap dataset from $prev:dataset:bootstrap.$prev")
+    for r in "$base-boot-$k" "$base-control-$k"; do chain+=("fine-tune $r:run:$r" "evaluate $r:run:$r"); done
+    prev=$base-boot-$k
+done
+stale=; [[ " ${trained[*]} " == *" $base "* ]] && stale="base model $base was trained again"
+for entry in "${chain[@]}"; do
+    IFS=: read -r name what thing <<< "$entry"
+    recorded "$name" || continue
+    if [ -z "$stale" ]; then
+        if [ "$what" = dataset ]; then have_dataset "$thing" || stale="dataset $thing is not in the database"
+        else have_run "$thing" || stale="run $thing is not in the database"; fi
+    fi
+    [ -n "$stale" ] || continue
+    echo "=== $name: recorded, but $stale: doing it again"
+    forget "$name"
+    if [ "$what" = run ] && have_run "$thing"; then "$PY" admin.py drop-run --run-id "$thing"; fi
+done
 steps=("$base") controls=()
 prev=$base prev_control=$base checkpoint=best
 for k in $(seq 1 "$BOOT_STEPS"); do

@@ -67,6 +67,19 @@ def test_each_plot_is_a_valid_non_trivial_png(store, evaluated, tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
 
 
+def test_bootstrap_without_a_common_task_reports_optimal_pct_only(store, tmp_path):
+    add_dataset(store, "plain")
+    add_run(store, "a", [0, 1])
+    add_run(store, "none", [5])
+    out, js = tmp_path / "boot.png", tmp_path / "boot.json"
+    code, _, err = call(report.main, "bootstrap", "--run-id", "a", "--run-id", "none", "--out", out, "--json", js)
+    assert code == 0 and "trace/A* is not compared" in err, err
+    assert_real_png(out)
+    doc = json.loads(js.read_text())
+    assert doc["common_tasks"] == 0 and [r["trace_ratio"] for r in doc["runs"]] == [None, None]
+    assert doc["runs"][1]["optimal_pct_diff"] == pytest.approx(-10)  # 1 of 10 tasks against 2 of 10
+
+
 @pytest.mark.parametrize("argv, msg", [
     (["loss", "--run-id", "nope"], "no run with id 'nope'"),
     (["metrics", "--run-id", "bare"], "run 'bare' has no evaluation on the test split"),
@@ -188,7 +201,6 @@ def test_bootstrap_and_compare_on_the_common_tasks(store, tmp_path):
     (["bootstrap", "--run-id", "a", "--control", "other"], "a and other were evaluated on different tasks"),
     (["compare", "--run-id", "a", "--run-id", "old"], "old's evaluation at step 100 predates per-task results"),
     (["bootstrap", "--run-id", "a", "--run-id", "plan"], "run 'plan' is plan-only"),
-    (["bootstrap", "--run-id", "a", "--run-id", "none"], "no task is solved optimally by every run"),
     (["efficiency", "--run-id", "a", "--json", "{tmp}/eff.txt"], "--json '{tmp}/eff.txt' must name a .json file"),
 ])
 def test_comparisons_refuse_unlike_runs_and_write_nothing(store, tmp_path, argv, msg):

@@ -1,0 +1,70 @@
+"""experiments/data_efficiency.sh end to end at toy scale: every stage runs once, its results files
+are written, a second launch runs no stage, and a stage whose run the database lost runs again."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import run_cli
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "experiments" / "data_efficiency.sh"
+TOY = {"SIZE": "5", "MODEL": "tiny", "COUNTS": "16 8", "SEEDS": "0", "PATIENCE": "1", "EVAL_EVERY": "4",
+       "MAX_STEPS": "8", "BATCH": "4", "VAL_TASKS": "4", "TEST_TASKS": "4", "SAMPLES": "2", "BOOT_STEPS": "1",
+       "BOOT_SAMPLES": "2", "FT_STEPS": "4", "NPROC": "1"}
+
+
+def launch(results):
+    r = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, **TOY, "PY": sys.executable, "RESULTS": str(results)})
+    assert r.returncode == 0, f"data_efficiency.sh exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+    return r.stdout
+
+
+def stages(results):
+    return [line.split("\t")[0] for line in (results / "stages.tsv").read_text().splitlines()[1:]]
+
+
+def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path):
+    results = tmp_path / "results"
+    launch(results)
+    kinds = {"solution-only": "solution-only", "search": "search-augmented", "shuffled": "shuffled-trace"}
+    models = [f"eff5-{k}-{n}-s0" for n in (16, 8) for k in kinds]
+    boot = ["bootstrap dataset from eff5-search-16-s0", "fine-tune eff5-search-16-s0-boot-1",
+            "evaluate eff5-search-16-s0-boot-1", "fine-tune eff5-search-16-s0-control-1",
+            "evaluate eff5-search-16-s0-control-1"]
+    done = stages(results)
+    assert done[1:] == [f"model {m}" for m in models] + boot, done
+    table = json.loads((results / "efficiency.json").read_text())
+    assert {(r["run"], r["kind"], r["train_tasks"]) for r in table["runs"]} == {
+        (f"eff5-{k}-{n}-s0", kind, n) for n in (16, 8) for k, kind in kinds.items()}
+    assert table["evaluation"]["checkpoint"] == "best" and table["evaluation"]["num_tasks"] == 4
+    for r in table["runs"]:  # trained to a patience stop or the cap, its best checkpoint evaluated
+        assert 4 <= r["step"] <= r["steps_trained"] <= 8 and r["wall_s"] > 0 and r["tokens_at_eval"] > 0, r
+    for n in (16, 8):
+        three = json.loads((results / f"compare-{n}-s0.json").read_text())
+        two = json.loads((results / f"compare-{n}-s0-search-solution.json").read_text())
+        assert [r["run"] for r in three["runs"]] == [f"eff5-{k}-{n}-s0" for k in ("search", "solution-only", "shuffled")]
+        assert [r["run"] for r in two["runs"]] == [f"eff5-{k}-{n}-s0" for k in ("search", "solution-only")]
+    bootstrap = json.loads((results / "bootstrap.json").read_text())
+    assert "eff5-search-16-s0-control-1" in json.dumps(bootstrap)
+    for png in ("efficiency.png", "bootstrap.png"):
+        assert (results / png).stat().st_size > 0
+
+    # a second launch finds every stage done
+    out = launch(results)
+    started = [line for line in out.splitlines() if line.startswith("=== ") and not line.endswith("] done")]
+    assert stages(results) == done and not started, out[-2000:]
+
+    # a model the database lost is trained again, and a bootstrapping chain is done again from the
+    # first stage whose run was lost (the later stages built on it); the others stay done
+    for lost in ("eff5-shuffled-8-s0", "eff5-search-16-s0-boot-1"):
+        run_cli("admin.py", "drop-run", "--run-id", lost)
+    out = launch(results)
+    started = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("=== [")]
+    assert started == ["model eff5-shuffled-8-s0", *boot[1:], "done"], out[-3000:]
+    assert "=== fine-tune eff5-search-16-s0-control-1: recorded, but run eff5-search-16-s0-boot-1 is not" in out
+    assert sorted(stages(results)) == sorted(done)
+    for run in ("eff5-shuffled-8-s0", "eff5-search-16-s0-boot-1"):
+        run_cli("admin.py", "show", run)
