@@ -333,7 +333,7 @@ def plot_bootstrap(store, args):
     for ax, key, title in ((axes[0], "trace_ratio", f"trace/A* on the {len(rows)} tasks every run solves optimally"),
                            (axes[1], "optimal_pct", f"optimal % of {ev['split']} tasks")):
         for i, line in enumerate(("bootstrap", "control")):
-            mine = [s for s in stats if s["line"] == line and s.get(key)]
+            mine = [s for s in stats if s["line"] == line and s.get(key) is not None]
             if line == "control" and mine:
                 mine = [stats[0], *mine]
             if mine:

@@ -54,10 +54,12 @@ STAGES=$RESULTS/stages.tsv
 [ -f "$STAGES" ] || printf 'stage\tseconds\tfinished\n' > "$STAGES"
 script_start=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - script_start )) s] $*"; }
+recorded() { cut -f1 "$STAGES" | grep -qx "$1"; }
+forget() { awk -F '\t' -v s="$1" '$1 != s' "$STAGES" > "$STAGES.tmp" && mv "$STAGES.tmp" "$STAGES"; }
 # stage NAME CMD...: run CMD and record its wall time, unless NAME is recorded as done
 stage() {
     local name=$1; shift
-    if cut -f1 "$STAGES" | grep -qx "$name"; then return 0; fi
+    if recorded "$name"; then return 0; fi
     stamp "$name"
     local t0; t0=$(date +%s)
     "$@"
@@ -65,8 +67,6 @@ stage() {
 }
 torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
 have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
-recorded() { cut -f1 "$STAGES" | grep -qx "$1"; }
-forget() { awk -F '\t' -v s="$1" '$1 != s' "$STAGES" > "$STAGES.tmp" && mv "$STAGES.tmp" "$STAGES"; }
 have_run() { "$PY" admin.py show "$1" > /dev/null 2>&1; }
 # a stage recorded as done whose run the database lost (a new machine, say) is done again; its recorded
 # figures stay in the committed results files until the new ones replace them
@@ -108,7 +108,7 @@ efficiency_report() {
     local ids=() seed count kind id  # local: the main loop's own variables must survive this
     for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
         id=$(run_id "$kind" "$count" "$seed")
-        cut -f1 "$STAGES" | grep -qx "model $id" && ids+=(--run-id "$id")
+        recorded "model $id" && ids+=(--run-id "$id")
     done; done; done
     [ ${#ids[@]} -gt 0 ] || return 0
     "$PY" report.py efficiency "${ids[@]}" --out "$RESULTS/efficiency.png" --json "$RESULTS/efficiency.json"
@@ -121,7 +121,7 @@ compare_report() {
     local ids=() kind id
     for kind in search solution-only shuffled; do
         id=$(run_id "$kind" "$1" "$2")
-        cut -f1 "$STAGES" | grep -qx "model $id" && ids+=(--run-id "$id")
+        recorded "model $id" && ids+=(--run-id "$id")
     done
     [ ${#ids[@]} -ge 4 ] || return 0  # two runs or more
     "$PY" report.py compare "${ids[@]}" --json "$RESULTS/compare-$1-s$2.json"
@@ -136,12 +136,14 @@ for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
     id=$(run_id "$kind" "$count" "$seed")
     forget_lost "model $id" "$id"
 done; done; done
-trained=()  # the models this launch trains
+first_seed=$(echo "$SEEDS" | awk '{print $1}')
+base=$(run_id search "$NUM_TRAIN" "$first_seed")  # claim (b) starts from it
+stale=; recorded "model $base" || stale="base model $base is trained in this launch"
 for seed in $SEEDS; do
     for count in $COUNTS; do
         for kind in $KINDS; do
             id=$(run_id "$kind" "$count" "$seed")
-            recorded "model $id" || trained+=("$id")
+            recorded "model $id" && continue
             stage "model $id" model "$kind" "$count" "$seed"
             efficiency_report
         done
@@ -151,44 +153,42 @@ done
 
 # claim (b): bootstrapping from the best search-augmented model at the largest count, the first seed's
 [ "$BOOT_STEPS" -gt 0 ] || { stamp "done (BOOT_STEPS=0: no bootstrapping)"; exit 0; }
-first_seed=$(echo "$SEEDS" | awk '{print $1}')
-base=$(run_id search "$NUM_TRAIN" "$first_seed")
-# each stage of the chain builds on the one before: from the first whose dataset or run the database
-# lost, or from the start when the base model was trained again, every stage is done again
-chain=() prev=$base
-for k in $(seq 1 "$BOOT_STEPS"); do
-    chain+=("bootstrap dataset from $prev:dataset:bootstrap.$prev")
-    for r in "$base-boot-$k" "$base-control-$k"; do chain+=("fine-tune $r:run:$r" "evaluate $r:run:$r"); done
-    prev=$base-boot-$k
-done
-stale=; [[ " ${trained[*]} " == *" $base "* ]] && stale="base model $base was trained again"
-for entry in "${chain[@]}"; do
-    IFS=: read -r name what thing <<< "$entry"
-    recorded "$name" || continue
-    if [ -z "$stale" ]; then
-        if [ "$what" = dataset ]; then have_dataset "$thing" || stale="dataset $thing is not in the database"
-        else have_run "$thing" || stale="run $thing is not in the database"; fi
+# chained NAME dataset|run|- THING CMD...: a stage of the bootstrapping chain (making THING, or - for an
+# evaluation), each built on the one before; from the first whose dataset or run the database lost, or
+# from the start when the base model was trained in this launch, every recorded stage is done again
+# (the stale run it made dropped first)
+chained() {
+    local name=$1 what=$2 thing=$3; shift 3
+    if recorded "$name"; then
+        if [ -z "$stale" ]; then
+            case $what in
+                dataset) have_dataset "$thing" || stale="dataset $thing is not in the database" ;;
+                run) have_run "$thing" || stale="run $thing is not in the database" ;;
+            esac
+        fi
+        if [ -n "$stale" ]; then
+            echo "=== $name: recorded, but $stale: doing it again"
+            forget "$name"
+            if [ "$what" = run ] && have_run "$thing"; then "$PY" admin.py drop-run --run-id "$thing"; fi
+        fi
     fi
-    [ -n "$stale" ] || continue
-    echo "=== $name: recorded, but $stale: doing it again"
-    forget "$name"
-    if [ "$what" = run ] && have_run "$thing"; then "$PY" admin.py drop-run --run-id "$thing"; fi
-done
+    stage "$name" "$@"
+}
 steps=("$base") controls=()
 prev=$base prev_control=$base checkpoint=best
 for k in $(seq 1 "$BOOT_STEPS"); do
     run=$base-boot-$k control=$base-control-$k
-    stage "bootstrap dataset from $prev" \
+    chained "bootstrap dataset from $prev" dataset "bootstrap.$prev" \
         torchrun eval.py bootstrap --run-id "$prev" --checkpoint "$checkpoint" --samples "$BOOT_SAMPLES" \
         --max-tokens "$MAX_TOKENS" --name "bootstrap.$prev" --overwrite
     common=(--num-train-sequences "$NUM_TRAIN" --test-name "$DATA" --train-steps "$FT_STEPS" --eval-interval "$FT_STEPS"
             --checkpoint-interval "$FT_STEPS")
-    stage "fine-tune $run" train --run-id "$run" --train-name "bootstrap.$prev" --start-checkpoint "$prev" \
-        --start-from "$checkpoint" "${common[@]}"
-    stage "evaluate $run" evaluate "$run" latest
-    stage "fine-tune $control" train --run-id "$control" --train-name "$DATA" --start-checkpoint "$prev_control" \
-        --start-from "$checkpoint" "${common[@]}"
-    stage "evaluate $control" evaluate "$control" latest
+    chained "fine-tune $run" run "$run" \
+        train --run-id "$run" --train-name "bootstrap.$prev" --start-checkpoint "$prev" --start-from "$checkpoint" "${common[@]}"
+    chained "evaluate $run" - - evaluate "$run" latest
+    chained "fine-tune $control" run "$control" \
+        train --run-id "$control" --train-name "$DATA" --start-checkpoint "$prev_control" --start-from "$checkpoint" "${common[@]}"
+    chained "evaluate $control" - - evaluate "$control" latest
     steps+=("$run") controls+=("$control")
     prev=$run prev_control=$control checkpoint=latest
 done
