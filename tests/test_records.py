@@ -19,7 +19,8 @@ TRAIN = ["--train-name", MAZE, "--model-size", "tiny", "--warmup-steps", "2", "-
 
 
 def reports(tmp_path, tag):
-    """What the reports say of runs r1 and r2: compare's and efficiency's JSON, admin.py show of each."""
+    """What the reports say of runs r1 and r2: compare's and efficiency's JSON, admin.py show of each and
+    list-all, the loss and metrics plots."""
     out = {}
     run_cli("report.py", "compare", "--run-id", "r1", "--run-id", "r2", "--json", tmp_path / f"c{tag}.json")
     run_cli("report.py", "efficiency", "--run-id", "r1", "--run-id", "r2", "--out", tmp_path / f"e{tag}.png",
@@ -28,6 +29,10 @@ def reports(tmp_path, tag):
     out["efficiency"] = (tmp_path / f"e{tag}.json").read_text()
     for run in ("r1", "r2"):
         out[run] = run_cli("admin.py", "show", run).stdout
+    out["list-all"] = run_cli("admin.py", "list-all").stdout
+    for plot in ("loss", "metrics"):  # the same figures, to the byte
+        run_cli("report.py", plot, "--run-id", "r1", "--run-id", "r2", "--out", tmp_path / f"{plot}{tag}.png")
+        out[plot] = (tmp_path / f"{plot}{tag}.png").read_bytes()
     return out
 
 
