@@ -68,14 +68,49 @@ stage() {
 torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
 have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
 have_run() { "$PY" admin.py show "$1" > /dev/null 2>&1; }
-# a stage recorded as done whose run the database lost (a new machine, say) is done again; its recorded
-# figures stay in the committed results files until the new ones replace them
+# a stage recorded as done whose run the database lost (a new machine, say) gets the run back from its
+# record (below) when it has one and no later stage needs its checkpoint, else is done again; its
+# recorded figures stay in the committed results files until the new ones replace them
 forget_lost() {
     if recorded "$1" && ! have_run "$2"; then
+        if { [ "$2" != "$base" ] || [ -n "$intact" ]; } && restore "$2"; then return 0; fi
         echo "=== $1: recorded, but run $2 is not in the database: running it again"
         forget "$1"
     fi
 }
+
+# --- run records -------------------------------------------------------------------------------------
+# After each model stage, each bootstrapping or control evaluation, and each bootstrapped dataset (its
+# sampling stores an evaluation on the train split with the run sampled), the run's record (its run
+# document, logs and evaluations, no checkpoint: admin.py export-record) goes to $RECORDS/<run id>.json,
+# committed with the results. A fresh database gets a lost run back from it (admin.py import-record)
+# instead of training it again; such a run has no checkpoint, so the bootstrapping chain's runs and its
+# base model are restored only when the whole chain is done and its datasets are in the database.
+RECORDS=$RESULTS/runs
+save_record() { "$PY" admin.py export-record --run-id "$1" --out "$RECORDS/$1.json"; }
+# a record for a stage recorded as done before records were written, while its run is still here
+backfill_record() { if recorded "$1" && [ ! -f "$RECORDS/$2.json" ] && have_run "$2"; then save_record "$2"; fi; }
+restore() {
+    [ -f "$RECORDS/$1.json" ] || return 1
+    "$PY" admin.py import-record "$RECORDS/$1.json" || return 1
+    echo "=== run $1 was not in the database: restored from its record $RECORDS/$1.json (no checkpoint)"
+}
+with_record() { local id=$1; shift; "$@"; save_record "$id"; }  # with_record RUN CMD...: CMD, then RUN's record
+# whether every stage of the bootstrapping chain is recorded, its datasets are in the database and each
+# of its runs is in the database or has a record: then no checkpoint of the chain is needed again
+chain_intact() {
+    local k prev=$base r
+    for k in $(seq 1 "$BOOT_STEPS"); do
+        { recorded "bootstrap dataset from $prev" && have_dataset "bootstrap.$prev"; } || return 1
+        for r in "$base-boot-$k" "$base-control-$k"; do
+            { recorded "fine-tune $r" && recorded "evaluate $r"; } || return 1
+            have_run "$r" || [ -f "$RECORDS/$r.json" ] || return 1
+        done
+        prev=$base-boot-$k
+    done
+}
+# --- end of run records ------------------------------------------------------------------------------
+
 train() {
     # shellcheck disable=SC2086
     torchrun train.py single --model-size "$MODEL" --batch-size $(( BATCH / NPROC )) --lr "$LR" --warmup-steps 100 \
@@ -103,6 +138,7 @@ model() {
         --train-steps "$MAX_STEPS" --patience "$PATIENCE" --eval-interval "$EVAL_EVERY" \
         --checkpoint-interval "$EVAL_EVERY" "${flags[@]}"
     evaluate "$id" best
+    save_record "$id"
 }
 efficiency_report() {
     local ids=() seed count kind id  # local: the main loop's own variables must survive this
@@ -129,15 +165,22 @@ compare_report() {
     "$PY" report.py compare "${ids[@]:0:4}" --json "$RESULTS/compare-$1-s$2-search-solution.json"
 }
 
+# a fresh database (a new machine) lacks the datasets: made again (the same flags make the same data,
+# which the run records' import checks)
+if recorded "data $DATA and $SHUFFLED" && ! { have_dataset "$DATA" && have_dataset "$SHUFFLED"; }; then
+    forget "data $DATA and $SHUFFLED"
+fi
 stage "data $DATA and $SHUFFLED" data
 
+first_seed=$(echo "$SEEDS" | awk '{print $1}')
+base=$(run_id search "$NUM_TRAIN" "$first_seed")  # claim (b) starts from it
+intact=; if [ "$BOOT_STEPS" -eq 0 ] || chain_intact; then intact=1; fi  # no checkpoint of the chain's needed
 # first, so that no report names a lost run
 for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
     id=$(run_id "$kind" "$count" "$seed")
     forget_lost "model $id" "$id"
+    backfill_record "model $id" "$id"
 done; done; done
-first_seed=$(echo "$SEEDS" | awk '{print $1}')
-base=$(run_id search "$NUM_TRAIN" "$first_seed")  # claim (b) starts from it
 stale=; recorded "model $base" || stale="base model $base is trained in this launch"
 for seed in $SEEDS; do
     for count in $COUNTS; do
@@ -163,7 +206,8 @@ chained() {
         if [ -z "$stale" ]; then
             case $what in
                 dataset) have_dataset "$thing" || stale="dataset $thing is not in the database" ;;
-                run) have_run "$thing" || stale="run $thing is not in the database" ;;
+                run) have_run "$thing" || { [ -n "$intact" ] && restore "$thing"; } ||
+                     stale="run $thing is not in the database" ;;
             esac
         fi
         if [ -n "$stale" ]; then
@@ -179,16 +223,18 @@ prev=$base prev_control=$base checkpoint=best
 for k in $(seq 1 "$BOOT_STEPS"); do
     run=$base-boot-$k control=$base-control-$k
     chained "bootstrap dataset from $prev" dataset "bootstrap.$prev" \
-        torchrun eval.py bootstrap --run-id "$prev" --checkpoint "$checkpoint" --samples "$BOOT_SAMPLES" \
-        --max-tokens "$MAX_TOKENS" --name "bootstrap.$prev" --overwrite
+        with_record "$prev" torchrun eval.py bootstrap --run-id "$prev" --checkpoint "$checkpoint" \
+        --samples "$BOOT_SAMPLES" --max-tokens "$MAX_TOKENS" --name "bootstrap.$prev" --overwrite
     common=(--num-train-sequences "$NUM_TRAIN" --test-name "$DATA" --train-steps "$FT_STEPS" --eval-interval "$FT_STEPS"
             --checkpoint-interval "$FT_STEPS")
     chained "fine-tune $run" run "$run" \
         train --run-id "$run" --train-name "bootstrap.$prev" --start-checkpoint "$prev" --start-from "$checkpoint" "${common[@]}"
-    chained "evaluate $run" - - evaluate "$run" latest
+    chained "evaluate $run" - - with_record "$run" evaluate "$run" latest
     chained "fine-tune $control" run "$control" \
         train --run-id "$control" --train-name "$DATA" --start-checkpoint "$prev_control" --start-from "$checkpoint" "${common[@]}"
-    chained "evaluate $control" - - evaluate "$control" latest
+    chained "evaluate $control" - - with_record "$control" evaluate "$control" latest
+    backfill_record "evaluate $run" "$run"
+    backfill_record "evaluate $control" "$control"
     steps+=("$run") controls+=("$control")
     prev=$run prev_control=$control checkpoint=latest
 done

@@ -1,5 +1,6 @@
 """experiments/data_efficiency.sh end to end at toy scale: every stage runs once, its results files
-are written, a second launch runs no stage, and a stage whose run the database lost runs again."""
+are written, a second launch runs no stage, a stage whose run the database lost runs again, and a lost
+run whose record was kept is restored from it instead."""
 import json
 import os
 import subprocess
@@ -57,10 +58,15 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
     started = [line for line in out.splitlines() if line.startswith("=== ") and not line.endswith("] done")]
     assert stages(results) == done and not started, out[-2000:]
 
-    # a model the database lost is trained again, and a bootstrapping chain is done again from the
-    # first stage whose run was lost (the later stages built on it); the others stay done
+    # every model stage and bootstrapping or control evaluation left its run's record
+    runs = models + ["eff5-search-16-s0-boot-1", "eff5-search-16-s0-control-1"]
+    assert sorted(p.stem for p in (results / "runs").glob("*.json")) == sorted(runs)
+
+    # a model the database lost without a record is trained again, and a bootstrapping chain is done
+    # again from the first stage whose run was lost (the later stages built on it); the others stay done
     for lost in ("eff5-shuffled-8-s0", "eff5-search-16-s0-boot-1"):
         run_cli("admin.py", "drop-run", "--run-id", lost)
+        (results / "runs" / f"{lost}.json").unlink()
     out = launch(results)
     started = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("=== [")]
     assert started == ["model eff5-shuffled-8-s0", *boot[1:], "done"], out[-3000:]
@@ -68,3 +74,34 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
     assert sorted(stages(results)) == sorted(done)
     for run in ("eff5-shuffled-8-s0", "eff5-search-16-s0-boot-1"):
         run_cli("admin.py", "show", run)
+    assert sorted(p.stem for p in (results / "runs").glob("*.json")) == sorted(runs)
+
+    # runs lost with their records kept (a fresh database, the datasets made again) come back from the
+    # records: nothing is trained, and the reports say the same; the bootstrapping chain's base model and
+    # runs too, as no stage of the chain is left to need their checkpoints
+    lost = ["eff5-solution-only-16-s0", "eff5-search-16-s0", "eff5-search-16-s0-control-1"]
+    shown = {run: run_cli("admin.py", "show", run).stdout for run in lost}
+    reports = {name: (results / name).read_text() for name in ("compare-16-s0.json", "bootstrap.json")}
+    for run in lost:
+        run_cli("admin.py", "drop-run", "--run-id", run)
+    out = launch(results)
+    started = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("=== [")]
+    assert started == ["done"], out[-3000:]
+    for run in lost:
+        assert f"=== run {run} was not in the database: restored from its record" in out
+        assert run_cli("admin.py", "show", run).stdout == shown[run]
+    assert {name: (results / name).read_text() for name in reports} == reports  # written again, the same
+
+    # a fresh database: the datasets are made again and the claim (a) models restored from their
+    # records; the bootstrapping dataset is gone, so the chain is done again, and its base model,
+    # whose checkpoint it starts from, trained again
+    shown = run_cli("admin.py", "show", "eff5-shuffled-8-s0").stdout
+    reports = (results / "compare-8-s0.json").read_text()
+    from store import connect
+    db = connect().db
+    db.client.drop_database(db.name)
+    out = launch(results)
+    started = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("=== [")]
+    assert started == [done[0], "model eff5-search-16-s0", *boot, "done"], out[-3000:]
+    assert run_cli("admin.py", "show", "eff5-shuffled-8-s0").stdout == shown
+    assert (results / "compare-8-s0.json").read_text() == reports
