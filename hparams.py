@@ -43,7 +43,8 @@ class TrainConfig:
     seed: int = 0
     eval_tasks: int = 0  # > 0: greedy rollouts on the last this many test tasks (the validation tasks) at each
     # eval (rollout_* in the test log)
-    patience: int = 0  # > 0: stop after this many evals in a row without a better selection metric (0: never)
+    patience: int = 0  # > 0: stop after this many evals in a row without a better selection metric on the
+    # validation tasks (needs eval_tasks; 0: never)
 
     @classmethod
     def from_dict(cls, d):
@@ -80,6 +81,9 @@ class TrainConfig:
                 raise ValueError(f"hyper-parameter {key!r} must not be negative, got {getattr(self, key)}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and betas in [0, 1)")
+        if self.patience and not self.eval_tasks:
+            raise ValueError("--patience selects on validation tasks: give --eval-tasks N too (the last N test "
+                             "tasks; results are then never reported on them or their wall layouts)")
         if self.model_size not in SIZES:
             raise ValueError(f"hyper-parameter 'model_size' must be one of {', '.join(SIZES)}, got {self.model_size!r}")
         for key, allowed in CHOICES.items():
