@@ -111,7 +111,8 @@ def save(fig, out):
 
 
 def save_json(doc, out):
-    """(value, standard error) pairs become value and value_se fields."""
+    """(value, standard error) pairs become value and value_se fields; (0, None, bound) of a rate none
+    achieved, value, value_se null and value_upper95."""
     def flat(d):
         if isinstance(d, list):
             return [flat(x) for x in d]
@@ -120,7 +121,9 @@ def save_json(doc, out):
         out = {}
         for k, v in d.items():
             if isinstance(v, tuple):
-                out[k], out[f"{k}_se"] = v
+                out[k], out[f"{k}_se"] = v[:2]
+                if len(v) == 3:
+                    out[f"{k}_upper95"] = v[2]
             else:
                 out[k] = flat(v)
         return out
