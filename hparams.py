@@ -41,7 +41,9 @@ class TrainConfig:
     start_optimizer: bool = True  # with start_checkpoint: its AdamW state too (the reference); false: weights only
     start_from: str = "latest"  # with start_checkpoint: that run's latest checkpoint, or its best (--patience)
     seed: int = 0
-    eval_tasks: int = 0  # > 0: greedy rollouts on the last this many test tasks (the validation tasks) at each
+    eval_samples: int = 0  # with eval_tasks: 0 greedy rollouts; K > 0: K samples a task at temperature 1, a task
+    # solved when any is (as eval.py reports), the same random streams at every evaluation
+    eval_tasks: int = 0  # > 0: rollouts on the last this many test tasks (the validation tasks) at each
     # eval (rollout_* in the test log)
     patience: int = 0  # > 0: stop after this many evals in a row without a better selection metric on the
     # validation tasks (needs eval_tasks; 0: never)
@@ -76,7 +78,7 @@ class TrainConfig:
             if getattr(self, key) <= 0:
                 raise ValueError(f"hyper-parameter {key!r} must be positive, got {getattr(self, key)}")
         for key in ["batch_tokens", "warmup_steps", "num_train_sequences", "min_reasoning_len",
-                    "max_reasoning_len", "seed", "weight_decay", "grad_clip", "eval_tasks", "patience"]:
+                    "max_reasoning_len", "seed", "weight_decay", "grad_clip", "eval_tasks", "eval_samples", "patience"]:
             if getattr(self, key) < 0:
                 raise ValueError(f"hyper-parameter {key!r} must not be negative, got {getattr(self, key)}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
@@ -117,5 +119,5 @@ CHOICES = {"model_size": tuple(SIZES), "lr_schedule": ("cosine", "constant"), "l
            "decay_params": ("all", "matrices"), "start_from": store.CHECKPOINTS}
 
 # the keys added after runs were stored, each with the value a stored config without it trained with
-ADDED = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0,
+ADDED = {"eval_samples": 0, "loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0,
          "start_from": "latest"}

@@ -222,7 +222,7 @@ class Training:
         cfg, device = self.cfg, self.device
         self.vocab, self.train_seqs, self.test_seqs, self.val_seqs = load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
         test_doc = self.store.call(get_dataset, cfg.test_name or cfg.train_name)
-        # greedy rollouts need a task whose plans can be checked (a synthetic dataset: the validation loss alone)
+        # rollouts need a task whose plans can be checked (a synthetic dataset: the validation loss alone)
         self.checkable = tasks.of(test_doc["task"], test_doc.get("params", {})) is not None
         self.batcher = Batcher(self.train_seqs, cfg, self.world)
         need = self.batcher.shares if cfg.batch_tokens else cfg.batch_size * self.batcher.shares
@@ -323,7 +323,8 @@ class Training:
 
     def select(self, metrics):
         """Model selection (patience > 0), on the validation tasks alone: this evaluation is the new best
-        when it ranks higher by (greedy optimal %, greedy correct %, -plan loss) on them. The plan loss (the
+        when it ranks higher by (optimal %, correct %, -plan loss) on them (the rates of greedy rollouts, or of
+        eval_samples samples a task as eval.py reports). The plan loss (the
         plan's tokens given the prompt and the stored trace) breaks ties: a model kind that does not learn
         the stored traces (a shuffled-trace control) is judged by its plans, not by its loss on traces.
         Returns whether it is."""
@@ -390,13 +391,14 @@ class Training:
             val = evaluate(self.model, self.val_seqs, self.rank, self.world, self.device, self.autocast)
             metrics.update({f"val_{k}": val[k] for k in ("loss", "plan_loss", "accuracy", "plan_exact")})
             if self.checkable:
-                greedy = rollout_metrics(self.model, self.store, cfg, self.rank, self.world, self.device,
-                                         not self.flags.no_cache)
-                metrics.update({f"rollout_{k}": v for k, v in greedy.items()})
+                rollout = rollout_metrics(self.model, self.store, cfg, self.rank, self.world, self.device,
+                                          not self.flags.no_cache)
+                metrics.update({f"rollout_{k}": v for k, v in rollout.items()})
         if self.rank == 0:
             self.store.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
         better = cfg.patience > 0 and self.select(metrics)
-        rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" \
+        how = f" x {cfg.eval_samples} samples" if cfg.eval_samples else ""
+        rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks{how}" \
             if "rollout_optimal_pct" in metrics else ""
         best = f" | best step {self.selection['best']['step']}" if cfg.patience else ""
         print0(f"step {self.step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f} | exact plan "

@@ -44,6 +44,7 @@ LR=${LR:-2e-3}
 VAL_TASKS=${VAL_TASKS:-300}         # greedy validation tasks: the last ones of the test split
 TEST_TASKS=${TEST_TASKS:-500}       # reported test tasks: the first ones, never validation tasks
 SAMPLES=${SAMPLES:-8}               # responses per test task, the same for every model
+EVAL_SAMPLES=${EVAL_SAMPLES-$SAMPLES}  # validation: samples a task at temperature 1 (0: greedy), as results are reported
 BOOT_STEPS=${BOOT_STEPS:-2}
 BOOT_SAMPLES=${BOOT_SAMPLES:-16}    # responses per training prompt when bootstrapping (the paper: 64)
 FT_STEPS=${FT_STEPS:-500}           # fine-tuning steps per bootstrapping step (and per control step)
@@ -91,7 +92,7 @@ forget_lost() {
 train() {
     # shellcheck disable=SC2086
     torchrun train.py single --model-size "$MODEL" --batch-size $(( BATCH / NPROC )) --lr "$LR" --warmup-steps 100 \
-        --log-interval 50 --num-test-sequences 200 --eval-tasks "$VAL_TASKS" $COMPILE "$@"
+        --log-interval 50 --num-test-sequences 200 --eval-tasks "$VAL_TASKS" --eval-samples "$EVAL_SAMPLES" $COMPILE "$@"
 }
 evaluate() { torchrun eval.py --run-id "$1" --checkpoint "$2" --num-tasks "$TEST_TASKS" --samples "$SAMPLES" --max-tokens "$MAX_TOKENS"; }
 run_id() { echo "$PREFIX-$1-$2-s$3"; }  # kind, count, seed

@@ -29,9 +29,10 @@ COOLDOWN_FRAC=${COOLDOWN_FRAC:-0.2}
 VAL_TASKS=${VAL_TASKS:-300}
 TEST_TASKS=${TEST_TASKS:-500}
 SAMPLES=${SAMPLES:-8}
+EVAL_SAMPLES=${EVAL_SAMPLES-$SAMPLES}  # validation: samples a task at temperature 1 (0: greedy), as results are reported
 NPROC=${NPROC:-2}
 NUM_TRAIN=${NUM_TRAIN:-4000}        # the dataset's training tasks (the experiment's largest count: the same dataset)
-PREFIX=${PREFIX:-eff${SIZE}v}
+PREFIX=${PREFIX:-eff${SIZE}v2}   # data_efficiency.sh's: one results folder, one dataset
 RESULTS=${RESULTS:-experiments/results/$PREFIX}
 DATA=maze.$SIZE-by-$SIZE-deterministic.simple
 NUM_TEST=$(( TEST_TASKS + VAL_TASKS + 200 ))
@@ -54,7 +55,7 @@ stage() {
 torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
 train() {
     torchrun train.py single --model-size "$MODEL" --batch-size $(( BATCH / NPROC )) --log-interval 50 \
-        --num-test-sequences 200 --eval-tasks "$VAL_TASKS" --train-name "$DATA" --num-train-sequences "$COUNT" \
+        --num-test-sequences 200 --eval-tasks "$VAL_TASKS" --eval-samples "$EVAL_SAMPLES" --train-name "$DATA" --num-train-sequences "$COUNT" \
         --seed "$SEED" --patience "$PATIENCE" --min-lr-ratio "$MIN_LR_RATIO" "$@"
 }
 evaluate() { torchrun eval.py --run-id "$1" --checkpoint best --num-tasks "$TEST_TASKS" --samples "$SAMPLES" --max-tokens "$MAX_TOKENS"; }

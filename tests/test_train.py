@@ -628,3 +628,26 @@ def test_changing_the_reported_tasks_cannot_change_the_selected_checkpoint(store
     assert ra["best"]["step"] == rb["best"]["step"] and ra["best"]["metrics"] == rb["best"]["metrics"]
     assert ra["step"] == rb["step"] and ra.get("stopped_early") == rb.get("stopped_early")
     assert load_checkpoint(store, "a", which="best")["selection"] == load_checkpoint(store, "b", which="best")["selection"]
+
+
+def test_validation_by_samples_scores_each_task_as_eval_reports(store):
+    """--eval-samples K: every validation task gets K samples at temperature 1 and counts as solved when
+    any is (eval.py's rule); the streams are fixed, so the same weights always score the same, and the
+    first sample of K is the one a single-sample evaluation draws (so K can only solve more)."""
+    import rollouts
+    from checkpoint import build
+    run_cli("data.py", "maze", "--size", "5", "--num-train", "40", "--num-test", "12", "--chunk", "2", "--workers", "1")
+    maze = "maze.5-by-5-deterministic.simple"
+    r = run_cli("train.py", "single", "--run-id", "k", "--train-name", maze, "--model-size", "tiny", "--train-steps", "4",
+                "--batch-size", "4", "--eval-interval", "4", "--num-test-sequences", "4", "--eval-tasks", "4",
+                "--eval-samples", "3", "--patience", "2")
+    log = store.get_logs("k", "test")[-1]
+    assert log["rollout_tasks"] == 4 and log["rollout_responses"] == 12 and "of 4 tasks x 3 samples" in r.stdout
+    cfg = TrainConfig.from_dict({**store.get_run("k")["config"]})
+    model = build(cfg, len(dataset.get_dataset(store.db, maze)["vocabulary"]), torch.device("cpu"))[0]
+    model.load_state_dict(load_checkpoint(store, "k")["model"])
+    go = lambda c: rollouts.rollout_metrics(model, store, c, 0, 1, torch.device("cpu"), True)  # noqa: E731
+    assert go(cfg) == go(cfg)
+    one = TrainConfig.from_dict({**cfg.to_dict(), "eval_samples": 1})
+    assert go(one)["responses"] == 4 and go(cfg)["optimal_pct"] >= go(one)["optimal_pct"]
+    assert go(cfg)["correct_pct"] >= go(one)["correct_pct"] and go(cfg)["malformed_pct"] <= 100
