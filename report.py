@@ -344,6 +344,24 @@ def plot_efficiency(store, args):
     finish(fig, ax, "training tasks", f"optimal % of {ev['split']} tasks", args.out)
 
 
+def bootstrapped_data(store, run_id):
+    """What a bootstrapping step trained on (its dataset made by eval.py bootstrap): the sequences whose
+    trace got shorter than the source's, the mean trace length before and after, and the optimal % on
+    the training tasks of the run it sampled (its train-split evaluation); None for another dataset."""
+    info = get_dataset(store.db, store.require_run(run_id)["config"]["train_name"]).get("params", {}).get("bootstrap")
+    if info is None:
+        return None
+    name = store.require_run(run_id)["config"]["train_name"]
+    boot, src = load_split(store.db, name, "train", False), load_split(store.db, info["source"], "train", False)
+    n = len(boot.ids)
+    before, after = src.lens["trace"][:n].astype(float), boot.lens["trace"].astype(float)  # row r is source row r
+    sampled = store.results.find_one({"run_id": info["run_id"], "params.split": "train", "step": info["step"]},
+                                     sort=[("time", -1)])
+    return {"dataset": name, "sampled_run": info["run_id"], "sequences": n, "shorter": int((after < before).sum()),
+            "trace_len_before": float(before.mean()), "trace_len_after": float(after.mean()),
+            "train_optimal_pct": sampled["metrics"]["optimal_pct"] if sampled else None}
+
+
 def plot_bootstrap(store, args):
     lines = [("bootstrap", k, r) for k, r in enumerate(args.run_id)]
     lines += [("control", k + 1, r) for k, r in enumerate(args.control or [])]  # step 0's run is both lines' start
@@ -358,6 +376,8 @@ def plot_bootstrap(store, args):
               file=sys.stderr)
     for (line, step, _), s in zip(lines, stats):
         s.update(line=line, bootstrap_step=step)
+        if line == "bootstrap" and step > 0:
+            s["data"] = bootstrapped_data(store, s["run"])
     for s, (name, res) in zip(stats, named):
         control = next((i for i, (line, step, _) in enumerate(lines)
                         if line == "control" and step == s["bootstrap_step"]), None)

@@ -55,6 +55,10 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
         assert all(r["selected"]["plan_loss"] > 0 for r in pair["runs"])  # what selected each, from validation
     bootstrap = json.loads((results / "bootstrap.json").read_text())
     assert "eff5-search-16-s0-control-1" in json.dumps(bootstrap)
+    step1 = next(r for r in bootstrap["runs"] if r["run"] == "eff5-search-16-s0-boot-1")
+    data = step1["data"]  # what the step trained on, in the results file: shrinkage and the training-task solve rate
+    assert data["sampled_run"] == "eff5-search-16-s0" and data["sequences"] == 16 and 0 <= data["shorter"] <= 16
+    assert data["train_optimal_pct"] is not None and data["trace_len_after"] >= 0
     for png in ("efficiency.png", "bootstrap.png"):
         assert (results / png).stat().st_size > 0
 
