@@ -98,9 +98,11 @@ def show(store, args):
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
     if best:  # train.py --patience
         m = best.get("metrics") or {}
-        rate = f"validation optimal {m['optimal_pct']:.1f}%, " if m.get("optimal_pct") is not None else ""
-        print(f"best checkpoint: step {best['step']} ({rate}test loss {m.get('loss', float('nan')):.4f}), "
-              f"{best['size'] / 2**20:.1f} MiB")
+        rate = f"optimal {m['optimal_pct']:.1f}%, correct {m['correct_pct']:.1f}%, " \
+            if m.get("correct_pct") is not None else ""
+        why = f"validation: {rate}plan loss {m['plan_loss']:.4f}" if "plan_loss" in m else \
+            f"test loss {m.get('loss', float('nan')):.4f}, as selected before validation-only selection"
+        print(f"best checkpoint: step {best['step']} ({why}), {best['size'] / 2**20:.1f} MiB")
     if r.get("stopped_early"):
         k = r["config"].get("patience")
         print(f"stopped early at step {r['stopped_early']['step']}: {k} evaluations in a row without improvement "

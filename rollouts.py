@@ -76,24 +76,30 @@ def reportable_tasks(doc, split, eval_tasks):
 
 
 def rollout_metrics(model, store, cfg, rank, world, device, use_cache):
-    """For the trainer: greedy rollouts on the validation tasks (the last cfg.eval_tasks test tasks),
-    each rank a share, metrics over all of them. Rollouts stop at twice the longest reference response
-    of these tasks (or the usual limit, if lower): an untrained model would otherwise run to the full
-    limit. The dataset is read through the store's retries, from the local cache when use_cache."""
+    """For the trainer: rollouts on the validation tasks (the last cfg.eval_tasks test tasks), each rank a
+    share, metrics over all of them: greedy, or cfg.eval_samples samples a task at temperature 1 (a task
+    counts as solved when any sample solves it, as eval.py reports; the seed is fixed, so every evaluation
+    draws with the same random streams and checkpoints differ by their weights alone). Rollouts stop at
+    twice the longest reference response of these tasks (or the usual limit, if lower): an untrained model
+    would otherwise run to the full limit. The dataset is read through the store's retries, from the local
+    cache when use_cache."""
     name = cfg.test_name or cfg.train_name
     doc = store.call(get_dataset, name)
     checker = Checker(doc)
     split = store.call(load_split, name, "test", use_cache)
     rows = np.arange(max(0, len(split.ids) - cfg.eval_tasks), len(split.ids))
     ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
-    opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))
-    mine = [(int(r), 0) for r in rows[rank::world]]
+    limit = min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1)
+    opts = Opts(1.0 if cfg.eval_samples else 0.0, limit, seed=cfg.seed)
+    mine = [(int(r), s) for r in rows[rank::world] for s in range(max(1, cfg.eval_samples))]
     size = batch_size_for(model, split, device)
     training = model.training
     model.eval()
-    answers = [(r, [(ids, eos)]) for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device)]
+    answers = {}
+    for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device):
+        answers.setdefault(r, []).append((ids, eos))
     model.train(training)
-    sums = score(checker, split, answers)
+    sums = score(checker, split, sorted(answers.items()))
     total = torch.tensor([sums[k] for k in SUM_FIELDS], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(total)
