@@ -60,27 +60,8 @@ NUM_TEST=$(( TEST_TASKS + VAL_TASKS + 200 ))   # room for whole wall layouts bet
 MAX_TOKENS=$(( SIZE * SIZE * 16 ))  # generated tokens per response (the longest 6x6 A* response of 12,000 tasks: 306)
 export OMP_NUM_THREADS=1
 
-mkdir -p "$RESULTS"
-STAGES=$RESULTS/stages.tsv
-[ -f "$STAGES" ] || printf 'stage\tseconds\tfinished\tcommit\n' > "$STAGES"
-# the commit a stage ran (-dirty: with uncommitted changes outside the results)
-commit() { echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!experiments/results' || echo -dirty)"; }
-script_start=$(date +%s)
-stamp() { echo "=== [$(( $(date +%s) - script_start )) s] $*"; }
-recorded() { cut -f1 "$STAGES" | grep -qx "$1"; }
-forget() { awk -F '\t' -v s="$1" '$1 != s' "$STAGES" > "$STAGES.tmp" && mv "$STAGES.tmp" "$STAGES"; }
-# stage NAME CMD...: run CMD and record its wall time, unless NAME is recorded as done
-stage() {
-    local name=$1; shift
-    if recorded "$name"; then return 0; fi
-    stamp "$name"
-    local t0; t0=$(date +%s)
-    "$@"
-    printf '%s\t%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$(date -u +%FT%TZ)" "$(commit)" >> "$STAGES"
-}
-torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
-have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
-have_run() { "$PY" admin.py show "$1" > /dev/null 2>&1; }
+# shellcheck source=experiments/stages.sh
+source experiments/stages.sh
 # a stage recorded as done whose run the database lost (a new machine, say) gets the run back from its
 # record (below) when it has one and no later stage needs its checkpoint, else is done again; its
 # recorded figures stay in the committed results files until the new ones replace them
@@ -137,9 +118,6 @@ data() {
     have_dataset "$DATA" || "$PY" data.py maze --size "$SIZE" "${flags[@]}" --num-train "$DATA_TRAIN" --num-test "$NUM_TEST"
     have_dataset "$SHUFFLED" || "$PY" data.py shuffle-traces "$DATA" --name "$SHUFFLED" --seed 0
 }
-best_step() { "$PY" -c "import store,sys; print(store.connect().get_run(sys.argv[1])['best']['step'])" "$1"; }
-lr_at() { "$PY" -c "import store,sys; from hparams import TrainConfig
-print(TrainConfig.from_stored(store.connect().get_run(sys.argv[1])['config']).lr_at(int(sys.argv[2])))" "$1" "$2"; }
 # one model of claim (a): trained to its best by the validation tasks (SCHEDULE patience: a cosine to MAX_STEPS
 # stopped by --patience; cooldown: that run, <id>-p, then from its best the LR it had there decayed to the
 # floor over COOLDOWN_FRAC of its steps; second: <id>-p, then a fresh run whose cosine ends at <id>-p's best
@@ -162,7 +140,7 @@ model() {
     case $SCHEDULE in
         patience) ;;
         cooldown)
-            cool=$(awk -v s="$s" -v f="$COOLDOWN_FRAC" 'BEGIN { c = int(s * f / 100 + 0.5) * 100; print (c < 200 ? 200 : c) }')
+            cool=$(cooldown_steps "$s" "$COOLDOWN_FRAC")
             lr=$(lr_at "$first" "$s")
             floor=$("$PY" -c "print(min(1.0, $LR * $MIN_LR_RATIO / $lr))")
             train --run-id "$id" "${common[@]}" --start-checkpoint "$first" --start-from best --lr "$lr" --warmup-steps 0 \

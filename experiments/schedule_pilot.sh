@@ -9,7 +9,9 @@
 #   second    a fresh run (same seed) whose cosine ends at patience's best step: decayed by then.
 # Run from the repository root after `bash .ci/setup` (the data stage of experiments/data_efficiency.sh
 # makes the same dataset, with the same knobs); every stage skips what is done, so a relaunch continues.
-# Results: $RESULTS/pilot.tsv (one line per candidate: validation and test figures) and stages.tsv.
+# Results: $RESULTS/pilot-<kind>-<count>-s<seed>.json (report.py compare of the three: the test figures,
+# paired differences from patience's, and the validation figures that selected each), the runs' records
+# in $RESULTS/runs/ (admin.py export-record: their logs and evaluations), and stages.tsv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -39,32 +41,16 @@ NUM_TEST=$(( TEST_TASKS + VAL_TASKS + 200 ))
 MAX_TOKENS=$(( SIZE * SIZE * 16 ))
 export OMP_NUM_THREADS=1
 
-mkdir -p "$RESULTS"
-STAGES=$RESULTS/stages.tsv
-[ -f "$STAGES" ] || printf 'stage\tseconds\tfinished\tcommit\n' > "$STAGES"
-commit() { echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!experiments/results' || echo -dirty)"; }
-recorded() { cut -f1 "$STAGES" | grep -qx "$1"; }
-stage() {
-    local name=$1; shift
-    if recorded "$name"; then return 0; fi
-    echo "=== $name"
-    local t0; t0=$(date +%s)
-    "$@"
-    printf '%s\t%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$(date -u +%FT%TZ)" "$(commit)" >> "$STAGES"
-}
-torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
+# shellcheck source=experiments/stages.sh
+source experiments/stages.sh
 train() {
     torchrun train.py single --model-size "$MODEL" --batch-size $(( BATCH / NPROC )) --log-interval 50 \
         --num-test-sequences 200 --eval-tasks "$VAL_TASKS" --eval-samples "$EVAL_SAMPLES" --train-name "$DATA" --num-train-sequences "$COUNT" \
         --seed "$SEED" --patience "$PATIENCE" --min-lr-ratio "$MIN_LR_RATIO" "$@"
 }
 evaluate() { torchrun eval.py --run-id "$1" --checkpoint best --num-tasks "$TEST_TASKS" --samples "$SAMPLES" --max-tokens "$MAX_TOKENS"; }
-best_step() { "$PY" -c "import store,sys; print(store.connect().get_run(sys.argv[1])['best']['step'])" "$1"; }
-lr_at() { "$PY" -c "import store,sys; from hparams import TrainConfig
-print(TrainConfig.from_stored(store.connect().get_run(sys.argv[1])['config']).lr_at(int(sys.argv[2])))" "$1" "$2"; }
 
-"$PY" data.py list | awk '{print $1}' | grep -qx "$DATA" || \
-    stage "data $DATA" "$PY" data.py maze --size "$SIZE" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
+have_dataset "$DATA" || stage "data $DATA" "$PY" data.py maze --size "$SIZE" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
 
 for kind in $KINDS; do
     flags=(); [ "$kind" = solution-only ] && flags=(--plan-only)
@@ -73,7 +59,7 @@ for kind in $KINDS; do
         --eval-interval "$EVAL_EVERY" --checkpoint-interval "$EVAL_EVERY" "${flags[@]}"
     stage "evaluate $base-patience" evaluate "$base-patience"
     s=$(best_step "$base-patience")
-    cool=$(awk -v s="$s" -v f="$COOLDOWN_FRAC" 'BEGIN { c = int(s * f / 100 + 0.5) * 100; print (c < 200 ? 200 : c) }')
+    cool=$(cooldown_steps "$s" "$COOLDOWN_FRAC")
     lr=$(lr_at "$base-patience" "$s")
     floor=$("$PY" -c "print(min(1.0, $LR * $MIN_LR_RATIO / $lr))")
     stage "pilot $base-cooldown" train --run-id "$base-cooldown" --start-checkpoint "$base-patience" --start-from best \
@@ -86,5 +72,8 @@ for kind in $KINDS; do
     # the three on the same test tasks, with their selection records: paired differences from patience's
     "$PY" report.py compare --run-id "$base-patience" --run-id "$base-cooldown" --run-id "$base-second" \
         --json "$RESULTS/pilot-$kind-$COUNT-s$SEED.json"
+    for r in patience cooldown second; do  # their logs (the validation curves) and evaluations, committed
+        "$PY" admin.py export-record --run-id "$base-$r" --out "$RESULTS/runs/$base-$r.json"
+    done
 done
 echo "=== pilot done"
