@@ -1,0 +1,169 @@
+"""The encoder-decoder (`--arch encdec`): the reference's architecture exactly (its own logits and greedy
+rollouts on the fixture in tests/reference_ckpt/), and its fast paths against slow references."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import decode
+import model
+from conftest import ROOT
+from dataset import BOS, EOS
+from encdec import SIZES, EncDecConfig, EncoderDecoder, ffn_width, from_reference, reference_keys
+
+FIXTURE = ROOT / "tests" / "reference_ckpt" / "maze-enc-s-dec-s.json"
+
+
+def reference_state(fixture):
+    """The reference's state dict (without `module.model.`), rebuilt by the fixture's recipe."""
+    state, i = {}, 0
+    for key, shape, kind in fixture["model_keys"]:
+        if kind == "recipe":
+            g = torch.Generator().manual_seed(i)
+            i += 1
+            state[key] = (1 + 0.1 * torch.randn(shape, generator=g) if len(shape) == 1
+                          else torch.randn(shape, generator=g) * shape[1] ** -0.5)
+    return state
+
+
+@pytest.fixture(scope="module")
+def reference():
+    fixture = json.loads(FIXTURE.read_text())
+    cfg = EncDecConfig.from_size("s", len(fixture["reference_token_ids"]))
+    net = EncoderDecoder(cfg).eval()
+    net.load_state_dict(from_reference(reference_state(fixture), cfg))
+    ids = {t: i for i, t in enumerate(fixture["reference_token_ids"])}
+    cases = [(torch.tensor([ids["bos"], *(ids[t] for t in c["prompt"]), ids["eos"]]),
+              torch.tensor([ids[t] for t in c["response"]]), torch.tensor(c["logits"]),
+              [ids[t] for t in c["greedy_rollout_48"]]) for c in fixture["cases"]]
+    return net, fixture, cases
+
+
+def test_reference_key_mapping_covers_every_weight(reference):
+    net, fixture, _ = reference
+    theirs = [k for k, _, kind in fixture["model_keys"] if kind == "recipe"]
+    mapped = [k for ks in reference_keys(net.cfg).values() for k in ks]
+    assert sorted(mapped) == sorted(theirs)  # each reference weight used once, none left out
+    assert sorted(reference_keys(net.cfg)) == sorted(net.state_dict())
+    assert all(kind == "rope" for k, _, kind in fixture["model_keys"] if "rope" in k)
+
+
+def test_logits_match_the_reference(reference):
+    net, _, cases = reference
+    with torch.no_grad():
+        for src, response, logits, _ in cases:
+            ours = net(response[None], src[None], torch.ones(1, len(src), dtype=torch.bool))[0]  # (T, V)
+            assert (ours - logits).abs().max() < 1e-4
+
+
+def test_greedy_rollouts_match_the_reference(reference):
+    """The sampling engine's greedy rollouts (its cached path) are the reference's, token for token:
+    bos, then 47 tokens (the reference's 48 steps; its random weights never give `eos`)."""
+    net, _, cases = reference
+    got = {i: ids for i, ids, _ in decode.generate(net, [torch.tensor([0]).numpy()] * len(cases),
+                                                  list(range(len(cases))), 47,
+                                                  sources=[src.numpy() for src, *_ in cases])}
+    assert [[0, *got[i].tolist()] for i in range(len(cases))] == [rollout for *_, rollout in cases]
+
+
+def small_encdec(eos_shift=0.0, vocab=9):
+    torch.manual_seed(1)
+    cfg = EncDecConfig(vocab_size=vocab, d_model=32, n_head=2, n_layer=2, enc_d_model=24, enc_n_head=2, enc_n_layer=2)
+    net = EncoderDecoder(cfg).double().eval()
+    with torch.no_grad():
+        net.head.weight[EOS] += eos_shift  # < 0: rarer <eos>, so some rows run to the limit
+    return net
+
+
+def test_batched_padded_logits_equal_one_sequence_at_a_time():
+    """Prompts and responses of different lengths, right-padded in one batch (the encoder and the
+    cross-attention masked): each row's logits are those of the row alone, unpadded."""
+    net = small_encdec()
+    g = torch.Generator().manual_seed(0)
+    srcs = [torch.randint(3, 9, (n,), generator=g) for n in (5, 11, 2, 8)]
+    outs = [torch.randint(3, 9, (n,), generator=g) for n in (7, 3, 9, 1)]
+    src, idx = torch.zeros(4, 11, dtype=torch.long), torch.zeros(4, 9, dtype=torch.long)
+    for i, (s, o) in enumerate(zip(srcs, outs)):
+        src[i, :len(s)], idx[i, :len(o)] = s, o
+    with torch.no_grad():
+        batched = net(idx, src, src != 0)  # (B, T, V)
+        for i, (s, o) in enumerate(zip(srcs, outs)):
+            alone = net(o[None], s[None], torch.ones(1, len(s), dtype=torch.bool))[0]
+            torch.testing.assert_close(batched[i, :len(o)], alone, rtol=1e-10, atol=1e-10)
+
+
+def naive_greedy(net, source, start, max_tokens):
+    """Greedy decoding the slow way: the encoder and every decoder position, cross-attention keys and
+    values included, recomputed at every step."""
+    seq, out, src = list(start), [], torch.as_tensor(source)[None]
+    for _ in range(max_tokens):
+        t = int(net(torch.tensor([seq]), src, torch.ones_like(src, dtype=torch.bool))[0, -1].argmax())
+        if t == EOS:
+            return out, True
+        out.append(t)
+        seq.append(t)
+    return out, False
+
+
+def cases(n_prompts):
+    g = torch.Generator().manual_seed(1)
+    sources = [torch.randint(3, 9, (n,), generator=g).numpy() for n in (3, 7, 11, 5, 8, 4, 9)[:n_prompts]]
+    starts = [np.array([BOS, *range(3, 3 + k)]) for k in (0, 2, 0, 4, 1, 0, 3)[:n_prompts]]  # decoder prefixes
+    return sources, starts
+
+
+@pytest.mark.parametrize("n_prompts,batch_size,every,memory", [(2, 1, 1, None), (2, 3, 5, None), (7, 64, 16, None),
+                                                               (7, 3, 2, 1), (3, 64, 3, 1)])
+def test_cached_sampling_equals_recomputing_every_step(monkeypatch, n_prompts, batch_size, every, memory):
+    """Several rows per prompt, prompts and decoder prefixes of different lengths, rows that join,
+    leave, move up a lane or wait (memory=1 byte), few prompts (read in one product) and many (each
+    layer gathered): the engine's greedy tokens are those of recomputing everything at every step."""
+    monkeypatch.setattr(decode, "first_capacity", lambda prompt_len: 16)
+    net = small_encdec(eos_shift=-0.3)
+    sources, starts = cases(n_prompts)
+    src = [i % n_prompts for i in range(2 * n_prompts + 1)]
+    ref = [naive_greedy(net, sources[s], starts[s], 40) for s in src]
+    assert 0 < sum(e for _, e in ref) < len(src) and max(len(o) for o, _ in ref) == 40  # rows of both kinds
+    got = {i: (ids.tolist(), e) for i, ids, e in decode.generate(net, starts, src, 40, batch_size=batch_size,
+                                                                 every=every, memory=memory, sources=sources)}
+    assert [got[i] for i in range(len(src))] == ref
+
+
+def test_a_prompts_keys_and_values_are_kept_once_and_freed_with_its_last_row(monkeypatch):
+    """64 samples of one prompt hold one copy of its cross-attention keys and values (not one per
+    sample), counted in the memory the lanes may take; the slot is free once its rows finished."""
+    net = small_encdec(eos_shift=-0.3)
+    sources, starts = cases(1)
+    seen = []
+    real = decode.Engine.collect
+
+    def collect(self):
+        finished = real(self)
+        seen.append((self.cross.kv.valid.size(0), self.cross.nbytes(), self.held(), len(self.cross.slot)))
+        return finished
+    monkeypatch.setattr(decode.Engine, "collect", collect)
+    list(decode.generate(net, starts, [0] * 64, 20, temperature=1.0, batch_size=64, sources=sources))
+    seen = seen[1:]  # the first collection comes before any row joined
+    assert {n for n, *_ in seen} == {1}  # one slot of keys and values
+    assert all(held > cross > 0 for _, cross, held, _ in seen)  # counted in what the lanes hold
+    assert seen[0][3] == 1 and seen[-1][3] == 0
+
+
+def test_samples_do_not_depend_on_batching():
+    net = small_encdec()
+    sources, starts = cases(3)
+    src = [0, 1, 2] * 4
+    draw = lambda **kw: sorted((i, ids.tolist(), e) for i, ids, e in decode.generate(  # noqa: E731
+        net, starts, src, 30, temperature=1.0, seed=3, sources=sources, **kw))
+    assert draw(batch_size=64) == draw(batch_size=2, every=3)
+
+
+def test_sizes_follow_the_reference():
+    """The reference's named sizes (HyperParams.from_name), FFN width from multiple_of=256."""
+    want = {"s": (192, 6, 3), "m": (384, 8, 4), "l": (768, 9, 4), "xl": (1152, 16, 12)}
+    for size, (d, n, h) in want.items():
+        cfg = EncDecConfig.from_size(size, 50)
+        assert (cfg.d_model, cfg.n_layer, cfg.n_head) == (cfg.enc_d_model, cfg.enc_n_layer, cfg.enc_n_head) == (d, n, h)
+    assert [ffn_width(d) for d in (192, 384, 768, 1152)] == [512, 1024, 2048, 3072]
+    assert set(SIZES) == set(model.SIZES)
