@@ -1,14 +1,21 @@
 """The encoder-decoder (`--arch encdec`): the reference's architecture exactly (its own logits and greedy
 rollouts on the fixture in tests/reference_ckpt/), and its fast paths against slow references."""
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 
+import batches
+import dataset
 import decode
 import model
-from conftest import ROOT
+from checkpoint_store import load_checkpoint
+from conftest import ROOT, make_toy_dataset, run_cli
 from dataset import BOS, EOS
 from encdec import SIZES, EncDecConfig, EncoderDecoder, ffn_width, from_reference, reference_keys
 
@@ -167,3 +174,123 @@ def test_sizes_follow_the_reference():
         assert (cfg.d_model, cfg.n_layer, cfg.n_head) == (cfg.enc_d_model, cfg.enc_n_layer, cfg.enc_n_head) == (d, n, h)
     assert [ffn_width(d) for d in (192, 384, 768, 1152)] == [512, 1024, 2048, 3072]
     assert set(SIZES) == set(model.SIZES)
+
+
+# --- training, resuming, sampling a run end to end ----------------------------------------------
+
+FAST = ["--train-name", "toy.copy", "--arch", "encdec", "--model-size", "tiny", "--warmup-steps", "5", "--lr", "1e-3",
+        "--log-interval", "5", "--eval-interval", "20", "--checkpoint-interval", "10", "--num-test-sequences", "16"]
+
+
+def test_collate_gives_the_reference_layout_and_the_same_loss_tokens():
+    """An encoder-decoder's batch: the prompt `<bos> prompt <eos>`, the response `<bos> trace plan`
+    predicting `trace plan <eos>`: the tokens the decoder-only layout takes a loss on, in order."""
+    data = type("Split", (), {})()
+    g = np.random.default_rng(0)
+    parts = {p: [g.integers(4, 20, n).astype(np.uint16) for n in ns] for p, ns in
+             (("prompt", (3, 6)), ("trace", (5, 2)), ("plan", (2, 4)))}
+    data.flat = {p: np.concatenate(v) for p, v in parts.items()}
+    data.lens = {p: np.array([len(a) for a in v]) for p, v in parts.items()}
+    data.offsets = lambda p: np.concatenate([[0], np.cumsum(data.lens[p])[:-1]])
+    dec, enc = (batches.Sequences.build(data, [0, 1], False, arch) for arch in ("decoder", "encdec"))
+    x, y, plan = dec.collate([0, 1])
+    (ex, src, mask), ey, eplan = enc.collate([0, 1])
+    for i in range(2):
+        p = parts["prompt"][i]
+        assert src[i][mask[i]].tolist() == [BOS, *p.tolist(), EOS]
+        assert ey[i][ey[i] >= 0].tolist() == y[i][y[i] >= 0].tolist()
+        assert eplan[i][ey[i] >= 0].tolist() == plan[i][y[i] >= 0].tolist()
+        assert ex[i][ey[i] >= 0].tolist() == [BOS, *ey[i][ey[i] >= 0][:-1].tolist()]  # teacher forcing
+    assert enc.bucket_lengths.sum(1).tolist() == dec.lengths.tolist()
+
+
+def test_token_budget_counts_prompt_and_response_padding():
+    """Two parts padded each on its own: a share's padded tokens are rows x (longest prompt + longest
+    response), within the budget, even where the longest sum is smaller."""
+    g = np.random.default_rng(1)
+    parts = np.stack([g.integers(2, 40, 500), g.integers(2, 40, 500)], 1)
+    for budget in (60, 200):
+        for batch in batches.epoch_batches(parts, 0, 0, 1, 2, budget):
+            for share in (batch[0::2], batch[1::2]):
+                assert len(share) == 1 or len(share) * parts[share].max(0).sum() <= budget
+
+
+def weights(store, run_id):
+    return load_checkpoint(store, run_id)["model"]
+
+
+def test_kill_and_resume_equals_uninterrupted(store, pauses):
+    """An encoder-decoder run with a token budget and model selection, killed after its step-35 log
+    (checkpoint at 30) and relaunched, ends bit-exact with an uninterrupted one."""
+    make_toy_dataset(store.db)
+    args = [*FAST, "--train-steps", "40", "--seed", "3", "--batch-tokens", "120", "--patience", "3",
+            "--eval-interval", "10"]
+    r = run_cli("train.py", "single", "--run-id", "straight", *args)
+    assert "model tiny encdec" in r.stdout and "best step" in r.stdout
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env("step-35")})
+    pauses.wait("step-35", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert store.get_run("killed")["checkpoint"]["step"] == 30
+    store.runs.update_one({"_id": "killed"}, {"$set": {"lease.expires": 0}})  # as if its lease had run out
+    r = run_cli("train.py", "single", "--run-id", "killed", *args)
+    assert "resuming killed from step 30" in r.stdout
+    a, b = weights(store, "straight"), weights(store, "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert "encoder.blocks.0.attn.qkv.weight" in a
+    logs = lambda run: [(x["split"], x["step"], x["loss"]) for x in store.get_logs(run)]  # noqa: E731
+    assert logs("straight") == logs("killed")
+
+
+def test_arch_is_refused_on_continuing_a_run_of_the_other(store):
+    make_toy_dataset(store.db)
+    dec = [a for a in FAST if a not in ("--arch", "encdec")]
+    run_cli("train.py", "single", "--run-id", "dec", *dec, "--train-steps", "5")
+    r = run_cli("train.py", "single", "--run-id", "dec", "--arch", "encdec", check=False)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1
+    assert "'dec' is a decoder run" in r.stderr and "--arch encdec" in r.stderr
+    assert store.get_run("dec")["config"]["arch"] == "decoder"
+    out = run_cli("admin.py", "show", "--run-id", "dec").stdout
+    assert any(line.split() == ["arch", "decoder"] for line in out.splitlines())
+
+
+def test_two_processes_equal_one_and_start_from(store):
+    """DDP under torchrun equals one process on the same global batch; a run starts from another's
+    checkpoint, and a decoder-only run cannot start from an encoder-decoder's."""
+    make_toy_dataset(store.db)
+    common = [*FAST, "--train-steps", "10", "--seed", "1"]
+    run_cli("train.py", "single", "--run-id", "e1", *common, "--batch-size", "8")
+    run_cli("train.py", "single", "--run-id", "e2", *common, "--batch-size", "4", nproc=2)
+    a, b = weights(store, "e1"), weights(store, "e2")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+    run_cli("train.py", "single", "--run-id", "e3", *common, "--start-checkpoint", "e1", "--train-steps", "5")
+    assert store.get_run("e3")["status"] == "finished"
+    dec = [x for x in common if x not in ("--arch", "encdec")]
+    r = run_cli("train.py", "single", "--run-id", "d1", *dec, "--start-checkpoint", "e1", check=False)
+    assert r.returncode == 1 and "another model" in r.stderr and store.get_run("d1") is None
+
+
+def test_eval_samples_scores_and_bootstraps_an_encdec_run_on_tiny_mazes(store):
+    maze = "maze.10-by-10-deterministic.simple"
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "8", "--chunk", "2", "--workers", "1")
+    r = run_cli("train.py", "single", "--run-id", "ed", "--train-name", maze, "--arch", "encdec", "--model-size", "tiny",
+                "--warmup-steps", "2", "--lr", "1e-3", "--log-interval", "5", "--eval-interval", "5",
+                "--checkpoint-interval", "5", "--num-test-sequences", "8", "--batch-size", "4", "--train-steps", "5",
+                "--eval-tasks", "3", "--patience", "2")
+    assert "of 3 tasks" in r.stdout and store.get_logs("ed", "test")[-1]["rollout_tasks"] == 3
+    args = ["eval.py", "--run-id", "ed", "--num-tasks", "3", "--samples", "2", "--max-tokens", "60"]
+    out = run_cli(*args, "--scoring", "reference").stdout
+    assert "0 stored, 6 to generate" in out and "optimal %" in out and "(reference scoring)" in out
+    assert "6 stored, 0 to generate" in run_cli(*args, "--checkpoint", "latest").stdout
+    assert "0 stored, 6 to generate" in run_cli(*args, "--checkpoint", "best").stdout
+    out = run_cli("eval.py", "--run-id", "ed", "--num-tasks", "3", "--samples", "1", "--temperature", "0",
+                  "--max-tokens", "60", "--prefix-len", "7").stdout
+    assert "starting after 7 trace tokens" in out
+    test = dataset.load_split(store.db, maze, "test")
+    for d in store.responses.find({"run_id": "ed", "pkey": {"$regex": "prefix_len"}}):
+        row = int(np.flatnonzero(test.ids == d["task"])[0])
+        assert np.array_equal(np.frombuffer(d["tokens"], dataset.DTYPE)[:7], test.get(row, "trace")[:7])
+    r = run_cli("eval.py", "bootstrap", "--run-id", "ed", "--num-tasks", "6", "--samples", "1", "--max-tokens", "60")
+    assert "6 train sequences" in r.stdout and len(dataset.load_split(store.db, "bootstrap.ed", "train").ids) == 6
