@@ -17,7 +17,7 @@ import model
 from checkpoint_store import load_checkpoint
 from conftest import ROOT, make_toy_dataset, run_cli
 from dataset import BOS, EOS
-from encdec import SIZES, EncDecConfig, EncoderDecoder, ffn_width, from_reference, reference_keys
+from encdec import REFERENCE_NAMES, SIZES, EncDecConfig, EncoderDecoder, ffn_width, from_reference, reference_keys
 
 FIXTURE = ROOT / "tests" / "reference_ckpt" / "maze-enc-s-dec-s.json"
 
@@ -294,3 +294,15 @@ def test_eval_samples_scores_and_bootstraps_an_encdec_run_on_tiny_mazes(store):
         assert np.array_equal(np.frombuffer(d["tokens"], dataset.DTYPE)[:7], test.get(row, "trace")[:7])
     r = run_cli("eval.py", "bootstrap", "--run-id", "ed", "--num-tasks", "6", "--samples", "1", "--max-tokens", "60")
     assert "6 train sequences" in r.stdout and len(dataset.load_split(store.db, "bootstrap.ed", "train").ids) == 6
+
+
+@pytest.mark.parametrize("name,enc", [("small", (192, 3, 6)), ("medium", (384, 4, 8)), ("large", (768, 4, 9))])
+def test_a_reference_sweep_entry_trains_at_the_sizes_it_names(name, enc):
+    """`train.py sweep --arch encdec` on a reference sweep file: the encoder and decoder it names."""
+    path = ROOT / f"config/sweep/maze_sweep_rep_det_{name}.json"
+    entry = json.loads(path.read_text())[0]
+    r = run_cli("train.py", "sweep", "--sweep", path, "--index", "0", "--arch", "encdec", "--dry-run")
+    cfg = json.loads(r.stdout)
+    assert cfg["arch"] == "encdec" and REFERENCE_NAMES[cfg["model_size"]] == (entry["encoder"], entry["decoder"])
+    assert SIZES[cfg["model_size"]] == (enc, enc)
+    assert json.loads(run_cli("train.py", "sweep", "--sweep", path, "--index", "0", "--dry-run").stdout)["arch"] == "decoder"
