@@ -34,7 +34,7 @@ import torch
 
 import dataset
 from dataset import EOS
-from encdec import CrossKV
+from encdec import CrossKVPool
 
 GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 MIX1, MIX2 = -4658895280553007687, -7723592293110705685  # splitmix64 multipliers as int64
@@ -150,73 +150,6 @@ class Lane:
         self.n = m
 
 
-class Memory:
-    """The cross-attention keys and values of the prompts being decoded (an encoder-decoder): the
-    encoder runs once per prompt when its first rows join, its keys and values are kept once, in a
-    slot that every row of the prompt reads (Lane.mem), and the slot is freed when its last row
-    finishes. Slots double when they run out."""
-
-    def __init__(self, model, sources, dtype):
-        self.model, self.sources, self.dtype = model, sources, dtype
-        self.S = max(len(s) for s in sources)  # the longest prompt
-        self.slot, self.refs, self.free = {}, {}, []  # prompt -> slot, prompt -> rows not finished, free slots
-        self.kv = self.grown(0)
-
-    def grown(self, n):
-        """A CrossKV of n slots holding the current slots' keys and values."""
-        cfg, device = self.model.cfg, self.model.head.weight.device
-        shape = (cfg.n_layer, cfg.n_head, n, self.S, cfg.d_model // cfg.n_head)
-        kv = CrossKV(torch.zeros(shape, dtype=self.dtype, device=device), torch.zeros(shape, dtype=self.dtype, device=device),
-                     torch.zeros(n, self.S, dtype=torch.bool, device=device))
-        if n and self.kv.valid.size(0):
-            old = self.kv.valid.size(0)
-            kv.k[:, :, :old], kv.v[:, :, :old], kv.valid[:old] = self.kv.k, self.kv.v, self.kv.valid
-        return kv
-
-    def nbytes(self):
-        return self.kv.nbytes()
-
-    def add(self, prompts, rows, autocast):
-        """Rows join, rows[u] of them for prompts[u]: a prompt with no slot is encoded into one (one
-        encoder pass for all of them). Returns the prompts' keys and values as a CrossKV whose row u
-        reads prompts[u] (for the prefill)."""
-        new = [p for p in prompts if p not in self.slot]
-        for p, n in zip(prompts, rows):
-            self.refs[p] = self.refs.get(p, 0) + n
-        if new:
-            self.encode(new, autocast)
-        return self.kv.rows(torch.as_tensor([self.slot[p] for p in prompts], device=self.kv.k.device))
-
-    def encode(self, prompts, autocast):
-        n = self.kv.valid.size(0)
-        if len(self.free) < len(prompts):
-            size = max(1, n)
-            while size - n + len(self.free) < len(prompts):
-                size *= 2
-            self.kv, self.free = self.grown(size), self.free + list(range(n, size))
-        device = self.kv.k.device
-        S = max(len(self.sources[p]) for p in prompts)
-        src = torch.zeros(len(prompts), S, dtype=torch.long)  # right-padded, the padding masked
-        for u, p in enumerate(prompts):
-            src[u, :len(self.sources[p])] = torch.as_tensor(np.asarray(self.sources[p], np.int64))
-        valid = (torch.arange(S)[None] < torch.tensor([len(self.sources[p]) for p in prompts])[:, None]).to(device)
-        with autocast:
-            chunk = self.model.cross_kv(self.model.encode(src.to(device), valid), valid)  # k, v (L, H, u, S, hd)
-        for p in prompts:
-            self.slot[p] = self.free.pop(0)
-        d = torch.as_tensor([self.slot[p] for p in prompts], device=device)
-        self.kv.k[:, :, d, :S], self.kv.v[:, :, d, :S] = chunk.k.to(self.dtype), chunk.v.to(self.dtype)
-        self.kv.valid[d] = False
-        self.kv.valid[d, :S] = valid
-
-    def release(self, prompt):
-        """A row of this prompt finished; the last one frees its slot."""
-        self.refs[prompt] -= 1
-        if not self.refs[prompt]:
-            self.free.append(self.slot.pop(prompt))
-            del self.refs[prompt]
-
-
 def memory_budget(device):
     """Bytes the caches may take: half of what is free now. On CUDA the memory that PyTorch's caching
     allocator holds unused counts as free (inside training it still holds the freed activations)."""
@@ -276,7 +209,7 @@ class Engine:
         self.dtype = dtype or model.head.weight.dtype
         self.memory = memory or memory_budget(self.device)
         self.src = src  # the prompt of each caller row
-        self.cross = None if sources is None else Memory(model, sources, self.dtype)  # an encoder-decoder's
+        self.cross = None if sources is None else CrossKVPool(model, sources, self.dtype)  # an encoder-decoder's
         top = max_prompt - 1 + max_tokens  # the last position a row can reach
         caps = [min(first_capacity(max_prompt), top)]
         while caps[-1] < top:
@@ -457,6 +390,9 @@ class Engine:
             extra = {}
             if self.cross is not None:  # the encoder, once per prompt: its keys and values for every row
                 extra["memory"] = self.cross.add(chunk, [len(by_prompt[p]) for p in chunk], self.autocast)
+                if self.step is not decode_step and self.device.type == "cuda":  # CUDA graphs: fixed addresses
+                    for t in (self.cross.kv.k, self.cross.kv.v, self.cross.kv.valid):
+                        torch._dynamo.mark_static_address(t)
                 lane.mem[d] = torch.as_tensor([self.cross.slot[chunk[u]] for u, _, _ in pairs], device=self.device)
             if P > 0:
                 idx = torch.full((len(chunk), P), dataset.PAD, dtype=torch.long)  # right-padded: causal, so harmless

@@ -15,6 +15,7 @@ once per prompt, and read by every row (sample) of that prompt through its index
 """
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -207,6 +208,73 @@ class CrossKV:
             return y.transpose(0, 2)  # (B, H, 1, hd)
         kr, vr = (t.index_select(1, self.index).transpose(0, 1) for t in (k, v))  # (B, H, S, hd)
         return F.scaled_dot_product_attention(q, kr, vr, attn_mask=self.valid[self.index][:, None, None, :])
+
+
+class CrossKVPool:
+    """The cross-attention keys and values of the prompts being decoded (an encoder-decoder): the
+    encoder runs once per prompt when its first rows join, its keys and values are kept once, in a
+    slot that every row of the prompt reads (Lane.mem), and the slot is freed when its last row
+    finishes. Slots double when they run out."""
+
+    def __init__(self, model, sources, dtype):
+        self.model, self.sources, self.dtype = model, sources, dtype
+        self.S = max(len(s) for s in sources)  # the longest prompt
+        self.slot, self.refs, self.free = {}, {}, []  # prompt -> slot, prompt -> rows not finished, free slots
+        self.kv = self.grown(0)
+
+    def grown(self, n):
+        """A CrossKV of n slots holding the current slots' keys and values."""
+        cfg, device = self.model.cfg, self.model.head.weight.device
+        shape = (cfg.n_layer, cfg.n_head, n, self.S, cfg.d_model // cfg.n_head)
+        kv = CrossKV(torch.zeros(shape, dtype=self.dtype, device=device), torch.zeros(shape, dtype=self.dtype, device=device),
+                     torch.zeros(n, self.S, dtype=torch.bool, device=device))
+        if n and self.kv.valid.size(0):
+            old = self.kv.valid.size(0)
+            kv.k[:, :, :old], kv.v[:, :, :old], kv.valid[:old] = self.kv.k, self.kv.v, self.kv.valid
+        return kv
+
+    def nbytes(self):
+        return self.kv.nbytes()
+
+    def add(self, prompts, rows, autocast):
+        """Rows join, rows[u] of them for prompts[u]: a prompt with no slot is encoded into one (one
+        encoder pass for all of them). Returns the prompts' keys and values as a CrossKV whose row u
+        reads prompts[u] (for the prefill)."""
+        new = [p for p in prompts if p not in self.slot]
+        for p, n in zip(prompts, rows):
+            self.refs[p] = self.refs.get(p, 0) + n
+        if new:
+            self.encode(new, autocast)
+        return self.kv.rows(torch.as_tensor([self.slot[p] for p in prompts], device=self.kv.k.device))
+
+    def encode(self, prompts, autocast):
+        n = self.kv.valid.size(0)
+        if len(self.free) < len(prompts):
+            size = max(1, n)
+            while size - n + len(self.free) < len(prompts):
+                size *= 2
+            self.kv, self.free = self.grown(size), self.free + list(range(n, size))
+        device = self.kv.k.device
+        S = max(len(self.sources[p]) for p in prompts)
+        src = torch.zeros(len(prompts), S, dtype=torch.long)  # right-padded, the padding masked
+        for u, p in enumerate(prompts):
+            src[u, :len(self.sources[p])] = torch.as_tensor(np.asarray(self.sources[p], np.int64))
+        valid = (torch.arange(S)[None] < torch.tensor([len(self.sources[p]) for p in prompts])[:, None]).to(device)
+        with autocast:
+            chunk = self.model.cross_kv(self.model.encode(src.to(device), valid), valid)  # k, v (L, H, u, S, hd)
+        for p in prompts:
+            self.slot[p] = self.free.pop(0)
+        d = torch.as_tensor([self.slot[p] for p in prompts], device=device)
+        self.kv.k[:, :, d, :S], self.kv.v[:, :, d, :S] = chunk.k.to(self.dtype), chunk.v.to(self.dtype)
+        self.kv.valid[d] = False
+        self.kv.valid[d, :S] = valid
+
+    def release(self, prompt):
+        """A row of this prompt finished; the last one frees its slot."""
+        self.refs[prompt] -= 1
+        if not self.refs[prompt]:
+            self.free.append(self.slot.pop(prompt))
+            del self.refs[prompt]
 
 
 class EncoderDecoder(nn.Module):
