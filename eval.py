@@ -18,6 +18,10 @@ the sample index; bf16 autocast on GPU.
 With --prefix-len K a response continues `<bos> prompt <sep>` and the first K tokens of the task's
 stored (A*) trace (all of it when shorter); the response is scored and stored with that prefix.
 
+An encoder-decoder run (train.py --arch encdec) is sampled the same way, its prompt `<bos> prompt
+<eos>` through the encoder once per task, the response from `<bos>` (and the prefix) in the decoder,
+whose cross-attention keys and values are computed once per task and shared by its samples.
+
 Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
 parameters (prefix length and --checkpoint best included), task, sample index), the tokens as
 little-endian uint16 binary. Evaluating again reuses them; an interrupted evaluation resumes by
