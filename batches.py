@@ -117,15 +117,20 @@ def epoch_batches(lengths, seed, epoch, rows, world, token_budget=0, window=64):
         if not token_budget:
             batches += [chunk[i:i + size] for i in range(0, len(chunk) - world + 1, size)]
             continue
-        lens, i = parts[chunk].tolist(), 0  # python ints: this loop sees every sequence
+        cols = parts[chunk].T.tolist()  # python ints: this loop sees every sequence
+        i = 0
         while i + world <= len(chunk):
             j = i + world  # grow while each rank's share, padded to the longest, fits the budget
-            top = [max(c) for c in zip(*lens[i:j])]  # the longest of each part so far
-            while j < len(chunk):
-                top = [max(a, b) for a, b in zip(top, lens[j])]
-                if -(-(j + 1 - i) // world) * sum(top) > token_budget:
-                    break
-                j += 1
+            if len(cols) == 1:  # sorted: the last is the longest
+                while j < len(chunk) and -(-(j + 1 - i) // world) * cols[0][j] <= token_budget:
+                    j += 1
+            else:  # the longest of each part so far
+                top = [max(c[i:j]) for c in cols]
+                while j < len(chunk):
+                    grown = [max(t, c[j]) for t, c in zip(top, cols)]
+                    if -(-(j + 1 - i) // world) * sum(grown) > token_budget:
+                        break
+                    top, j = grown, j + 1
             j = i + (j - i) // world * world  # as many rows on every rank: none waits for an extra one
             batches.append(chunk[i:j])
             i = j

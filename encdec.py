@@ -7,7 +7,7 @@ again) and SwiGLU, RMSNorm, output layer. As the reference: interleaved RoPE (pa
 x[..., 1::2]), RMSNorm eps 1e-5, FFN width 2/3 of 4 x width rounded up to a multiple of 256, no
 biases, PyTorch's default initialisation. Two differences, neither changing a result on unpadded
 prompts: the encoder masks the padding of shorter prompts in a batch (the reference's did not, so
-its padded prompts saw padding), and q/k/v and the FFN's two input maps are fused (REFERENCE_KEYS
+its padded prompts saw padding), and q/k/v and the FFN's two input maps are fused (reference_keys
 says which weights they concatenate).
 
 Decoding reads the cross-attention keys and values from a CrossKV: computed once per prompt, kept
