@@ -65,13 +65,13 @@ def fmt_optimal(store, run_id):
 
 def list_all(store, args):
     runs = store.list_runs()
-    print(f"{'run id':40} {'status':11} {'step':>15} {'dataset':38} {'size':4} {'train':>7} {'test':>7} {'opt %':>6}  updated")
+    print(f"{'run id':40} {'status':11} {'step':>15} {'dataset':38} {'arch':7} {'size':4} {'train':>7} {'test':>7} {'opt %':>6}  updated")
     for r in runs:
         cfg = r.get("config", {})
         step = f"{r.get('step', 0)}/{cfg.get('train_steps', '?')}"
         status, age = status_of(r)
         print(f"{r['_id']:40} {status:11} {step:>15} {cfg.get('train_name', '-'):38} "
-              f"{cfg.get('model_size', '-'):4} {fmt_loss(r, 'train'):>7} {fmt_loss(r, 'test'):>7} "
+              f"{cfg.get('arch', 'decoder'):7} {cfg.get('model_size', '-'):4} {fmt_loss(r, 'train'):>7} {fmt_loss(r, 'test'):>7} "
               f"{fmt_optimal(store, r['_id']):>6}  {fmt_time(r.get('updated'))}")
         if r.get("status") == "failed" and r.get("error"):
             print(f"{'':40}   error: {r['error'].splitlines()[0][:100]}")
@@ -89,6 +89,8 @@ def show(store, args):
           f"host {r.get('host', '-')}, updated {fmt_time(r.get('updated'))}")
     for k, v in r["config"].items():
         print(f"  {k:22} {v}")
+    if "arch" not in r["config"]:  # stored before --arch existed: decoder-only (hparams.ADDED)
+        print(f"  {'arch':22} decoder")
     for key in ("train_name", "test_name"):
         name = r["config"].get(key)
         ds = store.db.datasets.find_one({"_id": name}, {"task": 1, "params": 1}) if name else None

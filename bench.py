@@ -6,6 +6,7 @@ checkpoint save and load, and rollouts (naive, the previous engine, decode.py ea
   python bench.py --sections train --size xl --lengths 10000:1.0 --batch-tokens 10000 --variants project
   python bench.py --sections load --dataset maze.10-by-10-deterministic.simple --load-rows 1000000
   python bench.py --sections rollout --threads 1 --rollout-sizes xs,s --rollout-lengths maze10,sokoban
+  python bench.py --sections encdec --encdec-size s --lengths maze10 --batch-tokens 4096   (encdec_bench.py)
 
 Training runs each variant on the same sequences, one step of each in turn (so that a busy machine
 slows them alike), and prints useful (non-padding) tokens per second and the ratio to the first;
@@ -44,6 +45,7 @@ import errors
 import loss
 from checkpoint_store import load_checkpoint, save_checkpoint
 from devices import DEVICE_HELP, parse_device
+from encdec_bench import bench_encdec
 from errors import ConfigError
 from measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
 from model import ModelConfig, Transformer
@@ -392,7 +394,7 @@ def bench_rollout(args, device, rng):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="train,load,checkpoint,rollout", help="comma-separated subset")
+    ap.add_argument("--sections", default="train,load,checkpoint,rollout", help="comma-separated subset (encdec: also available, not by default)")
     ap.add_argument("--size", default="s", help="model size (model.SIZES)")
     ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -425,6 +427,10 @@ def parse_args(argv=None):
     ap.add_argument("--rollout-reps", type=int, default=3, help="interleaved repetitions (medians are shown)")
     ap.add_argument("--rollout-every", type=int, default=8, help="decode steps between collections")
     ap.add_argument("--rollout-profile", action="store_true", help="also profile one run of each variant")
+    ap.add_argument("--encdec-size", default="s", help="encdec section: the size both architectures train at")
+    ap.add_argument("--encdec-prompt", type=int, default=90, help="encdec section: the sampled prompt's tokens")
+    ap.add_argument("--encdec-samples", type=int, default=64, help="encdec section: samples of that prompt")
+    ap.add_argument("--encdec-tokens", type=int, default=32, help="encdec section: tokens each sample generates")
     ap.add_argument("--naive-rows", type=int, default=8)
     ap.add_argument("--naive-tokens", type=int, default=32)
     args = ap.parse_args(argv)
@@ -445,7 +451,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     sections = args.sections.split(",")
     for s in sections:
-        if s not in ("train", "load", "checkpoint", "rollout"):
+        if s not in ("train", "load", "checkpoint", "rollout", "encdec"):
             raise SystemExit(f"unknown section {s!r}")
     if "train" in sections:
         bench_train(args, device, rng)
@@ -455,6 +461,8 @@ def main(argv=None):
         bench_checkpoint(args, device)
     if "rollout" in sections:
         bench_rollout(args, device, rng)
+    if "encdec" in sections:
+        bench_encdec(args, device, rng)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,21 @@ from batches import Batcher
 from errors import CheckpointError
 from hparams import TrainConfig, shown
 from loss import STATS
+from encdec import EncDecConfig, EncoderDecoder
 from model import ModelConfig, Transformer
+
+ARCHS = {"decoder": (ModelConfig, Transformer), "encdec": (EncDecConfig, EncoderDecoder)}  # hparams' arch
+
+
+def model_config(arch, size, vocab_size):
+    """The model configuration of an architecture's named size."""
+    return ARCHS[arch][0].from_size(size, vocab_size)
+
+
+def model_from_config(d):
+    """A fresh model from a checkpoint's model_config (its keys tell the architecture)."""
+    config, net = ARCHS["encdec" if "enc_n_layer" in d else "decoder"]
+    return net(config(**d))
 
 
 def make_optimizer(model, cfg, device):
@@ -44,7 +58,7 @@ def start_from(model, opt, init, cfg):
 def build(cfg, vocab_size, device):
     """A run's model, optimizer and LR schedule, fresh: what a checkpoint's states are loaded into."""
     torch.manual_seed(cfg.seed)
-    model = Transformer(ModelConfig.from_size(cfg.model_size, vocab_size)).to(device)
+    model = ARCHS[cfg.arch][1](model_config(cfg.arch, cfg.model_size, vocab_size)).to(device)
     opt = make_optimizer(model, cfg, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s) / cfg.lr)
     return model, opt, sched
@@ -115,7 +129,7 @@ def check_resumable(ck):
         raise ValueError("vocabulary must be a list of token strings")
     model, opt, sched = build(cfg, len(vocab), torch.device("cpu"))
     if ck["model_config"] != model.cfg.to_dict():
-        raise ValueError(f"model_config does not match model size {cfg.model_size!r} with {len(vocab)} tokens")
+        raise ValueError(f"model_config does not match model size {cfg.model_size!r} ({cfg.arch}) with {len(vocab)} tokens")
     if "world_size" in ck and (type(ck["world_size"]) is not int or ck["world_size"] < 1):
         raise ValueError(f"bad world_size {shown(ck['world_size'])}")
     restore(ck, model, opt, sched, Batcher(None, cfg, ck.get("world_size", 1)), torch.zeros(STATS, dtype=torch.float64))

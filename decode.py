@@ -34,6 +34,7 @@ import torch
 
 import dataset
 from dataset import EOS
+from encdec import CrossKVPool
 
 GOLDEN = -7046029254386353131  # 0x9E3779B97F4A7C15 as int64
 MIX1, MIX2 = -4658895280553007687, -7723592293110705685  # splitmix64 multipliers as int64
@@ -60,18 +61,20 @@ def gumbel(key, pos, vocab):
     return (-torch.log(-torch.log(u))).float()
 
 
-def decode_step(model, cache, seq, pos, stop, live, eos, noise, temperature):
+def decode_step(model, cache, seq, pos, stop, live, eos, noise, temperature, memory=None):
     """One token for every running row of a lane, all on the device, in place.
 
     seq (B, C + 2) tokens by position (column C + 1 is scratch); pos (B,) position of each row's
     last token, whose keys are not cached yet; stop (B,) the position of a row's last allowed token;
     live (B,) still generating; eos (B,) ended with <eos>; noise (B, V) Gumbel noise (None when
-    greedy). A live row at pos == C is full: it waits for the host to move it to a larger lane."""
+    greedy); memory the rows' cross-attention keys and values (an encoder-decoder). A live row at
+    pos == C is full: it waits for the host to move it to a larger lane."""
     C = seq.size(1) - 2
     run = live & (pos < C)  # (B,)
     at = torch.where(run, pos, C)  # (B,) rows not running write to the scratch position
     tok = seq.gather(1, at[:, None])  # (B, 1)
-    logits = model(tok, pos=at[:, None], cache=cache)[:, -1].float()  # (B, V)
+    extra = {} if memory is None else {"memory": memory}
+    logits = model(tok, pos=at[:, None], cache=cache, **extra)[:, -1].float()  # (B, V)
     if noise is not None:
         logits = logits / temperature + noise  # Gumbel-max: a sample of softmax(logits / T)
     nxt = logits.argmax(-1)  # (B,)
@@ -93,7 +96,7 @@ class Lane:
         self.capacity, self.dtype = capacity, dtype
         self.cache = model.new_cache(slots, capacity + 1, dtype, storage)  # + scratch position
         self.seq = torch.zeros(slots, capacity + 2, dtype=torch.long, device=device)
-        self.pos, self.stop, self.key = (torch.zeros(slots, dtype=torch.long, device=device) for _ in range(3))
+        self.pos, self.stop, self.key, self.mem = (torch.zeros(slots, dtype=torch.long, device=device) for _ in range(4))
         self.live, self.eos = (torch.zeros(slots, dtype=torch.bool, device=device) for _ in range(2))
         self.row = np.full(slots, -1)  # caller's row per slot, -1 = free
         self.n = 0  # rows sit in slots [0, n) (between collections, finished ones too)
@@ -106,7 +109,7 @@ class Lane:
         return len(self.row)
 
     def tensors(self):
-        return self.cache, self.seq, self.pos, self.stop, self.key, self.live, self.eos
+        return self.cache, self.seq, self.pos, self.stop, self.key, self.mem, self.live, self.eos
 
     def nbytes(self):
         return sum(t.numel() * t.element_size() for t in (self.cache.storage, self.seq))
@@ -184,12 +187,14 @@ def next_capacity(capacity):
     return -(-3 * capacity // 32) * 16
 
 
-def auto_batch_size(cfg, prompt_len, device, dtype=None, memory=None):
+def auto_batch_size(cfg, prompt_len, device, dtype=None, memory=None, source_len=0):
     """Rows decoding at once: the first lane takes at most a quarter of the memory budget; at most
-    256 on CPU (the weights of models that fit there stay in cache already) and 1024 on GPU."""
+    256 on CPU (the weights of models that fit there stay in cache already) and 1024 on GPU.
+    source_len: an encoder-decoder's longest prompt, whose cross-attention keys and values a row
+    may hold alone (one sample per prompt)."""
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     memory = memory or memory_budget(device)
-    rows = memory // 4 // (bytes_per_token(cfg, dtype) * (first_capacity(prompt_len) + 1))
+    rows = memory // 4 // (bytes_per_token(cfg, dtype) * (first_capacity(prompt_len) + 1 + source_len))
     return int(max(1, min(256 if device.type == "cpu" else 1024, rows)))
 
 
@@ -197,12 +202,14 @@ class Engine:
     """The decoding state of one `generate` call: lanes, the (compiled) step, the prefill."""
 
     def __init__(self, model, max_prompt, max_tokens, temperature, batch_size, memory, autocast, dtype, compile,
-                 every):
+                 every, sources=None, src=None):
         self.model, self.temperature, self.batch_size, self.every = model, temperature, batch_size, every
         self.device = model.head.weight.device
         self.autocast = autocast or contextlib.nullcontext()
         self.dtype = dtype or model.head.weight.dtype
         self.memory = memory or memory_budget(self.device)
+        self.src = src  # the prompt of each caller row
+        self.cross = None if sources is None else CrossKVPool(model, sources, self.dtype)  # an encoder-decoder's
         top = max_prompt - 1 + max_tokens  # the last position a row can reach
         caps = [min(first_capacity(max_prompt), top)]
         while caps[-1] < top:
@@ -220,8 +227,10 @@ class Engine:
         self.lanes = [self.new_lane(batch_size, caps[0])] + [None] * (len(caps) - 1)
 
     def held(self):
-        """Bytes of the open lanes (spares are not counted: they are freed before new memory is taken)."""
-        return sum(lane.nbytes() for lane in self.lanes if lane is not None)
+        """Bytes of the open lanes and the cross-attention keys and values (spares are not counted: they
+        are freed before new memory is taken)."""
+        cross = 0 if self.cross is None else self.cross.nbytes()
+        return cross + sum(lane.nbytes() for lane in self.lanes if lane is not None)
 
     def slot_bytes(self, capacity):
         """Bytes of one slot of a lane: its cache and its tokens."""
@@ -274,6 +283,7 @@ class Engine:
         busy = [lane for lane in self.lanes if lane is not None and lane.running]
         rows = [lane.slots if self.compiled else lane.n for lane in busy]  # compiled: one shape
         views = [lane.view(b) for lane, b in zip(busy, rows)]
+        cross = [None if self.cross is None else self.cross.kv.rows(lane.mem[:b]) for lane, b in zip(busy, rows)]
         noise = [None] * len(busy)
         if self.temperature > 0:  # a running row feeds positions pos, pos + 1, ...: all its noise at once
             for k, (lane, b) in enumerate(zip(busy, rows)):  # (hashed outside the compiled step: inductor
@@ -282,11 +292,11 @@ class Engine:
         self.slot_steps += steps * sum(rows)
         with self.autocast:
             for j in range(steps):
-                for lane, (cache, seq, pos, stop, live, eos), z in zip(busy, views, noise):
+                for lane, (cache, seq, pos, stop, live, eos), z, kv in zip(busy, views, noise, cross):
                     if self.trim:  # attend only up to the furthest running row
                         cache.window = min(lane.capacity + 1, -(-(lane.high + j + 1) // 32) * 32)
                     self.step(self.model, cache, seq, pos, stop, live, eos, None if z is None else z[:, j],
-                              self.temperature)
+                              self.temperature, kv)
 
     def collect(self):
         """Finished rows as [(row, ids, eos)], freeing their slots; full rows move up a lane; larger
@@ -313,6 +323,9 @@ class Engine:
                 for k, s in enumerate(done):
                     finished.append((int(lane.row[s]), seqs[k, lane.start[s]:pos[s] + 1].astype(dataset.DTYPE),
                                      bool(eos[s])))
+                if self.cross is not None:  # the last row of a prompt frees its keys and values
+                    for s in done:
+                        self.cross.release(self.src[lane.row[s]])
                 lane.row[done] = -1
             # rows that would fill the lane before the next collection move up now, so none idles
             full = np.flatnonzero(used & live & (pos + self.every >= lane.capacity)) if i + 1 < len(self.lanes) else []
@@ -353,7 +366,7 @@ class Engine:
         up.cache.k[:, d, :, n:] = 0  # masked positions must hold finite numbers
         up.cache.v[:, d, :, n:] = 0
         up.seq[d, :n + 1] = lane.seq[s, :n + 1]
-        for name in ("pos", "stop", "key", "live", "eos"):
+        for name in ("pos", "stop", "key", "mem", "live", "eos"):
             getattr(up, name)[d] = getattr(lane, name)[s]
         lane.live[s] = False
         up.row[dst], up.start[dst] = lane.row[src], lane.start[src]
@@ -374,13 +387,21 @@ class Engine:
             P = max(len(prompts[p]) for p in chunk) - 1  # the last prompt token is the first decode step's input
             pairs = [(u, r, s) for u, p in enumerate(chunk) for r, s in by_prompt[p]]
             d = torch.as_tensor([s for _, _, s in pairs], device=self.device)
+            extra = {}
+            if self.cross is not None:  # the encoder, once per prompt: its keys and values for every row
+                extra["memory"] = self.cross.add(chunk, [len(by_prompt[p]) for p in chunk], self.autocast)
+                if self.step is not decode_step and self.device.type == "cuda":  # CUDA graphs: fixed addresses
+                    for t in (self.cross.kv.k, self.cross.kv.v, self.cross.kv.valid):
+                        torch._dynamo.mark_static_address(t)
+                lane.mem[d] = torch.as_tensor([self.cross.slot[chunk[u]] for u, _, _ in pairs], device=self.device)
             if P > 0:
                 idx = torch.full((len(chunk), P), dataset.PAD, dtype=torch.long)  # right-padded: causal, so harmless
                 for u, p in enumerate(chunk):
                     idx[u, :len(prompts[p]) - 1] = torch.as_tensor(np.asarray(prompts[p][:-1], np.int64))
                 pre = self.model.new_cache(len(chunk), P, self.dtype)
                 with self.autocast:
-                    self.model(idx.to(self.device), cache=pre, keep=torch.zeros(1, dtype=torch.long, device=self.device))
+                    self.model(idx.to(self.device), cache=pre, keep=torch.zeros(1, dtype=torch.long, device=self.device),
+                               **extra)
                 u = torch.as_tensor([u for u, _, _ in pairs], device=self.device)
                 lane.cache.k[:, d, :, :P] = pre.k[:, u]
                 lane.cache.v[:, d, :, :P] = pre.v[:, u]
@@ -405,19 +426,20 @@ class Engine:
 
 @torch.no_grad()
 def generate(model, prompts, src, max_tokens, temperature=0.0, seed=0, keys=None, batch_size=64, memory=None,
-             autocast=None, cache_dtype=None, compile=False, every=8):
+             autocast=None, cache_dtype=None, compile=False, every=8, sources=None):
     """Yield (i, ids, eos) as row i finishes (see the module's docstring). keys: an int per row
     that, with seed, fixes its random stream (default: i); batch_size: slots of the first lane,
     kept full while rows wait (rows that outgrow it move to larger lanes of up to as many slots);
     memory: bytes the larger lanes may grow to (default half the free memory); every: decode steps
-    between collections of finished rows."""
+    between collections of finished rows; sources: an encoder-decoder's prompts (token ids, e.g.
+    `<bos> prompt <eos>`), one per entry of prompts, which are then the decoder's starts (`<bos>`...)."""
     if max_tokens < 1:
         raise ValueError("max_tokens must be at least 1")
     if not len(src):
         return
     keys = list(range(len(src))) if keys is None else keys
     eng = Engine(model, max(len(prompts[s]) for s in set(src)), max_tokens, temperature, batch_size, memory,
-                 autocast, cache_dtype, compile, every)
+                 autocast, cache_dtype, compile, every, sources, src)
     waiting = collections.deque(range(len(src)))
     while True:
         yield from eng.collect()

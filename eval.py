@@ -18,6 +18,10 @@ the sample index; bf16 autocast on GPU.
 With --prefix-len K a response continues `<bos> prompt <sep>` and the first K tokens of the task's
 stored (A*) trace (all of it when shorter); the response is scored and stored with that prefix.
 
+An encoder-decoder run (train.py --arch encdec) is sampled the same way, its prompt `<bos> prompt
+<eos>` through the encoder once per task, the response from `<bos>` (and the prefix) in the decoder,
+whose cross-attention keys and values are computed once per task and shared by its samples.
+
 Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
 parameters (prefix length and --checkpoint best included), task, sample index), the tokens as
 little-endian uint16 binary. Evaluating again reuses them; an interrupted evaluation resumes by
@@ -75,11 +79,11 @@ from pymongo.errors import BulkWriteError
 import devices
 import errors
 from bootstrap import shortest_optimal, write_bootstrap
+from checkpoint import model_from_config
 from checkpoint_store import load_checkpoint
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, new_by_task, print_table, score, summarize
-from model import ModelConfig, Transformer
 from rollouts import MAX_TOKENS, Opts, batch_size_for, reportable_tasks, rollouts
 from store import check_checkpoint, check_name, connect, now
 
@@ -185,7 +189,7 @@ def load_model(store, run_id, device, which="latest"):
                          f"(and only after their first evaluation); use --checkpoint latest")
     if ck is None:
         raise StoreError(f"run {run_id!r} has no checkpoint yet")
-    model = Transformer(ModelConfig(**ck["model_config"]))
+    model = model_from_config(ck["model_config"])
     model.load_state_dict(ck.pop("model"))
     ck.pop("optimizer", None)
     return model.to(device).eval(), ck

@@ -13,7 +13,8 @@ from model import SIZES
 class TrainConfig:
     train_name: str = "maze.10-by-10-deterministic.simple"
     test_name: str = ""  # empty: same as train_name
-    model_size: str = "s"
+    arch: str = "decoder"  # the card's decoder-only Transformer, or "encdec": the reference's encoder-decoder
+    model_size: str = "s"  # encdec: s, m, l, xl are the reference's enc-s/dec-s, enc-m-s/dec-m-s, enc-l/dec-l, enc-xl-2/dec-xl-2
     plan_only: bool = False  # train on prompt then plan, without the trace
     batch_size: int = 8  # sequences per process per micro-step (global = batch x world size)
     batch_tokens: int = 0  # > 0: instead, as many sequences as fit this many padded tokens per process
@@ -115,9 +116,9 @@ class TrainConfig:
 
 
 # the values a string hyper-parameter may take
-CHOICES = {"model_size": tuple(SIZES), "lr_schedule": ("cosine", "constant"), "loss_norm": ("sequence", "token"),
+CHOICES = {"arch": ("decoder", "encdec"), "model_size": tuple(SIZES), "lr_schedule": ("cosine", "constant"), "loss_norm": ("sequence", "token"),
            "decay_params": ("all", "matrices"), "start_from": store.CHECKPOINTS}
 
 # the keys added after runs were stored, each with the value a stored config without it trained with
 ADDED = {"eval_samples": 0, "loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0,
-         "start_from": "latest"}
+         "start_from": "latest", "arch": "decoder"}

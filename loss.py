@@ -24,8 +24,8 @@ def loss_terms(model, x, y, plan, autocast, keep=None, loss_norm="token"):
     if keep is None:
         keep = torch.nonzero(y >= 0).squeeze(1)
     y, plan, row = y[keep], plan[keep], keep // T  # (N,)
-    with autocast:
-        logits = model(x, keep=keep)  # (N, V)
+    with autocast:  # x: the tokens, or an encoder-decoder's (response tokens, prompt, prompt mask)
+        logits = model(*x, keep=keep) if isinstance(x, tuple) else model(x, keep=keep)  # (N, V)
     ce = F.cross_entropy(logits.float(), y, reduction="none")  # (N,)
     correct = logits.argmax(-1) == y
     loss = ce.sum() if loss_norm == "token" else (ce / per_row.clamp(min=1)[row]).sum()

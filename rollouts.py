@@ -1,5 +1,6 @@
 """Rollouts of a model on a dataset's tasks: each continues `<bos> prompt <sep>` (and an optional
-prefix of the stored trace) through the sampling engine (decode.py); and the greedy rollout metrics
+prefix of the stored trace) through the sampling engine (decode.py), or for an encoder-decoder the
+response `<bos>` (and the prefix) given the prompt `<bos> prompt <eos>`; and the greedy rollout metrics
 a trainer logs at its evaluations (train.py --eval-tasks) on its validation tasks.
 
 Validation tasks: the last eval_tasks tasks of the run's test split. A trainer selects its best
@@ -13,7 +14,8 @@ import torch.distributed as dist
 
 import decode
 import tasks
-from dataset import BOS, DTYPE, SEP, get_dataset, load_split
+from dataset import BOS, DTYPE, EOS, SEP, get_dataset, load_split
+from encdec import EncoderDecoder
 from metrics import SUM_FIELDS, Checker, score, summarize
 
 # rollout limits of the reference: (task, plan_only) -> tokens
@@ -36,6 +38,13 @@ def prompt_ids(split, row, prefix_len=0):
     return np.concatenate([[BOS], split.get(row, "prompt"), [SEP], prefix]).astype(np.int64)
 
 
+def encdec_ids(split, row, prefix_len=0):
+    """An encoder-decoder's (prompt `<bos> prompt <eos>`, response start `<bos>` and the trace prefix)."""
+    prefix = split.get(row, "trace")[:prefix_len]
+    return (np.concatenate([[BOS], split.get(row, "prompt"), [EOS]]).astype(np.int64),
+            np.concatenate([[BOS], prefix]).astype(np.int64))
+
+
 def rollouts(model, split, pairs, opts, batch_size, device, compile=None):
     """Yield ((row, sample), ids, eos) for (row, sample) pairs of a split, as they finish; with
     opts.prefix_len, ids start with the given trace prefix. A response's random stream depends only
@@ -48,11 +57,15 @@ def rollouts(model, split, pairs, opts, batch_size, device, compile=None):
     cuda = device.type == "cuda"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else None
     keys = [(int(split.ids[r]) << 20) + s for r, s in pairs]
-    for i, ids, eos in decode.generate(model, [prompt_ids(split, r, opts.prefix_len) for r in rows],
-                                       [where[r] for r, _ in pairs], opts.max_tokens, opts.temperature, opts.seed,
-                                       keys, batch_size, autocast=autocast,
+    sources = None
+    if isinstance(model, EncoderDecoder):
+        sources, starts = zip(*(encdec_ids(split, r, opts.prefix_len) for r in rows))
+    else:
+        starts = [prompt_ids(split, r, opts.prefix_len) for r in rows]
+    for i, ids, eos in decode.generate(model, starts, [where[r] for r, _ in pairs], opts.max_tokens, opts.temperature,
+                                       opts.seed, keys, batch_size, autocast=autocast,
                                        cache_dtype=torch.bfloat16 if cuda else None,
-                                       compile=cuda if compile is None else compile):
+                                       compile=cuda if compile is None else compile, sources=sources):
         if opts.prefix_len:  # the response as scored and stored: the given prefix, then what was generated
             ids = np.concatenate([split.get(pairs[i][0], "trace")[:opts.prefix_len], ids]).astype(DTYPE)
         yield pairs[i], ids, eos
@@ -60,7 +73,10 @@ def rollouts(model, split, pairs, opts, batch_size, device, compile=None):
 
 def batch_size_for(model, split, device, prefix_len=0):
     """Rows decoding at once, from the memory available (decode.auto_batch_size)."""
-    return decode.auto_batch_size(model.cfg, int(split.lens["prompt"].max(initial=0)) + 2 + prefix_len, device)
+    prompt = int(split.lens["prompt"].max(initial=0)) + 2
+    if isinstance(model, EncoderDecoder):  # the decoder starts at <bos>; each row may hold a prompt's cross keys
+        return decode.auto_batch_size(model.cfg, 1 + prefix_len, device, source_len=prompt)
+    return decode.auto_batch_size(model.cfg, prompt + prefix_len, device)
 
 
 def reportable_tasks(doc, split, eval_tasks):

@@ -2,7 +2,8 @@
 `run_id(path, index)` the id its run gets when the command line names none.
 
 Keys are TrainConfig's field names, which follow the reference's spelling; the reference's
-`encoder` / `decoder` model names (e.g. `enc-m-s`, `dec-m-s`) map to our `model_size`.
+`encoder` / `decoder` model names (e.g. `enc-m-s`, `dec-m-s`) map to our `model_size`: with arch
+encdec exactly those sizes (encdec.REFERENCE_NAMES), decoder-only of about their parameters.
 Missing keys take TrainConfig's defaults.
 """
 import json
@@ -11,7 +12,7 @@ from pathlib import Path
 from errors import ConfigError, Error
 from hparams import TrainConfig, shown
 
-# reference encoder/decoder names -> decoder-only size of about the same parameter budget
+# reference encoder/decoder names -> model_size (encdec: the same sizes; decoder: about the same parameters)
 MODEL_NAMES = {"enc-s": "s", "dec-s": "s", "enc-m-s": "m", "dec-m-s": "m", "enc-l": "l", "dec-l": "l",
                "enc-xl-2": "xl", "dec-xl-2": "xl"}
 

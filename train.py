@@ -46,14 +46,13 @@ import devices
 import errors
 import sweep
 import tasks
-from batches import Batcher, Prefetcher, Sequences
-from checkpoint import build, check_vocabulary, restore, start_from
+from batches import Batcher, Prefetcher, Sequences, tensors, to_device
+from checkpoint import build, check_vocabulary, model_config, restore, start_from
 from checkpoint_store import load_checkpoint, point_best, save_checkpoint
 from dataset import filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from hparams import ADDED, CHOICES, TrainConfig
 from loss import STATS, autocast_for, loss_denominator, loss_terms, summarize
-from model import ModelConfig
 from rollouts import rollout_metrics
 from runguard import INTERRUPTED, Interrupted, RunGuard, Signals
 from store import check_name, connect, world_size_refusal
@@ -105,7 +104,7 @@ def evaluate(model, seqs, rank, world, device, autocast, rows=16):
     order = np.argsort(seqs.lengths, kind="stable")[rank::world]
     stats = torch.zeros(STATS, dtype=torch.float64, device=device)
     for i in range(0, len(order), rows):
-        x, y, plan = (torch.from_numpy(a).to(device) for a in seqs.collate(order[i:i + rows]))
+        x, y, plan = to_device(tensors(seqs.collate(order[i:i + rows])), device)
         stats += loss_terms(model, x, y, plan, autocast)[1]
     model.train()
     return summarize(all_sum(stats))
@@ -128,11 +127,11 @@ def load_data(store, cfg, use_cache):
     for split, name, limit in (("train", cfg.train_name, cfg.num_train_sequences), ("test", test_name, cfg.num_test_sequences)):
         part = store.call(load_split, name, split, use_cache)
         rows = filter_split(part, cfg.min_reasoning_len, max_len, limit or None)
-        seqs[split] = Sequences.build(part, rows, cfg.plan_only)
+        seqs[split] = Sequences.build(part, rows, cfg.plan_only, cfg.arch)
     # the validation tasks' sequences (the last eval_tasks test tasks, those the rollouts select on): the
     # selection's tie-break loss comes from them, never from the reported tasks at the split's start
     val_rows = np.arange(max(0, len(part.ids) - cfg.eval_tasks), len(part.ids))
-    seqs["val"] = Sequences.build(part, val_rows, cfg.plan_only) if cfg.eval_tasks else None
+    seqs["val"] = Sequences.build(part, val_rows, cfg.plan_only, cfg.arch) if cfg.eval_tasks else None
     return train_doc["vocabulary"], seqs["train"], seqs["test"], seqs["val"]
 
 
@@ -150,9 +149,9 @@ def check_inputs(store, cfg, run_id):
         why = "no best checkpoint (it trained without --patience)" if cfg.start_from == "best" else "no checkpoint yet"
         raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has {why}")
     check_vocabulary(init, vocab, f"start_checkpoint run {cfg.start_checkpoint!r}", cfg.train_name)
-    if init.get("model_config") != ModelConfig.from_size(cfg.model_size, len(vocab)).to_dict():
+    if init.get("model_config") != model_config(cfg.arch, cfg.model_size, len(vocab)).to_dict():
         raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model than model_size "
-                              f"{cfg.model_size!r}; give the size it was trained with")
+                              f"{cfg.model_size!r} (arch {cfg.arch}); give the size and arch it was trained with")
     return init
 
 
@@ -236,7 +235,7 @@ class Training:
         self.selection = {"best": None, "stale": 0}  # the best evaluation so far, the evaluations since (select())
         self.saved = None  # the step of the run's latest checkpoint
         self.resume_or_start(init)
-        print0(f"{self.run_id}: model {cfg.model_size} ({self.model.num_params() / 1e6:.1f}M params), "
+        print0(f"{self.run_id}: model {cfg.model_size} {cfg.arch} ({self.model.num_params() / 1e6:.1f}M params), "
                f"{len(self.train_seqs)} train / {len(self.test_seqs)} test sequences, world size {self.world}, "
                f"device {device}")
         self.ddp_model = wrap_ddp(self.model, device, cfg.grad_accum) if self.world > 1 else self.model
@@ -485,6 +484,9 @@ def parse_args(argv):
                           "file <base>-step-<k>.json); launching an existing id resumes it")
     sw.add_argument("--sweep", required=True, help="JSON list of hyper-parameter dicts")
     sw.add_argument("--index", type=int, required=True, help="entry index (e.g. a job array's index)")
+    sw.add_argument("--arch", choices=CHOICES["arch"], default=None,
+                    help="the architecture of an entry that names none (default decoder; the reference's "
+                         "sweeps were encdec, their encoder/decoder names its sizes)")
     args = ap.parse_args(argv)
     if args.mode == "sweep" and args.run_id is None:
         args.run_id = sweep.run_id(args.sweep, args.index)
@@ -494,7 +496,7 @@ def parse_args(argv):
 def resolve_config(args, defaults=None):
     """The config the flags or the sweep entry give; keys they leave out take `defaults`, then TrainConfig's."""
     if args.mode == "sweep":
-        return sweep.load(args.sweep, args.index, defaults)
+        return sweep.load(args.sweep, args.index, {**(defaults or {}), **({"arch": args.arch} if args.arch else {})})
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
     try:
         return TrainConfig.from_dict({**(defaults or {}), **given})
@@ -515,6 +517,9 @@ def settle_stored(store, args, cfg):
     except (ValueError, TypeError) as e:
         raise StoreError(f"run {args.run_id!r} has a stored config this version cannot read ({e}); use a new "
                          f"--run-id") from None
+    if args.arch and args.arch != stored.arch:
+        raise ConfigError(f"run {args.run_id!r} is a {stored.arch} run: it cannot continue as --arch {args.arch}; "
+                          f"use a new --run-id")
     missing = [k for k in ADDED if k not in doc["config"]]
     if missing:
         unset = {f"config.{k}": {"$exists": False} for k in missing}

@@ -43,7 +43,7 @@ def test_token_budget_batches_fit_the_budget_per_rank():
     (203, 1, 4, 2, 20), (203, 2, 2, 2, 20), (64, 2, 3, 1, 5)])  # token budgets below the longest sequence
 def test_every_micro_batch_of_every_rank_is_non_empty(n, world, accum, rows, budget):
     lengths = np.random.default_rng(n).integers(8, 42, n)
-    seqs = type("Seqs", (), {"lengths": lengths})()
+    seqs = type("Seqs", (), {"lengths": lengths, "bucket_lengths": lengths})()
     cfg = TrainConfig(batch_size=rows, grad_accum=accum, batch_tokens=budget, seed=1)
     b = Batcher(seqs, cfg, world)
     seen = []

@@ -16,6 +16,9 @@ from conftest import make_toy_dataset, run_cli
 from hparams import TrainConfig
 from loss import autocast_for, loss_terms
 from test_decode import naive_greedy, prompts_and_rows, run, small_model
+from test_encdec import cases as encdec_cases
+from test_encdec import naive_greedy as encdec_naive_greedy
+from test_encdec import small_encdec
 from test_speed_paths import random_split, tiny_model
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")]
@@ -34,6 +37,21 @@ def test_cuda_decoding_equals_naive_decoding(monkeypatch, compiled, memory):
     ref = [naive_greedy(model, prompts[s], 70) for s in src]
     got = run(copy.deepcopy(model).to(GPU), prompts, src, 70, batch_size=3, every=2, memory=memory, compile=compiled)
     assert got == ref
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_cuda_encdec_decoding_equals_recomputing_every_step(monkeypatch, compiled):
+    """The encoder-decoder on the GPU, eager and compiled (CUDA graphs), rows moving up lanes: the
+    greedy tokens of recomputing everything at every step (fp64, on the CPU)."""
+    monkeypatch.setattr(decode, "first_capacity", lambda prompt_len: 16)
+    net = small_encdec(eos_shift=-0.3)
+    sources, starts = encdec_cases(3)
+    src = [0, 1, 2, 0, 1, 2, 0]
+    ref = [encdec_naive_greedy(net, sources[s], starts[s], 40) for s in src]
+    got = {i: (ids.tolist(), e) for i, ids, e in decode.generate(copy.deepcopy(net).to(GPU), starts, src, 40,
+                                                                 batch_size=3, every=2, compile=compiled,
+                                                                 sources=sources)}
+    assert [got[i] for i in range(len(src))] == ref
 
 
 def test_memory_budget_counts_the_caching_allocators_unused_memory():
