@@ -15,7 +15,7 @@
 # interrupted script continues where it stopped when started again, also in a later sitting. Each
 # finished stage appends its wall time to $RESULTS/stages.tsv and rewrites the small results files
 # (JSON tables, PNG plots) in $RESULTS, which the write-up reads: commit them as they come.
-# Knobs (environment): SIZE TRACES MODEL COUNTS SEEDS KINDS SHUFFLED_COUNTS EXTRA_SEEDS EXTRA_COUNTS SCHEDULE
+# Knobs (environment): SIZE TRACES MODEL ARCHS COUNTS SEEDS KINDS SHUFFLED_COUNTS EXTRA_SEEDS EXTRA_COUNTS SCHEDULE
 # PATIENCE EVAL_EVERY MAX_STEPS BATCH LR MIN_LR_RATIO VAL_TASKS TEST_TASKS SAMPLES BOOT_STEPS BOOT_SAMPLES
 # FT_STEPS NPROC COMPILE DATA_TRAIN PREFIX RESULTS.
 # Selection reads the validation tasks alone (the last VAL_TASKS test tasks, 300 over 11 wall layouts at 6x6),
@@ -33,6 +33,7 @@ KINDS=${KINDS:-"solution-only search shuffled"}
 SHUFFLED_COUNTS=${SHUFFLED_COUNTS:-"2000 4000"}  # the shuffled-trace control at these counts only
 EXTRA_SEEDS=${EXTRA_SEEDS-1}           # more seeds of solution-only and search-augmented, at EXTRA_COUNTS, after the rest
 EXTRA_COUNTS=${EXTRA_COUNTS:-"1000"}
+ARCHS=${ARCHS:-"decoder encdec"}  # decoder-only (model.py) and the reference's encoder-decoder (--arch encdec), at each count
 SCHEDULE=${SCHEDULE:-patience}      # patience | cooldown | second (experiments/schedule_pilot.sh chose; docs/laptop.md)
 MIN_LR_RATIO=${MIN_LR_RATIO:-0.1}   # the cosine's floor, a fraction of LR
 COOLDOWN_FRAC=${COOLDOWN_FRAC:-0.2} # SCHEDULE=cooldown: the decay's length, a fraction of the selected step
@@ -111,7 +112,8 @@ train() {
         --log-interval 50 --num-test-sequences 200 --eval-tasks "$VAL_TASKS" --eval-samples "$EVAL_SAMPLES" $COMPILE "$@"
 }
 evaluate() { torchrun eval.py --run-id "$1" --checkpoint "$2" --num-tasks "$TEST_TASKS" --samples "$SAMPLES" --max-tokens "$MAX_TOKENS"; }
-run_id() { echo "$PREFIX-$1-$2-s$3"; }  # kind, count, seed
+# kind, count, seed[, arch]: a decoder-only model's id names no arch
+run_id() { local a=; [ "${4:-decoder}" = decoder ] || a=-$4; echo "$PREFIX$a-$1-$2-s$3"; }
 
 data() {
     local flags=(); [ "$TRACES" = nondeterministic ] && flags=(--nondeterministic)
@@ -123,14 +125,14 @@ data() {
 # floor over COOLDOWN_FRAC of its steps; second: <id>-p, then a fresh run whose cosine ends at <id>-p's best
 # step), then its best checkpoint evaluated
 model() {
-    local kind=$1 count=$2 seed=$3 flags=() name=$DATA
+    local kind=$1 count=$2 seed=$3 arch=$4 flags=(--arch "$4") name=$DATA
     case $kind in
-        solution-only) flags=(--plan-only) ;;
+        solution-only) flags+=(--plan-only) ;;
         shuffled) name=$SHUFFLED ;;
         search) ;;
         *) echo "error: unknown kind $kind in KINDS; use solution-only, search or shuffled" >&2; exit 1 ;;
     esac
-    local id; id=$(run_id "$kind" "$count" "$seed")
+    local id; id=$(run_id "$kind" "$count" "$seed" "$arch")
     local common=(--train-name "$name" --test-name "$DATA" --num-train-sequences "$count" --seed "$seed"
                   --min-lr-ratio "$MIN_LR_RATIO" "${flags[@]}")
     local first=$id; [ "$SCHEDULE" = patience ] || first=$id-p
@@ -158,38 +160,51 @@ model() {
 # SEEDS (the shuffled-trace control at SHUFFLED_COUNTS alone), then solution-only and search-augmented with
 # the EXTRA_SEEDS at EXTRA_COUNTS
 models() {
-    local seed count kind
-    for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
+    local seed count kind arch
+    for seed in $SEEDS; do for count in $COUNTS; do for arch in $ARCHS; do for kind in $KINDS; do
         [ "$kind" = shuffled ] && ! [[ " $SHUFFLED_COUNTS " == *" $count "* ]] && continue
-        echo "$kind $count $seed"
-    done; done; done
-    for seed in $EXTRA_SEEDS; do for count in $EXTRA_COUNTS; do for kind in solution-only search; do
-        [[ " $KINDS " == *" $kind "* ]] && echo "$kind $count $seed"
+        echo "$kind $count $seed $arch"
+    done; done; done; done
+    for seed in $EXTRA_SEEDS; do for count in $EXTRA_COUNTS; do for arch in $ARCHS; do
+        for kind in solution-only search; do
+            [[ " $KINDS " == *" $kind "* ]] && echo "$kind $count $seed $arch"
+        done
     done; done; done
 }
+# optimal % against training tasks, one plot per architecture (efficiency.png: decoder-only;
+# efficiency-encdec.png)
 efficiency_report() {
-    local ids=() seed count kind id  # local: the main loop's own variables must survive this
-    while read -r kind count seed; do
-        id=$(run_id "$kind" "$count" "$seed")
-        recorded "model $id" && ids+=(--run-id "$id")
+    local ids=() seed count kind id arch=$1  # local: the main loop's own variables must survive this
+    while read -r kind count seed a; do
+        id=$(run_id "$kind" "$count" "$seed" "$a")
+        [ "$a" = "$arch" ] && recorded "model $id" && ids+=(--run-id "$id")
     done < <(models)
     [ ${#ids[@]} -gt 0 ] || return 0
-    "$PY" report.py efficiency "${ids[@]}" --out "$RESULTS/efficiency.png" --json "$RESULTS/efficiency.json"
+    local out=$RESULTS/efficiency; [ "$arch" = decoder ] || out=$RESULTS/efficiency-$arch
+    "$PY" report.py efficiency "${ids[@]}" --out "$out.png" --json "$out.json"
 }
 
 # the paired comparison at one count and seed, search-augmented first: Δ optimal % on the same tasks,
 # of all kinds (compare-<count>-s<seed>.json) and of the search-augmented and solution-only models
 # alone (…-search-solution.json: a shuffled-trace model that solves nothing leaves no common tasks)
+# (an encdec model's files are named compare-encdec-…); and each kind of the two architectures at equal tasks
+# (compare-arch-<kind>-<count>-s<seed>.json: Δ encdec − decoder)
 compare_report() {
-    local ids=() kind id
+    local ids=() kind id name=$1-s$2; [ "$3" = decoder ] || name=$3-$name
     for kind in search solution-only shuffled; do
-        id=$(run_id "$kind" "$1" "$2")
+        id=$(run_id "$kind" "$1" "$2" "$3")
         recorded "model $id" && ids+=(--run-id "$id")
     done
-    [ ${#ids[@]} -ge 4 ] || return 0  # two runs or more
-    "$PY" report.py compare "${ids[@]}" --json "$RESULTS/compare-$1-s$2.json"
-    [ ${#ids[@]} -ge 6 ] || return 0
-    "$PY" report.py compare "${ids[@]:0:4}" --json "$RESULTS/compare-$1-s$2-search-solution.json"
+    if [ ${#ids[@]} -ge 4 ]; then  # two runs or more
+        "$PY" report.py compare "${ids[@]}" --json "$RESULTS/compare-$name.json"
+        [ ${#ids[@]} -lt 6 ] || "$PY" report.py compare "${ids[@]:0:4}" --json "$RESULTS/compare-$name-search-solution.json"
+    fi
+    for kind in search solution-only shuffled; do
+        local dec enc; dec=$(run_id "$kind" "$1" "$2" decoder) enc=$(run_id "$kind" "$1" "$2" encdec)
+        if recorded "model $dec" && recorded "model $enc"; then
+            "$PY" report.py compare --run-id "$dec" --run-id "$enc" --json "$RESULTS/compare-arch-$kind-$1-s$2.json"
+        fi
+    done
 }
 
 # a fresh database (a new machine) lacks the datasets: made again (the same flags make the same data,
@@ -203,18 +218,18 @@ first_seed=$(echo "$SEEDS" | awk '{print $1}')
 base=$(run_id search "$NUM_TRAIN" "$first_seed")  # claim (b) starts from it
 intact=; if [ "$BOOT_STEPS" -eq 0 ] || chain_intact; then intact=1; fi  # no checkpoint of the chain's needed
 # first, so that no report names a lost run
-while read -r kind count seed; do
-    id=$(run_id "$kind" "$count" "$seed")
+while read -r kind count seed arch; do
+    id=$(run_id "$kind" "$count" "$seed" "$arch")
     forget_lost "model $id" "$id"
     backfill_record "model $id" "$id"
 done < <(models)
 stale=; recorded "model $base" || stale="base model $base is trained in this launch"
-while read -r kind count seed <&3; do  # the list on fd 3: no command in the loop can read it
-    id=$(run_id "$kind" "$count" "$seed")
+while read -r kind count seed arch <&3; do  # the list on fd 3: no command in the loop can read it
+    id=$(run_id "$kind" "$count" "$seed" "$arch")
     recorded "model $id" && continue
-    stage "model $id" model "$kind" "$count" "$seed"
-    efficiency_report
-    compare_report "$count" "$seed"
+    stage "model $id" model "$kind" "$count" "$seed" "$arch"
+    efficiency_report "$arch"
+    compare_report "$count" "$seed" "$arch"
 done 3< <(models)
 
 # claim (b): bootstrapping from the best search-augmented model at the largest count, the first seed's

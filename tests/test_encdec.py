@@ -223,7 +223,7 @@ def test_kill_and_resume_equals_uninterrupted(store, pauses):
     """An encoder-decoder run with a token budget and model selection, killed after its step-35 log
     (checkpoint at 30) and relaunched, ends bit-exact with an uninterrupted one."""
     make_toy_dataset(store.db)
-    args = [*FAST, "--train-steps", "40", "--seed", "3", "--batch-tokens", "120", "--patience", "3",
+    args = [*FAST, "--train-steps", "40", "--seed", "3", "--batch-tokens", "120", "--patience", "3", "--eval-tasks", "4",
             "--eval-interval", "10"]
     r = run_cli("train.py", "single", "--run-id", "straight", *args)
     assert "model tiny encdec" in r.stdout and "best step" in r.stdout

@@ -14,12 +14,12 @@ SCRIPT = ROOT / "experiments" / "data_efficiency.sh"
 TOY = {"SIZE": "5", "MODEL": "tiny", "COUNTS": "16 8", "SEEDS": "0", "PATIENCE": "1", "EVAL_EVERY": "4",
        "MAX_STEPS": "8", "BATCH": "4", "VAL_TASKS": "4", "TEST_TASKS": "4", "SAMPLES": "2", "BOOT_STEPS": "1",
        "BOOT_SAMPLES": "2", "FT_STEPS": "4", "NPROC": "1", "SHUFFLED_COUNTS": "16", "EXTRA_SEEDS": "1", "EXTRA_COUNTS": "8",
-       "DATA_TRAIN": "16", "PREFIX": "eff5"}
+       "DATA_TRAIN": "16", "PREFIX": "eff5", "ARCHS": "decoder"}
 
 
-def launch(results):
+def launch(results, **knobs):
     r = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=1800,
-                       env={**os.environ, **TOY, "PY": sys.executable, "RESULTS": str(results)})
+                       env={**os.environ, **TOY, "PY": sys.executable, "RESULTS": str(results), **knobs})
     assert r.returncode == 0, f"data_efficiency.sh exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
     return r.stdout
 
@@ -115,3 +115,18 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
     assert started == [done[0], "model eff5-search-16-s0", *boot, "done"], out[-3000:]
     assert run_cli("admin.py", "show", "eff5-search-8-s1").stdout == shown
     assert (results / "compare-8-s0.json").read_text() == reports
+
+
+def test_both_architectures_are_trained_and_compared_at_equal_tasks(env, tmp_path):
+    """ARCHS="decoder encdec": each kind of each architecture at each count, the encoder-decoder's runs
+    named -encdec- and plotted apart, and the two compared at equal tasks."""
+    results = tmp_path / "results"
+    launch(results, ARCHS="decoder encdec", COUNTS="8", KINDS="search", EXTRA_SEEDS="", BOOT_STEPS="0")
+    assert stages(results)[1:] == ["model eff5-search-8-s0", "model eff5-encdec-search-8-s0"]
+    assert run_cli("admin.py", "show", "eff5-encdec-search-8-s0").stdout.count("encdec") >= 1
+    for arch, run in (("", "eff5-search-8-s0"), ("-encdec", "eff5-encdec-search-8-s0")):
+        table = json.loads((results / f"efficiency{arch}.json").read_text())
+        assert [r["run"] for r in table["runs"]] == [run]
+    pair = json.loads((results / "compare-arch-search-8-s0.json").read_text())
+    assert [r["run"] for r in pair["runs"]] == ["eff5-search-8-s0", "eff5-encdec-search-8-s0"]
+    assert "optimal_pct_diff" in pair["runs"][1]
