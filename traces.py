@@ -1,0 +1,231 @@
+"""Where a trace stops being A*'s, and how a response fails: the trace diagnostics that eval.py
+stores with an evaluation (report.py metrics plots them; report.py task draws them for one task).
+
+Trace validity (check). A trace is read step by step against A*'s rules, the task's search space
+(tasks.py: states, their children in order, their h) giving the legal steps:
+- the first step creates the start, with g 0;
+- after a close, the creates of the children of the node just closed that A* pushes, in any order:
+  a neighbour (for Sokoban a legal move or push), not a wall, g one more than the closed node's, h
+  the task's heuristic, and not one already open or closed at an f no higher (astar.py skips those);
+- once they are all created, the close of an open node of least f = g + h, with the g and h it was
+  last created with; after the goal's close the trace ends.
+Deterministic and nondeterministic A* alike write only such traces (the tests read whole generated
+datasets through check). The first bad token is the first one where the trace differs from every
+legal step: a close that is not of least f fails at its x (or y) token, a wrong cost at that cost.
+
+Trace agreement (agreement): the tokens before the first difference from A*'s trace, as a share of
+the longer of the two traces (a cut-short copy is not in full agreement); only where A* is
+deterministic (mazes generated without --nondeterministic).
+
+Failure kinds (FAILURES, best first): optimal; correct (not optimal); wrong end (a legal walk that
+misses the goal, or leaves a box off the docks); invalid move (a first state that is not the start,
+a step that is not adjacent, into a wall, off the grid, an illegal push); malformed (no <eos>, a
+special token, a plan that does not parse); no plan (no `plan` token at all). A task counts under
+the best kind among its responses.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+FAILURES = ("optimal", "correct", "wrong_end", "invalid_move", "malformed", "no_plan")
+TITLES = {"optimal": "optimal", "correct": "correct, not optimal", "wrong_end": "wrong end",
+          "invalid_move": "invalid move", "malformed": "malformed", "no_plan": "no plan"}
+
+
+@dataclass
+class TraceCheck:
+    valid: int  # tokens in the longest prefix of legal A* steps: the first bad token's index unless complete
+    complete: bool  # every step legal, the last the goal's close
+    why: str = ""  # what the first bad token breaks
+    steps: list = field(default_factory=list)  # the legal steps read: (kind, state, g, h, first token index)
+
+
+def _common(a, b) -> int:
+    """Length of the common prefix of two sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _why(kind, first, token, near, size) -> str:
+    """What a step that matches no legal one breaks: near tokens of it matched the closest legal
+    step (size tokens); token is the step's first."""
+    if first:
+        return "does not begin by creating the start with g 0"
+    if near == 0:
+        if token == "close" and kind == "create":
+            return "a close before every child of the node last closed is created"
+        if token == "create" and kind == "close":
+            return "a create after every child of the node last closed is created"
+        return f"{token!r} where a step's keyword belongs"
+    if near >= size - 2:
+        return "a wrong g (cost from the start)" if near == size - 2 else "a wrong h (heuristic)"
+    if kind == "create":
+        return ("not a child that A* pushes (a wall, off the grid, not a neighbour of the node last closed, "
+                "or already open or closed at no higher f)")
+    return "not an open node of least f"
+
+
+def check(space, tokens) -> TraceCheck:
+    """Read a trace (tokens as strings) against A*'s rules in the task's search space (astar.Space)."""
+    return _read(space, list(tokens), {}, {}, {space.start: (0, space.h0)}, [], 0, False)
+
+
+def _take(space, step, opened, closed, pending) -> bool:
+    """Apply one legal step (kind, state, g, h) to the open, closed and pending states; True when it
+    closes the goal."""
+    kind, s, g, h = step
+    if kind == "create":
+        opened[s] = (g, h)
+        del pending[s]
+        return False
+    del opened[s]
+    closed[s] = (g, h)
+    if space.is_goal(s):
+        return True
+    for child, hc in space.expand(s):
+        f = g + 1 + hc
+        if any(old is not None and old[0] + old[1] <= f for old in (opened.get(child), closed.get(child))):
+            continue  # A* skips a child it holds at no higher f
+        pending[child] = (g + 1, hc)
+    return False
+
+
+def _read(space, tokens, opened, closed, pending, steps, pos, done) -> TraceCheck:
+    """check() from token pos on, with the open and closed states (state -> (g, h)), the creates
+    legal now, the steps read so far, and whether the goal is closed. A close whose tokens name
+    several open states (Sokoban leaves docked boxes out: a box on one dock or the other reads
+    alike) is read as each in turn, on copies, and the reading that goes furthest kept."""
+    while pos < len(tokens):
+        if done:
+            return TraceCheck(pos, False, "a step after the goal's close", steps)
+        kind = "create" if pending else "close"
+        if pending:
+            legal = list(pending.items())
+        else:
+            least = min((g + h for g, h in opened.values()), default=None)
+            legal = [(s, gh) for s, gh in opened.items() if gh[0] + gh[1] == least]
+        found, near, size = [], 0, 5
+        for s, (g, h) in legal:
+            want = (kind, *space.tokens(s), f"c{g}", f"c{h}")
+            n = _common(want, tokens[pos:pos + len(want)])
+            if n == len(want):
+                found.append((s, g, h, n))
+            elif n >= near:
+                near, size = n, len(want)
+        if not found:
+            return TraceCheck(pos + near, False, _why(kind, not steps, tokens[pos], near, size), steps)
+        if len(found) > 1:  # only a close: a create names a child of one closed state, each child its own cell
+            best = None
+            for s, g, h, n in found:
+                o, c, p = dict(opened), dict(closed), {}
+                end = _take(space, (kind, s, g, h), o, c, p)
+                got = _read(space, tokens, o, c, p, steps + [(kind, s, g, h, pos)], pos + n, end)
+                if best is None or (got.complete, got.valid) > (best.complete, best.valid):
+                    best = got
+                if best.complete:
+                    break
+            return best
+        s, g, h, n = found[0]
+        steps.append((kind, s, g, h, pos))
+        pos += n
+        done = _take(space, (kind, s, g, h), opened, closed, pending)
+    return TraceCheck(pos, done, "" if done else "ends before the goal's close", steps)
+
+
+def agreement(trace, reference) -> tuple[int, float]:
+    """(tokens before the first difference, their share of the longer of the two traces)."""
+    n = _common(trace, reference)
+    return n, n / max(len(trace), len(reference), 1)
+
+
+def split_response(tokens) -> tuple[list, list | None]:
+    """(trace, plan tokens) of a response's tokens: the plan from its first `plan` token on (None
+    when it has none)."""
+    tokens = list(tokens)
+    if "plan" not in tokens:
+        return tokens, None
+    k = tokens.index("plan")
+    return tokens[:k], tokens[k:]
+
+
+def failure_kind(task, problem, tokens, verdict):
+    """(kind of FAILURES, (index of the first bad plan state, why) or None) of one response, given
+    its verdict (metrics.Checker.judge)."""
+    if verdict.kind in ("optimal", "correct"):
+        return verdict.kind, None
+    plan = split_response(tokens)[1]
+    if verdict.kind == "invalid":
+        fault = task.plan_fault(problem, task.parse_plan(plan))
+        return ("wrong_end" if fault[1] == task.WRONG_END else "invalid_move"), fault
+    return ("no_plan" if plan is None else "malformed"), None
+
+
+def read_cells(tokens):
+    """(kind, (x, y), first token index) of each step of a trace read leniently (for drawing a
+    trace past its first bad token): a `create` or `close` and the two coordinates after it (after
+    `worker` in Sokoban), wherever they parse."""
+    out = []
+    for i, t in enumerate(tokens):
+        if t in ("create", "close"):
+            j = i + 1 + (tokens[i + 1:i + 2] == ["worker"])
+            xy = tokens[j:j + 2]
+            if len(xy) == 2 and all(v.isdigit() for v in xy):
+                out.append((t, (int(xy[0]), int(xy[1])), i))
+    return out
+
+
+class Diagnostics:
+    """An evaluation's trace diagnostics, task by task: add() each task's responses and verdicts,
+    then summary(). traces: check the traces too (False for plan-only runs)."""
+
+    def __init__(self, checker, traces=True):
+        self.checker, self.traces = checker, traces
+        self.tasks = dict.fromkeys(FAILURES, 0)
+        self.valid, self.complete, self.agree = [], 0, []
+
+    def add(self, prompt, responses, verdicts):
+        task, vocab = self.checker.task, self.checker.vocab
+        problem = self.checker.problem(prompt)
+        space = task.search_space(problem) if self.traces else None
+        reference = task.astar_trace(problem) if self.traces else None
+        best = len(FAILURES) - 1
+        for (ids, _), verdict in zip(responses, verdicts):
+            tokens = [vocab[i] for i in ids]
+            best = min(best, FAILURES.index(failure_kind(task, problem, tokens, verdict)[0]))
+            if self.traces:
+                trace = split_response(tokens)[0]
+                c = check(space, trace)
+                self.valid.append(c.valid / max(len(trace), 1))  # an empty trace: none of A*'s
+                self.complete += c.complete
+                if reference is not None:
+                    self.agree.append(agreement(trace, reference)[1])
+        if responses:
+            self.tasks[FAILURES[best]] += 1
+
+    def summary(self):
+        """The stored diagnostics: tasks by the best kind among their responses (% of tasks), and
+        over responses the mean share of a trace that is legal A* steps, the % of complete A* traces
+        and the mean agreement with deterministic A* (None where not measured)."""
+        n = max(sum(self.tasks.values()), 1)
+        mean = lambda v: float(np.mean(v)) if v else None  # noqa: E731
+        return {"failure_pct": {k: 100 * c / n for k, c in self.tasks.items()},
+                "trace_valid": mean(self.valid),
+                "valid_trace_pct": 100 * self.complete / len(self.valid) if self.valid else None,
+                "trace_agreement": mean(self.agree)}
+
+
+def describe(d) -> str:
+    """The diagnostics as the lines eval.py prints below its table."""
+    lines = []
+    if d.get("trace_valid") is not None:
+        agree = d.get("trace_agreement")
+        lines.append(f"traces: {d['trace_valid']:.3f} of their tokens legal A* steps (mean), "
+                     f"{d['valid_trace_pct']:.1f}% complete A* traces"
+                     + (f", {agree:.3f} equal to A*'s before the first difference" if agree is not None else ""))
+    lines.append("tasks by their best response: " + ", ".join(f"{TITLES[k]} {d['failure_pct'][k]:.1f}%"
+                                                             for k in FAILURES))
+    return "\n".join(lines)
