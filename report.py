@@ -7,7 +7,12 @@ tables comparing runs' evaluations (--json: also as a JSON file).
       the distribution of trace lengths in tokens: each dataset's sequences (A*'s traces, or a
       bootstrapped dataset's), and each run's optimal responses in its latest evaluation (eval.py)
   python report.py metrics --run-id A [--run-id B ...] [--split test] --out metrics.png
-      optimal % / correct % and SWC / ILR of each run's latest evaluation, as bars (Table 1 as a picture)
+      optimal % / correct % and SWC / ILR of each run's latest evaluation, as bars (Table 1 as a picture),
+      and its trace diagnostics where it has them (eval.py: traces legal A* steps, tasks by failure kind)
+  python report.py task --dataset NAME --id I [--split test] [--run-id R [--checkpoint best] [--sample K]] --out t.png
+      one task drawn (drawing.py): the maze or level, A*'s plan and trace; with --run-id beside it a model's
+      response: sample K of the run's stored responses to it (its checkpoint's, eval.py), else a fresh
+      greedy one (up to --max-tokens), with where its trace leaves A*'s and how it fails (traces.py)
   python report.py compare --run-id A --run-id B [...] [--split test] [--json cmp.json]
       a table of runs on the tasks that every one solves optimally (see below)
   python report.py efficiency --run-id R [...] --out eff.png [--json eff.json]
@@ -51,10 +56,11 @@ matplotlib.use("Agg")  # headless: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import drawing  # noqa: E402
 import errors  # noqa: E402
-from dataset import get_dataset, load_split  # noqa: E402
+from dataset import DTYPE, get_dataset, load_split  # noqa: E402
 from errors import ConfigError, DataError, StoreError  # noqa: E402
-from metrics import check_alike, compare, paired, print_table, run_stats  # noqa: E402
+from metrics import Checker, check_alike, compare, optimal_moves, paired, print_table, run_stats  # noqa: E402
 from store import check_name, connect  # noqa: E402
 
 PERCENTS = [("optimal_pct", "optimal %"), ("correct_pct", "correct %")]
@@ -195,8 +201,13 @@ def plot_traces(store, args):
 
 
 def plot_metrics(store, args):
-    results = [(run_id, latest_result(store, run_id, args.split)["metrics"]) for run_id in args.run_id]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    docs = [(run_id, latest_result(store, run_id, args.split)) for run_id in args.run_id]
+    results = [(run_id, res["metrics"]) for run_id, res in docs]
+    diagnosed = [(run_id, res["diagnostics"]) for run_id, res in docs if "diagnostics" in res]
+    fig, axes = plt.subplots(1, 4 if diagnosed else 2, figsize=(20 if diagnosed else 10, 4.2))
+    left, right = axes[:2]
+    if diagnosed:  # evaluations since eval.py stored trace diagnostics
+        drawing.diagnostics_bars(axes[2], axes[3], diagnosed)
     for ax, keys, top in ((left, PERCENTS, 100), (right, RATIOS, 1)):
         width = 0.8 / len(results)
         for i, (run_id, m) in enumerate(results):
@@ -210,6 +221,57 @@ def plot_metrics(store, args):
         ax.grid(axis="y", alpha=0.3)
     left.set_ylabel(f"% of {args.split} tasks")
     right.legend(fontsize=8)
+    save(fig, args.out)
+
+
+def model_response(store, args, doc, split, row, checker):
+    """(label, response ids, eos) of the run for the task at row: sample --sample of its stored
+    responses at its checkpoint's step (the most sampled setting), else a fresh greedy one."""
+    run = store.require_run(args.run_id)
+    cfg = run["config"]
+    name = (cfg.get("test_name") or cfg.get("train_name")) if args.split == "test" else cfg.get("train_name")
+    if name != doc["_id"]:
+        raise ConfigError(f"run {args.run_id!r} samples its {args.split} tasks from dataset {name!r}, not "
+                          f"{doc['_id']!r}: draw one of those")
+    pointer = run.get("best" if args.checkpoint == "best" else "checkpoint")
+    if pointer is None:
+        raise StoreError(f"run {args.run_id!r} has no {args.checkpoint} checkpoint")
+    task_id, groups = int(split.ids[row]), {}
+    for d in store.responses.find({"run_id": args.run_id, "step": pointer["step"], "task": task_id}):
+        p = json.loads(d["pkey"])
+        if (p["dataset"], p["uid"], p["split"], p.get("prefix_len", 0), p.get("checkpoint", "latest")) == \
+                (doc["_id"], doc["uid"], args.split, 0, args.checkpoint):
+            groups.setdefault(d["pkey"], []).append(d)
+    where = f"run {args.run_id} at step {pointer['step']}" + (" (best)" if args.checkpoint == "best" else "")
+    if groups:
+        docs = sorted(max(groups.values(), key=len), key=lambda d: d["sample"])
+        if args.sample >= len(docs):
+            raise ConfigError(f"{where} has {len(docs)} stored responses to task {args.id}: --sample must be below that")
+        p, d = json.loads(docs[0]["pkey"]), docs[args.sample]
+        return (f"{where}: sample {args.sample} of {len(docs)} stored (temperature {p['temperature']:g})",
+                np.frombuffer(d["tokens"], DTYPE), d["eos"])
+    from rollouts import greedy_response  # imports torch: only a fresh response needs the model
+    ids, eos, limit = greedy_response(store, args.run_id, args.checkpoint, doc["task"], split, row, args.max_tokens)
+    return f"{where}: greedy (none stored), up to {limit} tokens", ids, eos
+
+
+def draw_task(store, args):
+    doc = get_dataset(store.db, args.dataset)
+    split = load_split(store.db, doc["_id"], args.split)
+    rows = np.flatnonzero(split.ids == args.id)
+    if not len(rows):
+        raise DataError(f"dataset {args.dataset!r} has no {args.split} task {args.id} (ids 0..{len(split.ids) - 1})")
+    row, checker = int(rows[0]), Checker(doc)
+    problem, words = checker.problem(split.get(row, "prompt")), lambda ids: [checker.vocab[i] for i in ids]
+    response = None
+    if args.run_id:
+        label, ids, eos = model_response(store, args, doc, split, row, checker)
+        verdict = checker.judge(problem, ids, eos, optimal_moves(split, row))
+        plan = drawing.traces.split_response(words(ids))[1]
+        response = (label, words(ids), verdict, checker.task.parse_plan(plan) if plan else None)
+    fig = drawing.task_figure(checker.task, problem, f"{doc['_id']} {args.split} task {args.id}",
+                              words(split.get(row, "trace")), checker.task.parse_plan(words(split.get(row, "plan"))),
+                              response)
     save(fig, args.out)
 
 
@@ -370,6 +432,15 @@ def parse_args(argv):
     p.add_argument("--run-id", action="append", required=True, help="repeatable")
     p.add_argument("--split", default="test", choices=["train", "test"], help="which evaluation (default test)")
     p.set_defaults(fn=plot_metrics)
+    p = sub.add_parser("task", help="one task drawn with A*'s plan and trace, and a run's response beside it")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--id", type=int, required=True, help="the task's sequence id (data.py show --id)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="(default test)")
+    p.add_argument("--run-id", help="draw this run's response beside it")
+    p.add_argument("--checkpoint", default="latest", choices=["latest", "best"], help="the run's checkpoint (default latest)")
+    p.add_argument("--sample", type=int, default=0, help="which of its stored responses (default 0)")
+    p.add_argument("--max-tokens", type=int, default=0, help="a fresh response's limit (default: eval.py's)")
+    p.set_defaults(fn=draw_task)
     p = sub.add_parser("compare", help="a table of runs on the tasks that every one solves optimally: optimal %% "
                        "(binomial SE), trace/A* as sum t_i / sum t*_i (delta-method SE), paired differences from the "
                        "first run")
@@ -398,10 +469,12 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        for run_id in (args.run_id or []) + (getattr(args, "control", None) or []):
+        runs = [args.run_id] if isinstance(args.run_id, str) else args.run_id or []  # task: one run
+        for run_id in runs + (getattr(args, "control", None) or []):
             check_name(run_id)
-        if getattr(args, "first", 0) < 0:
-            raise ConfigError(f"--first must not be negative, got {args.first}")
+        for flag in ("first", "sample", "max_tokens"):
+            if getattr(args, flag, 0) < 0:
+                raise ConfigError(f"--{flag.replace('_', '-')} must not be negative, got {getattr(args, flag)}")
         if getattr(args, "out", None) is not None:
             args.out = check_out(args.out)
         if getattr(args, "json", None) is not None:

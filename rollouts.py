@@ -1,6 +1,7 @@
 """Rollouts of a model on a dataset's tasks: each continues `<bos> prompt <sep>` (and an optional
 prefix of the stored trace) through the sampling engine (decode.py); and the greedy rollout metrics
-a trainer logs at its evaluations (train.py --eval-tasks) on its validation tasks.
+a trainer logs at its evaluations (train.py --eval-tasks) on its validation tasks; a run's model
+loaded from its checkpoint (load_model: eval.py samples it, report.py task draws its response).
 
 Validation tasks: the last eval_tasks tasks of the run's test split. A trainer selects its best
 checkpoint on them (--patience), so results are reported only on the tasks before them, and before
@@ -13,8 +14,11 @@ import torch.distributed as dist
 
 import decode
 import tasks
+from checkpoint_store import load_checkpoint
 from dataset import BOS, DTYPE, SEP, get_dataset, load_split
+from errors import StoreError
 from metrics import SUM_FIELDS, Checker, score, summarize
+from model import ModelConfig, Transformer
 
 # rollout limits of the reference: (task, plan_only) -> tokens
 MAX_TOKENS = {("maze", False): 10000, ("maze", True): 10000, ("sokoban", False): 11000, ("sokoban", True): 2000}
@@ -27,6 +31,31 @@ class Opts:
     max_tokens: int  # generated tokens (after any prefix)
     seed: int = 0
     prefix_len: int = 0  # rollouts start after this many tokens of the stored trace
+
+
+def load_model(store, run_id, device, which="latest"):
+    """(model in eval mode, checkpoint dict without the optimizer state) of the run's latest or best
+    checkpoint (eval.py samples it, report.py task draws its greedy response)."""
+    ck = load_checkpoint(store, run_id, which=which)
+    if ck is None and which == "best":
+        raise StoreError(f"run {run_id!r} has no best checkpoint: only runs trained with --patience keep one "
+                         f"(and only after their first evaluation); use --checkpoint latest")
+    if ck is None:
+        raise StoreError(f"run {run_id!r} has no checkpoint yet")
+    model = Transformer(ModelConfig(**ck["model_config"]))
+    model.load_state_dict(ck.pop("model"))
+    ck.pop("optimizer", None)
+    return model.to(device).eval(), ck
+
+
+def greedy_response(store, run_id, which, task, split, row, max_tokens=0):
+    """(ids, eos, token limit) of a run's greedy response to one task of a split, sampled on the CPU;
+    the limit is max_tokens, else eval.py's for the task kind."""
+    device = torch.device("cpu")
+    model, ck = load_model(store, run_id, device, which)
+    limit = max_tokens or MAX_TOKENS.get((task, bool(ck["config"]["plan_only"])), 10000)
+    (_, ids, eos), = rollouts(model, split, [(row, 0)], Opts(0.0, limit), 1, device)
+    return ids, eos, limit
 
 
 def prompt_ids(split, row, prefix_len=0):
