@@ -174,4 +174,4 @@ def diagnostics_bars(left, right, results):
     left.grid(axis="y", alpha=0.3)
     right.set_xticks(range(len(results)), [r for r, _ in results], fontsize=7)
     right.set_ylabel("% of tasks, by their best response")
-    right.legend(fontsize=6)
+    right.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -69,71 +69,121 @@ def _why(kind, first, token, near, size) -> str:
     return "not an open node of least f"
 
 
+class _Search:
+    """What a trace has done so far: open and closed states (state -> (g, h)), the creates legal
+    now, and, for closes, the open states by (tokens, g, h) and the count of open states per f."""
+
+    def __init__(self, space):
+        self.space, self.opened, self.closed, self.pending = space, {}, {}, {space.start: (0, space.h0)}
+        self.named, self.per_f, self.done = {}, {}, False
+
+    def copy(self):
+        new = _Search(self.space)
+        new.opened, new.closed, new.pending = dict(self.opened), dict(self.closed), dict(self.pending)
+        new.named, new.per_f = {k: list(v) for k, v in self.named.items()}, dict(self.per_f)
+        return new
+
+    def _unopen(self, s):
+        g, h = self.opened.pop(s)
+        self.named[self.space.tokens(s), g, h].remove(s)
+        self.per_f[g + h] -= 1
+        if not self.per_f[g + h]:
+            del self.per_f[g + h]
+
+    def take(self, kind, s, g, h):
+        """Apply one legal step."""
+        if kind == "create":
+            if s in self.opened:  # a better path to an open state: A* replaces its entry
+                self._unopen(s)
+            self.opened[s] = (g, h)
+            self.named.setdefault((self.space.tokens(s), g, h), []).append(s)
+            self.per_f[g + h] = self.per_f.get(g + h, 0) + 1
+            del self.pending[s]
+            return
+        self._unopen(s)
+        self.closed[s] = (g, h)
+        self.done = self.space.is_goal(s)
+        for child, hc in ([] if self.done else self.space.expand(s)):
+            f = g + 1 + hc
+            if any(old is not None and old[0] + old[1] <= f for old in (self.opened.get(child), self.closed.get(child))):
+                continue  # A* skips a child it holds at no higher f
+            self.pending[child] = (g + 1, hc)
+
+    def legal(self):
+        """(kind, [(state, (g, h))]) of the steps legal now: the pending creates, else the closes of
+        the open states of least f."""
+        if self.pending:
+            return "create", list(self.pending.items())
+        least = min(self.per_f, default=None)
+        return "close", [(s, gh) for s, gh in self.opened.items() if gh[0] + gh[1] == least]
+
+    def closes(self, step):
+        """The open states of least f that a close step's tokens name (the fast path of legal())."""
+        try:
+            key = (tuple(step[1:-2]), int(step[-2][1:]), int(step[-1][1:]))
+        except ValueError:
+            return []
+        least = min(self.per_f, default=None)
+        return [s for s in self.named.get(key, ()) if key[1] + key[2] == least]
+
+
+def _extent(tokens, pos):
+    """Tokens in the step at pos: through the second of the two cost tokens that end it (a maze's
+    step is 5 tokens, a Sokoban step's length depends on its boxes); 0 when none follows."""
+    for i in range(pos + 1, len(tokens) - 1):
+        t = tokens[i]
+        if t[:1] == "c" and t[1:].isdigit():
+            return i + 2 - pos
+    return 0
+
+
 def check(space, tokens) -> TraceCheck:
     """Read a trace (tokens as strings) against A*'s rules in the task's search space (astar.Space)."""
-    return _read(space, list(tokens), {}, {}, {space.start: (0, space.h0)}, [], 0, False)
+    return _read(list(tokens), _Search(space), [], 0)
 
 
-def _take(space, step, opened, closed, pending) -> bool:
-    """Apply one legal step (kind, state, g, h) to the open, closed and pending states; True when it
-    closes the goal."""
-    kind, s, g, h = step
-    if kind == "create":
-        opened[s] = (g, h)
-        del pending[s]
-        return False
-    del opened[s]
-    closed[s] = (g, h)
-    if space.is_goal(s):
-        return True
-    for child, hc in space.expand(s):
-        f = g + 1 + hc
-        if any(old is not None and old[0] + old[1] <= f for old in (opened.get(child), closed.get(child))):
-            continue  # A* skips a child it holds at no higher f
-        pending[child] = (g + 1, hc)
-    return False
-
-
-def _read(space, tokens, opened, closed, pending, steps, pos, done) -> TraceCheck:
-    """check() from token pos on, with the open and closed states (state -> (g, h)), the creates
-    legal now, the steps read so far, and whether the goal is closed. A close whose tokens name
-    several open states (Sokoban leaves docked boxes out: a box on one dock or the other reads
-    alike) is read as each in turn, on copies, and the reading that goes furthest kept."""
+def _read(tokens, search, steps, pos) -> TraceCheck:
+    """check() from token pos on, in the search state and with the steps read so far. A close whose
+    tokens name several open states (Sokoban leaves docked boxes out: a box on one dock or the other
+    reads alike) is read as each in turn, on copies, and the reading that goes furthest kept."""
+    space = search.space
     while pos < len(tokens):
-        if done:
+        if search.done:
             return TraceCheck(pos, False, "a step after the goal's close", steps)
-        kind = "create" if pending else "close"
-        if pending:
-            legal = list(pending.items())
-        else:
-            least = min((g + h for g, h in opened.values()), default=None)
-            legal = [(s, gh) for s, gh in opened.items() if gh[0] + gh[1] == least]
-        found, near, size = [], 0, 5
-        for s, (g, h) in legal:
-            want = (kind, *space.tokens(s), f"c{g}", f"c{h}")
-            n = _common(want, tokens[pos:pos + len(want)])
-            if n == len(want):
-                found.append((s, g, h, n))
-            elif n >= near:
-                near, size = n, len(want)
-        if not found:
+        size = _extent(tokens, pos)
+        step = tokens[pos:pos + size]
+        found = []
+        if not search.pending and step[:1] == ["close"]:
+            found = [(s, *search.opened[s]) for s in search.closes(step)]
+        elif step[:1] == ["create"]:
+            found = [(s, g, h) for s, (g, h) in search.pending.items()
+                     if (*space.tokens(s), f"c{g}", f"c{h}") == tuple(step[1:])]
+        if not found:  # no legal step: how far the closest one matches
+            kind, legal = search.legal()
+            near, size = 0, 5
+            for s, (g, h) in legal:
+                want = (kind, *space.tokens(s), f"c{g}", f"c{h}")
+                n = _common(want, tokens[pos:pos + len(want)])
+                if n >= near:
+                    near, size = n, len(want)
             return TraceCheck(pos + near, False, _why(kind, not steps, tokens[pos], near, size), steps)
+        kind = step[0]
         if len(found) > 1:  # only a close: a create names a child of one closed state, each child its own cell
             best = None
-            for s, g, h, n in found:
-                o, c, p = dict(opened), dict(closed), {}
-                end = _take(space, (kind, s, g, h), o, c, p)
-                got = _read(space, tokens, o, c, p, steps + [(kind, s, g, h, pos)], pos + n, end)
+            for s, g, h in found:
+                branch = search.copy()
+                branch.take(kind, s, g, h)
+                got = _read(tokens, branch, steps + [(kind, s, g, h, pos)], pos + size)
                 if best is None or (got.complete, got.valid) > (best.complete, best.valid):
                     best = got
                 if best.complete:
                     break
             return best
-        s, g, h, n = found[0]
+        s, g, h = found[0]
         steps.append((kind, s, g, h, pos))
-        pos += n
-        done = _take(space, (kind, s, g, h), opened, closed, pending)
-    return TraceCheck(pos, done, "" if done else "ends before the goal's close", steps)
+        search.take(kind, s, g, h)
+        pos += size
+    return TraceCheck(pos, search.done, "" if search.done else "ends before the goal's close", steps)
 
 
 def agreement(trace, reference) -> tuple[int, float]:
