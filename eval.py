@@ -43,10 +43,11 @@ else the stored trace length):
                 language (specials), or with no plan or one that does not parse
   trace/A*      the optimal responses' mean trace length over A*'s, summed over the tasks that have
                 one (0.73 means 27% shorter)
-ILRs and trace/A* are left out for plan-only runs. Trace diagnostics (traces.py): the tasks by the best
-kind among their responses (optimal, correct, wrong end, invalid move, malformed, no plan); for
-search-augmented runs, the mean share of a trace that is legal A* steps, the % of complete A* traces,
-and (deterministic mazes) the mean share equal to A*'s before the first difference. Results go to the `results` collection
+ILRs and trace/A* are left out for plan-only runs. Trace diagnostics (traces.py): the tasks by the
+best kind among their responses (optimal, correct, wrong end, invalid move, malformed, no plan); for
+search-augmented runs the mean share of a trace that is legal A* steps, the % of complete A* traces,
+and (deterministic mazes) the mean share equal to A*'s before the first difference; --json prints the
+summary as one JSON object instead of the table. Results go to the `results` collection
 (see `admin.py show`). --scoring reference also computes them with the reference's more lenient
 checker and stores them as reference_metrics: no <eos> needed, the plan is every token from the
 first `plan` token on read as triples whose keyword is not checked, and for Sokoban the plan's
@@ -245,7 +246,8 @@ def params_of(doc, split_name, num_tasks, samples, opts, which="latest"):
     return params
 
 
-def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, by_task, reference=None, diagnostics=None):
+def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, by_task, reference=None,
+           diagnostics=None):
     """Store the metrics with the run (results collection) and print them. optimal_traces: the trace
     length of every optimal response (report.py plots their distribution); by_task: the per-task
     record of metrics.new_by_task (report.py compares runs on the tasks they all solve optimally);
@@ -263,7 +265,8 @@ def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, b
     store.call(lambda db: db.results.replace_one(rkey, result, upsert=True))
     if getattr(args, "json", False):
         keys = ("run_id", "step", "params", "metrics", "reference_metrics", "diagnostics")
-        return print(json.dumps({k: result[k] for k in keys if k in result}))
+        print(json.dumps({k: result[k] for k in keys if k in result}))
+        return
     prefix = f", starting after {opts.prefix_len} trace tokens" if opts.prefix_len else ""
     print(f"run {args.run_id} at step {ck['step']}{' (best checkpoint)' if which == 'best' else ''}: {len(rows)} {split_name} tasks of {doc['_id']}, {args.samples} "
           f"samples each, temperature {opts.temperature:g}, up to {opts.max_tokens} tokens{prefix}")

@@ -139,18 +139,36 @@ def _extent(tokens, pos):
 
 def check(space, tokens) -> TraceCheck:
     """Read a trace (tokens as strings) against A*'s rules in the task's search space (astar.Space)."""
-    return _read(list(tokens), _Search(space), [], 0)
+    tokens = list(tokens)
+    return _read(tokens, _Search(space), [], 0, [8 * len(tokens) + 10000])
 
 
-def _read(tokens, search, steps, pos) -> TraceCheck:
+def _fits(tokens, pos, search) -> int:
+    """How many of the steps from pos on are creates that the search expects now."""
+    space, n = search.space, 0
+    wants = {("create", *space.tokens(s), f"c{g}", f"c{h}") for s, (g, h) in search.pending.items()}
+    while n < len(wants):
+        size = _extent(tokens, pos)
+        if tuple(tokens[pos:pos + size]) not in wants:
+            break
+        n, pos = n + 1, pos + size
+    return n
+
+
+def _read(tokens, search, steps, pos, budget) -> TraceCheck:
     """check() from token pos on, in the search state and with the steps read so far. A close whose
     tokens name several open states (Sokoban leaves docked boxes out: a box on one dock or the other
-    reads alike) is read as each in turn, on copies, and the reading that goes furthest kept."""
+    reads alike) is read as each in turn, on copies, those whose children the next creates name first,
+    and the reading that goes furthest kept; budget[0] bounds the tokens read over all readings (a
+    reading that runs out stops where it is)."""
     space = search.space
     while pos < len(tokens):
         if search.done:
             return TraceCheck(pos, False, "a step after the goal's close", steps)
+        if budget[0] <= 0:
+            return TraceCheck(pos, False, "undecided: too many readings of closes that look alike", steps)
         size = _extent(tokens, pos)
+        budget[0] -= size
         step = tokens[pos:pos + size]
         found = []
         if not search.pending and step[:1] == ["close"]:
@@ -169,11 +187,14 @@ def _read(tokens, search, steps, pos) -> TraceCheck:
             return TraceCheck(pos + near, False, _why(kind, not steps, tokens[pos], near, size), steps)
         kind = step[0]
         if len(found) > 1:  # only a close: a create names a child of one closed state, each child its own cell
-            best = None
+            readings = []
             for s, g, h in found:
                 branch = search.copy()
                 branch.take(kind, s, g, h)
-                got = _read(tokens, branch, steps + [(kind, s, g, h, pos)], pos + size)
+                readings.append((-_fits(tokens, pos + size, branch), len(readings), branch, (kind, s, g, h, pos)))
+            best = None
+            for _, _, branch, taken in sorted(readings, key=lambda r: r[:2]):
+                got = _read(tokens, branch, steps + [taken], pos + size, budget)
                 if best is None or (got.complete, got.valid) > (best.complete, best.valid):
                     best = got
                 if best.complete:
