@@ -102,12 +102,15 @@ def _mark(ax, cells, index, marker, label, color):
 
 
 def response_lines(task, problem, tokens, verdict, astar_trace, deterministic):
-    """(title, [detail lines], check, first difference) of one response (tokens as strings)."""
+    """(title, [detail lines], traces.check's reading or None without a trace, tokens equal to A*'s
+    trace or None when A* is not deterministic) of one response (tokens as strings)."""
     kind, fault = traces.failure_kind(task, problem, tokens, verdict)
     trace, plan = traces.split_response(tokens)
     title = TITLES[kind] + (f": state {fault[0]} {fault[1]}" if fault else "")
     if kind == "correct":
         title += f" ({verdict.moves} moves)"
+    if not trace:  # a plan-only run's, or a response that skips the search
+        return title, ["no trace"], None, None
     c = traces.check(task.search_space(problem), trace)
     lines = [f"trace {len(trace)} tokens; legal A* steps for the first {c.valid}"
              + ("" if c.complete else f" (token {c.valid}: {c.why})")]
@@ -139,9 +142,9 @@ def task_figure(task, problem, heading, astar_trace, astar_plan, response=None):
         deterministic = task.astar_trace(problem) is not None
         title, lines, c, diff = response_lines(task, problem, tokens, verdict, astar_trace, deterministic)
         cells = traces.read_cells(trace)
-        if deterministic and diff < max(len(trace), len(astar_trace)):
+        if diff is not None and diff < max(len(trace), len(astar_trace)):
             _mark(ax, cells, diff, "X", f"leaves A*'s trace (token {diff})", "red")
-        if not c.complete:
+        if c is not None and not c.complete:
             _mark(ax, cells, c.valid, "s", f"first step no A* takes (token {c.valid})", "magenta")
         ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=3)
         ax.set_title(f"{label}\n{title}", fontsize=8)

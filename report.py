@@ -62,6 +62,7 @@ from dataset import DTYPE, get_dataset, load_split  # noqa: E402
 from errors import ConfigError, DataError, StoreError  # noqa: E402
 from metrics import Checker, check_alike, compare, optimal_moves, paired, print_table, run_stats  # noqa: E402
 from store import check_name, connect  # noqa: E402
+from traces import split_response  # noqa: E402
 
 PERCENTS = [("optimal_pct", "optimal %"), ("correct_pct", "correct %")]
 RATIOS = [("swc", "SWC"), ("ilr_solved", "ILR-solved"), ("ilr_optimal", "ILR-optimal")]
@@ -224,7 +225,7 @@ def plot_metrics(store, args):
     save(fig, args.out)
 
 
-def model_response(store, args, doc, split, row, checker):
+def model_response(store, args, doc, split, row):
     """(label, response ids, eos) of the run for the task at row: sample --sample of its stored
     responses at its checkpoint's step (the most sampled setting), else a fresh greedy one."""
     run = store.require_run(args.run_id)
@@ -265,9 +266,9 @@ def draw_task(store, args):
     problem, words = checker.problem(split.get(row, "prompt")), lambda ids: [checker.vocab[i] for i in ids]
     response = None
     if args.run_id:
-        label, ids, eos = model_response(store, args, doc, split, row, checker)
+        label, ids, eos = model_response(store, args, doc, split, row)
         verdict = checker.judge(problem, ids, eos, optimal_moves(split, row))
-        plan = drawing.traces.split_response(words(ids))[1]
+        plan = split_response(words(ids))[1]
         response = (label, words(ids), verdict, checker.task.parse_plan(plan) if plan else None)
     fig = drawing.task_figure(checker.task, problem, f"{doc['_id']} {args.split} task {args.id}",
                               words(split.get(row, "trace")), checker.task.parse_plan(words(split.get(row, "plan"))),
