@@ -9,7 +9,7 @@ tables comparing runs' evaluations (--json: also as a JSON file).
   python report.py metrics --run-id A [--run-id B ...] [--split test] --out metrics.png
       optimal % / correct % and SWC / ILR of each run's latest evaluation, as bars (Table 1 as a picture),
       and its trace diagnostics where it has them (eval.py: traces legal A* steps, tasks by failure kind)
-  python report.py task --dataset NAME --id I [--split test] [--run-id R [--checkpoint best] [--sample K]] --out t.png
+  python report.py task --dataset NAME --id I [--split test] [--run-id R [--checkpoint best] [--sample K] [--temperature T]] --out t.png
       one task drawn (drawing.py): the maze or level, A*'s plan and trace; with --run-id beside it a model's
       response: sample K of the run's stored responses to it (its checkpoint's, eval.py), else a fresh
       greedy one (up to --max-tokens), with where its trace leaves A*'s and how it fails (traces.py)
@@ -227,7 +227,8 @@ def plot_metrics(store, args):
 
 def model_response(store, args, doc, split, row):
     """(label, response ids, eos) of the run for the task at row: sample --sample of its stored
-    responses at its checkpoint's step (the most sampled setting), else a fresh greedy one."""
+    responses at its checkpoint's step (at --temperature, else the most sampled setting), else a fresh
+    greedy one."""
     run = store.require_run(args.run_id)
     cfg = run["config"]
     name = (cfg.get("test_name") or cfg.get("train_name")) if args.split == "test" else cfg.get("train_name")
@@ -241,7 +242,7 @@ def model_response(store, args, doc, split, row):
     for d in store.responses.find({"run_id": args.run_id, "step": pointer["step"], "task": task_id}):
         p = json.loads(d["pkey"])
         if (p["dataset"], p["uid"], p["split"], p.get("prefix_len", 0), p.get("checkpoint", "latest")) == \
-                (doc["_id"], doc["uid"], args.split, 0, args.checkpoint):
+                (doc["_id"], doc["uid"], args.split, 0, args.checkpoint) and args.temperature in (None, p["temperature"]):
             groups.setdefault(d["pkey"], []).append(d)
     where = f"run {args.run_id} at step {pointer['step']}" + (" (best)" if args.checkpoint == "best" else "")
     if groups:
@@ -440,6 +441,8 @@ def parse_args(argv):
     p.add_argument("--run-id", help="draw this run's response beside it")
     p.add_argument("--checkpoint", default="latest", choices=["latest", "best"], help="the run's checkpoint (default latest)")
     p.add_argument("--sample", type=int, default=0, help="which of its stored responses (default 0)")
+    p.add_argument("--temperature", type=float, help="only responses stored at this temperature (default: the "
+                   "setting with the most samples)")
     p.add_argument("--max-tokens", type=int, default=0, help="a fresh response's limit (default: eval.py's)")
     p.set_defaults(fn=draw_task)
     p = sub.add_parser("compare", help="a table of runs on the tasks that every one solves optimally: optimal %% "

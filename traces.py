@@ -53,8 +53,8 @@ def _common(a, b) -> int:
 def _why(kind, first, token, near, size) -> str:
     """What a step that matches no legal one breaks: near tokens of it matched the closest legal
     step (size tokens); token is the step's first."""
-    if first:
-        return "does not begin by creating the start with g 0"
+    if first and near < size - 2:
+        return "does not begin by creating the start"
     if near == 0:
         if token == "close" and kind == "create":
             return "a close before every child of the node last closed is created"
