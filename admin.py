@@ -20,7 +20,8 @@ import server
 from dataset import generation_rule
 from errors import CheckpointError, ConfigError, StoreError
 from metrics import print_table
-from store import check_checkpoint, check_name, connect
+from records import export_record, import_record, read_record, write_record
+from store import check_checkpoint, check_name, connect, restored
 
 def fmt_time(t):
     return t.strftime("%Y-%m-%d %H:%M") if t else "-"
@@ -97,9 +98,11 @@ def show(store, args):
     print(f"checkpoint: step {ck['step']}, {ck['size'] / 2**20:.1f} MiB" if ck else "checkpoint: none")
     if best:  # train.py --patience
         m = best.get("metrics") or {}
-        rate = f"validation optimal {m['optimal_pct']:.1f}%, " if m.get("optimal_pct") is not None else ""
-        print(f"best checkpoint: step {best['step']} ({rate}test loss {m.get('loss', float('nan')):.4f}), "
-              f"{best['size'] / 2**20:.1f} MiB")
+        rate = f"optimal {m['optimal_pct']:.1f}%, correct {m['correct_pct']:.1f}%, " \
+            if m.get("correct_pct") is not None else ""
+        why = f"validation: {rate}plan loss {m['plan_loss']:.4f}" if "plan_loss" in m else \
+            f"test loss {m.get('loss', float('nan')):.4f}, as selected before validation-only selection"
+        print(f"best checkpoint: step {best['step']} ({why}), {best['size'] / 2**20:.1f} MiB")
     if r.get("stopped_early"):
         k = r["config"].get("patience")
         print(f"stopped early at step {r['stopped_early']['step']}: {k} evaluations in a row without improvement "
@@ -156,7 +159,10 @@ def export_one(store, run_id, export_dir, which="latest"):
         if not pid.isdigit() or not server.pid_alive(int(pid)):
             stale.unlink(missing_ok=True)
     for attempt in range(3):
-        info = store.require_run(run_id).get("checkpoint" if which == "latest" else "best")
+        doc = store.require_run(run_id)
+        if doc.get("record"):
+            raise restored(run_id)
+        info = doc.get("checkpoint" if which == "latest" else "best")
         if not info:
             raise StoreError(f"run {run_id!r} has no checkpoint yet" if which == "latest" else
                              f"run {run_id!r} has no best checkpoint (kept by runs trained with --patience)")
@@ -207,6 +213,41 @@ def import_checkpoint(store, args):
     from checkpoint_store import put_checkpoint  # imports torch, as checkpoint.py does
     put_checkpoint(store, run_id, ck["config"], ck, ck["step"], replace=args.replace)
     print(f"imported {args.filename} as run {run_id} (step {ck['step']})")
+
+
+def export_record_cmd(store, args):
+    size = write_record(export_record(store, args.run_id), args.out)
+    print(f"exported the record of run {args.run_id} to {args.out} ({size / 1024:.1f} KiB)")
+
+
+def import_record_cmd(store, args):
+    record = args.record  # read and checked before connecting (main)
+    import_record(store, record, replace=args.replace)
+    print(f"imported run {record['run_id']} from {args.filename} ({len(record['logs'])} log records, "
+          f"{len(record['results'])} evaluations, no checkpoints)")
+
+
+def bulk_import_record(store, args):
+    """Every *.json record of a folder, one line each; a bad one is named, the others still imported."""
+    if not Path(args.dir).is_dir():
+        raise ConfigError(f"{args.dir}: no such folder")
+    files = sorted(Path(args.dir).glob("*.json"))
+    failed = 0
+    for path in files:
+        try:
+            record = read_record(path)
+            if args.skip_existing and store.get_run(record["run_id"]) is not None:
+                print(f"{path}: run {record['run_id']} exists, skipped")
+                continue
+            import_record(store, record, replace=args.replace)
+            print(f"{path}: imported run {record['run_id']}")
+        except errors.Error as e:
+            failed += 1
+            print(f"{path}: not imported: {e}")
+    if failed:
+        raise StoreError(f"{failed} of {len(files)} records not imported (named above)")
+    if not files:
+        print(f"no records (*.json) in {args.dir}")
 
 
 def db_cmd(_store, args):
@@ -264,6 +305,21 @@ def main(argv=None):
     p.add_argument("--run-id", help="run id to import as (default: the one in the file)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing run of that id")
     p.set_defaults(fn=import_checkpoint)
+    p = sub.add_parser("export-record", help="write a run's record (run, logs, evaluations; no checkpoint files) "
+                       "to a JSON file")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.set_defaults(fn=export_record_cmd)
+    p = sub.add_parser("import-record", help="restore a run from its record (without checkpoints: it cannot be "
+                       "resumed or evaluated again)")
+    p.add_argument("filename")
+    p.add_argument("--replace", action="store_true", help="overwrite an existing run of that id")
+    p.set_defaults(fn=import_record_cmd)
+    p = sub.add_parser("bulk-import-record", help="restore every record (*.json) of a folder")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--replace", action="store_true", help="overwrite existing runs")
+    p.add_argument("--skip-existing", action="store_true", help="leave runs already in the database as they are")
+    p.set_defaults(fn=bulk_import_record)
     p = sub.add_parser("db", help="the embedded database server: status or stop")
     p.add_argument("action", choices=["status", "stop"])
     p.set_defaults(fn=db_cmd)
@@ -279,6 +335,8 @@ def main(argv=None):
             args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before touching the database
             named = args.checkpoint["run_id"] if "run_id" in args.checkpoint else Path(args.filename).stem
             args.run_id = check_name(args.run_id or named)
+        if args.cmd == "import-record":
+            args.record = read_record(args.filename)  # refuse a bad file before touching the database
         if getattr(args, "pattern", None) is not None:
             try:
                 re.compile(args.pattern)

@@ -89,16 +89,21 @@ def restore(ck, model, opt, sched, batcher, sums):
     return step, rng, log_sums, selection
 
 
+# the keys of a best evaluation's record: now (validation tasks alone), and before (the test loss broke ties)
+SELECTION_KEYS = (["correct_pct", "optimal_pct", "plan_loss", "step"], ["loss", "optimal_pct", "step"])
+
+
 def check_selection(sel, step):
     """The model selection state of a checkpoint (train.py --patience): the best evaluation so far
-    ({step, loss, optimal_pct (None without --eval-tasks)} or None) and the evaluations since it."""
+    ({step, optimal_pct, correct_pct (None without rollouts), plan_loss} or None) and the evaluations since."""
     best = sel.get("best") if isinstance(sel, dict) else 0
     number = lambda v: type(v) in (int, float)  # noqa: E731
     if not isinstance(sel, dict) or sorted(sel) != ["best", "stale"] or type(sel["stale"]) is not int or \
             sel["stale"] < 0 or best is not None and not (
-                isinstance(best, dict) and sorted(best) == ["loss", "optimal_pct", "step"] and
-                type(best["step"]) is int and 0 < best["step"] <= step and number(best["loss"]) and
-                (best["optimal_pct"] is None or number(best["optimal_pct"]))):
+                isinstance(best, dict) and sorted(best) in SELECTION_KEYS and
+                type(best["step"]) is int and 0 < best["step"] <= step and
+                all(number(v) for k, v in best.items() if k in ("loss", "plan_loss")) and
+                all(v is None or number(v) for k, v in best.items() if k.endswith("_pct"))):
         raise ValueError(f"malformed selection state {shown(sel)}")
 
 

@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 import testhook
 from errors import CheckpointError, StoreError
-from store import check_name, fenced, free, lost, now, retrying
+from store import check_name, fenced, free, lost, now, restored, retrying
 
 
 FIELDS = {"latest": "checkpoint", "best": "best"}  # which checkpoint -> the run document's field pointing at it
@@ -101,6 +101,8 @@ def load_checkpoint(store, run_id, map_location="cpu", which="latest"):
     replaced (and deleted) while it was being read is read again at the new pointer."""
     for attempt in range(3):
         doc = store.require_run(run_id)
+        if doc.get("record"):
+            raise restored(run_id)
         pending = doc.get("pending_checkpoint")
         if pending is not None:
             # a save (or import) was killed mid-write when nobody holds the run by the server's clock:

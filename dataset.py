@@ -215,6 +215,19 @@ def get_dataset(db, name):
     return doc
 
 
+def fingerprint(db, name):
+    """A digest of a dataset's vocabulary and every sequence of both splits (ids and tokens), the same
+    for the same data wherever it was made: what a run record (records.py) checks its dataset by."""
+    doc = get_dataset(db, name)
+    h = hashlib.blake2b(repr(doc["vocabulary"]).encode(), digest_size=16)
+    for split in ("train", "test"):
+        data = load_split(db, name, split)
+        h.update(split.encode() + np.asarray(data.ids, "<i8").tobytes())
+        for p in PARTS:
+            h.update(np.asarray(data.lens[p], "<i8").tobytes() + np.asarray(data.flat[p], DTYPE).tobytes())
+    return h.hexdigest()
+
+
 # ---------------------------------------------------------------------------------------------
 # loading
 

@@ -15,6 +15,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 import traces  # noqa: E402
+from errors import DataError  # noqa: E402
+from metrics import Checker, optimal_moves  # noqa: E402
 from traces import TITLES  # noqa: E402
 
 CLOSED = plt.get_cmap("viridis")
@@ -178,3 +180,35 @@ def diagnostics_bars(left, right, results):
     right.set_xticks(range(len(results)), [r for r, _ in results], fontsize=7)
     right.set_ylabel("% of tasks, by their best response")
     right.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+
+
+def row_of(doc, split_name, split, task_id) -> int:
+    """The row of a task id in a split (DataError when it has none)."""
+    rows = np.flatnonzero(split.ids == task_id)
+    if not len(rows):
+        raise DataError(f"dataset {doc['_id']!r} has no {split_name} task {task_id} (ids 0..{len(split.ids) - 1})")
+    return int(rows[0])
+
+
+def metrics_figure(results):
+    """report.py metrics' figure for [(run id, evaluation result)]: (figure, (left, right)) for its
+    bars, with two more panels of the trace diagnostics (diagnostics_bars) where a result has them."""
+    diagnosed = [(run_id, res["diagnostics"]) for run_id, res in results if "diagnostics" in res]
+    fig, axes = plt.subplots(1, 4 if diagnosed else 2, figsize=(20 if diagnosed else 10, 4.2))
+    if diagnosed:  # evaluations since eval.py stored trace diagnostics
+        diagnostics_bars(axes[2], axes[3], diagnosed)
+    return fig, axes[:2]
+
+
+def task_picture(doc, split, row, heading, response=None):
+    """task_figure of the task at row of a dataset's split; response: (label, ids, eos) of a model's
+    response to it (rollouts.task_response), judged strictly here."""
+    checker = Checker(doc)
+    problem, words = checker.problem(split.get(row, "prompt")), lambda ids: [checker.vocab[i] for i in ids]
+    if response is not None:
+        label, ids, eos = response
+        plan = traces.split_response(words(ids))[1]
+        response = (label, words(ids), checker.judge(problem, ids, eos, optimal_moves(split, row)),
+                    checker.task.parse_plan(plan) if plan else None)
+    return task_figure(checker.task, problem, heading, words(split.get(row, "trace")),
+                       checker.task.parse_plan(words(split.get(row, "plan"))), response)

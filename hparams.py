@@ -41,9 +41,12 @@ class TrainConfig:
     start_optimizer: bool = True  # with start_checkpoint: its AdamW state too (the reference); false: weights only
     start_from: str = "latest"  # with start_checkpoint: that run's latest checkpoint, or its best (--patience)
     seed: int = 0
-    eval_tasks: int = 0  # > 0: greedy rollouts on the last this many test tasks (the validation tasks) at each
+    eval_samples: int = 0  # with eval_tasks: 0 greedy rollouts; K > 0: K samples a task at temperature 1, a task
+    # solved when any is (as eval.py reports), the same random streams at every evaluation
+    eval_tasks: int = 0  # > 0: rollouts on the last this many test tasks (the validation tasks) at each
     # eval (rollout_* in the test log)
-    patience: int = 0  # > 0: stop after this many evals in a row without a better selection metric (0: never)
+    patience: int = 0  # > 0: stop after this many evals in a row without a better selection metric on the
+    # validation tasks (needs eval_tasks; 0: never)
 
     @classmethod
     def from_dict(cls, d):
@@ -75,11 +78,14 @@ class TrainConfig:
             if getattr(self, key) <= 0:
                 raise ValueError(f"hyper-parameter {key!r} must be positive, got {getattr(self, key)}")
         for key in ["batch_tokens", "warmup_steps", "num_train_sequences", "min_reasoning_len",
-                    "max_reasoning_len", "seed", "weight_decay", "grad_clip", "eval_tasks", "patience"]:
+                    "max_reasoning_len", "seed", "weight_decay", "grad_clip", "eval_tasks", "eval_samples", "patience"]:
             if getattr(self, key) < 0:
                 raise ValueError(f"hyper-parameter {key!r} must not be negative, got {getattr(self, key)}")
         if not (self.lr > 0 and 0 <= self.min_lr_ratio <= 1 and 0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise ValueError("need lr > 0, 0 <= min_lr_ratio <= 1 and betas in [0, 1)")
+        if self.patience and not self.eval_tasks:
+            raise ValueError("--patience selects on validation tasks: give --eval-tasks N too (the last N test "
+                             "tasks; results are then never reported on them or their wall layouts)")
         if self.model_size not in SIZES:
             raise ValueError(f"hyper-parameter 'model_size' must be one of {', '.join(SIZES)}, got {self.model_size!r}")
         for key, allowed in CHOICES.items():
@@ -113,5 +119,5 @@ CHOICES = {"model_size": tuple(SIZES), "lr_schedule": ("cosine", "constant"), "l
            "decay_params": ("all", "matrices"), "start_from": store.CHECKPOINTS}
 
 # the keys added after runs were stored, each with the value a stored config without it trained with
-ADDED = {"loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0,
+ADDED = {"eval_samples": 0, "loss_norm": "token", "decay_params": "matrices", "start_optimizer": False, "patience": 0,
          "start_from": "latest"}

@@ -155,6 +155,8 @@ def print_table(rows, label="run", columns=COLUMNS):
     title, format) of the columns to show where a row has a value."""
     def cell(metrics, key, spec):
         v = metrics.get(key)
+        if isinstance(v, tuple) and len(v) == 3:  # none solved: its 95% upper bound, not a spread of 0
+            return f"{fmt(v[0], spec)} (≤{fmt(v[2], spec.replace('+', ''))})"
         return f"{fmt(v[0], spec)} ± {fmt(v[1], spec.replace('+', ''))}" if isinstance(v, tuple) else fmt(v, spec)
 
     columns = [c for c in columns if any(m.get(c[0]) is not None for _, m in rows)]
@@ -218,14 +220,57 @@ def binomial_se(k, n):
     return 100 * math.sqrt(p * (1 - p) / n)
 
 
-def ratio_of_sums(t, t_star):
-    """(sum t / sum t*, its delta-method standard error over tasks); the error is None below two tasks."""
+def cluster_sum_se(residuals, clusters):
+    """sqrt(G/(G-1) sum_g (sum of g's residuals)^2): the cluster-robust (sandwich) spread of a sum of
+    per-task residuals whose tasks fall in G clusters (the tasks of one wall layout), with the usual small-
+    sample factor; tasks each in a cluster of their own give the plain sqrt(n/(n-1) sum e_i^2). None below
+    two clusters."""
+    e = np.asarray(residuals, float)
+    _, g = np.unique(np.asarray(clusters), return_inverse=True)
+    G = int(g.max()) + 1 if len(g) else 0
+    if G < 2:
+        return None
+    sums = np.bincount(g, weights=e, minlength=G)
+    return float(math.sqrt(G / (G - 1) * (sums ** 2).sum()))
+
+
+def mean_se(values, clusters):
+    """(mean, its standard error clustered by `clusters`) of per-task values."""
+    v = np.asarray(values, float)
+    se = cluster_sum_se(v - v.mean(), clusters)
+    return float(v.mean()), (None if se is None else se / len(v))
+
+
+def upper_95(n_clusters):
+    """The one-sided 95% upper bound of a rate of which none of the tasks succeeded, each cluster (wall
+    layout) counted as one trial: its tasks may stand or fall together, so this is the cautious bound
+    (tasks counted alike would give 1 - 0.05^(1/n))."""
+    return 1 - 0.05 ** (1 / n_clusters)
+
+
+def optimal_pct(solved, n, clusters=None):
+    """A run's optimal % of its n tasks (rows 0..n-1; solved: the rows solved optimally) as (percentage,
+    standard error) clustered by wall layout (clusters[row]; None: the binomial error); with none solved,
+    (0.0, None, the 95% upper bound in %)."""
+    if clusters is None:
+        return 100 * len(solved) / n, binomial_se(len(solved), n)
+    if not solved:
+        return 0.0, None, 100 * upper_95(len(set(clusters[:n])))
+    y = np.zeros(n)
+    y[list(solved)] = 1.0
+    pct, se = mean_se(y, clusters[:n])
+    return 100 * pct, None if se is None else 100 * se
+
+
+def ratio_of_sums(t, t_star, clusters=None):
+    """(sum t / sum t*, its delta-method standard error over tasks, clustered by `clusters` when given);
+    the error is None below two tasks (clusters)."""
     t, s = np.asarray(t, float), np.asarray(t_star, float)
     if not len(t):
         return None
     r = float(t.sum() / s.sum())
-    n = len(t)
-    return r, (float(math.sqrt(((t - r * s) ** 2).sum() / (n * (n - 1))) / s.mean()) if n > 1 else None)
+    se = cluster_sum_se(t - r * s, np.arange(len(t)) if clusters is None else clusters)
+    return r, (None if se is None else se / s.sum())
 
 
 def traces_on(name, res, rows):
@@ -237,44 +282,49 @@ def traces_on(name, res, rows):
     return np.array([at[r][0] for r in rows], float), np.array([at[r][1] for r in rows], float)
 
 
-def paired(a, b, rows):
+def paired(a, b, rows, clusters=None):
     """b minus a, each (name, result document) on the same tasks: optimal % over all of them and
     trace/A* over rows, as paired differences with their standard errors over tasks (per task,
-    solved optimally or not, and t_b,i - t_a,i over the shared sum of t*)."""
+    solved optimally or not, and t_b,i - t_a,i over the shared sum of t*), clustered by wall layout
+    (clusters[row]) when given."""
     (name_a, res_a), (name_b, res_b) = a, b
     n = res_a["metrics"]["tasks"]
     solved_a, solved_b = set(by_task_of(name_a, res_a)["rows"]), set(by_task_of(name_b, res_b)["rows"])
-    mean = (len(solved_b) - len(solved_a)) / n
-    var = (len(solved_a ^ solved_b) - n * mean ** 2) / (n - 1) if n > 1 else 0.0  # per-task differences are -1, 0, 1
-    out = {"optimal_pct_diff": (100 * mean, 100 * math.sqrt(max(var, 0.0) / n) if n > 1 else None)}
+    # per task: 1 solved by b alone, -1 by a alone; by row with clusters (rows 0..n-1 of a test split),
+    # else in any order (each task its own cluster: where a task sits does not matter)
+    at = list(range(n)) if clusters is not None else sorted(solved_a | solved_b) + [None] * n
+    d = np.array([(r in solved_b) - (r in solved_a) for r in at[:n]], float)
+    mean, se = mean_se(d, np.arange(n) if clusters is None else clusters[:n])
+    out = {"optimal_pct_diff": (100 * mean, None if se is None else 100 * se)}
     ta, tb = traces_on(name_a, res_a, rows), traces_on(name_b, res_b, rows)
     if ta is not None and tb is not None and len(rows):
         if not np.allclose(ta[1], tb[1]):
             raise ConfigError(f"{name_a} and {name_b} were scored with different A* trace lengths t* (data.py "
                               f"astar-stats ran between their evaluations?): evaluate both again")
-        out["trace_ratio_diff"] = ratio_of_sums(tb[0] - ta[0], ta[1])
+        out["trace_ratio_diff"] = ratio_of_sums(tb[0] - ta[0], ta[1], None if clusters is None else clusters[rows])
     return out
 
 
-def compare(named):
+def compare(named, clusters=None):
     """Each run of named ([(name, result document)], evaluated alike on the same tasks) on the tasks
     that every one solves optimally: optimal % of all its tasks with the binomial standard error,
     trace/A* over the common tasks as a ratio of sums (as trace_ratio: sum t_i / sum t*_i) with its
-    delta-method standard error, and both as paired differences from the first run. Returns
+    delta-method standard error, and both as paired differences from the first run; the errors
+    clustered by wall layout when clusters (an array: each evaluated row's layout) is given. Returns
     (common rows, [stats per run])."""
     rows = common_tasks(named)
-    out = [run_stats(name, res, rows) for name, res in named]
+    out = [run_stats(name, res, rows, clusters) for name, res in named]
     for stats, (name, res) in zip(out[1:], named[1:]):
-        stats.update(paired(named[0], (name, res), rows))
+        stats.update(paired(named[0], (name, res), rows, clusters))
     return rows, out
 
 
-def run_stats(name, res, rows):
+def run_stats(name, res, rows, clusters=None):
     """One run's figures of compare() without the paired differences (rows: the common tasks)."""
-    n, solved = res["metrics"]["tasks"], len(by_task_of(name, res)["rows"])
+    n, solved = res["metrics"]["tasks"], by_task_of(name, res)["rows"]
     stats = {"run": name, "step": res["step"], "checkpoint": res["params"].get("checkpoint", "latest"), "tasks": n,
-             "optimal": solved, "optimal_pct": (100 * solved / n, binomial_se(solved, n)), "common": len(rows)}
+             "optimal": len(solved), "optimal_pct": optimal_pct(solved, n, clusters), "common": len(rows)}
     traces = traces_on(name, res, rows)
     if traces is not None:
-        stats["trace_ratio"] = ratio_of_sums(*traces)
+        stats["trace_ratio"] = ratio_of_sums(*traces, None if clusters is None else clusters[rows])
     return stats

@@ -7,12 +7,9 @@ tables comparing runs' evaluations (--json: also as a JSON file).
       the distribution of trace lengths in tokens: each dataset's sequences (A*'s traces, or a
       bootstrapped dataset's), and each run's optimal responses in its latest evaluation (eval.py)
   python report.py metrics --run-id A [--run-id B ...] [--split test] --out metrics.png
-      optimal % / correct % and SWC / ILR of each run's latest evaluation, as bars (Table 1 as a picture),
-      and its trace diagnostics where it has them (eval.py: traces legal A* steps, tasks by failure kind)
-  python report.py task --dataset NAME --id I [--split test] [--run-id R [--checkpoint best] [--sample K] [--temperature T]] --out t.png
-      one task drawn (drawing.py): the maze or level, A*'s plan and trace; with --run-id beside it a model's
-      response: sample K of the run's stored responses to it (its checkpoint's, eval.py), else a fresh
-      greedy one (up to --max-tokens), with where its trace leaves A*'s and how it fails (traces.py)
+      optimal % / correct % and SWC / ILR of each run's latest evaluation as bars, and its trace diagnostics
+  python report.py task --dataset NAME --id I [--split test] [--run-id R [--checkpoint best] [--sample K]] --out t.png
+      one task drawn with A*'s plan and trace, and beside it a run's stored (else fresh greedy) response (drawing.py)
   python report.py compare --run-id A --run-id B [...] [--split test] [--json cmp.json]
       a table of runs on the tasks that every one solves optimally (see below)
   python report.py efficiency --run-id R [...] --out eff.png [--json eff.json]
@@ -26,17 +23,20 @@ evaluations (eval.py --checkpoint best) when the run has one, else its latest; e
 trace prefix are left out; the runs must have been evaluated on the same tasks (the same prompts,
 whichever dataset holds them) with the same samples and temperature.
 
-Comparing runs. Per run: optimal % of the evaluated tasks with its binomial standard error; trace/A*
-over the tasks that every compared run solves optimally, as the ratio of sums sum t_i / sum t*_i
-(as eval.py's trace/A*; t_i the mean trace length of the task's optimal responses) with its
-delta-method standard error over tasks; and both as paired differences from the first run on the
-same tasks (optimal: per-task solved-or-not differences; trace/A*: sum (t_i - t_first,i) / sum t*_i).
+Comparing runs. Per run: optimal % of the evaluated tasks with its standard error; trace/A* over the
+tasks that every compared run solves optimally, as the ratio of sums sum t_i / sum t*_i (as eval.py's
+trace/A*; t_i the mean trace length of the task's optimal responses) with its delta-method standard
+error; and both as paired differences from the first run on the same tasks (optimal: per-task
+solved-or-not differences; trace/A*: sum (t_i - t_first,i) / sum t*_i). Every standard error on test
+tasks is clustered by wall layout (the maze tasks of one layout are not independent: metrics.py
+cluster_sum_se); a run that solves none shows 0 with its 95% upper bound (each layout one trial), not
+± 0. Each run's row also holds the validation figures that selected its checkpoint (`selected`).
 
 Model kinds (efficiency): solution-only (a plan-only run), shuffled-trace (its training dataset
 was made by data.py shuffle-traces: params shuffled_traces), search-augmented (otherwise).
 The training tasks are the run's num_train_sequences (all: the dataset's train count). Error bars:
 the standard error over the seeds (runs of the same kind and count) where there are two or more,
-else the binomial one. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the
+else the run's own (clustered by wall layout); the y axis starts at 0. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the
 train log records, up to the evaluated step and in all; wall time runs from the run's creation to its
 last update (time between a kill and its resume included).
 
@@ -58,11 +58,11 @@ import numpy as np  # noqa: E402
 
 import drawing  # noqa: E402
 import errors  # noqa: E402
-from dataset import DTYPE, get_dataset, load_split  # noqa: E402
+import tasks  # noqa: E402
+from dataset import get_dataset, load_split  # noqa: E402
 from errors import ConfigError, DataError, StoreError  # noqa: E402
-from metrics import Checker, check_alike, compare, optimal_moves, paired, print_table, run_stats  # noqa: E402
+from metrics import check_alike, compare, paired, print_table, run_stats  # noqa: E402
 from store import check_name, connect  # noqa: E402
-from traces import split_response  # noqa: E402
 
 PERCENTS = [("optimal_pct", "optimal %"), ("correct_pct", "correct %")]
 RATIOS = [("swc", "SWC"), ("ilr_solved", "ILR-solved"), ("ilr_optimal", "ILR-optimal")]
@@ -114,7 +114,8 @@ def save(fig, out):
 
 
 def save_json(doc, out):
-    """(value, standard error) pairs become value and value_se fields."""
+    """(value, standard error) pairs become value and value_se fields; (0, None, bound) of a rate none
+    achieved, value, value_se null and value_upper95."""
     def flat(d):
         if isinstance(d, list):
             return [flat(x) for x in d]
@@ -123,7 +124,9 @@ def save_json(doc, out):
         out = {}
         for k, v in d.items():
             if isinstance(v, tuple):
-                out[k], out[f"{k}_se"] = v
+                out[k], out[f"{k}_se"] = v[:2]
+                if len(v) == 3:
+                    out[f"{k}_upper95"] = v[2]
             else:
                 out[k] = flat(v)
         return out
@@ -204,11 +207,7 @@ def plot_traces(store, args):
 def plot_metrics(store, args):
     docs = [(run_id, latest_result(store, run_id, args.split)) for run_id in args.run_id]
     results = [(run_id, res["metrics"]) for run_id, res in docs]
-    diagnosed = [(run_id, res["diagnostics"]) for run_id, res in docs if "diagnostics" in res]
-    fig, axes = plt.subplots(1, 4 if diagnosed else 2, figsize=(20 if diagnosed else 10, 4.2))
-    left, right = axes[:2]
-    if diagnosed:  # evaluations since eval.py stored trace diagnostics
-        drawing.diagnostics_bars(axes[2], axes[3], diagnosed)
+    fig, (left, right) = drawing.metrics_figure(docs)  # with the trace diagnostics' panels where there are some
     for ax, keys, top in ((left, PERCENTS, 100), (right, RATIOS, 1)):
         width = 0.8 / len(results)
         for i, (run_id, m) in enumerate(results):
@@ -225,60 +224,39 @@ def plot_metrics(store, args):
     save(fig, args.out)
 
 
-def model_response(store, args, doc, split, row):
-    """(label, response ids, eos) of the run for the task at row: sample --sample of its stored
-    responses at its checkpoint's step (at --temperature, else the most sampled setting), else a fresh
-    greedy one."""
-    run = store.require_run(args.run_id)
-    cfg = run["config"]
-    name = (cfg.get("test_name") or cfg.get("train_name")) if args.split == "test" else cfg.get("train_name")
-    if name != doc["_id"]:
-        raise ConfigError(f"run {args.run_id!r} samples its {args.split} tasks from dataset {name!r}, not "
-                          f"{doc['_id']!r}: draw one of those")
-    pointer = run.get("best" if args.checkpoint == "best" else "checkpoint")
-    if pointer is None:
-        raise StoreError(f"run {args.run_id!r} has no {args.checkpoint} checkpoint")
-    task_id, groups = int(split.ids[row]), {}
-    for d in store.responses.find({"run_id": args.run_id, "step": pointer["step"], "task": task_id}):
-        p = json.loads(d["pkey"])
-        if (p["dataset"], p["uid"], p["split"], p.get("prefix_len", 0), p.get("checkpoint", "latest")) == \
-                (doc["_id"], doc["uid"], args.split, 0, args.checkpoint) and args.temperature in (None, p["temperature"]):
-            groups.setdefault(d["pkey"], []).append(d)
-    where = f"run {args.run_id} at step {pointer['step']}" + (" (best)" if args.checkpoint == "best" else "")
-    if groups:
-        docs = sorted(max(groups.values(), key=len), key=lambda d: d["sample"])
-        if args.sample >= len(docs):
-            raise ConfigError(f"{where} has {len(docs)} stored responses to task {args.id}: --sample must be below that")
-        p, d = json.loads(docs[0]["pkey"]), docs[args.sample]
-        return (f"{where}: sample {args.sample} of {len(docs)} stored (temperature {p['temperature']:g})",
-                np.frombuffer(d["tokens"], DTYPE), d["eos"])
-    from rollouts import greedy_response  # imports torch: only a fresh response needs the model
-    ids, eos, limit = greedy_response(store, args.run_id, args.checkpoint, doc["task"], split, row, args.max_tokens)
-    return f"{where}: greedy (none stored), up to {limit} tokens", ids, eos
-
-
 def draw_task(store, args):
     doc = get_dataset(store.db, args.dataset)
     split = load_split(store.db, doc["_id"], args.split)
-    rows = np.flatnonzero(split.ids == args.id)
-    if not len(rows):
-        raise DataError(f"dataset {args.dataset!r} has no {args.split} task {args.id} (ids 0..{len(split.ids) - 1})")
-    row, checker = int(rows[0]), Checker(doc)
-    problem, words = checker.problem(split.get(row, "prompt")), lambda ids: [checker.vocab[i] for i in ids]
-    response = None
+    row, response = drawing.row_of(doc, args.split, split, args.id), None
     if args.run_id:
-        label, ids, eos = model_response(store, args, doc, split, row)
-        verdict = checker.judge(problem, ids, eos, optimal_moves(split, row))
-        plan = split_response(words(ids))[1]
-        response = (label, words(ids), verdict, checker.task.parse_plan(plan) if plan else None)
-    fig = drawing.task_figure(checker.task, problem, f"{doc['_id']} {args.split} task {args.id}",
-                              words(split.get(row, "trace")), checker.task.parse_plan(words(split.get(row, "plan"))),
-                              response)
-    save(fig, args.out)
+        from rollouts import task_response  # imports torch: only report.py task --run-id needs it
+        response = task_response(store, args.run_id, args.checkpoint, doc, args.split, split, row, args.sample,
+                                 args.max_tokens)
+    save(drawing.task_picture(doc, split, row, f"{doc['_id']} {args.split} task {args.id}", response), args.out)
 
 
 def compared_results(store, run_ids, split):
     return [(run_id, latest_result(store, run_id, split, compared=True)) for run_id in run_ids]
+
+
+def layouts(store, res):
+    """The wall layout of each task of a test-split evaluation (rows 0..n-1), as small ints: the clusters
+    its standard errors count (a layout's tasks are not independent). None for another split (binomial)."""
+    p = res["params"]
+    if p["split"] != "test":
+        return None
+    doc, split = get_dataset(store.db, p["dataset"]), load_split(store.db, p["dataset"], "test", False)
+    if p["num_tasks"] > len(split.ids):  # not an evaluation of this split's first tasks
+        return None
+    task = tasks.of(doc["task"], doc.get("params", {}))
+    ids = {}
+    return np.array([ids.setdefault((task.layout(prompt) if task else prompt).tobytes(), len(ids))
+                     for prompt in (split.get(r, "prompt") for r in range(p["num_tasks"]))])
+
+
+def selected(store, run_id):
+    """The validation figures that selected a run's best checkpoint (train.py --patience), or None."""
+    return ((store.get_run(run_id) or {}).get("best") or {}).get("metrics")
 
 
 def evaluation(named, stats):
@@ -297,7 +275,9 @@ def describe(ev):
 
 def cmd_compare(store, args):
     named = compared_results(store, args.run_id, args.split)
-    rows, stats = compare(named)
+    rows, stats = compare(named, layouts(store, named[0][1]))
+    for st in stats:
+        st["selected"] = selected(store, st["run"])
     ev = evaluation(named, stats)
     print(f"{describe(ev)}; {len(rows)} solved optimally by every run; Δ: paired difference from {named[0][0]}")
     print_table([(s["run"], s) for s in stats], columns=COMPARE_COLUMNS)
@@ -324,32 +304,39 @@ def run_facts(store, run, step):
             "wall_s": wall}
 
 
-def efficiency_points(runs):
+def efficiency_points(runs, clustered=True):
     """One point per (kind, training tasks): the mean optimal % of its runs with the standard error
-    over them (two or more), else the run's binomial one."""
+    over them (two or more), else the run's own (clustered by layout, or its upper bound)."""
     points = []
     for kind in KINDS:
         for count in sorted({r["train_tasks"] for r in runs if r["kind"] == kind}):
             group = [r for r in runs if r["kind"] == kind and r["train_tasks"] == count]
             pcts = [r["optimal_pct"][0] for r in group]
-            se = float(np.std(pcts, ddof=1) / math.sqrt(len(pcts))) if len(pcts) > 1 else group[0]["optimal_pct"][1]
+            one = group[0]["optimal_pct"]  # a single run's (%, clustered SE), or (0, None, its 95% upper bound)
+            pct = (float(np.mean(pcts)), float(np.std(pcts, ddof=1) / math.sqrt(len(pcts)))) if len(pcts) > 1 else one
             points.append({"kind": kind, "train_tasks": count, "runs": [r["run"] for r in group],
-                           "optimal_pct": (float(np.mean(pcts)), se),
-                           "error": "seeds" if len(pcts) > 1 else "binomial"})
+                           "optimal_pct": pct, "error": "seeds" if len(pcts) > 1 else "layouts" if clustered else "binomial"})
     return points
+
+
+def error_bar(pct):
+    """(below, above) of a percentage's error bar: ± its standard error, or 0 up to its 95% upper bound."""
+    return (0.0, pct[2]) if len(pct) == 3 else (pct[1] or 0.0, pct[1] or 0.0)
 
 
 def plot_efficiency(store, args):
     named = compared_results(store, args.run_id, args.split)
     check_alike(named)
+    clusters = layouts(store, named[0][1])
     runs = []
     for name, res in named:
         run = store.require_run(name)
         kind, count = run_kind(store, run["config"])
         runs.append({"run": name, "kind": kind, "train_tasks": count, "seed": run["config"]["seed"],
-                     **{k: v for k, v in run_stats(name, res, []).items() if k != "common"},
+                     **{k: v for k, v in run_stats(name, res, [], clusters).items() if k != "common"},
+                     "selected": selected(store, name),
                      **run_facts(store, run, res["step"])})
-    points = efficiency_points(runs)
+    points = efficiency_points(runs, clusters is not None)
     ev = evaluation(named, runs)
     print_table([(r["run"], r) for r in runs], columns=EFFICIENCY_COLUMNS)
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -359,15 +346,35 @@ def plot_efficiency(store, args):
             continue
         dodge = 1.04 ** (i - 1)  # the kinds' error bars side by side where they share a count
         ax.errorbar([p["train_tasks"] * dodge for p in mine], [p["optimal_pct"][0] for p in mine],
-                    yerr=[p["optimal_pct"][1] for p in mine], marker="o", capsize=3, color=f"C{i}", label=kind)
+                    yerr=np.array([error_bar(p["optimal_pct"]) for p in mine]).T, marker="o", capsize=3,
+                    color=f"C{i}", label=kind)
         seeds = [r for r in runs if r["kind"] == kind]
         ax.scatter([r["train_tasks"] * dodge for r in seeds], [r["optimal_pct"][0] for r in seeds], s=10, alpha=0.4,
                    color=f"C{i}")
     ax.set_xscale("log")
-    ax.set_ylim(-2, 102)
-    ax.set_title(f"{describe(ev)}\nerror bars: the seeds' standard error (2+ runs), else binomial", fontsize=9)
+    ax.set_ylim(0, max(5.0, *(p["optimal_pct"][0] + error_bar(p["optimal_pct"])[1] for p in points)) * 1.1)
+    ax.set_title(f"{describe(ev)}\nerror bars: the seeds' standard error (2+ runs), else clustered by wall layout; "
+                 f"none solved: up to the 95% upper bound", fontsize=9)
     save_json({"evaluation": ev, "runs": runs, "points": points}, args.json)
     finish(fig, ax, "training tasks", f"optimal % of {ev['split']} tasks", args.out)
+
+
+def bootstrapped_data(store, run_id):
+    """What a bootstrapping step trained on (its dataset made by eval.py bootstrap): the sequences whose
+    trace got shorter than the source's, the mean trace length before and after, and the optimal % on
+    the training tasks of the run it sampled (its train-split evaluation); None for another dataset."""
+    info = get_dataset(store.db, store.require_run(run_id)["config"]["train_name"]).get("params", {}).get("bootstrap")
+    if info is None:
+        return None
+    name = store.require_run(run_id)["config"]["train_name"]
+    boot, src = load_split(store.db, name, "train", False), load_split(store.db, info["source"], "train", False)
+    n = len(boot.ids)
+    before, after = src.lens["trace"][:n].astype(float), boot.lens["trace"].astype(float)  # row r is source row r
+    sampled = store.results.find_one({"run_id": info["run_id"], "params.split": "train", "step": info["step"]},
+                                     sort=[("time", -1)])
+    return {"dataset": name, "sampled_run": info["run_id"], "sequences": n, "shorter": int((after < before).sum()),
+            "trace_len_before": float(before.mean()), "trace_len_after": float(after.mean()),
+            "train_optimal_pct": sampled["metrics"]["optimal_pct"] if sampled else None}
 
 
 def plot_bootstrap(store, args):
@@ -377,17 +384,20 @@ def plot_bootstrap(store, args):
     for name, res in named:
         if "trace_ratio" not in res["metrics"]:
             raise ConfigError(f"run {name!r} is plan-only: bootstrapping compares search-augmented runs")
-    rows, stats = compare(named)
+    clusters = layouts(store, named[0][1])
+    rows, stats = compare(named, clusters)
     if not rows:  # optimal % against the control still says something; trace/A* has nothing to compare on
         print("note: no task is solved optimally by every run, so trace/A* is not compared; optimal % only",
               file=sys.stderr)
     for (line, step, _), s in zip(lines, stats):
         s.update(line=line, bootstrap_step=step)
+        if line == "bootstrap" and step > 0:
+            s["data"] = bootstrapped_data(store, s["run"])
     for s, (name, res) in zip(stats, named):
         control = next((i for i, (line, step, _) in enumerate(lines)
                         if line == "control" and step == s["bootstrap_step"]), None)
         if s["line"] == "bootstrap" and control is not None:
-            vs = paired(named[control], (name, res), rows)
+            vs = paired(named[control], (name, res), rows, clusters)
             s.update({f"control_{k}": v for k, v in vs.items()})
     ev = evaluation(named, stats)
     print(f"{describe(ev)}; trace/A* on the {len(rows)} tasks that every run solves optimally; Δ: paired difference "
@@ -402,7 +412,7 @@ def plot_bootstrap(store, args):
                 mine = [stats[0], *mine]
             if mine:
                 ax.errorbar([s["bootstrap_step"] + 0.02 * i for s in mine], [s[key][0] for s in mine],
-                            yerr=[s[key][1] or 0 for s in mine], marker="o", capsize=3, color=f"C{i}",
+                            yerr=np.array([error_bar(s[key]) for s in mine]).T, marker="o", capsize=3, color=f"C{i}",
                             linestyle="-" if i == 0 else "--", label=line)
         ax.set_title(title, fontsize=9)
         ax.set_xticks(sorted({s["bootstrap_step"] for s in stats}))
@@ -441,12 +451,10 @@ def parse_args(argv):
     p.add_argument("--run-id", help="draw this run's response beside it")
     p.add_argument("--checkpoint", default="latest", choices=["latest", "best"], help="the run's checkpoint (default latest)")
     p.add_argument("--sample", type=int, default=0, help="which of its stored responses (default 0)")
-    p.add_argument("--temperature", type=float, help="only responses stored at this temperature (default: the "
-                   "setting with the most samples)")
     p.add_argument("--max-tokens", type=int, default=0, help="a fresh response's limit (default: eval.py's)")
     p.set_defaults(fn=draw_task)
     p = sub.add_parser("compare", help="a table of runs on the tasks that every one solves optimally: optimal %% "
-                       "(binomial SE), trace/A* as sum t_i / sum t*_i (delta-method SE), paired differences from the "
+                       "(SE clustered by wall layout), trace/A* as sum t_i / sum t*_i (delta-method SE), paired differences from the "
                        "first run")
     p.add_argument("--run-id", action="append", required=True, help="repeatable; the first is the paired reference")
     p.set_defaults(fn=cmd_compare)
@@ -473,8 +481,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        runs = [args.run_id] if isinstance(args.run_id, str) else args.run_id or []  # task: one run
-        for run_id in runs + (getattr(args, "control", None) or []):
+        for run_id in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []) + (getattr(args, "control", None) or []):
             check_name(run_id)
         for flag in ("first", "sample", "max_tokens"):
             if getattr(args, flag, 0) < 0:

@@ -1,11 +1,13 @@
 """Rollouts of a model on a dataset's tasks: each continues `<bos> prompt <sep>` (and an optional
 prefix of the stored trace) through the sampling engine (decode.py); and the greedy rollout metrics
 a trainer logs at its evaluations (train.py --eval-tasks) on its validation tasks; a run's model
-loaded from its checkpoint (load_model: eval.py samples it, report.py task draws its response).
+loaded from its checkpoint (load_model: eval.py samples it), and a run's stored or fresh response
+to one task (task_response: report.py task draws it).
 
 Validation tasks: the last eval_tasks tasks of the run's test split. A trainer selects its best
 checkpoint on them (--patience), so results are reported only on the tasks before them, and before
 the wall layout they start in (reportable_tasks): no reported task shares a layout with them."""
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +18,7 @@ import decode
 import tasks
 from checkpoint_store import load_checkpoint
 from dataset import BOS, DTYPE, SEP, get_dataset, load_split
-from errors import StoreError
+from errors import ConfigError, StoreError
 from metrics import SUM_FIELDS, Checker, score, summarize
 from model import ModelConfig, Transformer
 
@@ -48,14 +50,40 @@ def load_model(store, run_id, device, which="latest"):
     return model.to(device).eval(), ck
 
 
-def greedy_response(store, run_id, which, task, split, row, max_tokens=0):
-    """(ids, eos, token limit) of a run's greedy response to one task of a split, sampled on the CPU;
-    the limit is max_tokens, else eval.py's for the task kind."""
+def task_response(store, run_id, which, doc, split_name, split, row, sample=0, max_tokens=0):
+    """(label, ids, eos) of a run's response to the task at row of its split (report.py task): the
+    sample-th of the responses stored for it at the run's checkpoint's step (eval.py's keys; of the
+    setting with the lowest temperature, greedy first, then the most samples; none after a trace
+    prefix), else a fresh greedy one sampled on the CPU up to max_tokens (else eval.py's limit)."""
+    run = store.require_run(run_id)
+    cfg = run["config"]
+    name = (cfg.get("test_name") or cfg.get("train_name")) if split_name == "test" else cfg.get("train_name")
+    if name != doc["_id"]:
+        raise ConfigError(f"run {run_id!r} samples its {split_name} tasks from dataset {name!r}, not "
+                          f"{doc['_id']!r}: draw one of those")
+    pointer = run.get("best" if which == "best" else "checkpoint")
+    if pointer is None:
+        raise StoreError(f"run {run_id!r} has no {which} checkpoint")
+    task_id, groups = int(split.ids[row]), {}
+    for d in store.responses.find({"run_id": run_id, "step": pointer["step"], "task": task_id}):
+        p = json.loads(d["pkey"])
+        if (p["dataset"], p["uid"], p["split"], p.get("prefix_len", 0), p.get("checkpoint", "latest")) == \
+                (doc["_id"], doc["uid"], split_name, 0, which):
+            groups.setdefault(d["pkey"], []).append(d)
+    where = f"run {run_id} at step {pointer['step']}" + (" (best)" if which == "best" else "")
+    if groups:
+        pick = min(groups.values(), key=lambda g: (json.loads(g[0]["pkey"])["temperature"], -len(g)))
+        docs = sorted(pick, key=lambda d: d["sample"])
+        if sample >= len(docs):
+            raise ConfigError(f"{where} has {len(docs)} stored responses to task {task_id}: --sample must be below that")
+        p, d = json.loads(docs[0]["pkey"]), docs[sample]
+        return (f"{where}: sample {sample} of {len(docs)} stored (temperature {p['temperature']:g})",
+                np.frombuffer(d["tokens"], DTYPE), d["eos"])
     device = torch.device("cpu")
     model, ck = load_model(store, run_id, device, which)
-    limit = max_tokens or MAX_TOKENS.get((task, bool(ck["config"]["plan_only"])), 10000)
+    limit = max_tokens or MAX_TOKENS.get((doc["task"], bool(ck["config"]["plan_only"])), 10000)
     (_, ids, eos), = rollouts(model, split, [(row, 0)], Opts(0.0, limit), 1, device)
-    return ids, eos, limit
+    return f"{where}: greedy (none stored), up to {limit} tokens", ids, eos
 
 
 def prompt_ids(split, row, prefix_len=0):
@@ -105,24 +133,30 @@ def reportable_tasks(doc, split, eval_tasks):
 
 
 def rollout_metrics(model, store, cfg, rank, world, device, use_cache):
-    """For the trainer: greedy rollouts on the validation tasks (the last cfg.eval_tasks test tasks),
-    each rank a share, metrics over all of them. Rollouts stop at twice the longest reference response
-    of these tasks (or the usual limit, if lower): an untrained model would otherwise run to the full
-    limit. The dataset is read through the store's retries, from the local cache when use_cache."""
+    """For the trainer: rollouts on the validation tasks (the last cfg.eval_tasks test tasks), each rank a
+    share, metrics over all of them: greedy, or cfg.eval_samples samples a task at temperature 1 (a task
+    counts as solved when any sample solves it, as eval.py reports; the seed is fixed, so every evaluation
+    draws with the same random streams and checkpoints differ by their weights alone). Rollouts stop at
+    twice the longest reference response of these tasks (or the usual limit, if lower): an untrained model
+    would otherwise run to the full limit. The dataset is read through the store's retries, from the local
+    cache when use_cache."""
     name = cfg.test_name or cfg.train_name
     doc = store.call(get_dataset, name)
     checker = Checker(doc)
     split = store.call(load_split, name, "test", use_cache)
     rows = np.arange(max(0, len(split.ids) - cfg.eval_tasks), len(split.ids))
     ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
-    opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))
-    mine = [(int(r), 0) for r in rows[rank::world]]
+    limit = min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1)
+    opts = Opts(1.0 if cfg.eval_samples else 0.0, limit, seed=cfg.seed)
+    mine = [(int(r), s) for r in rows[rank::world] for s in range(max(1, cfg.eval_samples))]
     size = batch_size_for(model, split, device)
     training = model.training
     model.eval()
-    answers = [(r, [(ids, eos)]) for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device)]
+    answers = {}
+    for (r, _), ids, eos in rollouts(model, split, mine, opts, size, device):
+        answers.setdefault(r, []).append((ids, eos))
     model.train(training)
-    sums = score(checker, split, answers)
+    sums = score(checker, split, sorted(answers.items()))
     total = torch.tensor([sums[k] for k in SUM_FIELDS], dtype=torch.float64, device=device)
     if dist.is_initialized():
         dist.all_reduce(total)

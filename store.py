@@ -113,6 +113,13 @@ def fenced(run_id, owner):
     return {"_id": run_id, **({"lease.owner": owner} if owner else {})}
 
 
+def restored(run_id):
+    """The refusal to train, sample or start from a run restored from a record (records.py)."""
+    return StoreError(f"run {run_id!r} was restored from a record (admin.py import-record), without checkpoints: "
+                      f"it cannot be resumed, evaluated again or started from; train it again under a new --run-id "
+                      f"(or drop it first)")
+
+
 def lost(run_id):
     return StoreError(f"run {run_id!r} is no longer held by this process (its lease expired and another "
                       f"process took it over, or the run was dropped); stopping")
@@ -283,6 +290,8 @@ class Store:
         lease = {"owner": owner, "expires": server_t + lease_s, "seen": server_t}
         fields = {"status": "running", "error": None, "world_size": world_size, "host": host, "updated": t}
         doc = self.runs.find_one({"_id": run_id})
+        if doc and doc.get("record"):
+            raise restored(run_id)
         if doc and (doc.get("lease") or {}).get("owner") == owner and doc.get("created") == doc.get("updated"):
             return None  # this call's own insert, its answer lost (retried whole): still a new run (RunGuard.created)
         if doc is None:
@@ -387,6 +396,7 @@ class Store:
     @retrying
     def list_checkpoints(self):
         """Every run's checkpoints, its latest (`checkpoint`) then its best (train.py --patience), by run id."""
-        docs = self.runs.find({"checkpoint": {"$ne": None}}, {"checkpoint": 1, "best": 1}).sort("_id", 1)
+        docs = self.runs.find({"checkpoint": {"$ne": None}, "record": {"$ne": True}},  # a record's: metadata, no file
+                              {"checkpoint": 1, "best": 1}).sort("_id", 1)
         return [{"run_id": d["_id"], "which": which, **d[field]}
                 for d in docs for which, field in (("latest", "checkpoint"), ("best", "best")) if d.get(field)]

@@ -45,6 +45,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import devices
 import errors
 import sweep
+import tasks
 from batches import Batcher, Prefetcher, Sequences
 from checkpoint import build, check_vocabulary, restore, start_from
 from checkpoint_store import load_checkpoint, point_best, save_checkpoint
@@ -128,7 +129,11 @@ def load_data(store, cfg, use_cache):
         part = store.call(load_split, name, split, use_cache)
         rows = filter_split(part, cfg.min_reasoning_len, max_len, limit or None)
         seqs[split] = Sequences.build(part, rows, cfg.plan_only)
-    return train_doc["vocabulary"], seqs["train"], seqs["test"]
+    # the validation tasks' sequences (the last eval_tasks test tasks, those the rollouts select on): the
+    # selection's tie-break loss comes from them, never from the reported tasks at the split's start
+    val_rows = np.arange(max(0, len(part.ids) - cfg.eval_tasks), len(part.ids))
+    seqs["val"] = Sequences.build(part, val_rows, cfg.plan_only) if cfg.eval_tasks else None
+    return train_doc["vocabulary"], seqs["train"], seqs["test"], seqs["val"]
 
 
 def check_inputs(store, cfg, run_id):
@@ -195,6 +200,12 @@ class Clock:
         return t
 
 
+def selection_rank(m):
+    """What model selection maximises (a best evaluation's record, as select() makes it; one stored before
+    the plan loss decided ties ranks below any new evaluation of the same optimal %)."""
+    return (m["optimal_pct"] or 0.0, m.get("correct_pct") or 0.0, -m.get("plan_loss", float("inf")))
+
+
 QUICK_CHECKPOINT_S = 10.0  # an interrupted run saves its current step when a checkpoint takes at most this
 
 
@@ -209,7 +220,10 @@ class Training:
 
     def setup(self, init=None):
         cfg, device = self.cfg, self.device
-        self.vocab, self.train_seqs, self.test_seqs = load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
+        self.vocab, self.train_seqs, self.test_seqs, self.val_seqs = load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
+        test_doc = self.store.call(get_dataset, cfg.test_name or cfg.train_name)
+        # rollouts need a task whose plans can be checked (a synthetic dataset: the validation loss alone)
+        self.checkable = tasks.of(test_doc["task"], test_doc.get("params", {})) is not None
         self.batcher = Batcher(self.train_seqs, cfg, self.world)
         need = self.batcher.shares if cfg.batch_tokens else cfg.batch_size * self.batcher.shares
         if len(self.train_seqs) < need or len(self.test_seqs) == 0:
@@ -308,13 +322,16 @@ class Training:
         return self.cfg.patience > 0 and self.selection["stale"] >= self.cfg.patience
 
     def select(self, metrics):
-        """Model selection (patience > 0): this evaluation is the new best when its greedy optimal rate on
-        the validation tasks is higher, or equal with a lower test loss (the test loss alone without
-        eval_tasks). Returns whether it is."""
+        """Model selection (patience > 0), on the validation tasks alone: this evaluation is the new best
+        when it ranks higher by (optimal %, correct %, -plan loss) on them (the rates of greedy rollouts, or of
+        eval_samples samples a task as eval.py reports). The plan loss (the
+        plan's tokens given the prompt and the stored trace) breaks ties: a model kind that does not learn
+        the stored traces (a shuffled-trace control) is judged by its plans, not by its loss on traces.
+        Returns whether it is."""
         best = self.selection["best"]
-        now = {"step": self.step, "loss": metrics["loss"], "optimal_pct": metrics.get("rollout_optimal_pct")}
-        rank = lambda m: (m["optimal_pct"] or 0.0, -m["loss"])  # noqa: E731
-        better = best is None or rank(now) > rank(best)
+        now = {"step": self.step, "optimal_pct": metrics.get("rollout_optimal_pct"),
+               "correct_pct": metrics.get("rollout_correct_pct"), "plan_loss": metrics["val_plan_loss"]}
+        better = best is None or selection_rank(now) > selection_rank(best)
         # every rank takes rank 0's decision (their metrics are reduced alike, but a tie must not split them)
         self.selection = broadcast_obj({"best": now if better else best, "stale": 0 if better else self.selection["stale"] + 1})
         return self.selection["best"]["step"] == self.step
@@ -368,15 +385,21 @@ class Training:
     def test(self):
         cfg, clock = self.cfg, self.clock
         t1 = clock.pause()
+        # the test loss (logged, never selected on: its first rows are reported tasks)
         metrics = evaluate(self.model, self.test_seqs, self.rank, self.world, self.device, self.autocast)
-        if cfg.eval_tasks:
-            greedy = rollout_metrics(self.model, self.store, cfg, self.rank, self.world, self.device,
-                                     not self.flags.no_cache)
-            metrics.update({f"rollout_{k}": v for k, v in greedy.items()})
+        if cfg.eval_tasks:  # what selection reads: the validation tasks alone
+            val = evaluate(self.model, self.val_seqs, self.rank, self.world, self.device, self.autocast)
+            metrics.update({f"val_{k}": val[k] for k in ("loss", "plan_loss", "accuracy", "plan_exact")})
+            if self.checkable:
+                rollout = rollout_metrics(self.model, self.store, cfg, self.rank, self.world, self.device,
+                                          not self.flags.no_cache)
+                metrics.update({f"rollout_{k}": v for k, v in rollout.items()})
         if self.rank == 0:
             self.store.log(self.run_id, self.step, "test", metrics, owner=self.flags.owner)
         better = cfg.patience > 0 and self.select(metrics)
-        rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks" if cfg.eval_tasks else ""
+        how = f" x {cfg.eval_samples} samples" if cfg.eval_samples else ""
+        rollout = f" | optimal {metrics['rollout_optimal_pct']:.1f}% of {cfg.eval_tasks} tasks{how}" \
+            if "rollout_optimal_pct" in metrics else ""
         best = f" | best step {self.selection['best']['step']}" if cfg.patience else ""
         print0(f"step {self.step} | test loss {metrics['loss']:.4f} | test acc {metrics['accuracy']:.3f} | exact plan "
                f"{metrics['plan_exact']:.3f} response {metrics['response_exact']:.3f}{rollout}{best}")

@@ -15,8 +15,11 @@
 # interrupted script continues where it stopped when started again, also in a later sitting. Each
 # finished stage appends its wall time to $RESULTS/stages.tsv and rewrites the small results files
 # (JSON tables, PNG plots) in $RESULTS, which the write-up reads: commit them as they come.
-# Knobs (environment): SIZE TRACES MODEL COUNTS SEEDS KINDS PATIENCE EVAL_EVERY MAX_STEPS BATCH LR
-# VAL_TASKS TEST_TASKS SAMPLES BOOT_STEPS BOOT_SAMPLES FT_STEPS NPROC COMPILE PREFIX RESULTS.
+# Knobs (environment): SIZE TRACES MODEL COUNTS SEEDS KINDS SHUFFLED_COUNTS EXTRA_SEEDS EXTRA_COUNTS SCHEDULE
+# PATIENCE EVAL_EVERY MAX_STEPS BATCH LR MIN_LR_RATIO VAL_TASKS TEST_TASKS SAMPLES BOOT_STEPS BOOT_SAMPLES
+# FT_STEPS NPROC COMPILE DATA_TRAIN PREFIX RESULTS.
+# Selection reads the validation tasks alone (the last VAL_TASKS test tasks, 300 over 11 wall layouts at 6x6),
+# results are reported on the first TEST_TASKS (18 layouts), errors clustered by layout (report.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,34 +27,44 @@ PY=${PY:-.venv/bin/python}
 SIZE=${SIZE:-6}                     # maze side
 TRACES=${TRACES:-deterministic}     # deterministic | nondeterministic A* traces
 MODEL=${MODEL:-xs}
-COUNTS=${COUNTS:-"2000 1000 500"}   # training-task counts (the first N tasks of one dataset), trained in this order
-SEEDS=${SEEDS:-"0"}
+COUNTS=${COUNTS:-"1000 2000 500 4000"}  # training-task counts (the first N tasks of one dataset), trained in this order
+SEEDS=${SEEDS:-"0"}                 # every kind at every count (shuffled: at SHUFFLED_COUNTS) with each
 KINDS=${KINDS:-"solution-only search shuffled"}
+SHUFFLED_COUNTS=${SHUFFLED_COUNTS:-"2000 4000"}  # the shuffled-trace control at these counts only
+EXTRA_SEEDS=${EXTRA_SEEDS-1}           # more seeds of solution-only and search-augmented, at EXTRA_COUNTS, after the rest
+EXTRA_COUNTS=${EXTRA_COUNTS:-"1000"}
+SCHEDULE=${SCHEDULE:-patience}      # patience | cooldown | second (experiments/schedule_pilot.sh chose; docs/laptop.md)
+MIN_LR_RATIO=${MIN_LR_RATIO:-0.1}   # the cosine's floor, a fraction of LR
+COOLDOWN_FRAC=${COOLDOWN_FRAC:-0.2} # SCHEDULE=cooldown: the decay's length, a fraction of the selected step
 PATIENCE=${PATIENCE:-3}             # evaluations without a better validation optimal rate before stopping
 EVAL_EVERY=${EVAL_EVERY:-200}       # steps between evaluations (and checkpoints)
 MAX_STEPS=${MAX_STEPS:-8000}        # the cap; patience normally stops a run well before it
 BATCH=${BATCH:-32}                  # sequences per step, over all processes
 LR=${LR:-2e-3}
-VAL_TASKS=${VAL_TASKS:-100}         # greedy validation tasks: the last ones of the test split
+VAL_TASKS=${VAL_TASKS:-300}         # greedy validation tasks: the last ones of the test split
 TEST_TASKS=${TEST_TASKS:-500}       # reported test tasks: the first ones, never validation tasks
 SAMPLES=${SAMPLES:-8}               # responses per test task, the same for every model
+EVAL_SAMPLES=${EVAL_SAMPLES-$SAMPLES}  # validation: samples a task at temperature 1 (0: greedy), as results are reported
 BOOT_STEPS=${BOOT_STEPS:-2}
 BOOT_SAMPLES=${BOOT_SAMPLES:-16}    # responses per training prompt when bootstrapping (the paper: 64)
 FT_STEPS=${FT_STEPS:-500}           # fine-tuning steps per bootstrapping step (and per control step)
 NPROC=${NPROC:-2}                   # processes of one thread each (DDP, gloo)
 COMPILE=${COMPILE:-}                # --compile to torch.compile training
-PREFIX=${PREFIX:-eff$SIZE}
+PREFIX=${PREFIX:-eff${SIZE}v2}           # v2: validation-only selection (the v1 results in experiments/results/eff6)
 RESULTS=${RESULTS:-experiments/results/$PREFIX}
 DATA=maze.$SIZE-by-$SIZE-$TRACES.simple
 SHUFFLED=shuffled.$DATA
 NUM_TRAIN=$(for c in $COUNTS; do echo "$c"; done | sort -n | tail -1)
+DATA_TRAIN=${DATA_TRAIN:-$(( NUM_TRAIN > 4000 ? NUM_TRAIN : 4000 ))}  # the dataset's (schedule_pilot.sh's too)
 NUM_TEST=$(( TEST_TASKS + VAL_TASKS + 200 ))   # room for whole wall layouts between the two parts
 MAX_TOKENS=$(( SIZE * SIZE * 16 ))  # generated tokens per response (the longest 6x6 A* response of 12,000 tasks: 306)
 export OMP_NUM_THREADS=1
 
 mkdir -p "$RESULTS"
 STAGES=$RESULTS/stages.tsv
-[ -f "$STAGES" ] || printf 'stage\tseconds\tfinished\n' > "$STAGES"
+[ -f "$STAGES" ] || printf 'stage\tseconds\tfinished\tcommit\n' > "$STAGES"
+# the commit a stage ran (-dirty: with uncommitted changes outside the results)
+commit() { echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!experiments/results' || echo -dirty)"; }
 script_start=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - script_start )) s] $*"; }
 recorded() { cut -f1 "$STAGES" | grep -qx "$1"; }
@@ -63,33 +76,74 @@ stage() {
     stamp "$name"
     local t0; t0=$(date +%s)
     "$@"
-    printf '%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$(date -u +%FT%TZ)" >> "$STAGES"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$(date -u +%FT%TZ)" "$(commit)" >> "$STAGES"
 }
 torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
 have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
 have_run() { "$PY" admin.py show "$1" > /dev/null 2>&1; }
-# a stage recorded as done whose run the database lost (a new machine, say) is done again; its recorded
-# figures stay in the committed results files until the new ones replace them
+# a stage recorded as done whose run the database lost (a new machine, say) gets the run back from its
+# record (below) when it has one and no later stage needs its checkpoint, else is done again; its
+# recorded figures stay in the committed results files until the new ones replace them
 forget_lost() {
     if recorded "$1" && ! have_run "$2"; then
+        if { [ "$2" != "$base" ] || [ -n "$intact" ]; } && restore "$2"; then return 0; fi
         echo "=== $1: recorded, but run $2 is not in the database: running it again"
         forget "$1"
     fi
 }
+
+# --- run records -------------------------------------------------------------------------------------
+# After each model stage, each bootstrapping or control evaluation, and each bootstrapped dataset (its
+# sampling stores an evaluation on the train split with the run sampled), the run's record (its run
+# document, logs and evaluations, no checkpoint: admin.py export-record) goes to $RECORDS/<run id>.json,
+# committed with the results. A fresh database gets a lost run back from it (admin.py import-record)
+# instead of training it again; such a run has no checkpoint, so the bootstrapping chain's runs and its
+# base model are restored only when the whole chain is done and its datasets are in the database.
+RECORDS=$RESULTS/runs
+save_record() { "$PY" admin.py export-record --run-id "$1" --out "$RECORDS/$1.json"; }
+# a record for a stage recorded as done before records were written, while its run is still here
+backfill_record() { if recorded "$1" && [ ! -f "$RECORDS/$2.json" ] && have_run "$2"; then save_record "$2"; fi; }
+restore() {
+    [ -f "$RECORDS/$1.json" ] || return 1
+    "$PY" admin.py import-record "$RECORDS/$1.json" || return 1
+    echo "=== run $1 was not in the database: restored from its record $RECORDS/$1.json (no checkpoint)"
+}
+with_record() { local id=$1; shift; "$@"; save_record "$id"; }  # with_record RUN CMD...: CMD, then RUN's record
+# whether every stage of the bootstrapping chain is recorded, its datasets are in the database and each
+# of its runs is in the database or has a record: then no checkpoint of the chain is needed again
+chain_intact() {
+    local k prev=$base r
+    for k in $(seq 1 "$BOOT_STEPS"); do
+        { recorded "bootstrap dataset from $prev" && have_dataset "bootstrap.$prev"; } || return 1
+        for r in "$base-boot-$k" "$base-control-$k"; do
+            { recorded "fine-tune $r" && recorded "evaluate $r"; } || return 1
+            have_run "$r" || [ -f "$RECORDS/$r.json" ] || return 1
+        done
+        prev=$base-boot-$k
+    done
+}
+# --- end of run records ------------------------------------------------------------------------------
+
 train() {
     # shellcheck disable=SC2086
     torchrun train.py single --model-size "$MODEL" --batch-size $(( BATCH / NPROC )) --lr "$LR" --warmup-steps 100 \
-        --log-interval 50 --num-test-sequences 200 --eval-tasks "$VAL_TASKS" $COMPILE "$@"
+        --log-interval 50 --num-test-sequences 200 --eval-tasks "$VAL_TASKS" --eval-samples "$EVAL_SAMPLES" $COMPILE "$@"
 }
 evaluate() { torchrun eval.py --run-id "$1" --checkpoint "$2" --num-tasks "$TEST_TASKS" --samples "$SAMPLES" --max-tokens "$MAX_TOKENS"; }
 run_id() { echo "$PREFIX-$1-$2-s$3"; }  # kind, count, seed
 
 data() {
     local flags=(); [ "$TRACES" = nondeterministic ] && flags=(--nondeterministic)
-    have_dataset "$DATA" || "$PY" data.py maze --size "$SIZE" "${flags[@]}" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
+    have_dataset "$DATA" || "$PY" data.py maze --size "$SIZE" "${flags[@]}" --num-train "$DATA_TRAIN" --num-test "$NUM_TEST"
     have_dataset "$SHUFFLED" || "$PY" data.py shuffle-traces "$DATA" --name "$SHUFFLED" --seed 0
 }
-# one model of claim (a): trained to its best, then its best checkpoint evaluated
+best_step() { "$PY" -c "import store,sys; print(store.connect().get_run(sys.argv[1])['best']['step'])" "$1"; }
+lr_at() { "$PY" -c "import store,sys; from hparams import TrainConfig
+print(TrainConfig.from_stored(store.connect().get_run(sys.argv[1])['config']).lr_at(int(sys.argv[2])))" "$1" "$2"; }
+# one model of claim (a): trained to its best by the validation tasks (SCHEDULE patience: a cosine to MAX_STEPS
+# stopped by --patience; cooldown: that run, <id>-p, then from its best the LR it had there decayed to the
+# floor over COOLDOWN_FRAC of its steps; second: <id>-p, then a fresh run whose cosine ends at <id>-p's best
+# step), then its best checkpoint evaluated
 model() {
     local kind=$1 count=$2 seed=$3 flags=() name=$DATA
     case $kind in
@@ -99,17 +153,48 @@ model() {
         *) echo "error: unknown kind $kind in KINDS; use solution-only, search or shuffled" >&2; exit 1 ;;
     esac
     local id; id=$(run_id "$kind" "$count" "$seed")
-    train --run-id "$id" --train-name "$name" --test-name "$DATA" --num-train-sequences "$count" --seed "$seed" \
-        --train-steps "$MAX_STEPS" --patience "$PATIENCE" --eval-interval "$EVAL_EVERY" \
-        --checkpoint-interval "$EVAL_EVERY" "${flags[@]}"
+    local common=(--train-name "$name" --test-name "$DATA" --num-train-sequences "$count" --seed "$seed"
+                  --min-lr-ratio "$MIN_LR_RATIO" "${flags[@]}")
+    local first=$id; [ "$SCHEDULE" = patience ] || first=$id-p
+    train --run-id "$first" "${common[@]}" --lr "$LR" --warmup-steps 100 --train-steps "$MAX_STEPS" \
+        --patience "$PATIENCE" --eval-interval "$EVAL_EVERY" --checkpoint-interval "$EVAL_EVERY"
+    local s lr cool floor; s=$(best_step "$first")
+    case $SCHEDULE in
+        patience) ;;
+        cooldown)
+            cool=$(awk -v s="$s" -v f="$COOLDOWN_FRAC" 'BEGIN { c = int(s * f / 100 + 0.5) * 100; print (c < 200 ? 200 : c) }')
+            lr=$(lr_at "$first" "$s")
+            floor=$("$PY" -c "print(min(1.0, $LR * $MIN_LR_RATIO / $lr))")
+            train --run-id "$id" "${common[@]}" --start-checkpoint "$first" --start-from best --lr "$lr" --warmup-steps 0 \
+                --min-lr-ratio "$floor" --train-steps "$cool" --patience "$PATIENCE" \
+                --eval-interval $(( EVAL_EVERY / 2 )) --checkpoint-interval $(( EVAL_EVERY / 2 )) ;;
+        second)
+            train --run-id "$id" "${common[@]}" --lr "$LR" --warmup-steps 100 --train-steps "$s" --patience 1000000 \
+                --eval-interval "$EVAL_EVERY" --checkpoint-interval "$EVAL_EVERY" ;;
+        *) echo "error: unknown SCHEDULE $SCHEDULE; use patience, cooldown or second" >&2; exit 1 ;;
+    esac
     evaluate "$id" best
+    save_record "$id"
+}
+# the models of claim (a), "kind count seed" a line, in training order: every kind at every count with the
+# SEEDS (the shuffled-trace control at SHUFFLED_COUNTS alone), then solution-only and search-augmented with
+# the EXTRA_SEEDS at EXTRA_COUNTS
+models() {
+    local seed count kind
+    for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
+        [ "$kind" = shuffled ] && ! [[ " $SHUFFLED_COUNTS " == *" $count "* ]] && continue
+        echo "$kind $count $seed"
+    done; done; done
+    for seed in $EXTRA_SEEDS; do for count in $EXTRA_COUNTS; do for kind in solution-only search; do
+        [[ " $KINDS " == *" $kind "* ]] && echo "$kind $count $seed"
+    done; done; done
 }
 efficiency_report() {
     local ids=() seed count kind id  # local: the main loop's own variables must survive this
-    for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
+    while read -r kind count seed; do
         id=$(run_id "$kind" "$count" "$seed")
         recorded "model $id" && ids+=(--run-id "$id")
-    done; done; done
+    done < <(models)
     [ ${#ids[@]} -gt 0 ] || return 0
     "$PY" report.py efficiency "${ids[@]}" --out "$RESULTS/efficiency.png" --json "$RESULTS/efficiency.json"
 }
@@ -129,27 +214,30 @@ compare_report() {
     "$PY" report.py compare "${ids[@]:0:4}" --json "$RESULTS/compare-$1-s$2-search-solution.json"
 }
 
+# a fresh database (a new machine) lacks the datasets: made again (the same flags make the same data,
+# which the run records' import checks)
+if recorded "data $DATA and $SHUFFLED" && ! { have_dataset "$DATA" && have_dataset "$SHUFFLED"; }; then
+    forget "data $DATA and $SHUFFLED"
+fi
 stage "data $DATA and $SHUFFLED" data
 
-# first, so that no report names a lost run
-for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do
-    id=$(run_id "$kind" "$count" "$seed")
-    forget_lost "model $id" "$id"
-done; done; done
 first_seed=$(echo "$SEEDS" | awk '{print $1}')
 base=$(run_id search "$NUM_TRAIN" "$first_seed")  # claim (b) starts from it
+intact=; if [ "$BOOT_STEPS" -eq 0 ] || chain_intact; then intact=1; fi  # no checkpoint of the chain's needed
+# first, so that no report names a lost run
+while read -r kind count seed; do
+    id=$(run_id "$kind" "$count" "$seed")
+    forget_lost "model $id" "$id"
+    backfill_record "model $id" "$id"
+done < <(models)
 stale=; recorded "model $base" || stale="base model $base is trained in this launch"
-for seed in $SEEDS; do
-    for count in $COUNTS; do
-        for kind in $KINDS; do
-            id=$(run_id "$kind" "$count" "$seed")
-            recorded "model $id" && continue
-            stage "model $id" model "$kind" "$count" "$seed"
-            efficiency_report
-        done
-        compare_report "$count" "$seed"
-    done
-done
+while read -r kind count seed <&3; do  # the list on fd 3: no command in the loop can read it
+    id=$(run_id "$kind" "$count" "$seed")
+    recorded "model $id" && continue
+    stage "model $id" model "$kind" "$count" "$seed"
+    efficiency_report
+    compare_report "$count" "$seed"
+done 3< <(models)
 
 # claim (b): bootstrapping from the best search-augmented model at the largest count, the first seed's
 [ "$BOOT_STEPS" -gt 0 ] || { stamp "done (BOOT_STEPS=0: no bootstrapping)"; exit 0; }
@@ -163,7 +251,8 @@ chained() {
         if [ -z "$stale" ]; then
             case $what in
                 dataset) have_dataset "$thing" || stale="dataset $thing is not in the database" ;;
-                run) have_run "$thing" || stale="run $thing is not in the database" ;;
+                run) have_run "$thing" || { [ -n "$intact" ] && restore "$thing"; } ||
+                     stale="run $thing is not in the database" ;;
             esac
         fi
         if [ -n "$stale" ]; then
@@ -179,16 +268,18 @@ prev=$base prev_control=$base checkpoint=best
 for k in $(seq 1 "$BOOT_STEPS"); do
     run=$base-boot-$k control=$base-control-$k
     chained "bootstrap dataset from $prev" dataset "bootstrap.$prev" \
-        torchrun eval.py bootstrap --run-id "$prev" --checkpoint "$checkpoint" --samples "$BOOT_SAMPLES" \
-        --max-tokens "$MAX_TOKENS" --name "bootstrap.$prev" --overwrite
+        with_record "$prev" torchrun eval.py bootstrap --run-id "$prev" --checkpoint "$checkpoint" \
+        --samples "$BOOT_SAMPLES" --max-tokens "$MAX_TOKENS" --name "bootstrap.$prev" --overwrite
     common=(--num-train-sequences "$NUM_TRAIN" --test-name "$DATA" --train-steps "$FT_STEPS" --eval-interval "$FT_STEPS"
             --checkpoint-interval "$FT_STEPS")
     chained "fine-tune $run" run "$run" \
         train --run-id "$run" --train-name "bootstrap.$prev" --start-checkpoint "$prev" --start-from "$checkpoint" "${common[@]}"
-    chained "evaluate $run" - - evaluate "$run" latest
+    chained "evaluate $run" - - with_record "$run" evaluate "$run" latest
     chained "fine-tune $control" run "$control" \
         train --run-id "$control" --train-name "$DATA" --start-checkpoint "$prev_control" --start-from "$checkpoint" "${common[@]}"
-    chained "evaluate $control" - - evaluate "$control" latest
+    chained "evaluate $control" - - with_record "$control" evaluate "$control" latest
+    backfill_record "evaluate $run" "$run"
+    backfill_record "evaluate $control" "$control"
     steps+=("$run") controls+=("$control")
     prev=$run prev_control=$control checkpoint=latest
 done

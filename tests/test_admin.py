@@ -126,7 +126,7 @@ def test_best_checkpoints_are_listed_shown_exported_and_dropped(runs, tmp_path):
     and show say which step each holds, export-checkpoint --checkpoint best writes the best, and
     drop-run deletes both."""
     state = load_checkpoint(runs, "alpha")
-    metrics = {"step": 5, "loss": 0.5, "optimal_pct": 40.0}
+    metrics = {"step": 5, "optimal_pct": 40.0, "correct_pct": 50.0, "plan_loss": 0.5}
     checkpoint_store.save_checkpoint(runs, "alpha", 5, {**state, "step": 5}, which="best", metrics=metrics)
     runs.runs.update_one({"_id": "alpha"}, {"$set": {"stopped_early": {"step": 10, "best_step": 5},
                                                      "config.patience": 2}})
@@ -134,7 +134,7 @@ def test_best_checkpoints_are_listed_shown_exported_and_dropped(runs, tmp_path):
     assert [l.split()[:3] for l in out[1:]] == [["alpha", "10", "latest"], ["alpha", "5", "best"],
                                                 ["beta", "20", "latest"]]
     out = ok("show", "--run-id", "alpha")
-    assert "checkpoint: step 10," in out and "best checkpoint: step 5 (validation optimal 40.0%, test loss 0.5000)" in out
+    assert "checkpoint: step 10," in out and "best checkpoint: step 5 (validation: optimal 40.0%, correct 50.0%, plan loss 0.5000)" in out
     assert "stopped early at step 10: 2 evaluations in a row without improvement (--patience 2); best step 5" in out
     assert "best checkpoint" not in ok("show", "--run-id", "beta")
     assert "exported alpha step 5 (best)" in ok("export-checkpoint", "--run-id", "alpha", "--export-dir", tmp_path,

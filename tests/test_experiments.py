@@ -1,5 +1,6 @@
 """experiments/data_efficiency.sh end to end at toy scale: every stage runs once, its results files
-are written, a second launch runs no stage, and a stage whose run the database lost runs again."""
+are written, a second launch runs no stage, a stage whose run the database lost runs again, and a lost
+run whose record was kept is restored from it instead."""
 import json
 import os
 import subprocess
@@ -12,7 +13,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "experiments" / "data_efficiency.sh"
 TOY = {"SIZE": "5", "MODEL": "tiny", "COUNTS": "16 8", "SEEDS": "0", "PATIENCE": "1", "EVAL_EVERY": "4",
        "MAX_STEPS": "8", "BATCH": "4", "VAL_TASKS": "4", "TEST_TASKS": "4", "SAMPLES": "2", "BOOT_STEPS": "1",
-       "BOOT_SAMPLES": "2", "FT_STEPS": "4", "NPROC": "1"}
+       "BOOT_SAMPLES": "2", "FT_STEPS": "4", "NPROC": "1", "SHUFFLED_COUNTS": "16", "EXTRA_SEEDS": "1", "EXTRA_COUNTS": "8",
+       "DATA_TRAIN": "16", "PREFIX": "eff5"}
 
 
 def launch(results):
@@ -30,7 +32,9 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
     results = tmp_path / "results"
     launch(results)
     kinds = {"solution-only": "solution-only", "search": "search-augmented", "shuffled": "shuffled-trace"}
-    models = [f"eff5-{k}-{n}-s0" for n in (16, 8) for k in kinds]
+    # every kind at each count (the shuffled-trace control at 16 only), then the extra seed's two kinds at 8
+    models = [f"eff5-{k}-{n}-s0" for n in (16, 8) for k in kinds if k != "shuffled" or n == 16] + \
+        [f"eff5-{k}-8-s1" for k in ("solution-only", "search")]
     boot = ["bootstrap dataset from eff5-search-16-s0", "fine-tune eff5-search-16-s0-boot-1",
             "evaluate eff5-search-16-s0-boot-1", "fine-tune eff5-search-16-s0-control-1",
             "evaluate eff5-search-16-s0-control-1"]
@@ -38,17 +42,24 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
     assert done[1:] == [f"model {m}" for m in models] + boot, done
     table = json.loads((results / "efficiency.json").read_text())
     assert {(r["run"], r["kind"], r["train_tasks"]) for r in table["runs"]} == {
-        (f"eff5-{k}-{n}-s0", kind, n) for n in (16, 8) for k, kind in kinds.items()}
+        (m, kinds[m.split("-")[1] if "only" not in m else "solution-only"], int(m.split("-")[-2])) for m in models}
     assert table["evaluation"]["checkpoint"] == "best" and table["evaluation"]["num_tasks"] == 4
     for r in table["runs"]:  # trained to a patience stop or the cap, its best checkpoint evaluated
         assert 4 <= r["step"] <= r["steps_trained"] <= 8 and r["wall_s"] > 0 and r["tokens_at_eval"] > 0, r
-    for n in (16, 8):
-        three = json.loads((results / f"compare-{n}-s0.json").read_text())
-        two = json.loads((results / f"compare-{n}-s0-search-solution.json").read_text())
-        assert [r["run"] for r in three["runs"]] == [f"eff5-{k}-{n}-s0" for k in ("search", "solution-only", "shuffled")]
-        assert [r["run"] for r in two["runs"]] == [f"eff5-{k}-{n}-s0" for k in ("search", "solution-only")]
+    three = json.loads((results / "compare-16-s0.json").read_text())
+    two = json.loads((results / "compare-16-s0-search-solution.json").read_text())
+    assert [r["run"] for r in three["runs"]] == [f"eff5-{k}-16-s0" for k in ("search", "solution-only", "shuffled")]
+    assert [r["run"] for r in two["runs"]] == [f"eff5-{k}-16-s0" for k in ("search", "solution-only")]
+    for seed in (0, 1):  # no shuffled-trace control at 8: the pair alone
+        pair = json.loads((results / f"compare-8-s{seed}.json").read_text())
+        assert [r["run"] for r in pair["runs"]] == [f"eff5-{k}-8-s{seed}" for k in ("search", "solution-only")]
+        assert all(r["selected"]["plan_loss"] > 0 for r in pair["runs"])  # what selected each, from validation
     bootstrap = json.loads((results / "bootstrap.json").read_text())
     assert "eff5-search-16-s0-control-1" in json.dumps(bootstrap)
+    step1 = next(r for r in bootstrap["runs"] if r["run"] == "eff5-search-16-s0-boot-1")
+    data = step1["data"]  # what the step trained on, in the results file: shrinkage and the training-task solve rate
+    assert data["sampled_run"] == "eff5-search-16-s0" and data["sequences"] == 16 and 0 <= data["shorter"] <= 16
+    assert data["train_optimal_pct"] is not None and data["trace_len_after"] >= 0
     for png in ("efficiency.png", "bootstrap.png"):
         assert (results / png).stat().st_size > 0
 
@@ -57,14 +68,50 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
     started = [line for line in out.splitlines() if line.startswith("=== ") and not line.endswith("] done")]
     assert stages(results) == done and not started, out[-2000:]
 
-    # a model the database lost is trained again, and a bootstrapping chain is done again from the
-    # first stage whose run was lost (the later stages built on it); the others stay done
-    for lost in ("eff5-shuffled-8-s0", "eff5-search-16-s0-boot-1"):
+    # every model stage and bootstrapping or control evaluation left its run's record
+    runs = models + ["eff5-search-16-s0-boot-1", "eff5-search-16-s0-control-1"]
+    assert sorted(p.stem for p in (results / "runs").glob("*.json")) == sorted(runs)
+
+    # a model the database lost without a record is trained again, and a bootstrapping chain is done
+    # again from the first stage whose run was lost (the later stages built on it); the others stay done
+    for lost in ("eff5-solution-only-8-s0", "eff5-search-16-s0-boot-1"):
         run_cli("admin.py", "drop-run", "--run-id", lost)
+        (results / "runs" / f"{lost}.json").unlink()
     out = launch(results)
     started = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("=== [")]
-    assert started == ["model eff5-shuffled-8-s0", *boot[1:], "done"], out[-3000:]
+    assert started == ["model eff5-solution-only-8-s0", *boot[1:], "done"], out[-3000:]
     assert "=== fine-tune eff5-search-16-s0-control-1: recorded, but run eff5-search-16-s0-boot-1 is not" in out
     assert sorted(stages(results)) == sorted(done)
-    for run in ("eff5-shuffled-8-s0", "eff5-search-16-s0-boot-1"):
+    for run in ("eff5-solution-only-8-s0", "eff5-search-16-s0-boot-1"):
         run_cli("admin.py", "show", run)
+    assert sorted(p.stem for p in (results / "runs").glob("*.json")) == sorted(runs)
+
+    # runs lost with their records kept (a fresh database, the datasets made again) come back from the
+    # records: nothing is trained, and the reports say the same; the bootstrapping chain's base model and
+    # runs too, as no stage of the chain is left to need their checkpoints
+    lost = ["eff5-solution-only-16-s0", "eff5-search-16-s0", "eff5-search-16-s0-control-1"]
+    shown = {run: run_cli("admin.py", "show", run).stdout for run in lost}
+    reports = {name: (results / name).read_text() for name in ("compare-16-s0.json", "bootstrap.json")}
+    for run in lost:
+        run_cli("admin.py", "drop-run", "--run-id", run)
+    out = launch(results)
+    started = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("=== [")]
+    assert started == ["done"], out[-3000:]
+    for run in lost:
+        assert f"=== run {run} was not in the database: restored from its record" in out
+        assert run_cli("admin.py", "show", run).stdout == shown[run]
+    assert {name: (results / name).read_text() for name in reports} == reports  # written again, the same
+
+    # a fresh database: the datasets are made again and the claim (a) models restored from their
+    # records; the bootstrapping dataset is gone, so the chain is done again, and its base model,
+    # whose checkpoint it starts from, trained again
+    shown = run_cli("admin.py", "show", "eff5-search-8-s1").stdout
+    reports = (results / "compare-8-s0.json").read_text()
+    from store import connect
+    db = connect().db
+    db.client.drop_database(db.name)
+    out = launch(results)
+    started = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("=== [")]
+    assert started == [done[0], "model eff5-search-16-s0", *boot, "done"], out[-3000:]
+    assert run_cli("admin.py", "show", "eff5-search-8-s1").stdout == shown
+    assert (results / "compare-8-s0.json").read_text() == reports

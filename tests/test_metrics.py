@@ -1,5 +1,6 @@
 """Judging responses (strict and the reference's checker) and the paper's metrics, on hand-made maze
 and Sokoban responses."""
+import math
 import re
 
 import numpy as np
@@ -193,3 +194,40 @@ def test_compare_refuses_runs_evaluated_otherwise(other, error, msg):
         del other["optimal_by_task"]
     with pytest.raises(error, match=re.escape(msg)):
         metrics.compare([("a", result([1, 2], [5, 6])), ("b", other)])
+
+
+def test_the_clustered_standard_error_matches_a_hand_computation():
+    """Tasks of one wall layout are one cluster: SE = sqrt(G/(G-1) sum_g (sum_i in g (y_i - mean))^2) / n."""
+    y = [1, 0, 0, 1, 1, 0, 0, 0]
+    layout = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    # by hand: mean 3/8; cluster residual sums 1 - 9/8, 2 - 9/8, 0 - 6/8
+    by_hand = math.sqrt(3 / 2 * ((-1 / 8) ** 2 + (7 / 8) ** 2 + (-6 / 8) ** 2)) / 8
+    mean, se = metrics.mean_se(y, layout)
+    assert mean == pytest.approx(3 / 8) and se == pytest.approx(by_hand)
+    # every task a cluster of its own: the usual s / sqrt(n)
+    assert metrics.mean_se(y, np.arange(8))[1] == pytest.approx(np.std(y, ddof=1) / math.sqrt(8))
+    # a cluster's tasks standing or falling together widen the error against counting them alike
+    assert metrics.mean_se([1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1])[1] > metrics.mean_se([1, 1, 1, 0, 0, 0], range(6))[1]
+    # optimal % as (percentage, SE) by layout; none solved: 0 with the 95% upper bound counting layouts
+    pct = metrics.optimal_pct([0, 3, 4], 8, layout)
+    assert pct[0] == pytest.approx(37.5) and pct[1] == pytest.approx(100 * by_hand)
+    assert metrics.optimal_pct([], 8, layout) == (0.0, None, pytest.approx(100 * (1 - 0.05 ** (1 / 3))))
+    # the ratio of sums: residuals t_i - r t*_i summed by cluster, over sum t*
+    t, ts = np.array([10.0, 20, 30, 40]), np.array([20.0, 20, 20, 40])
+    r = t.sum() / ts.sum()
+    e = t - r * ts
+    assert metrics.ratio_of_sums(t, ts, [0, 0, 1, 1]) == (pytest.approx(r), pytest.approx(
+        math.sqrt(2 * ((e[0] + e[1]) ** 2 + (e[2] + e[3]) ** 2)) / ts.sum()))
+    # singletons: the delta-method error as before
+    assert metrics.ratio_of_sums(t, ts)[1] == pytest.approx(math.sqrt((e ** 2).sum() / 12) / ts.mean())
+
+
+def test_paired_differences_are_clustered_by_layout():
+    """Per task d_i = solved by b - solved by a, its SE clustered as any mean's."""
+    layout = np.array([0, 0, 1, 1, 2, 2])
+    a = ("a", {"metrics": {"tasks": 6}, "optimal_by_task": {"rows": [0, 2], "trace": [], "astar": []}})
+    b = ("b", {"metrics": {"tasks": 6}, "optimal_by_task": {"rows": [0, 1, 3, 4], "trace": [], "astar": []}})
+    d = [0, 1, -1, 1, 1, 0]
+    diff = metrics.paired(a, b, [], layout)["optimal_pct_diff"]
+    assert diff[0] == pytest.approx(100 * 2 / 6) and diff[1] == pytest.approx(100 * metrics.mean_se(d, layout)[1])
+    assert metrics.paired(a, b, [])["optimal_pct_diff"][1] == pytest.approx(100 * np.std(d, ddof=1) / math.sqrt(6))

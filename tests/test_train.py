@@ -392,11 +392,12 @@ def test_negative_numbers_reach_the_value_check(flags, msg):
 
 # a constant, high learning rate: the test loss goes up and down, so patience 2 stops the run early
 PATIENT = [*FAST, "--eval-interval", "5", "--lr", "3e-2", "--lr-schedule", "constant", "--train-steps", "80",
-           "--patience", "2", "--seed", "0"]
+           "--patience", "2", "--seed", "0", "--eval-tasks", "8"]
 
 
 def stop_by_the_rule(test_losses, patience):
-    """(stop step, best step) from a run's test losses by the selection rule, worked out here."""
+    """(stop step, best step) from a run's validation plan losses (a synthetic dataset has no rollouts) by
+    the selection rule, worked out here."""
     best, stale = None, 0
     for step, loss in test_losses:
         best, stale = ((step, loss), 0) if best is None or loss < best[1] else (best, stale + 1)
@@ -412,7 +413,7 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     same step with the same best as an uninterrupted one."""
     make_toy_dataset(store.db)
     r = run_cli("train.py", "single", "--run-id", "straight", *PATIENT)
-    tests = [(n, loss) for split, n, loss, _ in losses(store, "straight") if split == "test"]
+    tests = [(r["step"], r["val_plan_loss"]) for r in store.get_logs("straight", "test")]
     stop, best = stop_by_the_rule(tests, 2)
     assert stop is not None and stop < 80, tests  # it did stop early, where the rule says
     run = store.get_run("straight")
@@ -422,8 +423,8 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
         in r.stdout
     assert f"finished straight at step {stop};" in r.stdout  # the step it stopped at, not train_steps
     ck = load_checkpoint(store, "straight", which="best")
-    assert ck["step"] == best and ck["selection"] == {"best": {"step": best, "loss": dict(tests)[best],
-                                                               "optimal_pct": None}, "stale": 0}
+    assert ck["step"] == best and ck["selection"] == {"best": {"step": best, "plan_loss": dict(tests)[best],
+                                                               "optimal_pct": None, "correct_pct": None}, "stale": 0}
     files = list(store.db["checkpoints.files"].find({"metadata.run_id": "straight"}))
     assert sorted(f["_id"] for f in files) == sorted([run["checkpoint"]["id"], run["best"]["id"]])
 
@@ -459,20 +460,25 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     assert store.get_run("killed")["checkpoint"]["step"] == stop
 
 
-def test_the_selection_metric_is_the_validation_optimal_rate_then_the_test_loss():
+def test_the_selection_metric_is_the_validation_optimal_then_correct_rate_then_plan_loss():
     import train
     t = train.Training.__new__(train.Training)
     t.selection = {"best": None, "stale": 0}
-    for step, optimal, loss, new_best in [(5, 10.0, 2.0, True), (10, 20.0, 2.5, True),  # a higher rate wins
-                                          (15, 20.0, 2.6, False), (20, 10.0, 1.0, False),  # not a higher loss or
-                                          (25, 20.0, 2.4, True)]:  # a lower rate; an equal rate and lower loss
+    for step, optimal, correct, loss, new_best in [
+            (5, 10.0, 10.0, 2.0, True), (10, 20.0, 20.0, 2.5, True),  # a higher optimal rate wins
+            (15, 20.0, 20.0, 2.6, False), (20, 10.0, 50.0, 1.0, False),  # not a higher loss, nor a lower rate
+            (25, 20.0, 30.0, 2.9, True), (30, 20.0, 30.0, 2.4, True)]:  # then the correct rate, then the loss
         t.step = step
-        assert t.select({"loss": loss, "rollout_optimal_pct": optimal}) == new_best
-    assert t.selection == {"best": {"step": 25, "loss": 2.4, "optimal_pct": 20.0}, "stale": 0}
-    t.selection, t.step = {"best": {"step": 5, "loss": 2.0, "optimal_pct": None}, "stale": 0}, 10
-    assert not t.select({"loss": 2.0}) and t.selection["stale"] == 1  # without --eval-tasks: the test loss alone
+        m = {"loss": 0.0, "val_plan_loss": loss, "rollout_optimal_pct": optimal, "rollout_correct_pct": correct}
+        assert t.select(m) == new_best
+    assert t.selection == {"best": {"step": 30, "optimal_pct": 20.0, "correct_pct": 30.0, "plan_loss": 2.4},
+                           "stale": 0}
+    # no rollouts (a synthetic dataset): the validation plan loss alone; the test loss is never read
+    t.selection, t.step = {"best": {"step": 5, "plan_loss": 2.0, "optimal_pct": None, "correct_pct": None},
+                           "stale": 0}, 10
+    assert not t.select({"loss": 0.1, "val_plan_loss": 2.0}) and t.selection["stale"] == 1
     t.step = 15
-    assert t.select({"loss": 1.9}) and t.selection["stale"] == 0
+    assert t.select({"loss": 9.0, "val_plan_loss": 1.9}) and t.selection["stale"] == 0
 
 
 def test_a_run_stored_before_patience_existed_resumes(store):
@@ -587,3 +593,61 @@ def test_start_from_best_takes_the_best_checkpoint_of_a_patient_run(store):
     assert store.get_run("orphan") is None
     r = run_cli("train.py", "single", "--run-id", "orphan", *FAST, "--start-from", "worst", check=False)
     assert r.returncode == 1 and "start_from" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def with_other_reported_tasks(db, name, new_name, reported):
+    """new_name: name's training split, and its test split with the first `reported` tasks replaced by
+    other tasks (training tasks), the rest (the validation tasks among them) as they are."""
+    doc = dataset.get_dataset(db, name)
+    train, test = dataset.load_split(db, name, "train"), dataset.load_split(db, name, "test")
+    w = dataset.DatasetWriter(db, new_name, doc["task"], {**doc["params"], "other_reported": reported},
+                              doc["vocabulary"][len(dataset.SPECIALS):])
+    dataset.copy_split(w, "train", train)
+    for split, r in [(train, r) for r in range(reported)] + [(test, r) for r in range(reported, len(test.ids))]:
+        assert w.add("test", *(split.get(r, p) for p in dataset.PARTS), dataset.sequence_key("test", split, r))
+    w.commit()
+
+
+def test_changing_the_reported_tasks_cannot_change_the_selected_checkpoint(store):
+    """Selection (--patience) reads the validation tasks alone: two runs whose test splits differ only in
+    the tasks results are reported on (the split's first ones) log different test losses, but select the
+    same checkpoints by the same figures, and stop at the same step."""
+    run_cli("data.py", "maze", "--size", "5", "--num-train", "60", "--num-test", "40", "--chunk", "2", "--workers", "1")
+    maze = "maze.5-by-5-deterministic.simple"
+    with_other_reported_tasks(store.db, maze, "maze.other", 20)
+    common = ["--train-name", maze, "--model-size", "tiny", "--warmup-steps", "2", "--lr", "1e-2", "--log-interval", "5",
+              "--eval-interval", "5", "--checkpoint-interval", "5", "--num-test-sequences", "16", "--batch-size", "8",
+              "--train-steps", "40", "--eval-tasks", "10", "--patience", "3"]
+    run_cli("train.py", "single", "--run-id", "a", *common)
+    run_cli("train.py", "single", "--run-id", "b", *common, "--test-name", "maze.other")
+    a, b = store.get_logs("a", "test"), store.get_logs("b", "test")
+    assert [r["loss"] for r in a] != [r["loss"] for r in b]  # the reported tasks did change what is logged
+    assert [{k: v for k, v in r.items() if k.startswith(("val_", "rollout_"))} for r in a] == \
+        [{k: v for k, v in r.items() if k.startswith(("val_", "rollout_"))} for r in b]
+    ra, rb = store.get_run("a"), store.get_run("b")
+    assert ra["best"]["step"] == rb["best"]["step"] and ra["best"]["metrics"] == rb["best"]["metrics"]
+    assert ra["step"] == rb["step"] and ra.get("stopped_early") == rb.get("stopped_early")
+    assert load_checkpoint(store, "a", which="best")["selection"] == load_checkpoint(store, "b", which="best")["selection"]
+
+
+def test_validation_by_samples_scores_each_task_as_eval_reports(store):
+    """--eval-samples K: every validation task gets K samples at temperature 1 and counts as solved when
+    any is (eval.py's rule); the streams are fixed, so the same weights always score the same, and the
+    first sample of K is the one a single-sample evaluation draws (so K can only solve more)."""
+    import rollouts
+    from checkpoint import build
+    run_cli("data.py", "maze", "--size", "5", "--num-train", "40", "--num-test", "12", "--chunk", "2", "--workers", "1")
+    maze = "maze.5-by-5-deterministic.simple"
+    r = run_cli("train.py", "single", "--run-id", "k", "--train-name", maze, "--model-size", "tiny", "--train-steps", "4",
+                "--batch-size", "4", "--eval-interval", "4", "--num-test-sequences", "4", "--eval-tasks", "4",
+                "--eval-samples", "3", "--patience", "2")
+    log = store.get_logs("k", "test")[-1]
+    assert log["rollout_tasks"] == 4 and log["rollout_responses"] == 12 and "of 4 tasks x 3 samples" in r.stdout
+    cfg = TrainConfig.from_dict({**store.get_run("k")["config"]})
+    model = build(cfg, len(dataset.get_dataset(store.db, maze)["vocabulary"]), torch.device("cpu"))[0]
+    model.load_state_dict(load_checkpoint(store, "k")["model"])
+    go = lambda c: rollouts.rollout_metrics(model, store, c, 0, 1, torch.device("cpu"), True)  # noqa: E731
+    assert go(cfg) == go(cfg)
+    one = TrainConfig.from_dict({**cfg.to_dict(), "eval_samples": 1})
+    assert go(one)["responses"] == 4 and go(cfg)["optimal_pct"] >= go(one)["optimal_pct"]
+    assert go(cfg)["correct_pct"] >= go(one)["correct_pct"] and go(cfg)["malformed_pct"] <= 100
