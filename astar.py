@@ -15,6 +15,8 @@ reference code has them (they decide the trace-length statistics of the datasets
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -106,3 +108,16 @@ def search(start, h0, expand, is_goal, tie=None, rng=None, max_steps=None, step_
             if len(log) > limit_steps or cost > limit_cost:
                 return None
     return log, None
+
+
+@dataclass(frozen=True)
+class Space:
+    """A task's search as a trace replays it (traces.py): the start state and its h, expand and
+    is_goal as search() takes them, and a state's tokens in a trace step (between the keyword and
+    the costs) and the grid cell it stands on (the maze's cell, Sokoban's worker)."""
+    start: object
+    h0: int
+    expand: Callable
+    is_goal: Callable
+    tokens: Callable
+    cell: Callable

@@ -47,7 +47,11 @@ else the stored trace length):
                 language (specials), or with no plan or one that does not parse
   trace/A*      the optimal responses' mean trace length over A*'s, summed over the tasks that have
                 one (0.73 means 27% shorter)
-ILRs and trace/A* are left out for plan-only runs. Results go to the `results` collection
+ILRs and trace/A* are left out for plan-only runs. Trace diagnostics (traces.py): the tasks by the
+best kind among their responses (optimal, correct, wrong end, invalid move, malformed, no plan); for
+search-augmented runs the mean share of a trace that is legal A* steps, the % of complete A* traces,
+and (deterministic mazes) the mean share equal to A*'s before the first difference; --json prints the
+summary as one JSON object instead of the table. Results go to the `results` collection
 (see `admin.py show`). --scoring reference also computes them with the reference's more lenient
 checker and stores them as reference_metrics: no <eos> needed, the plan is every token from the
 first `plan` token on read as triples whose keyword is not checked, and for Sokoban the plan's
@@ -79,13 +83,12 @@ from pymongo.errors import BulkWriteError
 import devices
 import errors
 from bootstrap import shortest_optimal, write_bootstrap
-from checkpoint import model_from_config
-from checkpoint_store import load_checkpoint
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, new_by_task, print_table, score, summarize
-from rollouts import MAX_TOKENS, Opts, batch_size_for, reportable_tasks, rollouts
+from rollouts import MAX_TOKENS, Opts, batch_size_for, load_model, reportable_tasks, rollouts
 from store import check_checkpoint, check_name, connect, now
+from traces import Diagnostics, describe
 
 
 # ---------------------------------------------------------------------------------------------
@@ -180,21 +183,6 @@ def barrier(device):
         dist.barrier(device_ids=[device.index]) if device.type == "cuda" else dist.barrier()
 
 
-def load_model(store, run_id, device, which="latest"):
-    """(model in eval mode, checkpoint dict without the optimizer state) of the run's latest or best
-    checkpoint."""
-    ck = load_checkpoint(store, run_id, which=which)
-    if ck is None and which == "best":
-        raise StoreError(f"run {run_id!r} has no best checkpoint: only runs trained with --patience keep one "
-                         f"(and only after their first evaluation); use --checkpoint latest")
-    if ck is None:
-        raise StoreError(f"run {run_id!r} has no checkpoint yet")
-    model = model_from_config(ck["model_config"])
-    model.load_state_dict(ck.pop("model"))
-    ck.pop("optimizer", None)
-    return model.to(device).eval(), ck
-
-
 def dataset_for(store, ck, split):
     """The run's dataset for a split (test_name for test), checked against the checkpoint's vocabulary."""
     cfg = ck["config"]
@@ -262,21 +250,27 @@ def params_of(doc, split_name, num_tasks, samples, opts, which="latest"):
     return params
 
 
-def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, by_task, reference=None):
+def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, by_task, reference=None,
+           diagnostics=None):
     """Store the metrics with the run (results collection) and print them. optimal_traces: the trace
     length of every optimal response (report.py plots their distribution); by_task: the per-task
     record of metrics.new_by_task (report.py compares runs on the tasks they all solve optimally);
     reference: the sums under the reference's checker, stored as reference_metrics and shown in a
-    second row."""
+    second row; diagnostics: traces.Diagnostics' summary, stored and printed below the table (--json: the
+    summary as one JSON object instead)."""
     metrics = summarize(sums, ck["config"]["plan_only"])
     which = getattr(args, "checkpoint", "latest")
     params = params_of(doc, split_name, len(rows), args.samples, opts, which)
     rkey = {"run_id": args.run_id, "step": ck["step"], "pkey": json.dumps(params, sort_keys=True)}
     result = {**rkey, "params": params, "metrics": metrics, "optimal_trace_lens": [int(t) for t in optimal_traces],
-              "optimal_by_task": by_task, "time": now()}
+              "optimal_by_task": by_task, "time": now(), **({"diagnostics": diagnostics} if diagnostics else {})}
     if reference:
         result["reference_metrics"] = summarize(reference, ck["config"]["plan_only"])
     store.call(lambda db: db.results.replace_one(rkey, result, upsert=True))
+    if getattr(args, "json", False):
+        keys = ("run_id", "step", "params", "metrics", "reference_metrics", "diagnostics")
+        print(json.dumps({k: result[k] for k in keys if k in result}))
+        return
     prefix = f", starting after {opts.prefix_len} trace tokens" if opts.prefix_len else ""
     print(f"run {args.run_id} at step {ck['step']}{' (best checkpoint)' if which == 'best' else ''}: {len(rows)} {split_name} tasks of {doc['_id']}, {args.samples} "
           f"samples each, temperature {opts.temperature:g}, up to {opts.max_tokens} tokens{prefix}")
@@ -284,21 +278,25 @@ def report(store, args, ck, doc, split_name, rows, opts, sums, optimal_traces, b
     if reference:
         rows.append((f"{args.run_id} (reference scoring)", result["reference_metrics"]))
     print_table(rows)
+    if diagnostics:
+        print(describe(diagnostics))
 
 
 def cmd_run(store, args, rank, world, device):
     ck, doc, checker, split, rows, opts, key = sample_run(store, args, args.split, rank, world, device)
     if rank == 0:
         reference = {} if args.scoring == "reference" else None
-        optimal_traces = []
+        optimal_traces, diagnostics = [], Diagnostics(checker, not ck["config"]["plan_only"])
 
         def keep_optimal_traces(row, responses, verdicts):
             optimal_traces.extend(v.trace_len for v in verdicts if v.kind == "optimal")
+            diagnostics.add(split.get(row, "prompt"), responses, verdicts)
 
         by_task = new_by_task(split, rows)
         sums = score(checker, split, iter_responses(store, key, split, rows, args.samples), keep_optimal_traces,
                      reference, by_task)
-        report(store, args, ck, doc, args.split, rows, opts, sums, optimal_traces, by_task, reference)
+        report(store, args, ck, doc, args.split, rows, opts, sums, optimal_traces, by_task, reference,
+               diagnostics.summary())
 
 
 def cmd_bootstrap(store, args, rank, world, device):
@@ -414,6 +412,7 @@ def parse_args(argv):
                         "beside the strict figures")
     p.add_argument("--prefix-len", type=int, default=0,
                    help="start each rollout after the first K tokens of the task's stored (A*) trace")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (the last line)")
     p.set_defaults(fn=cmd_run)
     p = sub.add_parser("bootstrap", help="write a dataset of the run's shortest correct optimal responses")
     add_sampling_flags(p, 32, 0, "only the first N training sequences of the run (default all)")

@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from astar import search
+from astar import Space, search
 from grid import coord, parse_plan, plan_tokens  # noqa: F401 (parse_plan: the plan format is the grid tasks')
 
 KEYWORDS = ("start", "goal", "wall", "create", "close", "plan")
@@ -189,17 +189,43 @@ def parse_prompt(tokens: list[str], n: int) -> Maze:
     return Maze(n, wallset, start, goal)
 
 
+def search_space(maze: Maze) -> Space:
+    """A* over the maze's cells as (x, y) states, children in the deterministic order (traces.py)."""
+    n, (gx, gy) = maze.n, maze.goal
+
+    def expand(cell):
+        x, y = cell
+        return [((a, b), abs(a - gx) + abs(b - gy)) for a, b in ((x, y + 1), (x, y - 1), (x - 1, y), (x + 1, y))
+                if 0 <= a < n and 0 <= b < n and (a, b) not in maze.walls]
+
+    start = maze.start
+    return Space(start, abs(start[0] - gx) + abs(start[1] - gy), expand, maze.goal.__eq__,
+                 lambda c: (str(c[0]), str(c[1])), lambda c: c)
+
+
+WRONG_END = "does not end at the goal"
+
+
+def plan_fault(maze: Maze, plan) -> tuple[int, str] | None:
+    """(index of the first bad state, why) for a plan that is not a walk from start to goal in
+    4-neighbour moves over free in-grid cells; None for a correct plan."""
+    if not plan:
+        return 0, "empty"
+    if tuple(plan[0]) != maze.start:
+        return 0, "does not start at the start"
+    for k, (x, y) in enumerate(plan[1:], 1):
+        if not (0 <= x < maze.n and 0 <= y < maze.n):
+            return k, "off the grid"
+        if abs(x - plan[k - 1][0]) + abs(y - plan[k - 1][1]) != 1:
+            return k, "not adjacent"
+        if (x, y) in maze.walls:
+            return k, "into a wall"
+    return None if tuple(plan[-1]) == maze.goal else (len(plan) - 1, WRONG_END)
+
+
 def check_plan(maze: Maze, plan) -> bool:
     """True if plan goes from start to goal in 4-neighbour moves over free in-grid cells."""
-    if not plan or tuple(plan[0]) != maze.start or tuple(plan[-1]) != maze.goal:
-        return False
-    n = maze.n
-    for k, (x, y) in enumerate(plan):
-        if not (0 <= x < n and 0 <= y < n) or (x, y) in maze.walls:
-            return False
-        if k and abs(x - plan[k - 1][0]) + abs(y - plan[k - 1][1]) != 1:
-            return False
-    return True
+    return plan_fault(maze, plan) is None
 
 
 def reference_check(maze: Maze, plan) -> bool:

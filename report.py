@@ -7,7 +7,9 @@ tables comparing runs' evaluations (--json: also as a JSON file).
       the distribution of trace lengths in tokens: each dataset's sequences (A*'s traces, or a
       bootstrapped dataset's), and each run's optimal responses in its latest evaluation (eval.py)
   python report.py metrics --run-id A [--run-id B ...] [--split test] --out metrics.png
-      optimal % / correct % and SWC / ILR of each run's latest evaluation, as bars (Table 1 as a picture)
+      optimal % / correct % and SWC / ILR of each run's latest evaluation as bars, and its trace diagnostics
+  python report.py task --dataset NAME --id I [--split test] [--run-id R [--checkpoint best] [--sample K]] --out t.png
+      one task drawn with A*'s plan and trace, and beside it a run's stored (else fresh greedy) response (drawing.py)
   python report.py compare --run-id A --run-id B [...] [--split test] [--json cmp.json]
       a table of runs on the tasks that every one solves optimally (see below)
   python report.py efficiency --run-id R [...] --out eff.png [--json eff.json]
@@ -54,6 +56,7 @@ matplotlib.use("Agg")  # headless: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+import drawing  # noqa: E402
 import errors  # noqa: E402
 import tasks  # noqa: E402
 from dataset import get_dataset, load_split  # noqa: E402
@@ -202,8 +205,9 @@ def plot_traces(store, args):
 
 
 def plot_metrics(store, args):
-    results = [(run_id, latest_result(store, run_id, args.split)["metrics"]) for run_id in args.run_id]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.2))
+    docs = [(run_id, latest_result(store, run_id, args.split)) for run_id in args.run_id]
+    results = [(run_id, res["metrics"]) for run_id, res in docs]
+    fig, (left, right) = drawing.metrics_figure(docs)  # with the trace diagnostics' panels where there are some
     for ax, keys, top in ((left, PERCENTS, 100), (right, RATIOS, 1)):
         width = 0.8 / len(results)
         for i, (run_id, m) in enumerate(results):
@@ -218,6 +222,17 @@ def plot_metrics(store, args):
     left.set_ylabel(f"% of {args.split} tasks")
     right.legend(fontsize=8)
     save(fig, args.out)
+
+
+def draw_task(store, args):
+    doc = get_dataset(store.db, args.dataset)
+    split = load_split(store.db, doc["_id"], args.split)
+    row, response = drawing.row_of(doc, args.split, split, args.id), None
+    if args.run_id:
+        from rollouts import task_response  # imports torch: only report.py task --run-id needs it
+        response = task_response(store, args.run_id, args.checkpoint, doc, args.split, split, row, args.sample,
+                                 args.max_tokens)
+    save(drawing.task_picture(doc, split, row, f"{doc['_id']} {args.split} task {args.id}", response), args.out)
 
 
 def compared_results(store, run_ids, split):
@@ -429,6 +444,15 @@ def parse_args(argv):
     p.add_argument("--run-id", action="append", required=True, help="repeatable")
     p.add_argument("--split", default="test", choices=["train", "test"], help="which evaluation (default test)")
     p.set_defaults(fn=plot_metrics)
+    p = sub.add_parser("task", help="one task drawn with A*'s plan and trace, and a run's response beside it")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--id", type=int, required=True, help="the task's sequence id (data.py show --id)")
+    p.add_argument("--split", default="test", choices=["train", "test"], help="(default test)")
+    p.add_argument("--run-id", help="draw this run's response beside it")
+    p.add_argument("--checkpoint", default="latest", choices=["latest", "best"], help="the run's checkpoint (default latest)")
+    p.add_argument("--sample", type=int, default=0, help="which of its stored responses (default 0)")
+    p.add_argument("--max-tokens", type=int, default=0, help="a fresh response's limit (default: eval.py's)")
+    p.set_defaults(fn=draw_task)
     p = sub.add_parser("compare", help="a table of runs on the tasks that every one solves optimally: optimal %% "
                        "(SE clustered by wall layout), trace/A* as sum t_i / sum t*_i (delta-method SE), paired differences from the "
                        "first run")
@@ -457,10 +481,11 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        for run_id in (args.run_id or []) + (getattr(args, "control", None) or []):
+        for run_id in ([args.run_id] if isinstance(args.run_id, str) else args.run_id or []) + (getattr(args, "control", None) or []):
             check_name(run_id)
-        if getattr(args, "first", 0) < 0:
-            raise ConfigError(f"--first must not be negative, got {args.first}")
+        for flag in ("first", "sample", "max_tokens"):
+            if getattr(args, flag, 0) < 0:
+                raise ConfigError(f"--{flag.replace('_', '-')} must not be negative, got {getattr(args, flag)}")
         if getattr(args, "out", None) is not None:
             args.out = check_out(args.out)
         if getattr(args, "json", None) is not None:

@@ -1,11 +1,14 @@
 """Rollouts of a model on a dataset's tasks: each continues `<bos> prompt <sep>` (and an optional
 prefix of the stored trace) through the sampling engine (decode.py), or for an encoder-decoder the
 response `<bos>` (and the prefix) given the prompt `<bos> prompt <eos>`; and the greedy rollout metrics
-a trainer logs at its evaluations (train.py --eval-tasks) on its validation tasks.
+a trainer logs at its evaluations (train.py --eval-tasks) on its validation tasks; a run's model
+loaded from its checkpoint (load_model: eval.py samples it), and a run's stored or fresh response
+to one task (task_response: report.py task draws it).
 
 Validation tasks: the last eval_tasks tasks of the run's test split. A trainer selects its best
 checkpoint on them (--patience), so results are reported only on the tasks before them, and before
 the wall layout they start in (reportable_tasks): no reported task shares a layout with them."""
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,8 +17,11 @@ import torch.distributed as dist
 
 import decode
 import tasks
+from checkpoint import model_from_config
+from checkpoint_store import load_checkpoint
 from dataset import BOS, DTYPE, EOS, SEP, get_dataset, load_split
 from encdec import EncoderDecoder
+from errors import ConfigError, StoreError
 from metrics import SUM_FIELDS, Checker, score, summarize
 
 # rollout limits of the reference: (task, plan_only) -> tokens
@@ -29,6 +35,57 @@ class Opts:
     max_tokens: int  # generated tokens (after any prefix)
     seed: int = 0
     prefix_len: int = 0  # rollouts start after this many tokens of the stored trace
+
+
+def load_model(store, run_id, device, which="latest"):
+    """(model in eval mode, checkpoint dict without the optimizer state) of the run's latest or best
+    checkpoint (eval.py samples it, report.py task draws its greedy response)."""
+    ck = load_checkpoint(store, run_id, which=which)
+    if ck is None and which == "best":
+        raise StoreError(f"run {run_id!r} has no best checkpoint: only runs trained with --patience keep one "
+                         f"(and only after their first evaluation); use --checkpoint latest")
+    if ck is None:
+        raise StoreError(f"run {run_id!r} has no checkpoint yet")
+    model = model_from_config(ck["model_config"])
+    model.load_state_dict(ck.pop("model"))
+    ck.pop("optimizer", None)
+    return model.to(device).eval(), ck
+
+
+def task_response(store, run_id, which, doc, split_name, split, row, sample=0, max_tokens=0):
+    """(label, ids, eos) of a run's response to the task at row of its split (report.py task): the
+    sample-th of the responses stored for it at the run's checkpoint's step (eval.py's keys; of the
+    setting with the lowest temperature, greedy first, then the most samples; none after a trace
+    prefix), else a fresh greedy one sampled on the CPU up to max_tokens (else eval.py's limit)."""
+    run = store.require_run(run_id)
+    cfg = run["config"]
+    name = (cfg.get("test_name") or cfg.get("train_name")) if split_name == "test" else cfg.get("train_name")
+    if name != doc["_id"]:
+        raise ConfigError(f"run {run_id!r} samples its {split_name} tasks from dataset {name!r}, not "
+                          f"{doc['_id']!r}: draw one of those")
+    pointer = run.get("best" if which == "best" else "checkpoint")
+    if pointer is None:
+        raise StoreError(f"run {run_id!r} has no {which} checkpoint")
+    task_id, groups = int(split.ids[row]), {}
+    for d in store.responses.find({"run_id": run_id, "step": pointer["step"], "task": task_id}):
+        p = json.loads(d["pkey"])
+        if (p["dataset"], p["uid"], p["split"], p.get("prefix_len", 0), p.get("checkpoint", "latest")) == \
+                (doc["_id"], doc["uid"], split_name, 0, which):
+            groups.setdefault(d["pkey"], []).append(d)
+    where = f"run {run_id} at step {pointer['step']}" + (" (best)" if which == "best" else "")
+    if groups:
+        pick = min(groups.values(), key=lambda g: (json.loads(g[0]["pkey"])["temperature"], -len(g)))
+        docs = sorted(pick, key=lambda d: d["sample"])
+        if sample >= len(docs):
+            raise ConfigError(f"{where} has {len(docs)} stored responses to task {task_id}: --sample must be below that")
+        p, d = json.loads(docs[0]["pkey"]), docs[sample]
+        return (f"{where}: sample {sample} of {len(docs)} stored (temperature {p['temperature']:g})",
+                np.frombuffer(d["tokens"], DTYPE), d["eos"])
+    device = torch.device("cpu")
+    model, ck = load_model(store, run_id, device, which)
+    limit = max_tokens or MAX_TOKENS.get((doc["task"], bool(ck["config"]["plan_only"])), 10000)
+    (_, ids, eos), = rollouts(model, split, [(row, 0)], Opts(0.0, limit), 1, device)
+    return f"{where}: greedy (none stored), up to {limit} tokens", ids, eos
 
 
 def prompt_ids(split, row, prefix_len=0):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import grid
-from astar import search
+from astar import Space, search
 from grid import plan_tokens  # noqa: F401 (the plan format is the grid tasks')
 
 SIZE = 7
@@ -143,6 +143,30 @@ class _Board:
         return 6 + 3 * ((s >> 6) & ~self.dockmask).bit_count()
 
 
+def search_space(level: Level) -> Space:
+    """A* over (box mask << 6 | worker cell) states as astar() runs it (traces.py); a state's trace
+    tokens leave the docked boxes out. Raises ValueError when the start is already pruned."""
+    board = _Board(level)
+    m0 = sum(1 << (y * SIZE + x) for x, y in level.boxes)
+    if board.h(m0) == _INF:
+        raise ValueError("a box starts stuck")
+    undocked = ~board.dockmask
+    known = {}  # state -> its tokens: a trace names a state many times
+
+    def tokens(s):
+        out = known.get(s)
+        if out is None:
+            m = (s >> 6) & undocked
+            out = ["worker", *map(str, _cell(s & 63))]
+            for x, y in sorted(_cell(c) for c in range(SIZE * SIZE) if m >> c & 1):
+                out += ["box", str(x), str(y)]
+            out = known[s] = tuple(out)
+        return out
+
+    return Space(m0 << 6 | level.worker[1] * SIZE + level.worker[0], board.h(m0), board.expand,
+                 lambda s: not ((s >> 6) & undocked), tokens, lambda s: _cell(s & 63))
+
+
 def heuristic(level: Level, boxes) -> float:
     """h of the state with boxes on these cells (the worker does not matter); inf when pruned."""
     return _Board(level).h(sum(1 << (y * SIZE + x) for x, y in boxes))
@@ -238,23 +262,36 @@ def _free(level: Level, x: int, y: int) -> bool:
     return 0 <= x < SIZE and 0 <= y < SIZE and (x, y) not in level.walls
 
 
-def simulate(level: Level, plan: list[tuple[int, int]]) -> bool:
-    if not plan or tuple(plan[0]) != tuple(level.worker):
-        return False
+WRONG_END = "leaves a box off the docks"
+
+
+def plan_fault(level: Level, plan) -> tuple[int, str] | None:
+    """(index of the first bad worker position, why) for a plan whose moves, played from the
+    worker, are illegal or leave a box off the docks; None for a plan that solves the level."""
+    if not plan:
+        return 0, "empty"
+    if tuple(plan[0]) != tuple(level.worker):
+        return 0, "does not start at the worker"
     boxes = set(level.boxes)
     x, y = level.worker
-    for nx, ny in plan[1:]:
+    for k, (nx, ny) in enumerate(plan[1:], 1):
         dx, dy = nx - x, ny - y
-        if abs(dx) + abs(dy) != 1 or not _free(level, nx, ny):
-            return False
+        if abs(dx) + abs(dy) != 1:
+            return k, "not adjacent"
+        if not _free(level, nx, ny):
+            return k, "into a wall" if 0 <= nx < SIZE and 0 <= ny < SIZE else "off the grid"
         if (nx, ny) in boxes:
             bx, by = nx + dx, ny + dy
             if (bx, by) in boxes or not _free(level, bx, by):
-                return False
+                return k, "pushes a box into a wall or a box"
             boxes.remove((nx, ny))
             boxes.add((bx, by))
         x, y = nx, ny
-    return boxes == set(level.docks)
+    return None if boxes == set(level.docks) else (len(plan) - 1, WRONG_END)
+
+
+def simulate(level: Level, plan: list[tuple[int, int]]) -> bool:
+    return plan_fault(level, plan) is None
 
 
 def reference_check(level: Level, plan) -> bool:

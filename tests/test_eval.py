@@ -79,6 +79,11 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(store):
     assert "8 stored, 0 to generate" in again
     assert first.splitlines()[-1] == again.splitlines()[-1]  # same metrics
     assert "optimal %" in first and "ILR-solved" in first
+    assert "traces: " in first and "tasks by their best response: optimal" in first  # the trace diagnostics
+    summary = json.loads(run_cli(*args, "--json").stdout.splitlines()[-1])  # the summary as one JSON object
+    assert summary["run_id"] == "step1" and summary["params"]["num_tasks"] == 4 and "optimal_pct" in summary["metrics"]
+    assert set(summary["diagnostics"]) == {"failure_pct", "trace_valid", "valid_trace_pct", "trace_agreement"}
+    assert sum(summary["diagnostics"]["failure_pct"].values()) == pytest.approx(100)
     assert store.results.count_documents({"run_id": "step1"}) == 1
     # the reference's checker beside the strict one: stored with the same result, shown in a second row
     out = run_cli(*args, "--scoring", "reference").stdout

@@ -11,6 +11,7 @@ LAZY = {
     ("admin.py", "checkpoint_store"): "imports torch: only the checkpoint import command needs it",
     ("measure.py", "torch._dynamo.utils"): "torch internals, only for the compiled benchmarks",
     ("bench.py", "torch.profiler"): "only with --rollout-profile",
+    ("report.py", "rollouts"): "imports torch: only report.py task --run-id needs it (a run's response to a task)",
 }
 
 

@@ -65,6 +65,51 @@ def test_each_plot_is_a_valid_non_trivial_png(store, evaluated, tmp_path):
         assert f"wrote {out}" in stdout
         assert_real_png(out)
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    # the trace diagnostics: the planted A* responses are optimal, all legal A* steps and A*'s trace
+    d = res["diagnostics"]
+    assert d["failure_pct"]["optimal"] == 50.0 and sum(d["failure_pct"].values()) == pytest.approx(100)
+    assert d["trace_valid"] >= 2 / 8 and d["trace_agreement"] >= 2 / 8 and d["valid_trace_pct"] >= 100 * 2 / 8
+    # a task drawn alone, then with the planted response beside it (sample 0 of task 0)
+    task = int(evaluated.ids[0])
+    for extra in ([], ["--run-id", "tiny"]):
+        out = tmp_path / f"task{len(extra)}.png"
+        code, stdout, err = call(report.main, "task", "--dataset", MAZE, "--id", task, *extra, "--out", out)
+        assert code == 0 and f"wrote {out}" in stdout, err
+        assert_real_png(out)
+
+
+SOKOBAN = "sokoban.7-by-7-walls-2-boxes-2"
+
+
+def test_a_sokoban_task_drawn_with_a_fresh_greedy_response_and_bad_input(store, tmp_path):
+    run_cli("data.py", "sokoban", "--num-train", "12", "--num-test", "4", "--max-trace-tokens", "1500", "--workers", "1")
+    run_cli("train.py", "single", "--run-id", "soko", *TRAIN, "--train-name", SOKOBAN, "--train-steps", "2")
+    for extra in ([], ["--run-id", "soko", "--max-tokens", "60"]):  # nothing stored: a fresh greedy response
+        out = tmp_path / f"soko{len(extra)}.png"
+        code, stdout, err = call(report.main, "task", "--dataset", SOKOBAN, "--id", 1, *extra, "--out", out)
+        assert code == 0 and f"wrote {out}" in stdout, err
+        assert_real_png(out)
+    for argv, msg in ((["--dataset", "nope", "--id", "0"], "dataset 'nope' does not exist"),
+                      (["--dataset", SOKOBAN, "--id", "99"], "has no test task 99 (ids 0..3)"),
+                      (["--dataset", SOKOBAN, "--id", "0", "--run-id", "nope"], "no run with id 'nope'"),
+                      (["--dataset", SOKOBAN, "--id", "0", "--run-id", "soko", "--split", "train", "--sample", "-1"],
+                       "--sample must not be negative"),
+                      (["--dataset", SOKOBAN, "--id", "0", "--run-id", "soko", "--checkpoint", "best"],
+                       "run 'soko' has no best checkpoint")):
+        out = tmp_path / "bad.png"
+        code, _, err = call(report.main, "task", *argv, "--out", out)
+        assert code == 1 and msg in err and len(err.strip().splitlines()) == 1, (argv, err)
+        assert not out.exists()
+
+
+def test_a_run_trained_on_another_dataset_is_refused(store, tmp_path):
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "4", "--num-test", "2", "--workers", "1")
+    store.runs.insert_one({"_id": "other", "config": {"train_name": SOKOBAN, "test_name": None}, "status": "finished",
+                           "step": 0, "lease": None, "error": None})
+    code, _, err = call(report.main, "task", "--dataset", MAZE, "--id", "0", "--run-id", "other", "--out",
+                        tmp_path / "t.png")
+    assert code == 1 and f"samples its test tasks from dataset '{SOKOBAN}', not '{MAZE}'" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "t.png").exists()
 
 
 def test_bootstrap_without_a_common_task_reports_optimal_pct_only(store, tmp_path):
