@@ -50,8 +50,10 @@ def from_flags(args):
     return parse_device(args.device)
 
 
-def init_process_group(device, timeout_minutes):
+def init_process_group(device, timeout_minutes, cpu_group=False):
     """Join torchrun's process group: NCCL on a GPU, gloo on the CPU, every collective waiting up to
-    timeout_minutes."""
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    timeout_minutes. With cpu_group under NCCL, returns a gloo group beside it (host-side checks that
+    must not wait for the device), waiting as long; None otherwise (the default group is gloo)."""
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return dist.new_group(backend="gloo", timeout=timeout) if cpu_group and device.type == "cuda" else None

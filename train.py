@@ -244,8 +244,6 @@ class Training:
         # compiled on GPU: padded lengths rounded up to a multiple of 64, so few shapes ever occur
         multiple = 64 if self.flags.compile and device.type == "cuda" else 1
         self.prefetch = Prefetcher(self.batcher, self.rank, device, multiple)
-        gloo = self.world > 1 and dist.get_backend() != "gloo"
-        self.cpu_group = dist.new_group(backend="gloo") if gloo else None  # for any_rank
         return self
 
     def resume_or_start(self, init):
@@ -297,7 +295,7 @@ class Training:
         cfg = self.cfg
         self.clock = Clock(self.device, self.step)
         while self.step < cfg.train_steps and not self.out_of_patience():
-            if guard is not None and any_rank(guard.check(), self.cpu_group):
+            if guard is not None and any_rank(guard.check(), self.flags.cpu_group):
                 self.stop()
             lr = self.optimizer_step()
             due = lambda interval: self.step % interval == 0 or self.step == cfg.train_steps  # noqa: E731
@@ -556,9 +554,10 @@ def main(argv=None):
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     Signals.install()  # SIGINT and SIGTERM: stop at the next step boundary (runguard.Signals)
+    args.cpu_group = None
     try:
         if world > 1:
-            devices.init_process_group(device, args.dist_timeout_minutes)
+            args.cpu_group = devices.init_process_group(device, args.dist_timeout_minutes, cpu_group=True)  # for any_rank
         code = run(cfg, args, rank, world, device)
     except Interrupted as e:  # a second signal outside the training
         code = stopped(e, args.run_id, world)
