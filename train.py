@@ -580,7 +580,7 @@ def run(cfg, args, rank, world, device):
             cfg = settle_stored(store, args, cfg)
             init = check_inputs(store, cfg, args.run_id)  # before the run is created: bad input changes nothing
             guard.claim(cfg.to_dict(), world)
-        except errors.Error as e:
+        except errors.REPORTED as e:  # a database error too: one line, as every command gives it
             err = errors.exit_message(e)
     err, stored = broadcast_obj((err, cfg.to_dict()))
     if err:
@@ -596,7 +596,7 @@ def run(cfg, args, rank, world, device):
             guard.finished()
     except Interrupted as e:
         return stopped(e, args.run_id, world)
-    except errors.Error as e:
+    except errors.REPORTED as e:
         print0(errors.exit_message(e), file=sys.stderr)
         return 1
     print0(f"finished {args.run_id} at step {training.step}; its checkpoint is in the database (export it with "

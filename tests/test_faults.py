@@ -579,3 +579,28 @@ def test_a_hung_database_is_given_up_on_in_bounded_time(crashable):
         os.kill(crashable.proc.pid, signal.SIGCONT)
     store.with_retry(30).log("r", 1, "train", {"loss": 1.0})  # and on again once it answers
     assert store.get_run("r")["step"] == 1
+
+
+@pytest.mark.parametrize("collection", ["runs", "logs"])  # while claiming the run; in training
+def test_a_database_error_in_training_is_one_line_and_reaches_torchrun(store, env, monkeypatch, collection):
+    """A database error that no retry covers (here a refused write) ends training with the one line every
+    command gives for one (errors.REPORTED), also in torchrun's error file, not a pymongo traceback."""
+    from pymongo.errors import OperationFailure
+    make_toy_dataset(store.db)
+    train = __import__("train")
+    real_insert, real_replace = Collection.insert_one, Collection.replace_one
+
+    def refused(real):
+        def write(self, *args, **kwargs):
+            if self.name == collection:
+                raise OperationFailure("write refused by the server")
+            return real(self, *args, **kwargs)
+        return write
+    monkeypatch.setattr(Collection, "insert_one", refused(real_insert))  # the run's creation
+    monkeypatch.setattr(Collection, "replace_one", refused(real_replace))  # a log record
+    error_file = env["tmp"] / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    code, out, err = call(train.main, "single", "--run-id", "dberr", *FAST, "--train-steps", 5, "--log-interval", 1)
+    line = "error: database error: OperationFailure: write refused by the server"
+    assert code == 1 and err.strip() == line, err[-3000:]
+    assert json.loads(error_file.read_text())["message"]["message"] == line
