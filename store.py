@@ -303,6 +303,11 @@ class Store:
                 doc = self.runs.find_one({"_id": run_id})
         diff = sorted(k for k in set(config) | set(doc["config"]) if config.get(k) != doc["config"].get(k))
         extend = diff == ["train_steps"] and config["train_steps"] > doc["config"]["train_steps"]
+        if extend and doc.get("stopped_early"):
+            at = doc["stopped_early"]
+            raise StoreError(f"run {run_id!r} was stopped early by --patience at step {at['step']} (best: step "
+                             f"{at['best_step']}): raising --train-steps would not train it further; start a new run "
+                             f"from it with --start-checkpoint {run_id} --start-from best")
         if diff and not extend:
             changes = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
             raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({changes}); only --train-steps "

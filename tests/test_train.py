@@ -460,6 +460,21 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     assert store.get_run("killed")["checkpoint"]["step"] == stop
 
 
+def test_extending_a_run_that_patience_stopped_is_refused_and_changes_nothing(store):
+    """Raising --train-steps of a run that --patience stopped would only stop it again at once: refused
+    in one line, its stored train_steps and status as they were."""
+    make_toy_dataset(store.db)
+    run_cli("train.py", "single", "--run-id", "p", *PATIENT)
+    before = store.get_run("p")
+    assert before["stopped_early"] and before["step"] < 80
+    r = run_cli("train.py", "single", "--run-id", "p", *PATIENT, "--train-steps", "200", check=False)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"error: run 'p' was stopped early by --patience at step {before['step']}" in r.stderr
+    assert "--start-checkpoint p --start-from best" in r.stderr and "extending" not in r.stdout
+    after = store.get_run("p")
+    assert after["config"] == before["config"] and after["status"] == "finished" and after["step"] == before["step"]
+
+
 def test_the_selection_metric_is_the_validation_optimal_then_correct_rate_then_plan_loss():
     import train
     t = train.Training.__new__(train.Training)
