@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pymongo.collection import Collection
@@ -604,3 +605,31 @@ def test_a_database_error_in_training_is_one_line_and_reaches_torchrun(store, en
     line = "error: database error: OperationFailure: write refused by the server"
     assert code == 1 and err.strip() == line, err[-3000:]
     assert json.loads(error_file.read_text())["message"]["message"] == line
+
+
+def test_a_bootstrap_write_retried_after_its_commit_landed_finds_its_own_dataset(store, monkeypatch):
+    """eval.py bootstrap writes through Store.call, which repeats a call whose answer was lost: when the
+    lost answer is the commit's, the retry recognises its own dataset (as start_run its own run) instead
+    of refusing it as one that exists."""
+    from bootstrap import write_bootstrap
+    from dataset import get_dataset, load_split
+    make_toy_dataset(store.db)
+    src, train = get_dataset(store.db, "toy.copy"), load_split(store.db, "toy.copy", "train")
+    rows, chosen = range(len(train.ids)), {0: (np.arange(4, 10, dtype=np.uint16), 3)}
+    real = Collection.update_one
+    lost = []
+
+    def commit_answer_lost(self, query, update, *args, **kwargs):
+        result = real(self, query, update, *args, **kwargs)
+        if self.name == "datasets" and "uid" in update.get("$set", {}) and not lost:
+            lost.append(query)
+            raise AutoReconnect("connection reset by peer")  # the commit landed, its answer did not
+        return result
+    monkeypatch.setattr(Collection, "update_one", commit_answer_lost)
+    store.retry_s = 30
+    replaced, before, after = store.call(write_bootstrap, "boot", src, "toy.copy", train, rows, chosen, {}, False, "tok")
+    assert lost and replaced == 1 and after == pytest.approx(before + (3 - train.lens["trace"][0]) / len(rows))
+    boot = load_split(store.db, "boot", "train")
+    assert len(boot.ids) == len(train.ids) and boot.lens["trace"][0] == 3
+    with pytest.raises(errors.DataError, match="exists"):  # another command's write is still refused
+        store.call(write_bootstrap, "boot", src, "toy.copy", train, rows, chosen, {}, False, "another")
