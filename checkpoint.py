@@ -60,7 +60,10 @@ def build(cfg, vocab_size, device):
     torch.manual_seed(cfg.seed)
     model = ARCHS[cfg.arch][1](model_config(cfg.arch, cfg.model_size, vocab_size)).to(device)
     opt = make_optimizer(model, cfg, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s) / cfg.lr)
+    made = []  # the scheduler once made: its `extension` (an extended run's, kept in its state) bends the LR
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s, made[0].extension if made else None) / cfg.lr)
+    sched.extension = None
+    made.append(sched)
     return model, opt, sched
 
 
@@ -81,6 +84,10 @@ def restore(ck, model, opt, sched, batcher, sums):
         sc = ck["scheduler"]
         if not isinstance(sc, dict) or sc.get("last_epoch") != step or len(sc.get("base_lrs", ())) != len(opt.param_groups):
             raise ValueError("the LR scheduler state does not match the step and the optimizer")
+        ext = sc.get("extension")  # absent: never extended, or from before extensions kept the LR
+        if ext is not None and not (isinstance(ext, list) and len(ext) == 2 and type(ext[0]) is int and
+                                    0 <= ext[0] <= step and type(ext[1]) is float and 0 <= ext[1] <= 1):
+            raise ValueError(f"malformed LR schedule extension {shown(ext)}")
         sched.load_state_dict(sc)
         pos = ck["data"]
         if not isinstance(pos, dict) or sorted(pos) != ["epoch", "index"] or \

@@ -279,16 +279,18 @@ class Training:
                    f"{'weights and optimizer state' if cfg.start_optimizer else 'weights only'}, step reset to 0")
 
     def extend(self, old):
-        """A run continued past its stored train_steps (store.start_run allows raising it): the LR
-        schedule is cfg.lr_at, which now reaches its end at the new train_steps, from this step on."""
-        cfg, step = self.cfg, self.step
-        before, after = TrainConfig.from_dict({**cfg.to_dict(), "train_steps": old}).lr_at(step), cfg.lr_at(step)
-        for g, base in zip(self.opt.param_groups, self.sched.base_lrs):  # as the scheduler sets it at this step
-            g["lr"] = base * (after / cfg.lr)
-        schedule = (f"the cosine schedule now ends at step {cfg.train_steps}: the LR goes from {before:.2e} to "
-                    f"{after:.2e} at step {step} and decays to {cfg.lr * cfg.min_lr_ratio:.2e} at step "
-                    f"{cfg.train_steps}" if cfg.lr_schedule == "cosine" and step >= cfg.warmup_steps else
-                    f"the LR schedule is now {cfg.train_steps} steps long (LR {after:.2e} at step {step})")
+        """A run continued past its stored train_steps (store.start_run allows raising it): the LR goes on
+        from where it is at this step (no jump), along a cosine to its minimum at the new train_steps
+        (hparams.lr_at); the scheduler's state keeps that for every later resume."""
+        cfg, step, sched = self.cfg, self.step, self.sched
+        sched.extension = cfg.extension_at(step, old, sched.extension)
+        lr = cfg.lr_at(step, sched.extension)
+        for g, base in zip(self.opt.param_groups, sched.base_lrs):  # as the scheduler sets it at this step
+            g["lr"] = base * (lr / cfg.lr)
+        schedule = (f"the LR goes on from {lr:.2e} at step {step}, without a jump, along a cosine to "
+                    f"{cfg.lr * cfg.min_lr_ratio:.2e} at step {cfg.train_steps}" if sched.extension is not None and
+                    sched.extension[0] == step else f"the LR schedule is now {cfg.train_steps} steps long "
+                    f"(LR {lr:.2e} at step {step}, unchanged)")
         print0(f"extending {self.run_id} from {old} to {cfg.train_steps} steps; {schedule}")
 
     def loop(self, guard=None):

@@ -548,7 +548,9 @@ def test_sigterm_in_a_ddp_run_stops_every_rank_at_one_step(store, pauses):
     assert run["status"] == "interrupted" and run["checkpoint"]["step"] == 2
 
 
-def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(store):
+def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(store, pauses):
+    """The extension's LR goes on from where the run's schedule is (no jump), along a cosine to its
+    minimum at the new train_steps; an interrupted extension resumes on that same schedule."""
     make_toy_dataset(store.db)
     args = [*FAST, "--log-interval", "1", "--lr-schedule", "cosine"]
     run_cli("train.py", "single", "--run-id", "ext", *args, "--train-steps", "10")
@@ -556,15 +558,42 @@ def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(sto
                          (["--train-steps", "8"], "train_steps: 10 -> 8")):
         r = run_cli("train.py", "single", "--run-id", "ext", *flags, check=False)
         assert r.returncode == 1 and words in r.stderr and "only --train-steps may change" in r.stderr, r.stderr
-    r = run_cli("train.py", "single", "--run-id", "ext", "--train-steps", "20")
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "ext", "--train-steps", "20"], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, env={**os.environ, **pauses.env("step-13")})
+    pauses.wait("step-13", proc)
+    proc.send_signal(signal.SIGINT)  # the extension, interrupted and continued by the run id alone
+    pauses.release("step-13")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and store.get_run("ext")["checkpoint"]["step"] == 13
+    run_cli("train.py", "single", "--run-id", "ext")
     cfg = TrainConfig.from_dict(store.get_run("ext")["config"])
     old = TrainConfig.from_dict({**cfg.to_dict(), "train_steps": 10})
     assert cfg.train_steps == 20 and store.get_run("ext")["status"] == "finished"
-    assert (f"extending ext from 10 to 20 steps; the cosine schedule now ends at step 20: the LR goes from "
-            f"{old.lr_at(10):.2e} to {cfg.lr_at(10):.2e} at step 10") in r.stdout
+    ext = load_checkpoint(store, "ext")["scheduler"]["extension"]
+    assert ext == [10, pytest.approx(old.lr_at(10) / cfg.lr)]  # the old schedule's next LR (its minimum)
+    assert (f"extending ext from 10 to 20 steps; the LR goes on from {old.lr_at(10):.2e} at step 10, without a jump, "
+            f"along a cosine to {cfg.lr * cfg.min_lr_ratio:.2e} at step 20") in out
     lrs = {rec["step"]: rec["lr"] for rec in store.get_logs("ext", "train")}
-    assert lrs[10] == pytest.approx(old.lr_at(9)) and lrs[11] == pytest.approx(cfg.lr_at(10))  # the 11th step: new schedule
-    assert lrs[20] == pytest.approx(cfg.lr_at(19))
+    assert lrs[10] == pytest.approx(old.lr_at(9)) and lrs[11] == pytest.approx(old.lr_at(10))  # no jump
+    assert all(lrs[s + 1] == pytest.approx(cfg.lr_at(s, ext)) for s in range(10, 20))  # resumed on the same schedule
+    assert cfg.lr_at(19, ext) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+
+
+def test_an_extension_mid_decay_goes_on_from_the_lr_it_has():
+    """Extended mid-cosine (an interrupted run), the LR continues from its value and decays to the
+    minimum at the new end; a second extension again starts where the first one is."""
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, train_steps=200, min_lr_ratio=0.1)
+    longer = TrainConfig(**{**cfg.to_dict(), "train_steps": 400})
+    ext = longer.extension_at(100, 200)
+    assert longer.lr_at(100, ext) == pytest.approx(cfg.lr_at(100))
+    assert longer.lr_at(100, ext) > longer.lr_at(101, ext) > longer.lr_at(399, ext)
+    assert longer.lr_at(400, ext) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    again = TrainConfig(**{**cfg.to_dict(), "train_steps": 800})
+    ext2 = again.extension_at(300, 400, ext)
+    assert again.lr_at(300, ext2) == pytest.approx(longer.lr_at(300, ext)) and ext2[0] == 300
+    assert longer.extension_at(5, 200) is None  # in warm-up: the longer cosine starts from lr anyway
+    constant = TrainConfig(**{**cfg.to_dict(), "lr_schedule": "constant"})
+    assert constant.extension_at(100, 50) is None
 
 
 def test_help_shows_every_hyper_parameter_default_and_choices(capsys):
