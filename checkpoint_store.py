@@ -94,8 +94,9 @@ def point_best(store, run_id, step, owner=None):
 
 
 @retrying
-def load_checkpoint(store, run_id, map_location="cpu", which="latest"):
-    """The run's current checkpoint dict (`latest` or `best`), or None when it has none.
+def load_checkpoint(store, run_id, map_location="cpu", which="latest", with_id=False):
+    """The run's current checkpoint dict (`latest` or `best`), or None when it has none; with_id,
+    (that dict, its file id) or (None, None): what read_checkpoint_file reads again.
 
     Safe while the run trains: a live trainer's upload in progress is left alone, and a checkpoint
     replaced (and deleted) while it was being read is read again at the new pointer."""
@@ -114,19 +115,34 @@ def load_checkpoint(store, run_id, map_location="cpu", which="latest"):
                 store.delete_upload(pending)
         info = doc.get(FIELDS[which])
         if info is None:
-            return None
+            return (None, None) if with_id else None
         try:
-            with store.fs.open_download_stream(info["id"]) as f, tempfile.TemporaryFile() as tmp:
-                # torch.load seeks about, and each seek in a GridFS stream is a new query: copy the
-                # file to local disk in one sequential read, then load (one copy in memory)
-                shutil.copyfileobj(f, tmp, 16 << 20)
-                tmp.seek(0)
-                return torch.load(tmp, map_location=map_location, weights_only=True)
+            ck = _read(store, info["id"], map_location)
+            return (ck, info["id"]) if with_id else ck
         except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
             moved = (store.runs.find_one({"_id": run_id}, {FIELDS[which]: 1}) or {}).get(FIELDS[which]) != info
             if not moved or attempt == 2:
                 raise CheckpointError(f"the {which} checkpoint of run {run_id!r} is unreadable "
                                       f"({type(e).__name__}: {e})") from None
+
+
+def _read(store, file_id, map_location):
+    with store.fs.open_download_stream(file_id) as f, tempfile.TemporaryFile() as tmp:
+        # torch.load seeks about, and each seek in a GridFS stream is a new query: copy the file to
+        # local disk in one sequential read, then load (one copy in memory)
+        shutil.copyfileobj(f, tmp, 16 << 20)
+        tmp.seek(0)
+        return torch.load(tmp, map_location=map_location, weights_only=True)
+
+
+@retrying
+def read_checkpoint_file(store, file_id, map_location="cpu"):
+    """The checkpoint in this file (an id from load_checkpoint(with_id=True)), or None once it is gone:
+    its run saved a newer one, which deleted it."""
+    try:
+        return _read(store, file_id, map_location)
+    except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile):
+        return None
 
 
 def put_checkpoint(store, run_id, config, state, step, replace=False):

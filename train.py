@@ -48,7 +48,7 @@ import sweep
 import tasks
 from batches import Batcher, Prefetcher, Sequences, tensors, to_device
 from checkpoint import build, check_vocabulary, model_config, restore, start_from
-from checkpoint_store import load_checkpoint, point_best, save_checkpoint
+from checkpoint_store import load_checkpoint, point_best, read_checkpoint_file, save_checkpoint
 from dataset import filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from hparams import ADDED, CHOICES, TrainConfig
@@ -137,14 +137,21 @@ def load_data(store, cfg, use_cache):
 
 def check_inputs(store, cfg, run_id):
     """What a launch can check before it creates or re-opens the run, so that bad input changes
-    nothing: the datasets, and the start checkpoint when it will be used (returned, loaded)."""
+    nothing: the datasets, and the start checkpoint when it will be used (returned, loaded, with its
+    file id; else (None, None))."""
     test_name = cfg.test_name or cfg.train_name
     vocab = store.call(get_dataset, cfg.train_name)["vocabulary"]
     if store.call(get_dataset, test_name)["vocabulary"] != vocab:
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     if not cfg.start_checkpoint or (store.get_run(run_id) or {}).get("checkpoint"):
-        return None  # a new run, or one that resumes from its own checkpoint
-    init = load_checkpoint(store, cfg.start_checkpoint, which=cfg.start_from)  # raises for a run that does not exist
+        return None, None  # a new run, or one that resumes from its own checkpoint
+    return pick_start(store, cfg, vocab)
+
+
+def pick_start(store, cfg, vocab):
+    """Rank 0's choice of the start checkpoint, checked: (its dict, its file id)."""
+    # raises for a run that does not exist
+    init, file_id = load_checkpoint(store, cfg.start_checkpoint, which=cfg.start_from, with_id=True)
     if init is None:
         why = "no best checkpoint (it trained without --patience)" if cfg.start_from == "best" else "no checkpoint yet"
         raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has {why}")
@@ -152,7 +159,7 @@ def check_inputs(store, cfg, run_id):
     if init.get("model_config") != model_config(cfg.arch, cfg.model_size, len(vocab)).to_dict():
         raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model than model_size "
                               f"{cfg.model_size!r} (arch {cfg.arch}); give the size and arch it was trained with")
-    return init
+    return init, file_id
 
 
 def device_sync(device):
@@ -217,7 +224,7 @@ class Training:
         self.cfg, self.run_id, self.flags, self.store, self.rank, self.world, self.device = \
             cfg, run_id, flags, store, rank, world, device
 
-    def setup(self, init=None):
+    def setup(self, init=None, start_id=None):
         cfg, device = self.cfg, self.device
         self.vocab, self.train_seqs, self.test_seqs, self.val_seqs = load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
         test_doc = self.store.call(get_dataset, cfg.test_name or cfg.train_name)
@@ -234,7 +241,7 @@ class Training:
         self.step, self.sums = 0, torch.zeros(STATS, dtype=torch.float64, device=device)
         self.selection = {"best": None, "stale": 0}  # the best evaluation so far, the evaluations since (select())
         self.saved = None  # the step of the run's latest checkpoint
-        self.resume_or_start(init)
+        self.resume_or_start(init, start_id)
         print0(f"{self.run_id}: model {cfg.model_size} {cfg.arch} ({self.model.num_params() / 1e6:.1f}M params), "
                f"{len(self.train_seqs)} train / {len(self.test_seqs)} test sequences, world size {self.world}, "
                f"device {device}")
@@ -246,9 +253,9 @@ class Training:
         self.prefetch = Prefetcher(self.batcher, self.rank, device, multiple)
         return self
 
-    def resume_or_start(self, init):
+    def resume_or_start(self, init, start_id):
         """Load the run's own checkpoint (a resume), or the start checkpoint's weights (and optimizer
-        state) into a new run."""
+        state) into a new run: the file rank 0 picked (start_id; init on rank 0)."""
         cfg, run_id = self.cfg, self.run_id
         ckpt = load_checkpoint(self.store, run_id)
         if ckpt is not None:
@@ -273,10 +280,25 @@ class Training:
                            f"the run has none until a better evaluation")
             print0(f"resuming {run_id} from step {self.step}")
         elif cfg.start_checkpoint:
-            init = init or check_inputs(self.store, cfg, run_id)  # rank 0 loaded and checked it before starting the run
+            init = self.same_start(init, start_id)
             start_from(self.model, self.opt, init, cfg)
             print0(f"initialised from {cfg.start_checkpoint} ({cfg.start_from} checkpoint, step {init['step']}): "
                    f"{'weights and optimizer state' if cfg.start_optimizer else 'weights only'}, step reset to 0")
+
+    def same_start(self, init, file_id):
+        """The start checkpoint, one file on every rank (else their AdamW states would start apart, and
+        DDP never brings them together): the one rank 0 checked. When the start run, training on, saved
+        a newer one meanwhile (deleting it) before every rank read it, rank 0 picks again."""
+        for _ in range(5):
+            if self.rank != 0:
+                init = read_checkpoint_file(self.store, file_id)
+            if not any_rank(init is None):
+                return init
+            if self.rank == 0:
+                init, file_id = pick_start(self.store, self.cfg, self.vocab)
+            file_id = broadcast_obj(file_id)
+        raise CheckpointError(f"start_checkpoint run {self.cfg.start_checkpoint!r} replaced its checkpoint again and "
+                              f"again while this run started; relaunch")
 
     def extend(self, old):
         """A run continued past its stored train_steps (store.start_run allows raising it): the LR goes on
@@ -576,15 +598,16 @@ def run(cfg, args, rank, world, device):
         print0(errors.exit_message(e), file=sys.stderr)
         return 1
     guard = RunGuard(store, args.run_id, args.lease_seconds, rank)
-    err, init = None, None
+    err, init, start_id = None, None, None
     if rank == 0:
         try:
             cfg = settle_stored(store, args, cfg)
-            init = check_inputs(store, cfg, args.run_id)  # before the run is created: bad input changes nothing
+            init, start_id = check_inputs(store, cfg, args.run_id)  # before the run is created: bad input changes nothing
             guard.claim(cfg.to_dict(), world)
+            testhook.pause("claimed")  # tests: the start checkpoint picked, the other ranks not yet started
         except errors.REPORTED as e:  # a database error too: one line, as every command gives it
             err = errors.exit_message(e)
-    err, stored = broadcast_obj((err, cfg.to_dict()))
+    err, stored, start_id = broadcast_obj((err, cfg.to_dict(), start_id))
     if err:
         errors.tell_launcher(err)  # every rank's error file names it, whichever torchrun reports
         print0(err, file=sys.stderr)
@@ -593,7 +616,7 @@ def run(cfg, args, rank, world, device):
     args.owner = guard.owner  # rank 0's writes are fenced by its lease
     try:
         with guard:
-            training = Training(cfg, args.run_id, args, store, rank, world, device).setup(init)
+            training = Training(cfg, args.run_id, args, store, rank, world, device).setup(init, start_id)
             training.loop(guard)
             guard.finished()
     except Interrupted as e:

@@ -187,6 +187,30 @@ def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(store)
     assert r.returncode != 0 and "has another model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_every_rank_starts_from_the_start_checkpoint_rank_0_picked(store, pauses):
+    """The start run saves a newer checkpoint after rank 0 read its start checkpoint and before rank 1
+    did: both ranks still start from one checkpoint (the newer one, rank 0 picking again once the one
+    it read is gone), and the run trains as one started from that checkpoint undisturbed."""
+    make_toy_dataset(store.db)
+    base = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "base", *FAST, "--train-steps", "20"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env("step-10")})
+    pauses.wait("step-10", base)  # its step-10 checkpoint saved
+    ddp = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py", "single", *FAST,
+           "--train-steps", "5", "--log-interval", "1", "--batch-size", "4", "--start-checkpoint", "base"]
+    tuned = subprocess.Popen([sys.executable, *ddp, "--run-id", "tuned"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**os.environ, **pauses.env("claimed")})
+    pauses.wait("claimed", tuned)  # rank 0 has read base's step-10 checkpoint; rank 1 has read nothing yet
+    pauses.release("step-10")
+    assert base.wait(300) == 0 and store.get_run("base")["checkpoint"]["step"] == 20
+    pauses.release("claimed")
+    out, err = tuned.communicate(timeout=300)
+    assert tuned.returncode == 0, err[-3000:]
+    assert "initialised from base (latest checkpoint, step 20)" in out
+    run_cli(*ddp, "--run-id", "undisturbed")
+    assert losses(store, "tuned") == losses(store, "undisturbed")  # rank 1 trained as rank 0: the same AdamW state
+    assert adam_steps(load_checkpoint(store, "tuned")) == {25.0}
+
+
 def test_start_checkpoint_from_a_run_with_decay_on_matrices_only(store):
     """Both decay choices keep one optimizer layout: a run can start from the other's AdamW state."""
     make_toy_dataset(store.db)
