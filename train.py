@@ -11,24 +11,27 @@ import sys
 import testhook
 
 
-def die_with_parent():
+def die_with_parent(launcher):
     """torchrun starts each worker in a session of its own: have the kernel kill a worker when its
     launcher dies, so that killing torchrun (or its process group) leaves no orphan trainer behind.
-    Called before the slow imports, and a worker whose launcher died before that exits at once."""
+    launcher: the parent's pid as the process found it on starting. Called before the slow imports; a
+    worker whose parent changed since (the launcher died before the kernel was asked) exits at once. A
+    parent of PID 1 is no sign of a lost launcher: torchrun is PID 1 as a container's entrypoint."""
     if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform.startswith("linux"):
         try:
             ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             return
-        if os.getppid() == 1:  # reparented to init: the launcher is already gone, no signal will come
+        if os.getppid() != launcher:  # reparented: the launcher is already gone, no signal will come
             os._exit(1)
 
 
 if __name__ == "__main__":
+    launcher = os.getppid()  # first of all: whatever happens to the launcher later changes it
     for sig in (signal.SIGINT, signal.SIGTERM):  # stopped while starting: quietly (main() installs the real handlers)
         signal.signal(sig, lambda *_: sys.exit(130))
     testhook.pause("start")
-    die_with_parent()
+    die_with_parent(launcher)
 
 import argparse
 import contextlib

@@ -633,3 +633,22 @@ def test_a_bootstrap_write_retried_after_its_commit_landed_finds_its_own_dataset
     assert len(boot.ids) == len(train.ids) and boot.lens["trace"][0] == 3
     with pytest.raises(errors.DataError, match="exists"):  # another command's write is still refused
         store.call(write_bootstrap, "boot", src, "toy.copy", train, rows, chosen, {}, False, "another")
+
+
+def pid_namespace_works():
+    import shutil
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not pid_namespace_works(), reason="needs unshare into a PID namespace (root or user namespaces)")
+def test_torchrun_as_pid_1_trains(store):
+    """torchrun as a container's entrypoint is PID 1: its workers' parent is PID 1 from the start, which
+    is no lost launcher (only a parent that changed is)."""
+    make_toy_dataset(store.db)
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "torch.distributed.run",
+                        "--standalone", "--nproc-per-node=1", "train.py", "single", "--run-id", "pid1", *FAST,
+                        "--train-steps", "3", "--log-interval", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "finished pid1 at step 3" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert store.get_run("pid1")["status"] == "finished"
