@@ -33,18 +33,43 @@ class Interrupted(BaseException):
 
 
 class Signals:
-    """SIGINT and SIGTERM alike: the first asks training to stop at the next step boundary
-    (requested), a second one stops it at once (Interrupted)."""
-    requested = False
+    """SIGINT and SIGTERM alike. In training, the first asks it to stop at the next step boundary
+    (requested), a second one stops it at once (Interrupted). While the process starts (before its
+    first step boundary: `starting` is set), one stops it at once: `starting()` runs from a thread of
+    its own, since the main thread may wait in a collective for a rank that failed, where no Python
+    signal handler runs (under NCCL, until the process group's timeout)."""
+    requested, starting, installed = False, None, False
 
     @classmethod
-    def install(cls):
+    def install(cls, starting):
+        """starting: what a signal does while the process starts (it ends the process)."""
+        cls.starting = starting
+        if cls.installed:
+            return
+        cls.installed = True
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, cls.handle)
+        r, w = os.pipe()
+        os.set_blocking(w, False)
+        signal.set_wakeup_fd(w)  # the C-level handler writes each signal's number here, whatever the main thread does
+        threading.Thread(target=cls.watch, args=(r,), daemon=True).start()
+
+    @classmethod
+    def watch(cls, fd):
+        while True:
+            got = os.read(fd, 64)
+            starting = cls.starting
+            if starting is not None and {signal.SIGINT, signal.SIGTERM} & set(got):
+                starting()
+
+    @classmethod
+    def began(cls):
+        """The first step boundary: signals now stop the run there (a missed one is `requested`)."""
+        cls.starting = None
 
     @classmethod
     def handle(cls, *_):
-        if cls.requested:
+        if cls.requested and cls.starting is None:
             raise Interrupted()
         cls.requested = True
 
@@ -76,8 +101,8 @@ class RunGuard:
     """Used as `with guard:` around the training of a run that rank 0 has claimed (claim()): rank 0's
     lease is renewed meanwhile, and on the way out the run is recorded as finished (finished()),
     interrupted (Interrupted: a signal) or failed (any other exception), and the lease released. A
-    run this launch created that fails before its first step (before check() is first called) is
-    dropped instead: a failed launch leaves nothing in the way of the corrected one. `owner` fences
+    run this launch created that fails or is stopped before its first step (before check() is first
+    called) is dropped instead: a failed launch leaves nothing in the way of the corrected one. `owner` fences
     rank 0's writes (None on the other ranks, which write nothing)."""
 
     def __init__(self, store, run_id, lease_s, rank):
@@ -100,10 +125,17 @@ class RunGuard:
     def check(self):
         """At every step boundary: raise once another process has taken the run over; returns whether a
         signal asked this process to stop (the ranks then agree on it)."""
+        if not self.began:
+            Signals.began()
         self.began = True
         if self.lease is not None and self.lease.lost:
             raise StoreError(f"lost the lease on run {self.run_id!r} to another process")
         return Signals.requested
+
+    def abandon(self):
+        """A signal while starting (from Signals' thread): record the run as `with guard:` would on
+        Interrupted, then release the lease; the process then exits."""
+        self.__exit__(Interrupted, Interrupted(), None)
 
     def finished(self):
         if self.rank == 0:
@@ -114,10 +146,10 @@ class RunGuard:
             if error is not None and self.rank == 0:
                 with contextlib.suppress(Exception), bounded(3):  # one short try: the database may be gone
                     store = self.store.with_retry(0)
-                    if kind is Interrupted:
-                        store.set_status(self.run_id, "interrupted", owner=self.owner)
-                    elif self.created and not self.began:
+                    if self.created and not self.began:
                         store.drop_run(self.run_id, force=True)  # nothing of it to keep; we hold its lease
+                    elif kind is Interrupted:
+                        store.set_status(self.run_id, "interrupted", owner=self.owner)
                     else:
                         store.set_status(self.run_id, "failed", f"{kind.__name__}: {error}"[:2000], owner=self.owner)
         finally:

@@ -229,6 +229,7 @@ class Training:
 
     def setup(self, init=None, start_id=None):
         cfg, device = self.cfg, self.device
+        testhook.pause(f"setup-{self.rank}")  # tests: one rank held while the others wait for it
         self.vocab, self.train_seqs, self.test_seqs, self.val_seqs = load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
         test_doc = self.store.call(get_dataset, cfg.test_name or cfg.train_name)
         # rollouts need a task whose plans can be checked (a synthetic dataset: the validation loss alone)
@@ -564,6 +565,18 @@ def stopped(e, run_id, world):
     return INTERRUPTED
 
 
+def stop_starting(run_id, world, guard):
+    """A signal before the first step (from Signals' thread, whatever the main thread waits for): say so,
+    record the run (runguard.RunGuard.abandon: a run this launch created is dropped) and exit 130 now."""
+    launcher = f"torchrun --nproc-per-node {world}" if world > 1 else "python"
+    line = Interrupted().line(f"{launcher} train.py single --run-id {run_id}")
+    errors.tell_launcher(line)
+    print0(line)
+    if guard is not None:
+        guard.abandon()
+    os._exit(INTERRUPTED)
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
@@ -580,7 +593,8 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    Signals.install()  # SIGINT and SIGTERM: stop at the next step boundary (runguard.Signals)
+    # SIGINT and SIGTERM: stop at once while starting, then at the next step boundary (runguard.Signals)
+    Signals.install(lambda: stop_starting(args.run_id, world, None))
     args.cpu_group = None
     try:
         if world > 1:
@@ -601,6 +615,7 @@ def run(cfg, args, rank, world, device):
         print0(errors.exit_message(e), file=sys.stderr)
         return 1
     guard = RunGuard(store, args.run_id, args.lease_seconds, rank)
+    Signals.starting = lambda: stop_starting(args.run_id, world, guard)
     err, init, start_id = None, None, None
     if rank == 0:
         try:

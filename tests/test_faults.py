@@ -652,3 +652,19 @@ def test_torchrun_as_pid_1_trains(store):
                        timeout=300)
     assert r.returncode == 0 and "finished pid1 at step 3" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
     assert store.get_run("pid1")["status"] == "finished"
+
+
+def test_a_signal_while_ranks_wait_for_each_other_in_setup_stops_at_once(store, pauses):
+    """Rank 1 held in its setup while rank 0 waits for it in a collective (as under NCCL when rank 1
+    failed): torchrun's SIGTERM stops rank 0 at once, from a thread of its own, and the run this launch
+    created is dropped as a failed launch's is, not left `running` for torchrun's SIGKILL."""
+    make_toy_dataset(store.db)
+    proc = launch("held", *FAST, "--train-steps", 5, "--batch-size", 4, nproc=2, env=pauses.env("claimed", "setup-1"))
+    pauses.wait("claimed", proc)
+    assert store.get_run("held")["status"] == "running"
+    pauses.release("claimed")
+    pauses.wait("setup-1", proc)  # rank 0 goes on into its setup, to wait for rank 1 there
+    os.kill(proc.pid, signal.SIGTERM)  # torchrun passes it to both workers
+    out = output(proc)
+    assert proc.returncode != 0 and "interrupted; continue with: torchrun --nproc-per-node 2" in out, out[-3000:]
+    assert store.get_run("held") is None
