@@ -434,12 +434,14 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     """A run with --patience stops after that many evaluations without a lower test loss, keeps the best
     checkpoint beside the latest and records both; one killed after saving a best that its latest
     checkpoint does not know yet, and relaunched, points back at the earlier best, then stops at the
-    same step with the same best as an uninterrupted one."""
+    same step with the same best as an uninterrupted one. Every step here comes from the uninterrupted
+    run's own test losses (floating point may give another trajectory on another CPU)."""
     make_toy_dataset(store.db)
     r = run_cli("train.py", "single", "--run-id", "straight", *PATIENT)
     tests = [(r["step"], r["val_plan_loss"]) for r in store.get_logs("straight", "test")]
     stop, best = stop_by_the_rule(tests, 2)
     assert stop is not None and stop < 80, tests  # it did stop early, where the rule says
+    assert stop == best + 2 * 5  # patience 2: two evaluations (every 5 steps) after the best
     run = store.get_run("straight")
     assert run["status"] == "finished" and run["step"] == stop and run["checkpoint"]["step"] == stop
     assert run["stopped_early"] == {"step": stop, "best_step": best} and run["best"]["step"] == best
@@ -452,23 +454,27 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     files = list(store.db["checkpoints.files"].find({"metadata.run_id": "straight"}))
     assert sorted(f["_id"] for f in files) == sorted([run["checkpoint"]["id"], run["best"]["id"]])
 
-    # killed right after the best of step 25 is saved, before any checkpoint records it (latest: step 20)
-    assert best == 25 and stop == 35, "the kill below is placed for this trajectory"
+    # killed right after an evaluation, before the run stops; where the trajectory has one, after a new
+    # best between two checkpoints (every 10 steps), which the latest checkpoint does not record yet
+    best_at = lambda step: stop_by_the_rule([t for t in tests if t[0] <= step], 2)[1]  # noqa: E731
+    steps = [n for n, _ in tests if 10 <= n < stop]
+    kill = next((n for n in steps if n % 10 == 5 and best_at(n) == n), steps[0])
+    latest = kill // 10 * 10
     proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *PATIENT], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env("step-25")})
-    pauses.wait("step-25", proc)
+                            stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env(f"step-{kill}")})
+    pauses.wait(f"step-{kill}", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = store.get_run("killed")
-    assert killed["checkpoint"]["step"] == 20 and killed["best"]["step"] == 25
+    assert killed["checkpoint"]["step"] == latest and killed["best"]["step"] == best_at(kill)
     store.runs.update_one({"_id": "killed"}, {"$set": {"lease.expires": 0}})
     relaunch = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *PATIENT], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True, env={**os.environ, **pauses.env("step-21")})
-    pauses.wait("step-21", relaunch)
-    assert store.get_run("killed")["best"]["step"] == 15  # what its step-20 checkpoint recorded
-    pauses.release("step-21")
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, **pauses.env(f"step-{latest + 1}")})
+    pauses.wait(f"step-{latest + 1}", relaunch)
+    assert store.get_run("killed")["best"]["step"] == best_at(latest)  # what its latest checkpoint recorded
+    pauses.release(f"step-{latest + 1}")
     out, _ = relaunch.communicate(timeout=300)
-    assert relaunch.returncode == 0 and "resuming killed from step 20" in out
+    assert relaunch.returncode == 0 and f"resuming killed from step {latest}" in out
     killed = store.get_run("killed")
     assert killed["status"] == "finished" and killed["stopped_early"] == run["stopped_early"]
     assert killed["best"]["step"] == best and killed["best"]["metrics"] == run["best"]["metrics"]
@@ -480,7 +486,7 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     assert len(files) == 2  # the killed process's best and the superseded ones are gone
     # relaunching a run that stopped early trains no further
     again = run_cli("train.py", "single", "--run-id", "killed", *PATIENT).stdout
-    assert f"resuming killed from step {stop}" in again and "stopped early" in again and "step 40" not in again
+    assert f"resuming killed from step {stop}" in again and "stopped early" in again and f"step {stop + 5}" not in again
     assert store.get_run("killed")["checkpoint"]["step"] == stop
 
 
