@@ -96,11 +96,11 @@ def restore(ck, model, opt, sched, batcher, sums):
         batcher.load_state_dict(pos)
         rng = ck["rng"]["cpu"]
         torch.Generator().set_state(rng)  # raises on anything that is not a CPU generator state
-        log_sums = ck["log_acc"]  # the stored key's old name: sums of the logged statistics
+        log_sums = ck["log_sums"] if "log_sums" in ck else ck["log_acc"]  # log_acc: the key's old name
         if torch.is_tensor(log_sums) and log_sums.shape == (5,):  # from before the exact-sequence counts
             log_sums = F.pad(log_sums, (0, len(sums) - 5))
         if not torch.is_tensor(log_sums) or log_sums.dtype != sums.dtype or log_sums.shape != sums.shape:
-            raise ValueError(f"log_acc must be a {sums.dtype} tensor of shape {tuple(sums.shape)}")
+            raise ValueError(f"log_sums must be a {sums.dtype} tensor of shape {tuple(sums.shape)}")
         selection = ck.get("selection", {"best": None, "stale": 0})  # absent: from before --patience
         check_selection(selection, step)
     except KeyError as e:
@@ -151,8 +151,9 @@ def check_vocabulary(ck, vocab, what, dataset):
                               f"vocabulary")
 
 
-# the keys of a training checkpoint (an exported file holds the same dict)
-KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_acc", "config", "model_config", "vocabulary"}
+# the keys of a training checkpoint (an exported file holds the same dict); log_sums, the sums of the logged
+# statistics since the last log, is log_acc in checkpoints written before it was renamed
+KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_sums", "config", "model_config", "vocabulary"}
 
 
 def read_exported(path):
@@ -166,8 +167,9 @@ def read_exported(path):
                   "without loading them)" if unsafe else "not a whole file written by `python admin.py "
                   "export-checkpoint` (empty, cut short, or another format)")
         raise CheckpointError(f"{path}: not a valid checkpoint file: {reason}") from None
-    if not isinstance(ck, dict) or not KEYS <= ck.keys():
-        raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - set(ck) if isinstance(ck, dict) else KEYS)})")
+    have = (set(ck) | ({"log_sums"} if "log_acc" in ck else set())) if isinstance(ck, dict) else set()
+    if not KEYS <= have:
+        raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - have)})")
     try:
         check_resumable(ck)  # everything a resume reads, loaded as a resume loads it
     except Exception as e:

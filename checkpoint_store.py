@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 import testhook
 from errors import CheckpointError, StoreError
-from store import check_name, fenced, free, lost, now, restored, retrying
+from store import check_name, fenced, lost_run_error, now, query_unheld, restored, retrying
 
 
 FIELDS = {"latest": "checkpoint", "best": "best"}  # which checkpoint -> the run document's field pointing at it
@@ -49,7 +49,7 @@ def _save(store, run_id, step, state, owner, which, metrics):
     before = store.runs.find_one_and_update(fenced(run_id, owner), {"$set": {"pending_checkpoint": stream._id}},
                                             {"pending_checkpoint": 1})
     if before is None:
-        raise lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
+        raise lost_run_error(run_id) if owner else StoreError(f"no run with id {run_id!r}")
     if before.get("pending_checkpoint") is not None:  # left by a killed process or a failed attempt
         store.delete_upload(before["pending_checkpoint"])
     writer = _Writer(stream)
@@ -70,7 +70,7 @@ def _save(store, run_id, step, state, owner, which, metrics):
     if after is None:
         store.delete_upload(stream._id)
         if store.runs.count_documents(fenced(run_id, owner), limit=1) == 0:
-            raise lost(run_id)
+            raise lost_run_error(run_id)
         return None  # still held: the pointer was cleared by a load that took the upload for abandoned
     if not best:
         delete_stale(store, run_id, keep=[stream._id, (after.get("best") or {}).get("id")])
@@ -89,7 +89,7 @@ def point_best(store, run_id, step, owner=None):
     info = found and {"id": found._id, "step": step, "size": found.length, "time": found.upload_date,
                       "metrics": found.metadata.get("metrics")}
     if store.runs.update_one(fenced(run_id, owner), {"$set": {"best": info}}).matched_count == 0:
-        raise lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
+        raise lost_run_error(run_id) if owner else StoreError(f"no run with id {run_id!r}")
     return step is None or found is not None
 
 
@@ -109,7 +109,7 @@ def load_checkpoint(store, run_id, map_location="cpu", which="latest", with_id=F
             # a save (or import) was killed mid-write when nobody holds the run by the server's clock:
             # clear the pointer first, in one write that checks both, and only then remove the chunks,
             # so that a trainer that still writes it finds its upload gone before it can point at it
-            claim = {"_id": run_id, "pending_checkpoint": pending, **free(store.server_time())}
+            claim = {"_id": run_id, "pending_checkpoint": pending, **query_unheld(store.server_time())}
             if store.runs.update_one(claim, {"$set": {"pending_checkpoint": None}}).matched_count:
                 testhook.pause("stale-upload")  # tests: the pointer cleared, the chunks not yet removed
                 store.delete_upload(pending)

@@ -1,77 +1,16 @@
 """Rank 0's hold on a training run: the lease that keeps a second trainer off the run id (renewed in a
 thread, so a crashed holder's lease simply expires), the owner token that fences this process's
-writes (a trainer that lost the lease can change nothing), stopping on SIGINT or SIGTERM, and the
-run's final status."""
+writes (a trainer that lost the lease can change nothing), the step boundary's stop check, and the
+run's final status (finished, interrupted, failed, or dropped: a launch that never reached step 1)."""
 import contextlib
 import os
-import signal
 import socket
 import threading
 import uuid
 
 from errors import StoreError
+from lifecycle import Interrupted, Signals
 from store import bounded
-
-INTERRUPTED = 130  # the exit status of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as a shell reports it)
-
-
-class Interrupted(BaseException):
-    """Leaves the training of a run stopped by a signal (a BaseException: no `except Error` catches it):
-    at a step boundary (step, and saved: the step of the run's checkpoint, None without one), or
-    anywhere on a second signal (both None)."""
-
-    def __init__(self, step=None, saved=None):
-        super().__init__(step, saved)
-        self.step, self.saved = step, saved
-
-    def line(self, command):
-        """The one line a stopped trainer prints: where it stopped and how to continue."""
-        where = "" if self.step is None else f" at step {self.step}"
-        if self.step is not None and self.saved != self.step:
-            where += f" (its checkpoint is at step {self.saved})" if self.saved is not None else " (no checkpoint yet)"
-        return f"interrupted{where}; continue with: {command}"
-
-
-class Signals:
-    """SIGINT and SIGTERM alike. In training, the first asks it to stop at the next step boundary
-    (requested), a second one stops it at once (Interrupted). While the process starts (before its
-    first step boundary: `starting` is set), one stops it at once: `starting()` runs from a thread of
-    its own, since the main thread may wait in a collective for a rank that failed, where no Python
-    signal handler runs (under NCCL, until the process group's timeout)."""
-    requested, starting, installed = False, None, False
-
-    @classmethod
-    def install(cls, starting):
-        """starting: what a signal does while the process starts (it ends the process)."""
-        cls.starting = starting
-        if cls.installed:
-            return
-        cls.installed = True
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, cls.handle)
-        r, w = os.pipe()
-        os.set_blocking(w, False)
-        signal.set_wakeup_fd(w)  # the C-level handler writes each signal's number here, whatever the main thread does
-        threading.Thread(target=cls.watch, args=(r,), daemon=True).start()
-
-    @classmethod
-    def watch(cls, fd):
-        while True:
-            got = os.read(fd, 64)
-            starting = cls.starting
-            if starting is not None and {signal.SIGINT, signal.SIGTERM} & set(got):
-                starting()
-
-    @classmethod
-    def began(cls):
-        """The first step boundary: signals now stop the run there (a missed one is `requested`)."""
-        cls.starting = None
-
-    @classmethod
-    def handle(cls, *_):
-        if cls.requested and cls.starting is None:
-            raise Interrupted()
-        cls.requested = True
 
 
 class Lease(threading.Thread):
