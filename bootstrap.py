@@ -17,21 +17,27 @@ def shortest_optimal(verdicts, trace_len, only_shorter=False):
     return best
 
 
-def write_bootstrap(db, name, src_doc, test_name, train, rows, chosen, info, overwrite):
+def write_bootstrap(db, name, src_doc, test_name, train, rows, chosen, info, overwrite, token=None):
     """Write the bootstrapped dataset: row r of train becomes chosen[r] = (response ids, trace
-    length) where there is one. Returns (replaced, mean trace length before, after)."""
+    length) where there is one. Returns (replaced, mean trace length before, after).
+
+    token (one per command, the same on every retry through Store.call) is recorded with the commit:
+    a retry whose earlier try's commit landed (its answer lost) finds its own dataset and writes nothing."""
+    before = [int(train.lens["trace"][r]) for r in rows]
+    after = [chosen[r][1] if r in chosen else n for r, n in zip(rows, before)]
+    stats = len(chosen), float(np.mean(before)) if before else 0.0, float(np.mean(after)) if after else 0.0
+    done = db.datasets.find_one({"_id": name}) or {}
+    if token is not None and done.get("uid") and done.get("written_by") == token:
+        return stats
     writer = DatasetWriter(db, name, src_doc["task"], {**src_doc["params"], "bootstrap": info},
                            src_doc["vocabulary"][len(SPECIALS):], overwrite)
-    before, after = [], []
     for r in rows:
         prompt, trace, plan = (train.get(r, p) for p in PARTS)
         if r in chosen:
             ids, cut = chosen[r]
             trace, plan = ids[:cut], ids[cut:]
-        before.append(train.lens["trace"][r])
-        after.append(len(trace))
         writer.add("train", prompt, trace, plan, sequence_key("train", train, r), source_id=int(train.ids[r]),
-              **extras(train, r))
+                   **extras(train, r))
     copy_split(writer, "test", load_split(db, test_name, "test"))
-    writer.commit()
-    return len(chosen), float(np.mean(before)) if before else 0.0, float(np.mean(after)) if after else 0.0
+    writer.commit(**({"written_by": token} if token is not None else {}))
+    return stats

@@ -60,7 +60,10 @@ def build(cfg, vocab_size, device):
     torch.manual_seed(cfg.seed)
     model = ARCHS[cfg.arch][1](model_config(cfg.arch, cfg.model_size, vocab_size)).to(device)
     opt = make_optimizer(model, cfg, device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s) / cfg.lr)
+    made = []  # the scheduler once made: its `extension` (an extended run's, kept in its state) bends the LR
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_at(s, made[0].extension if made else None) / cfg.lr)
+    sched.extension = None
+    made.append(sched)
     return model, opt, sched
 
 
@@ -81,6 +84,10 @@ def restore(ck, model, opt, sched, batcher, sums):
         sc = ck["scheduler"]
         if not isinstance(sc, dict) or sc.get("last_epoch") != step or len(sc.get("base_lrs", ())) != len(opt.param_groups):
             raise ValueError("the LR scheduler state does not match the step and the optimizer")
+        ext = sc.get("extension")  # absent: never extended, or from before extensions kept the LR
+        if ext is not None and not (isinstance(ext, list) and len(ext) == 2 and type(ext[0]) is int and
+                                    0 <= ext[0] <= step and type(ext[1]) is float and 0 <= ext[1] <= 1):
+            raise ValueError(f"malformed LR schedule extension {shown(ext)}")
         sched.load_state_dict(sc)
         pos = ck["data"]
         if not isinstance(pos, dict) or sorted(pos) != ["epoch", "index"] or \
@@ -89,11 +96,11 @@ def restore(ck, model, opt, sched, batcher, sums):
         batcher.load_state_dict(pos)
         rng = ck["rng"]["cpu"]
         torch.Generator().set_state(rng)  # raises on anything that is not a CPU generator state
-        log_sums = ck["log_acc"]  # the stored key's old name: sums of the logged statistics
+        log_sums = ck["log_sums"] if "log_sums" in ck else ck["log_acc"]  # log_acc: the key's old name
         if torch.is_tensor(log_sums) and log_sums.shape == (5,):  # from before the exact-sequence counts
             log_sums = F.pad(log_sums, (0, len(sums) - 5))
         if not torch.is_tensor(log_sums) or log_sums.dtype != sums.dtype or log_sums.shape != sums.shape:
-            raise ValueError(f"log_acc must be a {sums.dtype} tensor of shape {tuple(sums.shape)}")
+            raise ValueError(f"log_sums must be a {sums.dtype} tensor of shape {tuple(sums.shape)}")
         selection = ck.get("selection", {"best": None, "stale": 0})  # absent: from before --patience
         check_selection(selection, step)
     except KeyError as e:
@@ -144,8 +151,9 @@ def check_vocabulary(ck, vocab, what, dataset):
                               f"vocabulary")
 
 
-# the keys of a training checkpoint (an exported file holds the same dict)
-KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_acc", "config", "model_config", "vocabulary"}
+# the keys of a training checkpoint (an exported file holds the same dict); log_sums, the sums of the logged
+# statistics since the last log, is log_acc in checkpoints written before it was renamed
+KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_sums", "config", "model_config", "vocabulary"}
 
 
 def read_exported(path):
@@ -159,8 +167,9 @@ def read_exported(path):
                   "without loading them)" if unsafe else "not a whole file written by `python admin.py "
                   "export-checkpoint` (empty, cut short, or another format)")
         raise CheckpointError(f"{path}: not a valid checkpoint file: {reason}") from None
-    if not isinstance(ck, dict) or not KEYS <= ck.keys():
-        raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - set(ck) if isinstance(ck, dict) else KEYS)})")
+    have = (set(ck) | ({"log_sums"} if "log_acc" in ck else set())) if isinstance(ck, dict) else set()
+    if not KEYS <= have:
+        raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - have)})")
     try:
         check_resumable(ck)  # everything a resume reads, loaded as a resume loads it
     except Exception as e:

@@ -17,7 +17,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 
 import testhook
 from errors import CheckpointError, StoreError
-from store import check_name, fenced, free, lost, now, restored, retrying
+from store import check_name, fenced, lost_run_error, now, query_unheld, restored, retrying
 
 
 FIELDS = {"latest": "checkpoint", "best": "best"}  # which checkpoint -> the run document's field pointing at it
@@ -49,7 +49,7 @@ def _save(store, run_id, step, state, owner, which, metrics):
     before = store.runs.find_one_and_update(fenced(run_id, owner), {"$set": {"pending_checkpoint": stream._id}},
                                             {"pending_checkpoint": 1})
     if before is None:
-        raise lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
+        raise lost_run_error(run_id) if owner else StoreError(f"no run with id {run_id!r}")
     if before.get("pending_checkpoint") is not None:  # left by a killed process or a failed attempt
         store.delete_upload(before["pending_checkpoint"])
     writer = _Writer(stream)
@@ -70,7 +70,7 @@ def _save(store, run_id, step, state, owner, which, metrics):
     if after is None:
         store.delete_upload(stream._id)
         if store.runs.count_documents(fenced(run_id, owner), limit=1) == 0:
-            raise lost(run_id)
+            raise lost_run_error(run_id)
         return None  # still held: the pointer was cleared by a load that took the upload for abandoned
     if not best:
         delete_stale(store, run_id, keep=[stream._id, (after.get("best") or {}).get("id")])
@@ -89,13 +89,14 @@ def point_best(store, run_id, step, owner=None):
     info = found and {"id": found._id, "step": step, "size": found.length, "time": found.upload_date,
                       "metrics": found.metadata.get("metrics")}
     if store.runs.update_one(fenced(run_id, owner), {"$set": {"best": info}}).matched_count == 0:
-        raise lost(run_id) if owner else StoreError(f"no run with id {run_id!r}")
+        raise lost_run_error(run_id) if owner else StoreError(f"no run with id {run_id!r}")
     return step is None or found is not None
 
 
 @retrying
-def load_checkpoint(store, run_id, map_location="cpu", which="latest"):
-    """The run's current checkpoint dict (`latest` or `best`), or None when it has none.
+def load_checkpoint(store, run_id, map_location="cpu", which="latest", with_id=False):
+    """The run's current checkpoint dict (`latest` or `best`), or None when it has none; with_id,
+    (that dict, its file id) or (None, None): what read_checkpoint_file reads again.
 
     Safe while the run trains: a live trainer's upload in progress is left alone, and a checkpoint
     replaced (and deleted) while it was being read is read again at the new pointer."""
@@ -108,25 +109,40 @@ def load_checkpoint(store, run_id, map_location="cpu", which="latest"):
             # a save (or import) was killed mid-write when nobody holds the run by the server's clock:
             # clear the pointer first, in one write that checks both, and only then remove the chunks,
             # so that a trainer that still writes it finds its upload gone before it can point at it
-            claim = {"_id": run_id, "pending_checkpoint": pending, **free(store.server_time())}
+            claim = {"_id": run_id, "pending_checkpoint": pending, **query_unheld(store.server_time())}
             if store.runs.update_one(claim, {"$set": {"pending_checkpoint": None}}).matched_count:
                 testhook.pause("stale-upload")  # tests: the pointer cleared, the chunks not yet removed
                 store.delete_upload(pending)
         info = doc.get(FIELDS[which])
         if info is None:
-            return None
+            return (None, None) if with_id else None
         try:
-            with store.fs.open_download_stream(info["id"]) as f, tempfile.TemporaryFile() as tmp:
-                # torch.load seeks about, and each seek in a GridFS stream is a new query: copy the
-                # file to local disk in one sequential read, then load (one copy in memory)
-                shutil.copyfileobj(f, tmp, 16 << 20)
-                tmp.seek(0)
-                return torch.load(tmp, map_location=map_location, weights_only=True)
+            ck = _read(store, info["id"], map_location)
+            return (ck, info["id"]) if with_id else ck
         except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile) as e:
             moved = (store.runs.find_one({"_id": run_id}, {FIELDS[which]: 1}) or {}).get(FIELDS[which]) != info
             if not moved or attempt == 2:
                 raise CheckpointError(f"the {which} checkpoint of run {run_id!r} is unreadable "
                                       f"({type(e).__name__}: {e})") from None
+
+
+def _read(store, file_id, map_location):
+    with store.fs.open_download_stream(file_id) as f, tempfile.TemporaryFile() as tmp:
+        # torch.load seeks about, and each seek in a GridFS stream is a new query: copy the file to
+        # local disk in one sequential read, then load (one copy in memory)
+        shutil.copyfileobj(f, tmp, 16 << 20)
+        tmp.seek(0)
+        return torch.load(tmp, map_location=map_location, weights_only=True)
+
+
+@retrying
+def read_checkpoint_file(store, file_id, map_location="cpu"):
+    """The checkpoint in this file (an id from load_checkpoint(with_id=True)), or None once it is gone:
+    its run saved a newer one, which deleted it."""
+    try:
+        return _read(store, file_id, map_location)
+    except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile):
+        return None
 
 
 def put_checkpoint(store, run_id, config, state, step, replace=False):

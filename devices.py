@@ -1,5 +1,6 @@
 """The device a process runs on (--device) and the process group it joins under torchrun
-(--dist-timeout-minutes): what train.py, eval.py and bench.py share."""
+(--dist-timeout-minutes): what train.py, eval.py and bench.py share; the small collectives the
+trainer's ranks agree through."""
 import datetime
 import os
 import re
@@ -50,8 +51,40 @@ def from_flags(args):
     return parse_device(args.device)
 
 
-def init_process_group(device, timeout_minutes):
+def init_process_group(device, timeout_minutes, cpu_group=False):
     """Join torchrun's process group: NCCL on a GPU, gloo on the CPU, every collective waiting up to
-    timeout_minutes."""
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    timeout_minutes. With cpu_group under NCCL, returns a gloo group beside it (host-side checks that
+    must not wait for the device), waiting as long; None otherwise (the default group is gloo)."""
+    timeout = datetime.timedelta(minutes=timeout_minutes)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout)
+    return dist.new_group(backend="gloo", timeout=timeout) if cpu_group and device.type == "cuda" else None
+
+
+def print0(*args, **kwargs):
+    """All rank-0-only output goes through here."""
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def all_sum(t):
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return t
+
+
+def any_rank(flag, group=None):
+    """True on every rank when flag is on any: one small collective at a step boundary, on the CPU
+    (group: a gloo group beside NCCL, so the host does not wait for the device)."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+    return bool(t.item())
+
+
+def broadcast_obj(obj):
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

@@ -73,6 +73,7 @@ import os
 import re
 import sys
 import time
+import uuid
 
 import numpy as np
 import torch
@@ -331,8 +332,10 @@ def cmd_bootstrap(store, args, rank, world, device):
             "seed": opts.seed, "rows": len(rows), "rule": "only-shorter" if args.only_shorter else "reference",
             **({"checkpoint": "best"} if args.checkpoint == "best" else {})}
     test_name = dataset_for(store, ck, "test")["_id"]
-    # run again from the start after a lost connection: the writer starts the unfinished dataset over
-    replaced, before, after = store.call(write_bootstrap, name, doc, test_name, split, rows, chosen, info, args.overwrite)
+    # run again from the start after a lost connection: the writer starts the unfinished dataset over, and
+    # a retry after its commit landed knows its own dataset by the token
+    replaced, before, after = store.call(write_bootstrap, name, doc, test_name, split, rows, chosen, info, args.overwrite,
+                                         uuid.uuid4().hex)
     shorter = sum(cut < split.lens["trace"][r] for r, (_, cut) in chosen.items())
     change = f" ({100 * (after / before - 1):+.1f}%)" if before else ""
     print(f"wrote dataset {name}: {len(rows)} train sequences, {replaced} replaced by their shortest correct optimal "

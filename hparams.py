@@ -105,14 +105,28 @@ class TrainConfig:
         """A stored config: one written before a key existed trained as that key's old value says."""
         return cls.from_dict({**ADDED, **d})
 
-    def lr_at(self, step):
-        """Linear warm-up, then cosine decay to min_lr_ratio x lr at train_steps (or constant)."""
+    def lr_at(self, step, extension=None):
+        """Linear warm-up, then cosine decay to min_lr_ratio x lr at train_steps (or constant). A run
+        extended at step s0 with the LR at ratio r0 of lr there (extension = [s0, r0], see extension_at)
+        goes on from r0 at s0 along a cosine to min_lr_ratio at the new train_steps: no jump."""
         if step < self.warmup_steps:
             return self.lr * (step + 1) / self.warmup_steps
         if self.lr_schedule == "constant":
             return self.lr
-        t = min(1.0, (step - self.warmup_steps) / max(1, self.train_steps - self.warmup_steps))
-        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+        start, top = self.warmup_steps, 1.0
+        if extension is not None and step >= extension[0]:
+            start, top = extension
+        t = min(1.0, (step - start) / max(1, self.train_steps - start))
+        return self.lr * (self.min_lr_ratio + (top - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
+
+    def extension_at(self, step, old_steps, extension=None):
+        """The schedule's extension when the run, trained to `step` with old_steps as train_steps (and
+        `extension`, that one's), goes on to this config's train_steps: [step, the LR ratio there], or
+        None where the new schedule is continuous already (constant, or still in warm-up)."""
+        if self.lr_schedule == "constant" or step < self.warmup_steps:
+            return extension
+        old = dataclasses.replace(self, train_steps=old_steps)
+        return [step, old.lr_at(step, extension) / self.lr]
 
 
 # the values a string hyper-parameter may take

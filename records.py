@@ -24,7 +24,7 @@ from pymongo.errors import DuplicateKeyError
 import testhook
 from dataset import fingerprint, get_dataset
 from errors import ConfigError, DataError, StoreError
-from store import check_name, free, now
+from store import check_name, now, query_unheld
 
 FORMAT, VERSION = "searchformer-run-record", 1
 KEYS = {"format", "version", "run_id", "run", "logs", "results", "datasets"}
@@ -174,7 +174,7 @@ def import_record(store, record, replace=False):
             raise StoreError(f"run {run_id!r} exists; pass --replace to overwrite it with the record") from None
     else:
         # no process may take it meanwhile: the lease must be free now, and `record` refuses a new one
-        taken = store.runs.find_one_and_update({"_id": run_id, **free(store.server_time())},
+        taken = store.runs.find_one_and_update({"_id": run_id, **query_unheld(store.server_time())},
                                                {"$set": {"status": "importing", "record": True, "lease": None}})
         if taken is None:
             raise StoreError(f"run {run_id!r} is being trained; stop that process first")

@@ -1,52 +1,16 @@
 """Rank 0's hold on a training run: the lease that keeps a second trainer off the run id (renewed in a
 thread, so a crashed holder's lease simply expires), the owner token that fences this process's
-writes (a trainer that lost the lease can change nothing), stopping on SIGINT or SIGTERM, and the
-run's final status."""
+writes (a trainer that lost the lease can change nothing), the step boundary's stop check, and the
+run's final status (finished, interrupted, failed, or dropped: a launch that never reached step 1)."""
 import contextlib
 import os
-import signal
 import socket
 import threading
 import uuid
 
 from errors import StoreError
+from lifecycle import Interrupted, Signals
 from store import bounded
-
-INTERRUPTED = 130  # the exit status of a run stopped by SIGINT or SIGTERM (128 + SIGINT, as a shell reports it)
-
-
-class Interrupted(BaseException):
-    """Leaves the training of a run stopped by a signal (a BaseException: no `except Error` catches it):
-    at a step boundary (step, and saved: the step of the run's checkpoint, None without one), or
-    anywhere on a second signal (both None)."""
-
-    def __init__(self, step=None, saved=None):
-        super().__init__(step, saved)
-        self.step, self.saved = step, saved
-
-    def line(self, command):
-        """The one line a stopped trainer prints: where it stopped and how to continue."""
-        where = "" if self.step is None else f" at step {self.step}"
-        if self.step is not None and self.saved != self.step:
-            where += f" (its checkpoint is at step {self.saved})" if self.saved is not None else " (no checkpoint yet)"
-        return f"interrupted{where}; continue with: {command}"
-
-
-class Signals:
-    """SIGINT and SIGTERM alike: the first asks training to stop at the next step boundary
-    (requested), a second one stops it at once (Interrupted)."""
-    requested = False
-
-    @classmethod
-    def install(cls):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, cls.handle)
-
-    @classmethod
-    def handle(cls, *_):
-        if cls.requested:
-            raise Interrupted()
-        cls.requested = True
 
 
 class Lease(threading.Thread):
@@ -76,8 +40,8 @@ class RunGuard:
     """Used as `with guard:` around the training of a run that rank 0 has claimed (claim()): rank 0's
     lease is renewed meanwhile, and on the way out the run is recorded as finished (finished()),
     interrupted (Interrupted: a signal) or failed (any other exception), and the lease released. A
-    run this launch created that fails before its first step (before check() is first called) is
-    dropped instead: a failed launch leaves nothing in the way of the corrected one. `owner` fences
+    run this launch created that fails or is stopped before its first step (before check() is first
+    called) is dropped instead: a failed launch leaves nothing in the way of the corrected one. `owner` fences
     rank 0's writes (None on the other ranks, which write nothing)."""
 
     def __init__(self, store, run_id, lease_s, rank):
@@ -100,10 +64,17 @@ class RunGuard:
     def check(self):
         """At every step boundary: raise once another process has taken the run over; returns whether a
         signal asked this process to stop (the ranks then agree on it)."""
+        if not self.began:
+            Signals.began()
         self.began = True
         if self.lease is not None and self.lease.lost:
             raise StoreError(f"lost the lease on run {self.run_id!r} to another process")
         return Signals.requested
+
+    def abandon(self):
+        """A signal while starting (from Signals' thread): record the run as `with guard:` would on
+        Interrupted, then release the lease; the process then exits."""
+        self.__exit__(Interrupted, Interrupted(), None)
 
     def finished(self):
         if self.rank == 0:
@@ -114,10 +85,10 @@ class RunGuard:
             if error is not None and self.rank == 0:
                 with contextlib.suppress(Exception), bounded(3):  # one short try: the database may be gone
                     store = self.store.with_retry(0)
-                    if kind is Interrupted:
-                        store.set_status(self.run_id, "interrupted", owner=self.owner)
-                    elif self.created and not self.began:
+                    if self.created and not self.began:
                         store.drop_run(self.run_id, force=True)  # nothing of it to keep; we hold its lease
+                    elif kind is Interrupted:
+                        store.set_status(self.run_id, "interrupted", owner=self.owner)
                     else:
                         store.set_status(self.run_id, "failed", f"{kind.__name__}: {error}"[:2000], owner=self.owner)
         finally:

@@ -100,7 +100,7 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc)
 
 
-def free(t, owner=None):
+def query_unheld(t, owner=None):
     """A query for a run no process holds at server time t (its lease released or expired), or that
     owner holds: leases are written and read on the database server's clock (Store.server_time),
     never a host's, so a host whose clock runs ahead cannot take a live lease for expired."""
@@ -120,7 +120,8 @@ def restored(run_id):
                       f"(or drop it first)")
 
 
-def lost(run_id):
+def lost_run_error(run_id):
+    """The error a fenced write raises when this process no longer holds its run."""
     return StoreError(f"run {run_id!r} is no longer held by this process (its lease expired and another "
                       f"process took it over, or the run was dropped); stopping")
 
@@ -303,6 +304,11 @@ class Store:
                 doc = self.runs.find_one({"_id": run_id})
         diff = sorted(k for k in set(config) | set(doc["config"]) if config.get(k) != doc["config"].get(k))
         extend = diff == ["train_steps"] and config["train_steps"] > doc["config"]["train_steps"]
+        if extend and doc.get("stopped_early"):
+            at = doc["stopped_early"]
+            raise StoreError(f"run {run_id!r} was stopped early by --patience at step {at['step']} (best: step "
+                             f"{at['best_step']}): raising --train-steps would not train it further; start a new run "
+                             f"from it with --start-checkpoint {run_id} --start-from best")
         if diff and not extend:
             changes = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
             raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({changes}); only --train-steps "
@@ -321,7 +327,7 @@ class Store:
     def acquire_lease(self, run_id, owner, lease_s):
         t = self.server_time()
         new = {"$set": {"lease": {"owner": owner, "expires": t + lease_s, "seen": t}}}
-        return self.runs.find_one_and_update({"_id": run_id, **free(t, owner)}, new) is not None
+        return self.runs.find_one_and_update({"_id": run_id, **query_unheld(t, owner)}, new) is not None
 
     def release_lease(self, run_id, owner):
         self.runs.update_one({"_id": run_id, "lease.owner": owner}, {"$set": {"lease": None}})
@@ -344,7 +350,7 @@ class Store:
         r = self.runs.update_one(fenced(run_id, owner), {"$set": {"stopped_early": {"step": step, "best_step": best_step},
                                                                    "updated": now()}})
         if owner and r.matched_count == 0:
-            raise lost(run_id)
+            raise lost_run_error(run_id)
 
     @retrying
     def live_holder(self, run_id):
@@ -375,7 +381,7 @@ class Store:
         r = self.runs.update_one(fenced(run_id, owner),
                                  {"$set": {f"last.{split}": metrics, "step": step, "updated": now()}})
         if owner and r.matched_count == 0:
-            raise lost(run_id)
+            raise lost_run_error(run_id)
         key = {"run_id": run_id, "split": split, "step": step}
         self.logs.replace_one(key, {**key, **metrics, "time": now()}, upsert=True)
 
@@ -383,7 +389,7 @@ class Store:
     def truncate_logs(self, run_id, after_step, owner=None):
         """Drop records a killed process wrote after its last checkpoint."""
         if owner and self.runs.count_documents(fenced(run_id, owner), limit=1) == 0:
-            raise lost(run_id)
+            raise lost_run_error(run_id)
         self.logs.delete_many({"run_id": run_id, "step": {"$gt": after_step}})
 
     @retrying

@@ -3,39 +3,23 @@
 Runs as a plain process or under torchrun (DDP; gloo on CPU, NCCL on GPU). Hyper-parameters, logs
 and checkpoints live in MongoDB under the run id; launching an existing id resumes it exactly.
 """
-import ctypes
 import os
 import signal
 import sys
 
+import lifecycle
 import testhook
 
-
-def die_with_parent():
-    """torchrun starts each worker in a session of its own: have the kernel kill a worker when its
-    launcher dies, so that killing torchrun (or its process group) leaves no orphan trainer behind.
-    Called before the slow imports, and a worker whose launcher died before that exits at once."""
-    if "TORCHELASTIC_RUN_ID" in os.environ and sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            return
-        if os.getppid() == 1:  # reparented to init: the launcher is already gone, no signal will come
-            os._exit(1)
-
-
 if __name__ == "__main__":
+    launcher = os.getppid()  # first of all: whatever happens to the launcher later changes it
     for sig in (signal.SIGINT, signal.SIGTERM):  # stopped while starting: quietly (main() installs the real handlers)
         signal.signal(sig, lambda *_: sys.exit(130))
     testhook.pause("start")
-    die_with_parent()
+    lifecycle.die_with_parent(launcher)
 
-import argparse
 import contextlib
 import json
-import re
 import time
-from dataclasses import fields
 
 import numpy as np
 import torch
@@ -44,52 +28,20 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import devices
 import errors
-import sweep
 import tasks
 from batches import Batcher, Prefetcher, Sequences, tensors, to_device
 from checkpoint import build, check_vocabulary, model_config, restore, start_from
-from checkpoint_store import load_checkpoint, point_best, save_checkpoint
+from checkpoint_store import load_checkpoint, point_best, read_checkpoint_file, save_checkpoint
 from dataset import filter_split, get_dataset, load_split
-from errors import CheckpointError, ConfigError, DataError, StoreError
-from hparams import ADDED, CHOICES, TrainConfig
+from devices import all_sum, any_rank, broadcast_obj, print0
+from errors import CheckpointError, DataError, StoreError
+from hparams import TrainConfig
+from lifecycle import Interrupted
 from loss import STATS, autocast_for, loss_denominator, loss_terms, summarize
 from rollouts import rollout_metrics
-from runguard import INTERRUPTED, Interrupted, RunGuard, Signals
+from runguard import RunGuard
 from store import check_name, connect, world_size_refusal
-
-
-# ---------------------------------------------------------------------------------------------
-# distributed helpers
-
-
-def print0(*args, **kwargs):
-    """All rank-0-only output goes through here."""
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(*args, **kwargs, flush=True)
-
-
-def all_sum(t):
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t
-
-
-def any_rank(flag, group=None):
-    """True on every rank when flag is on any: one small collective at a step boundary, on the CPU
-    (group: a gloo group beside NCCL, so the host does not wait for the device)."""
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-    return bool(t.item())
-
-
-def broadcast_obj(obj):
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+from train_args import parse_args, resolve_config, settle_stored
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,14 +89,21 @@ def load_data(store, cfg, use_cache):
 
 def check_inputs(store, cfg, run_id):
     """What a launch can check before it creates or re-opens the run, so that bad input changes
-    nothing: the datasets, and the start checkpoint when it will be used (returned, loaded)."""
+    nothing: the datasets, and the start checkpoint when it will be used (returned, loaded, with its
+    file id; else (None, None))."""
     test_name = cfg.test_name or cfg.train_name
     vocab = store.call(get_dataset, cfg.train_name)["vocabulary"]
     if store.call(get_dataset, test_name)["vocabulary"] != vocab:
         raise DataError(f"datasets {cfg.train_name!r} and {test_name!r} have different vocabularies")
     if not cfg.start_checkpoint or (store.get_run(run_id) or {}).get("checkpoint"):
-        return None  # a new run, or one that resumes from its own checkpoint
-    init = load_checkpoint(store, cfg.start_checkpoint, which=cfg.start_from)  # raises for a run that does not exist
+        return None, None  # a new run, or one that resumes from its own checkpoint
+    return pick_start(store, cfg, vocab)
+
+
+def pick_start(store, cfg, vocab):
+    """Rank 0's choice of the start checkpoint, checked: (its dict, its file id)."""
+    # raises for a run that does not exist
+    init, file_id = load_checkpoint(store, cfg.start_checkpoint, which=cfg.start_from, with_id=True)
     if init is None:
         why = "no best checkpoint (it trained without --patience)" if cfg.start_from == "best" else "no checkpoint yet"
         raise StoreError(f"start_checkpoint run {cfg.start_checkpoint!r} has {why}")
@@ -152,7 +111,7 @@ def check_inputs(store, cfg, run_id):
     if init.get("model_config") != model_config(cfg.arch, cfg.model_size, len(vocab)).to_dict():
         raise CheckpointError(f"start_checkpoint run {cfg.start_checkpoint!r} has another model than model_size "
                               f"{cfg.model_size!r} (arch {cfg.arch}); give the size and arch it was trained with")
-    return init
+    return init, file_id
 
 
 def device_sync(device):
@@ -191,7 +150,7 @@ class Clock:
         self.device, self.busy, self.tokens, self.eval_s, self.checkpoint_s, self.logged = device, 0.0, 0, 0.0, 0.0, step
         self.t0 = time.perf_counter()
 
-    def pause(self):
+    def suspend(self):
         """Stop counting training time (once the device's queued work is done); returns the moment."""
         device_sync(self.device)
         t = time.perf_counter()
@@ -217,8 +176,9 @@ class Training:
         self.cfg, self.run_id, self.flags, self.store, self.rank, self.world, self.device = \
             cfg, run_id, flags, store, rank, world, device
 
-    def setup(self, init=None):
+    def setup(self, init=None, start_id=None):
         cfg, device = self.cfg, self.device
+        testhook.pause(f"setup-{self.rank}")  # tests: one rank held while the others wait for it
         self.vocab, self.train_seqs, self.test_seqs, self.val_seqs = load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
         test_doc = self.store.call(get_dataset, cfg.test_name or cfg.train_name)
         # rollouts need a task whose plans can be checked (a synthetic dataset: the validation loss alone)
@@ -234,7 +194,7 @@ class Training:
         self.step, self.sums = 0, torch.zeros(STATS, dtype=torch.float64, device=device)
         self.selection = {"best": None, "stale": 0}  # the best evaluation so far, the evaluations since (select())
         self.saved = None  # the step of the run's latest checkpoint
-        self.resume_or_start(init)
+        self.resume_or_start(init, start_id)
         print0(f"{self.run_id}: model {cfg.model_size} {cfg.arch} ({self.model.num_params() / 1e6:.1f}M params), "
                f"{len(self.train_seqs)} train / {len(self.test_seqs)} test sequences, world size {self.world}, "
                f"device {device}")
@@ -244,13 +204,11 @@ class Training:
         # compiled on GPU: padded lengths rounded up to a multiple of 64, so few shapes ever occur
         multiple = 64 if self.flags.compile and device.type == "cuda" else 1
         self.prefetch = Prefetcher(self.batcher, self.rank, device, multiple)
-        gloo = self.world > 1 and dist.get_backend() != "gloo"
-        self.cpu_group = dist.new_group(backend="gloo") if gloo else None  # for any_rank
         return self
 
-    def resume_or_start(self, init):
+    def resume_or_start(self, init, start_id):
         """Load the run's own checkpoint (a resume), or the start checkpoint's weights (and optimizer
-        state) into a new run."""
+        state) into a new run: the file rank 0 picked (start_id; init on rank 0)."""
         cfg, run_id = self.cfg, self.run_id
         ckpt = load_checkpoint(self.store, run_id)
         if ckpt is not None:
@@ -275,29 +233,46 @@ class Training:
                            f"the run has none until a better evaluation")
             print0(f"resuming {run_id} from step {self.step}")
         elif cfg.start_checkpoint:
-            init = init or check_inputs(self.store, cfg, run_id)  # rank 0 loaded and checked it before starting the run
+            init = self.same_start(init, start_id)
             start_from(self.model, self.opt, init, cfg)
             print0(f"initialised from {cfg.start_checkpoint} ({cfg.start_from} checkpoint, step {init['step']}): "
                    f"{'weights and optimizer state' if cfg.start_optimizer else 'weights only'}, step reset to 0")
 
+    def same_start(self, init, file_id):
+        """The start checkpoint, one file on every rank (else their AdamW states would start apart, and
+        DDP never brings them together): the one rank 0 checked. When the start run, training on, saved
+        a newer one meanwhile (deleting it) before every rank read it, rank 0 picks again."""
+        for _ in range(5):
+            if self.rank != 0:
+                init = read_checkpoint_file(self.store, file_id)
+            if not any_rank(init is None):
+                return init
+            if self.rank == 0:
+                init, file_id = pick_start(self.store, self.cfg, self.vocab)
+            file_id = broadcast_obj(file_id)
+        raise CheckpointError(f"start_checkpoint run {self.cfg.start_checkpoint!r} replaced its checkpoint again and "
+                              f"again while this run started; relaunch")
+
     def extend(self, old):
-        """A run continued past its stored train_steps (store.start_run allows raising it): the LR
-        schedule is cfg.lr_at, which now reaches its end at the new train_steps, from this step on."""
-        cfg, step = self.cfg, self.step
-        before, after = TrainConfig.from_dict({**cfg.to_dict(), "train_steps": old}).lr_at(step), cfg.lr_at(step)
-        for g, base in zip(self.opt.param_groups, self.sched.base_lrs):  # as the scheduler sets it at this step
-            g["lr"] = base * (after / cfg.lr)
-        schedule = (f"the cosine schedule now ends at step {cfg.train_steps}: the LR goes from {before:.2e} to "
-                    f"{after:.2e} at step {step} and decays to {cfg.lr * cfg.min_lr_ratio:.2e} at step "
-                    f"{cfg.train_steps}" if cfg.lr_schedule == "cosine" and step >= cfg.warmup_steps else
-                    f"the LR schedule is now {cfg.train_steps} steps long (LR {after:.2e} at step {step})")
+        """A run continued past its stored train_steps (store.start_run allows raising it): the LR goes on
+        from where it is at this step (no jump), along a cosine to its minimum at the new train_steps
+        (hparams.lr_at); the scheduler's state keeps that for every later resume."""
+        cfg, step, sched = self.cfg, self.step, self.sched
+        sched.extension = cfg.extension_at(step, old, sched.extension)
+        lr = cfg.lr_at(step, sched.extension)
+        for g, base in zip(self.opt.param_groups, sched.base_lrs):  # as the scheduler sets it at this step
+            g["lr"] = base * (lr / cfg.lr)
+        schedule = (f"the LR goes on from {lr:.2e} at step {step}, without a jump, along a cosine to "
+                    f"{cfg.lr * cfg.min_lr_ratio:.2e} at step {cfg.train_steps}" if sched.extension is not None and
+                    sched.extension[0] == step else f"the LR schedule is now {cfg.train_steps} steps long "
+                    f"(LR {lr:.2e} at step {step}, unchanged)")
         print0(f"extending {self.run_id} from {old} to {cfg.train_steps} steps; {schedule}")
 
     def loop(self, guard=None):
         cfg = self.cfg
         self.clock = Clock(self.device, self.step)
         while self.step < cfg.train_steps and not self.out_of_patience():
-            if guard is not None and any_rank(guard.check(), self.cpu_group):
+            if guard is not None and any_rank(guard.check(), self.flags.cpu_group):
                 self.stop()
             lr = self.optimizer_step()
             due = lambda interval: self.step % interval == 0 or self.step == cfg.train_steps  # noqa: E731
@@ -366,7 +341,7 @@ class Training:
 
     def log(self, lr):
         cfg, clock, step = self.cfg, self.clock, self.step
-        clock.pause()
+        clock.suspend()
         metrics = summarize(all_sum(self.sums))
         self.sums.zero_()
         metrics.update(lr=lr, tokens_per_s=clock.tokens / clock.busy)
@@ -383,7 +358,7 @@ class Training:
 
     def test(self):
         cfg, clock = self.cfg, self.clock
-        t1 = clock.pause()
+        t1 = clock.suspend()
         # the test loss (logged, never selected on: its first rows are reported tasks)
         metrics = evaluate(self.model, self.test_seqs, self.rank, self.world, self.device, self.autocast)
         if cfg.eval_tasks:  # what selection reads: the validation tasks alone
@@ -411,7 +386,7 @@ class Training:
         """Save the training state as the run's latest checkpoint, or as its best (with the selection
         metrics of this step's evaluation)."""
         clock = self.clock
-        t1 = clock.pause()
+        t1 = clock.suspend()
         all_sum(self.sums)  # fold every rank's pending log sums into rank 0's, which the checkpoint keeps
         if self.rank != 0:
             self.sums.zero_()
@@ -421,7 +396,7 @@ class Training:
                 "model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "scheduler": self.sched.state_dict(), "run_id": self.run_id, "step": self.step,
                 "data": self.prefetch.state_dict(), "rng": {"cpu": torch.get_rng_state()},
-                "log_acc": self.sums.cpu(), "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
+                "log_sums": self.sums.cpu(), "config": self.cfg.to_dict(), "model_config": self.model.cfg.to_dict(),
                 "vocabulary": self.vocab, "world_size": self.world, "selection": self.selection})
         if which == "latest":
             self.saved = self.step
@@ -430,117 +405,11 @@ class Training:
 
 
 # ---------------------------------------------------------------------------------------------
-# command line
-
-
-def add_config_flags(ap):
-    """One flag per TrainConfig field, its help its default and choices; a flag left out takes the
-    stored run's value when the run exists (settle_stored), else that default."""
-    for f in fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type is bool:
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
-                            help=f"default {flag if f.default else '--no-' + flag[2:]}")
-            continue
-        choices = CHOICES.get(f.name)
-        ap.add_argument(flag, type=f.type, default=None, metavar=f.type.__name__.upper(),
-                        help=(f"one of {', '.join(choices)}; " if choices else "") + f"default {f.default!r}")
-
-
-def add_runtime_flags(ap, run_id_help=None):
-    ap.add_argument("--run-id", required=run_id_help is None,
-                    help=run_id_help or "the run's id: launching an existing id resumes it")
-    ap.add_argument("--dry-run", action="store_true", help="print the resolved hyper-parameters and exit")
-    devices.add_flags(ap)
-    ap.add_argument("--compile", action="store_true", help="torch.compile the model")
-    ap.add_argument("--activation-checkpointing", action="store_true", help="recompute activations (big models)")
-    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                    help="auto: bf16 autocast on GPU, fp32 on CPU (bf16 there is faster on CPUs with AMX)")
-    ap.add_argument("--no-cache", action="store_true", help="read datasets from MongoDB, not the local cache")
-    ap.add_argument("--lease-seconds", type=float, default=60.0, help="how long a dead trainer blocks a relaunch (default %(default)s)")
-    ap.add_argument("--db-retry-seconds", type=float, default=300.0,
-                    help="how long to wait for a lost database before failing (default %(default)s)")
-
-
-NEGATIVE = re.compile(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-inf(inity)?|-nan", re.IGNORECASE)
-
-
-def parse_args(argv):
-    argv = list(sys.argv[1:] if argv is None else argv)
-    # argparse takes "-1e-3" for an option: join a negative number to the flag before it ("--lr=-1e-3")
-    for i in range(len(argv) - 1, 0, -1):
-        if NEGATIVE.fullmatch(argv[i]) and argv[i - 1].startswith("--") and "=" not in argv[i - 1]:
-            argv[i - 1:i + 1] = [f"{argv[i - 1]}={argv[i]}"]
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="mode", required=True)
-    single = sub.add_parser("single", help="one run from flags (defaults as in TrainConfig)",
-                            description="Train, continue or extend one run. Launching a stored run id continues "
-                                        "it: flags left out take its stored values, and only a raised "
-                                        "--train-steps may differ (it extends the run).")
-    add_runtime_flags(single)
-    add_config_flags(single)
-    sw = sub.add_parser("sweep", help="one entry of a sweep file")
-    add_runtime_flags(sw, "the run's id (default: <sweep file stem>-<index>, or <base>-<index>-step-<k> for a step "
-                          "file <base>-step-<k>.json); launching an existing id resumes it")
-    sw.add_argument("--sweep", required=True, help="JSON list of hyper-parameter dicts")
-    sw.add_argument("--index", type=int, required=True, help="entry index (e.g. a job array's index)")
-    sw.add_argument("--arch", choices=CHOICES["arch"], default=None,
-                    help="the architecture of an entry that names none (default decoder; the reference's "
-                         "sweeps were encdec, their encoder/decoder names its sizes)")
-    args = ap.parse_args(argv)
-    if args.mode == "sweep" and args.run_id is None:
-        args.run_id = sweep.run_id(args.sweep, args.index)
-    return args
-
-
-def resolve_config(args, defaults=None):
-    """The config the flags or the sweep entry give; keys they leave out take `defaults`, then TrainConfig's."""
-    if args.mode == "sweep":
-        return sweep.load(args.sweep, args.index, {**(defaults or {}), **({"arch": args.arch} if args.arch else {})})
-    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None}
-    try:
-        return TrainConfig.from_dict({**(defaults or {}), **given})
-    except (ValueError, ConfigError) as e:
-        raise ConfigError(str(e)) from None
-
-
-def settle_stored(store, args, cfg):
-    """A relaunch of a stored run takes the run's hyper-parameters for what its flags leave out, so
-    `train.py single --run-id ID` alone continues it as it trained. A run stored before a key existed
-    trained with that key's old value: its stored config gains the missing keys with those values
-    (hparams.ADDED, TrainConfig.from_stored)."""
-    doc = store.get_run(args.run_id)
-    if doc is None:
-        return cfg
-    try:
-        stored = TrainConfig.from_stored(doc["config"])
-    except (ValueError, TypeError) as e:
-        raise StoreError(f"run {args.run_id!r} has a stored config this version cannot read ({e}); use a new "
-                         f"--run-id") from None
-    if args.arch and args.arch != stored.arch:
-        raise ConfigError(f"run {args.run_id!r} is a {stored.arch} run: it cannot continue as --arch {args.arch}; "
-                          f"use a new --run-id")
-    missing = [k for k in ADDED if k not in doc["config"]]
-    if missing:
-        unset = {f"config.{k}": {"$exists": False} for k in missing}
-        store.call(lambda db: db.runs.update_one({"_id": args.run_id, **unset},
-                                                 {"$set": {f"config.{k}": ADDED[k] for k in missing}}))
-    return resolve_config(args, stored.to_dict())
-
-
-def stopped(e, run_id, world):
-    """Report a run stopped by a signal (runguard.Interrupted): one line, and torchrun's error file."""
-    launcher = f"torchrun --nproc-per-node {world}" if world > 1 else "python"
-    line = e.line(f"{launcher} train.py single --run-id {run_id}")
-    errors.tell_launcher(line)
-    print0(line)
-    if e.step is not None and world > 1:
-        dist.barrier()  # the ranks agreed on the stop: none exits (and has torchrun stop the rest) before rank 0 is done
-    return INTERRUPTED
+# the process
 
 
 def main(argv=None):
-    args = parse_args(argv)
+    args = parse_args(argv, __doc__)
     try:
         cfg = resolve_config(args)
         check_name(args.run_id)
@@ -555,13 +424,15 @@ def main(argv=None):
     if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    Signals.install()  # SIGINT and SIGTERM: stop at the next step boundary (runguard.Signals)
+    # SIGINT and SIGTERM: stop at once while starting, then at the next step boundary (lifecycle.Signals)
+    lifecycle.on_signal_while_starting(args.run_id, world)
+    args.cpu_group = None
     try:
         if world > 1:
-            devices.init_process_group(device, args.dist_timeout_minutes)
+            args.cpu_group = devices.init_process_group(device, args.dist_timeout_minutes, cpu_group=True)  # for any_rank
         code = run(cfg, args, rank, world, device)
     except Interrupted as e:  # a second signal outside the training
-        code = stopped(e, args.run_id, world)
+        code = lifecycle.interrupted(e, args.run_id, world, dist.barrier if world > 1 else None)
     finally:
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -569,37 +440,38 @@ def main(argv=None):
 
 
 def run(cfg, args, rank, world, device):
+    """This rank's part of the launch: rank 0 claims the run, every rank sets it up and trains it; the
+    exit status."""
     try:
         store = connect(retry_s=args.db_retry_seconds)
     except StoreError as e:
-        print0(errors.exit_message(e), file=sys.stderr)
-        return 1
+        return lifecycle.failed(e)
     guard = RunGuard(store, args.run_id, args.lease_seconds, rank)
-    err, init = None, None
+    lifecycle.on_signal_while_starting(args.run_id, world, guard)
+    err, init, start_id = None, None, None
     if rank == 0:
         try:
             cfg = settle_stored(store, args, cfg)
-            init = check_inputs(store, cfg, args.run_id)  # before the run is created: bad input changes nothing
+            init, start_id = check_inputs(store, cfg, args.run_id)  # before the run is created: bad input changes nothing
             guard.claim(cfg.to_dict(), world)
-        except errors.Error as e:
+            testhook.pause("claimed")  # tests: the start checkpoint picked, the other ranks not yet started
+        except errors.REPORTED as e:  # a database error too: one line, as every command gives it
             err = errors.exit_message(e)
-    err, stored = broadcast_obj((err, cfg.to_dict()))
+    err, stored, start_id = broadcast_obj((err, cfg.to_dict(), start_id))
     if err:
-        errors.tell_launcher(err)  # every rank's error file names it, whichever torchrun reports
-        print0(err, file=sys.stderr)
+        lifecycle.tell(err, sys.stderr)  # every rank's error file names it, whichever torchrun reports
         return 1
     cfg = TrainConfig.from_dict(stored)  # every rank trains with rank 0's config
     args.owner = guard.owner  # rank 0's writes are fenced by its lease
     try:
         with guard:
-            training = Training(cfg, args.run_id, args, store, rank, world, device).setup(init)
+            training = Training(cfg, args.run_id, args, store, rank, world, device).setup(init, start_id)
             training.loop(guard)
             guard.finished()
     except Interrupted as e:
-        return stopped(e, args.run_id, world)
-    except errors.Error as e:
-        print0(errors.exit_message(e), file=sys.stderr)
-        return 1
+        return lifecycle.interrupted(e, args.run_id, world, dist.barrier if world > 1 else None)
+    except errors.REPORTED as e:
+        return lifecycle.failed(e)
     print0(f"finished {args.run_id} at step {training.step}; its checkpoint is in the database (export it with "
            f"`python admin.py export-checkpoint --run-id {args.run_id} --export-dir DIR`). Next: evaluate it with "
            f"`python eval.py --run-id {args.run_id}`, plot its loss with "

@@ -102,7 +102,7 @@ def checkpoint_state(run_id, step=10, seed=0):
     model, opt, sched = build(cfg, len(vocab), torch.device("cpu"))
     return {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": {**sched.state_dict(), "last_epoch": step},
             "run_id": run_id, "step": step, "data": {"epoch": 0, "index": step}, "rng": {"cpu": torch.get_rng_state()},
-            "log_acc": torch.zeros(5, dtype=torch.float64), "config": cfg.to_dict(),
+            "log_sums": torch.zeros(5, dtype=torch.float64), "config": cfg.to_dict(),
             "model_config": model.cfg.to_dict(), "vocabulary": vocab}
 
 

@@ -52,3 +52,15 @@ def test_the_process_group_waits_dist_timeout_minutes(main, argv, monkeypatch):
         call(main, *argv, "--device", "cpu", *flags)
         assert joined == [("gloo", datetime.timedelta(minutes=minutes))]
     assert devices.DIST_TIMEOUT_MINUTES >= 60
+
+
+def test_the_gloo_group_beside_nccl_waits_dist_timeout_minutes(monkeypatch):
+    """The per-step stop check's gloo group waits as long as the NCCL group, not torch's 30 minutes."""
+    made = []
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: made.append((backend, kw.get("timeout"))))
+    monkeypatch.setattr(dist, "new_group", lambda **kw: made.append((kw.get("backend"), kw.get("timeout"))) or "group")
+    assert devices.init_process_group(torch.device("cuda", 0), 7, cpu_group=True) == "group"
+    assert made == [("nccl", datetime.timedelta(minutes=7)), ("gloo", datetime.timedelta(minutes=7))]
+    made.clear()
+    assert devices.init_process_group(torch.device("cpu"), 7, cpu_group=True) is None  # gloo already
+    assert made == [("gloo", datetime.timedelta(minutes=7))]

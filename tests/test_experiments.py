@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -130,3 +132,28 @@ def test_both_architectures_are_trained_and_compared_at_equal_tasks(env, tmp_pat
     pair = json.loads((results / "compare-arch-search-8-s0.json").read_text())
     assert [r["run"] for r in pair["runs"]] == ["eff5-search-8-s0", "eff5-encdec-search-8-s0"]
     assert "optimal_pct_diff" in pair["runs"][1]
+
+
+@pytest.mark.parametrize("schedule", ["cooldown", "second"])
+def test_the_schedules_end_training_from_the_selected_step(env, tmp_path, schedule):
+    """SCHEDULE cooldown: <id>-p trained to its patience stop, then <id> from its best checkpoint, the LR
+    it had there decayed to the floor (warm-up 0); second: a fresh <id> whose cosine ends at <id>-p's best
+    step. The reported run is <id> either way."""
+    results = tmp_path / "results"
+    launch(results, ARCHS="decoder", COUNTS="8", KINDS="search", EXTRA_SEEDS="", BOOT_STEPS="0", SCHEDULE=schedule)
+    assert stages(results)[1:] == ["model eff5-search-8-s0"]
+    from store import connect
+    from hparams import TrainConfig
+    store = connect()
+    first, run = store.get_run("eff5-search-8-s0-p"), store.get_run("eff5-search-8-s0")
+    best = first["best"]["step"]
+    cfg = run["config"]
+    if schedule == "cooldown":
+        lr = TrainConfig.from_stored(first["config"]).lr_at(best)
+        assert cfg["start_checkpoint"] == "eff5-search-8-s0-p" and cfg["start_from"] == "best"
+        assert cfg["warmup_steps"] == 0 and cfg["lr"] == pytest.approx(lr) and cfg["train_steps"] == 200
+        assert cfg["lr"] * cfg["min_lr_ratio"] == pytest.approx(first["config"]["lr"] * first["config"]["min_lr_ratio"])
+    else:
+        assert not cfg["start_checkpoint"] and cfg["train_steps"] == best and cfg["lr"] == first["config"]["lr"]
+    table = json.loads((results / "efficiency.json").read_text())
+    assert [r["run"] for r in table["runs"]] == ["eff5-search-8-s0"]

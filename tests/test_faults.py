@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from pymongo.collection import Collection
@@ -579,3 +580,91 @@ def test_a_hung_database_is_given_up_on_in_bounded_time(crashable):
         os.kill(crashable.proc.pid, signal.SIGCONT)
     store.with_retry(30).log("r", 1, "train", {"loss": 1.0})  # and on again once it answers
     assert store.get_run("r")["step"] == 1
+
+
+@pytest.mark.parametrize("collection", ["runs", "logs"])  # while claiming the run; in training
+def test_a_database_error_in_training_is_one_line_and_reaches_torchrun(store, env, monkeypatch, collection):
+    """A database error that no retry covers (here a refused write) ends training with the one line every
+    command gives for one (errors.REPORTED), also in torchrun's error file, not a pymongo traceback."""
+    from pymongo.errors import OperationFailure
+    make_toy_dataset(store.db)
+    train = __import__("train")
+    real_insert, real_replace = Collection.insert_one, Collection.replace_one
+
+    def refused(real):
+        def write(self, *args, **kwargs):
+            if self.name == collection:
+                raise OperationFailure("write refused by the server")
+            return real(self, *args, **kwargs)
+        return write
+    monkeypatch.setattr(Collection, "insert_one", refused(real_insert))  # the run's creation
+    monkeypatch.setattr(Collection, "replace_one", refused(real_replace))  # a log record
+    error_file = env["tmp"] / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    code, out, err = call(train.main, "single", "--run-id", "dberr", *FAST, "--train-steps", 5, "--log-interval", 1)
+    line = "error: database error: OperationFailure: write refused by the server"
+    assert code == 1 and err.strip() == line, err[-3000:]
+    assert json.loads(error_file.read_text())["message"]["message"] == line
+
+
+def test_a_bootstrap_write_retried_after_its_commit_landed_finds_its_own_dataset(store, monkeypatch):
+    """eval.py bootstrap writes through Store.call, which repeats a call whose answer was lost: when the
+    lost answer is the commit's, the retry recognises its own dataset (as start_run its own run) instead
+    of refusing it as one that exists."""
+    from bootstrap import write_bootstrap
+    from dataset import get_dataset, load_split
+    make_toy_dataset(store.db)
+    src, train = get_dataset(store.db, "toy.copy"), load_split(store.db, "toy.copy", "train")
+    rows, chosen = range(len(train.ids)), {0: (np.arange(4, 10, dtype=np.uint16), 3)}
+    real = Collection.update_one
+    lost = []
+
+    def commit_answer_lost(self, query, update, *args, **kwargs):
+        result = real(self, query, update, *args, **kwargs)
+        if self.name == "datasets" and "uid" in update.get("$set", {}) and not lost:
+            lost.append(query)
+            raise AutoReconnect("connection reset by peer")  # the commit landed, its answer did not
+        return result
+    monkeypatch.setattr(Collection, "update_one", commit_answer_lost)
+    store.retry_s = 30
+    replaced, before, after = store.call(write_bootstrap, "boot", src, "toy.copy", train, rows, chosen, {}, False, "tok")
+    assert lost and replaced == 1 and after == pytest.approx(before + (3 - train.lens["trace"][0]) / len(rows))
+    boot = load_split(store.db, "boot", "train")
+    assert len(boot.ids) == len(train.ids) and boot.lens["trace"][0] == 3
+    with pytest.raises(errors.DataError, match="exists"):  # another command's write is still refused
+        store.call(write_bootstrap, "boot", src, "toy.copy", train, rows, chosen, {}, False, "another")
+
+
+def pid_namespace_works():
+    import shutil
+    return shutil.which("unshare") is not None and subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not pid_namespace_works(), reason="needs unshare into a PID namespace (root or user namespaces)")
+def test_torchrun_as_pid_1_trains(store):
+    """torchrun as a container's entrypoint is PID 1: its workers' parent is PID 1 from the start, which
+    is no lost launcher (only a parent that changed is)."""
+    make_toy_dataset(store.db)
+    r = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m", "torch.distributed.run",
+                        "--standalone", "--nproc-per-node=1", "train.py", "single", "--run-id", "pid1", *FAST,
+                        "--train-steps", "3", "--log-interval", "1"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0 and "finished pid1 at step 3" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    assert store.get_run("pid1")["status"] == "finished"
+
+
+def test_a_signal_while_ranks_wait_for_each_other_in_setup_stops_at_once(store, pauses):
+    """Rank 1 held in its setup while rank 0 waits for it in a collective (as under NCCL when rank 1
+    failed): torchrun's SIGTERM stops rank 0 at once, from a thread of its own, and the run this launch
+    created is dropped as a failed launch's is, not left `running` for torchrun's SIGKILL."""
+    make_toy_dataset(store.db)
+    proc = launch("held", *FAST, "--train-steps", 5, "--batch-size", 4, nproc=2, env=pauses.env("claimed", "setup-1"))
+    pauses.wait("claimed", proc)
+    assert store.get_run("held")["status"] == "running"
+    pauses.release("claimed")
+    pauses.wait("setup-1", proc)  # rank 0 goes on into its setup, to wait for rank 1 there
+    os.kill(proc.pid, signal.SIGTERM)  # torchrun passes it to both workers
+    out = output(proc)
+    assert proc.returncode != 0 and "interrupted; continue with: torchrun --nproc-per-node 2" in out, out[-3000:]
+    assert store.get_run("held") is None

@@ -187,6 +187,30 @@ def test_start_checkpoint_continues_weights_and_optimizer_with_step_reset(store)
     assert r.returncode != 0 and "has another model" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_every_rank_starts_from_the_start_checkpoint_rank_0_picked(store, pauses):
+    """The start run saves a newer checkpoint after rank 0 read its start checkpoint and before rank 1
+    did: both ranks still start from one checkpoint (the newer one, rank 0 picking again once the one
+    it read is gone), and the run trains as one started from that checkpoint undisturbed."""
+    make_toy_dataset(store.db)
+    base = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "base", *FAST, "--train-steps", "20"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env("step-10")})
+    pauses.wait("step-10", base)  # its step-10 checkpoint saved
+    ddp = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "train.py", "single", *FAST,
+           "--train-steps", "5", "--log-interval", "1", "--batch-size", "4", "--start-checkpoint", "base"]
+    tuned = subprocess.Popen([sys.executable, *ddp, "--run-id", "tuned"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, env={**os.environ, **pauses.env("claimed")})
+    pauses.wait("claimed", tuned)  # rank 0 has read base's step-10 checkpoint; rank 1 has read nothing yet
+    pauses.release("step-10")
+    assert base.wait(300) == 0 and store.get_run("base")["checkpoint"]["step"] == 20
+    pauses.release("claimed")
+    out, err = tuned.communicate(timeout=300)
+    assert tuned.returncode == 0, err[-3000:]
+    assert "initialised from base (latest checkpoint, step 20)" in out
+    run_cli(*ddp, "--run-id", "undisturbed")
+    assert losses(store, "tuned") == losses(store, "undisturbed")  # rank 1 trained as rank 0: the same AdamW state
+    assert adam_steps(load_checkpoint(store, "tuned")) == {25.0}
+
+
 def test_start_checkpoint_from_a_run_with_decay_on_matrices_only(store):
     """Both decay choices keep one optimizer layout: a run can start from the other's AdamW state."""
     make_toy_dataset(store.db)
@@ -233,7 +257,7 @@ def test_a_run_stored_before_the_new_defaults_resumes_as_it_trained(store):
     new_keys = {"config.loss_norm": "", "config.decay_params": "", "config.start_optimizer": ""}
     store.runs.update_one({"_id": "old"}, {"$unset": new_keys})
     ck = load_checkpoint(store, "old")
-    ck["log_acc"] = ck["log_acc"][:5]
+    ck["log_acc"] = ck.pop("log_sums")[:5]  # the key's old name, and its size before the exact-sequence counts
     ck["config"] = {k: v for k, v in ck["config"].items() if k not in ("loss_norm", "decay_params", "start_optimizer")}
     save_checkpoint(store, "old", ck["step"], ck)
     import time
@@ -410,12 +434,14 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     """A run with --patience stops after that many evaluations without a lower test loss, keeps the best
     checkpoint beside the latest and records both; one killed after saving a best that its latest
     checkpoint does not know yet, and relaunched, points back at the earlier best, then stops at the
-    same step with the same best as an uninterrupted one."""
+    same step with the same best as an uninterrupted one. Every step here comes from the uninterrupted
+    run's own test losses (floating point may give another trajectory on another CPU)."""
     make_toy_dataset(store.db)
     r = run_cli("train.py", "single", "--run-id", "straight", *PATIENT)
     tests = [(r["step"], r["val_plan_loss"]) for r in store.get_logs("straight", "test")]
     stop, best = stop_by_the_rule(tests, 2)
     assert stop is not None and stop < 80, tests  # it did stop early, where the rule says
+    assert stop == best + 2 * 5  # patience 2: two evaluations (every 5 steps) after the best
     run = store.get_run("straight")
     assert run["status"] == "finished" and run["step"] == stop and run["checkpoint"]["step"] == stop
     assert run["stopped_early"] == {"step": stop, "best_step": best} and run["best"]["step"] == best
@@ -428,23 +454,27 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     files = list(store.db["checkpoints.files"].find({"metadata.run_id": "straight"}))
     assert sorted(f["_id"] for f in files) == sorted([run["checkpoint"]["id"], run["best"]["id"]])
 
-    # killed right after the best of step 25 is saved, before any checkpoint records it (latest: step 20)
-    assert best == 25 and stop == 35, "the kill below is placed for this trajectory"
+    # killed right after an evaluation, before the run stops; where the trajectory has one, after a new
+    # best between two checkpoints (every 10 steps), which the latest checkpoint does not record yet
+    best_at = lambda step: stop_by_the_rule([t for t in tests if t[0] <= step], 2)[1]  # noqa: E731
+    steps = [n for n, _ in tests if 10 <= n < stop]
+    kill = next((n for n in steps if n % 10 == 5 and best_at(n) == n), steps[0])
+    latest = kill // 10 * 10
     proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *PATIENT], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env("step-25")})
-    pauses.wait("step-25", proc)
+                            stdout=subprocess.DEVNULL, env={**os.environ, **pauses.env(f"step-{kill}")})
+    pauses.wait(f"step-{kill}", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = store.get_run("killed")
-    assert killed["checkpoint"]["step"] == 20 and killed["best"]["step"] == 25
+    assert killed["checkpoint"]["step"] == latest and killed["best"]["step"] == best_at(kill)
     store.runs.update_one({"_id": "killed"}, {"$set": {"lease.expires": 0}})
     relaunch = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "killed", *PATIENT], cwd=ROOT,
-                                stdout=subprocess.PIPE, text=True, env={**os.environ, **pauses.env("step-21")})
-    pauses.wait("step-21", relaunch)
-    assert store.get_run("killed")["best"]["step"] == 15  # what its step-20 checkpoint recorded
-    pauses.release("step-21")
+                                stdout=subprocess.PIPE, text=True, env={**os.environ, **pauses.env(f"step-{latest + 1}")})
+    pauses.wait(f"step-{latest + 1}", relaunch)
+    assert store.get_run("killed")["best"]["step"] == best_at(latest)  # what its latest checkpoint recorded
+    pauses.release(f"step-{latest + 1}")
     out, _ = relaunch.communicate(timeout=300)
-    assert relaunch.returncode == 0 and "resuming killed from step 20" in out
+    assert relaunch.returncode == 0 and f"resuming killed from step {latest}" in out
     killed = store.get_run("killed")
     assert killed["status"] == "finished" and killed["stopped_early"] == run["stopped_early"]
     assert killed["best"]["step"] == best and killed["best"]["metrics"] == run["best"]["metrics"]
@@ -456,8 +486,23 @@ def test_patience_stops_at_the_rule_and_a_resumed_run_stops_at_the_same_step(sto
     assert len(files) == 2  # the killed process's best and the superseded ones are gone
     # relaunching a run that stopped early trains no further
     again = run_cli("train.py", "single", "--run-id", "killed", *PATIENT).stdout
-    assert f"resuming killed from step {stop}" in again and "stopped early" in again and "step 40" not in again
+    assert f"resuming killed from step {stop}" in again and "stopped early" in again and f"step {stop + 5}" not in again
     assert store.get_run("killed")["checkpoint"]["step"] == stop
+
+
+def test_extending_a_run_that_patience_stopped_is_refused_and_changes_nothing(store):
+    """Raising --train-steps of a run that --patience stopped would only stop it again at once: refused
+    in one line, its stored train_steps and status as they were."""
+    make_toy_dataset(store.db)
+    run_cli("train.py", "single", "--run-id", "p", *PATIENT)
+    before = store.get_run("p")
+    assert before["stopped_early"] and before["step"] < 80
+    r = run_cli("train.py", "single", "--run-id", "p", *PATIENT, "--train-steps", "200", check=False)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert f"error: run 'p' was stopped early by --patience at step {before['step']}" in r.stderr
+    assert "--start-checkpoint p --start-from best" in r.stderr and "extending" not in r.stdout
+    after = store.get_run("p")
+    assert after["config"] == before["config"] and after["status"] == "finished" and after["step"] == before["step"]
 
 
 def test_the_selection_metric_is_the_validation_optimal_then_correct_rate_then_plan_loss():
@@ -533,7 +578,9 @@ def test_sigterm_in_a_ddp_run_stops_every_rank_at_one_step(store, pauses):
     assert run["status"] == "interrupted" and run["checkpoint"]["step"] == 2
 
 
-def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(store):
+def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(store, pauses):
+    """The extension's LR goes on from where the run's schedule is (no jump), along a cosine to its
+    minimum at the new train_steps; an interrupted extension resumes on that same schedule."""
     make_toy_dataset(store.db)
     args = [*FAST, "--log-interval", "1", "--lr-schedule", "cosine"]
     run_cli("train.py", "single", "--run-id", "ext", *args, "--train-steps", "10")
@@ -541,15 +588,42 @@ def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(sto
                          (["--train-steps", "8"], "train_steps: 10 -> 8")):
         r = run_cli("train.py", "single", "--run-id", "ext", *flags, check=False)
         assert r.returncode == 1 and words in r.stderr and "only --train-steps may change" in r.stderr, r.stderr
-    r = run_cli("train.py", "single", "--run-id", "ext", "--train-steps", "20")
+    proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "ext", "--train-steps", "20"], cwd=ROOT,
+                            text=True, stdout=subprocess.PIPE, env={**os.environ, **pauses.env("step-13")})
+    pauses.wait("step-13", proc)
+    proc.send_signal(signal.SIGINT)  # the extension, interrupted and continued by the run id alone
+    pauses.release("step-13")
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 130 and store.get_run("ext")["checkpoint"]["step"] == 13
+    run_cli("train.py", "single", "--run-id", "ext")
     cfg = TrainConfig.from_dict(store.get_run("ext")["config"])
     old = TrainConfig.from_dict({**cfg.to_dict(), "train_steps": 10})
     assert cfg.train_steps == 20 and store.get_run("ext")["status"] == "finished"
-    assert (f"extending ext from 10 to 20 steps; the cosine schedule now ends at step 20: the LR goes from "
-            f"{old.lr_at(10):.2e} to {cfg.lr_at(10):.2e} at step 10") in r.stdout
+    ext = load_checkpoint(store, "ext")["scheduler"]["extension"]
+    assert ext == [10, pytest.approx(old.lr_at(10) / cfg.lr)]  # the old schedule's next LR (its minimum)
+    assert (f"extending ext from 10 to 20 steps; the LR goes on from {old.lr_at(10):.2e} at step 10, without a jump, "
+            f"along a cosine to {cfg.lr * cfg.min_lr_ratio:.2e} at step 20") in out
     lrs = {rec["step"]: rec["lr"] for rec in store.get_logs("ext", "train")}
-    assert lrs[10] == pytest.approx(old.lr_at(9)) and lrs[11] == pytest.approx(cfg.lr_at(10))  # the 11th step: new schedule
-    assert lrs[20] == pytest.approx(cfg.lr_at(19))
+    assert lrs[10] == pytest.approx(old.lr_at(9)) and lrs[11] == pytest.approx(old.lr_at(10))  # no jump
+    assert all(lrs[s + 1] == pytest.approx(cfg.lr_at(s, ext)) for s in range(10, 20))  # resumed on the same schedule
+    assert cfg.lr_at(19, ext) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+
+
+def test_an_extension_mid_decay_goes_on_from_the_lr_it_has():
+    """Extended mid-cosine (an interrupted run), the LR continues from its value and decays to the
+    minimum at the new end; a second extension again starts where the first one is."""
+    cfg = TrainConfig(lr=1e-3, warmup_steps=10, train_steps=200, min_lr_ratio=0.1)
+    longer = TrainConfig(**{**cfg.to_dict(), "train_steps": 400})
+    ext = longer.extension_at(100, 200)
+    assert longer.lr_at(100, ext) == pytest.approx(cfg.lr_at(100))
+    assert longer.lr_at(100, ext) > longer.lr_at(101, ext) > longer.lr_at(399, ext)
+    assert longer.lr_at(400, ext) == pytest.approx(cfg.lr * cfg.min_lr_ratio)
+    again = TrainConfig(**{**cfg.to_dict(), "train_steps": 800})
+    ext2 = again.extension_at(300, 400, ext)
+    assert again.lr_at(300, ext2) == pytest.approx(longer.lr_at(300, ext)) and ext2[0] == 300
+    assert longer.extension_at(5, 200) is None  # in warm-up: the longer cosine starts from lr anyway
+    constant = TrainConfig(**{**cfg.to_dict(), "lr_schedule": "constant"})
+    assert constant.extension_at(100, 50) is None
 
 
 def test_help_shows_every_hyper_parameter_default_and_choices(capsys):
