@@ -23,7 +23,7 @@ Lengths come from a dataset in MongoDB (--dataset, real tokens) or from quantile
 (maze10, maze20, maze30, sokoban: measured on generated data) or `L:q,...` points of the quantile
 function, e.g. 200:0.25,400:0.5,800:0.75,1600:1.0 (below the first point: its length).
 MFU on GPU counts the useful FLOPs only (causal attention, no padding, no recomputation) against the
-device's dense bf16 peak from measure.DEVICE_PEAKS.
+device's dense bf16 peak from benchmarks/measure.py (DEVICE_PEAKS).
 """
 import argparse
 import shutil
@@ -42,15 +42,15 @@ import dataset
 import decode
 import errors
 import loss
+from benchmarks.measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
+from benchmarks.rollout_baselines import LengthModel, length_hazard, naive_generate, today_rollout, todays_attention
+from benchmarks.train_variants import SDPA, Variant, variant_specs
+from benchmarks.workloads import PRESETS, load_sequences
 from checkpoint_store import load_checkpoint, save_checkpoint
 from devices import DEVICE_HELP, parse_device
 from errors import ConfigError
-from measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
 from model import ModelConfig, Transformer
-from rollout_baselines import LengthModel, length_hazard, naive_generate, today_rollout, todays_attention
 from store import connect
-from train_variants import SDPA, Variant, variant_specs
-from workloads import PRESETS, load_sequences
 
 # ---------------------------------------------------------------------------------------------
 # training
@@ -234,7 +234,7 @@ def bench_checkpoint(args, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# rollouts: naive, today's engine and decode.py's on the same LengthModel (rollout_baselines.py)
+# rollouts: naive, today's engine and decode.py's on the same LengthModel (benchmarks/rollout_baselines.py)
 
 
 def decode_cost(cfg, attended, dtype_bytes):
