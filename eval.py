@@ -80,7 +80,8 @@ from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, new_by_task, print_table, score, summarize
 from model import ModelConfig, Transformer
-from rollouts import MAX_TOKENS, Opts, batch_size_for, reportable_tasks, rollouts
+from rollouts import (LIMIT_FACTOR, Opts, batch_size_for, reference_limit, reportable_tasks, response_limit,
+                      rollouts)
 from store import check_checkpoint, check_name, connect, now
 
 
@@ -155,14 +156,22 @@ def sample_missing(store, model, key, split, rows, samples, opts, batch_size, ra
               + (f" of {len(rows) * samples - have} over {world} ranks" if world > 1 else ""), flush=True)
     progress = Progress("responses", len(mine))
     finished, done = [], 0
-    for item in rollouts(model, split, mine, opts, batch_size, device, compile):
+    t0 = time.monotonic()
+
+    def show(tally):  # at every collection of the engine, also while the last rows run long and none finishes
+        rate = tally.tokens / max(time.monotonic() - t0, 1e-9)
+        if tally.waiting:  # rows still wait: the response rate says when they will be done
+            progress.update(done + len(finished), note=f"{rate:,.0f} tokens/s")
+        else:  # the tail: no estimate, the rows left and how far the furthest has run
+            progress.update(done + len(finished), note=f"{rate:,.0f} tokens/s; the last {tally.running} running, the "
+                            f"longest at {tally.longest:,} of {opts.max_tokens:,} tokens", eta=False)
+
+    for item in rollouts(model, split, mine, opts, batch_size, device, compile, show if rank == 0 else None):
         finished.append(item)
         if len(finished) >= max(batch_size, 64):  # stored as they come: an interruption loses little
             store.call(store_responses, key, split, finished)
             done += len(finished)
             finished = []
-            if rank == 0:
-                progress.update(done)
     store.call(store_responses, key, split, finished)
     barrier(device)
 
@@ -201,8 +210,13 @@ def dataset_for(store, ck, split):
     return doc
 
 
-def resolve_opts(args, doc, plan_only):
-    max_tokens = args.max_tokens or MAX_TOKENS.get((doc["task"], plan_only), 10000)
+def resolve_opts(args, doc, split, plan_only):
+    """Sampling options; --max-tokens 0 (the default): rollouts.response_limit over the whole split
+    sampled (not only the tasks asked for, so stored responses serve any --num-tasks)."""
+    if args.max_tokens == "reference":
+        max_tokens = reference_limit(doc["task"], plan_only)
+    else:
+        max_tokens = args.max_tokens or response_limit(doc["task"], plan_only, split)
     prefix_len = getattr(args, "prefix_len", 0)
     if prefix_len and plan_only:
         raise ConfigError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
@@ -238,7 +252,7 @@ def sample_run(store, args, split_name, rank, world, device, rows_of=None):
         rows = rows_of(split, cfg) if rows_of else np.arange(len(split.ids))
         if args.num_tasks:
             rows = rows[:args.num_tasks]
-    opts = resolve_opts(args, doc, cfg["plan_only"])
+    opts = resolve_opts(args, doc, split, cfg["plan_only"])
     key = response_key(args.run_id, ck["step"], doc, split_name, opts, which)
     size = args.batch_size or batch_size_for(model, split, device, opts.prefix_len)
     t0 = time.monotonic()
@@ -376,6 +390,16 @@ def cmd_average(store, args, rank, world, device):
                 "run (reference scoring)" if args.scoring == "reference" else "run")
 
 
+def max_tokens_flag(text):
+    """--max-tokens: a number, or `reference` for the reference's limit."""
+    if text == "reference":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'reference', got {text!r}") from None
+
+
 CHECKPOINT_HELP = ("latest (default): the run's current checkpoint; best: the one with the best validation metric, "
                    "kept by runs trained with --patience")
 
@@ -385,8 +409,11 @@ def add_sampling_flags(p, samples, num_tasks, help_tasks):
     p.add_argument("--num-tasks", type=int, default=num_tasks, help=help_tasks)
     p.add_argument("--samples", type=int, default=samples, help=f"responses per task (default {samples})")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument("--max-tokens", type=int, default=0,
-                   help="token limit per response (default: maze 10000, Sokoban 11000, plan-only Sokoban 2000)")
+    p.add_argument("--max-tokens", type=max_tokens_flag, default=0, metavar="{N,reference}",
+                   help=f"generated tokens per response. Default: {LIMIT_FACTOR} x the longest stored response of the "
+                        f"split sampled (plan for plan-only runs, trace and plan otherwise) + 1, at most the "
+                        f"reference's limit; reference: the reference's limit (maze 10000, Sokoban 11000, "
+                        f"plan-only Sokoban 2000), for its protocol to the letter")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0, help="rows per decoding batch (default: from memory)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -445,7 +472,8 @@ def parse_args(argv):
             raise ConfigError(f"--pattern is not a regular expression: {e}") from None
     if args.cmd != "average":
         for flag, value, least in (("--num-tasks", args.num_tasks, 0), ("--samples", args.samples, 1),
-                                   ("--temperature", args.temperature, 0), ("--max-tokens", args.max_tokens, 0),
+                                   ("--temperature", args.temperature, 0),
+                                   ("--max-tokens", 0 if args.max_tokens == "reference" else args.max_tokens, 0),
                                    ("--batch-size", args.batch_size, 0)):
             if not value >= least:  # a NaN temperature too
                 raise ConfigError(f"{flag} must be >= {least}, got {value}")

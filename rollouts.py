@@ -18,6 +18,23 @@ from metrics import SUM_FIELDS, Checker, score, summarize
 
 # rollout limits of the reference: (task, plan_only) -> tokens
 MAX_TOKENS = {("maze", False): 10000, ("maze", True): 10000, ("sokoban", False): 11000, ("sokoban", True): 2000}
+LIMIT_FACTOR = 2  # the default limit: this many times the longest stored response, and its <eos>
+
+
+def reference_limit(task, plan_only):
+    """The reference's rollout limit for a task kind (10,000 tokens for one it did not have)."""
+    return MAX_TOKENS.get((task, plan_only), 10000)
+
+
+def response_limit(task, plan_only, split, rows=None):
+    """The default token limit of a rollout: LIMIT_FACTOR times the longest stored response (plan for
+    plan-only, trace and plan otherwise) among the split's rows (default all), plus its <eos>, never
+    above the reference's limit. A row that never writes <eos> stops there instead of running to the
+    reference's limit (10x10 maze plans are under 300 tokens, the limit is 10,000), and a runaway row
+    costs the square of its length: each token attends over all the ones before it."""
+    lens = split.lens["plan"] + (0 if plan_only else split.lens["trace"])
+    longest = int((lens if rows is None else lens[rows]).max(initial=0))
+    return min(reference_limit(task, plan_only), LIMIT_FACTOR * longest + 1)
 
 
 @dataclass
@@ -36,11 +53,11 @@ def prompt_ids(split, row, prefix_len=0):
     return np.concatenate([[BOS], split.get(row, "prompt"), [SEP], prefix]).astype(np.int64)
 
 
-def rollouts(model, split, pairs, opts, batch_size, device, compile=None):
+def rollouts(model, split, pairs, opts, batch_size, device, compile=None, on_collect=None):
     """Yield ((row, sample), ids, eos) for (row, sample) pairs of a split, as they finish; with
     opts.prefix_len, ids start with the given trace prefix. A response's random stream depends only
     on the seed, its task id and its sample index, so an interrupted evaluation resumes with the
-    samples it would have drawn."""
+    samples it would have drawn. on_collect: see decode.generate."""
     if not pairs:
         return
     rows = sorted({r for r, _ in pairs})
@@ -52,7 +69,7 @@ def rollouts(model, split, pairs, opts, batch_size, device, compile=None):
                                        [where[r] for r, _ in pairs], opts.max_tokens, opts.temperature, opts.seed,
                                        keys, batch_size, autocast=autocast,
                                        cache_dtype=torch.bfloat16 if cuda else None,
-                                       compile=cuda if compile is None else compile):
+                                       compile=cuda if compile is None else compile, on_collect=on_collect):
         if opts.prefix_len:  # the response as scored and stored: the given prefix, then what was generated
             ids = np.concatenate([split.get(pairs[i][0], "trace")[:opts.prefix_len], ids]).astype(DTYPE)
         yield pairs[i], ids, eos
@@ -78,15 +95,13 @@ def reportable_tasks(doc, split, eval_tasks):
 def rollout_metrics(model, store, cfg, rank, world, device, use_cache):
     """For the trainer: greedy rollouts on the validation tasks (the last cfg.eval_tasks test tasks),
     each rank a share, metrics over all of them. Rollouts stop at twice the longest reference response
-    of these tasks (or the usual limit, if lower): an untrained model would otherwise run to the full
-    limit. The dataset is read through the store's retries, from the local cache when use_cache."""
+    of these tasks (response_limit): an untrained model would otherwise run to the full limit. The dataset is read through the store's retries, from the local cache when use_cache."""
     name = cfg.test_name or cfg.train_name
     doc = store.call(get_dataset, name)
     checker = Checker(doc)
     split = store.call(load_split, name, "test", use_cache)
     rows = np.arange(max(0, len(split.ids) - cfg.eval_tasks), len(split.ids))
-    ref = (split.lens["plan"] + (0 if cfg.plan_only else split.lens["trace"]))[rows]
-    opts = Opts(0.0, min(MAX_TOKENS[doc["task"], cfg.plan_only], 2 * int(ref.max(initial=1)) + 1))
+    opts = Opts(0.0, response_limit(doc["task"], cfg.plan_only, split, rows))
     mine = [(int(r), 0) for r in rows[rank::world]]
     size = batch_size_for(model, split, device)
     training = model.training
