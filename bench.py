@@ -1,11 +1,14 @@
 """Speed benchmark: training throughput against a reference-style baseline, dataset loading,
-checkpoint save and load, and rollouts (naive, the previous engine, decode.py eager and compiled).
+checkpoint save and load, rollouts (naive, the previous engine, decode.py eager and compiled), and
+the quick start's sampling stage with its tail of rows that never end (`tail`: the engine of
+2354b06 against today's, benchmarks/tail.py).
 
   python bench.py --size s --lengths maze20 --device cpu --precision bf16
   python bench.py --sections train --size m --lengths sokoban --batch-tokens 32768 --compile   (GPU)
   python bench.py --sections train --size xl --lengths 10000:1.0 --batch-tokens 10000 --variants project
   python bench.py --sections load --dataset maze.10-by-10-deterministic.simple --load-rows 1000000
   python bench.py --sections rollout --threads 1 --rollout-sizes xs,s --rollout-lengths maze10,sokoban
+  python bench.py --sections tail --threads 1 [--tail-full]
 
 Training runs each variant on the same sequences, one step of each in turn (so that a busy machine
 slows them alike), and prints useful (non-padding) tokens per second and the ratio to the first;
@@ -44,6 +47,7 @@ import errors
 import loss
 from benchmarks.measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
 from benchmarks.rollout_baselines import LengthModel, length_hazard, naive_generate, today_rollout, todays_attention
+from benchmarks.tail import bench_tail
 from benchmarks.train_variants import SDPA, Variant, variant_specs
 from benchmarks.workloads import PRESETS, load_sequences
 from checkpoint_store import load_checkpoint, save_checkpoint
@@ -392,7 +396,7 @@ def bench_rollout(args, device, rng):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="train,load,checkpoint,rollout", help="comma-separated subset")
+    ap.add_argument("--sections", default="train,load,checkpoint,rollout,tail", help="comma-separated subset")
     ap.add_argument("--size", default="s", help="model size (model.SIZES)")
     ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -425,6 +429,15 @@ def parse_args(argv=None):
     ap.add_argument("--rollout-reps", type=int, default=3, help="interleaved repetitions (medians are shown)")
     ap.add_argument("--rollout-every", type=int, default=8, help="decode steps between collections")
     ap.add_argument("--rollout-profile", action="store_true", help="also profile one run of each variant")
+    ap.add_argument("--tail-tasks", type=int, default=10, help="tail: 10x10 tasks (--tail-full: 100)")
+    ap.add_argument("--tail-samples", type=int, default=64, help="tail: samples per task (--tail-full: 64)")
+    ap.add_argument("--tail-limit", type=int, default=1000, help="tail: the reference's limit, cut for a short run "
+                    "(--tail-full: 10000)")
+    ap.add_argument("--tail-runaway", type=float, default=0.002, help="tail: share of rows that never write <eos>")
+    ap.add_argument("--tail-full", action="store_true", help="tail: the quick start's size, 100 tasks x 64 "
+                    "samples, the reference's limit of 10000 tokens (long: each runaway row takes a minute or more)")
+    ap.add_argument("--tail-variants", default="2354b06,today,default",
+                    help="tail: 2354b06 and today (the engines at the reference's limit), default (eval.py's limit)")
     ap.add_argument("--naive-rows", type=int, default=8)
     ap.add_argument("--naive-tokens", type=int, default=32)
     args = ap.parse_args(argv)
@@ -445,7 +458,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     sections = args.sections.split(",")
     for s in sections:
-        if s not in ("train", "load", "checkpoint", "rollout"):
+        if s not in ("train", "load", "checkpoint", "rollout", "tail"):
             raise SystemExit(f"unknown section {s!r}")
     if "train" in sections:
         bench_train(args, device, rng)
@@ -455,6 +468,8 @@ def main(argv=None):
         bench_checkpoint(args, device)
     if "rollout" in sections:
         bench_rollout(args, device, rng)
+    if "tail" in sections:
+        bench_tail(args, device)
 
 
 if __name__ == "__main__":
