@@ -455,7 +455,7 @@ def generate(model, prompts, src, max_tokens, temperature=0.0, seed=0, keys=None
         room = min(len(eng.lanes[0].free()), len(waiting))
         if room > 0:
             eng.admit(prompts, src, keys, [waiting.popleft() for _ in range(room)], max_tokens, seed)
-        if on_collect is not None:
+        if on_collect is not None:  # the rows that joined just now count as running
             eng.tally.waiting, eng.tally.running = len(waiting), eng.tally.running + max(room, 0)
             on_collect(eng.tally)
         if not waiting and not eng.occupied():
