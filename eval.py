@@ -1,6 +1,6 @@
 """Evaluate a run by sampling responses from its checkpoint; bootstrap a shorter-trace dataset from them.
 
-  python eval.py --run-id ID [--split test] [--num-tasks N] [--samples K] [--temperature T] [--max-tokens M]
+  python eval.py --run-id ID [--split test] [--num-tasks N] [--samples K] [--temperature T] [--max-tokens M|reference]
                  [--scoring reference] [--prefix-len K]
   python eval.py bootstrap --run-id ID [--name NEW_DATASET] [--num-tasks N] [--samples K] [--only-shorter] ...
   python eval.py average --run-id A --run-id B ... (or --pattern REGEX) [filters] [--scoring reference]
@@ -11,7 +11,8 @@ rank samples a share of the tasks, and responses go to MongoDB as they finish (a
 Sampling (decode.py). Each response continues `<bos> prompt <sep>` with the checkpoint's model:
 static KV caches written at positions, one prefill per prompt shared by its samples, a decode step
 without host synchronisation (compiled on GPU, --compile elsewhere), finished rows collected every
-few steps and replaced by waiting ones. A row stops at <eos> or after max_tokens tokens. Greedy at
+few steps and replaced by waiting ones. A row stops at <eos> or after max_tokens tokens (default:
+twice the longest stored response of the split sampled and its <eos>, see --help). Greedy at
 temperature 0, else a sample of softmax(logits / T) drawn from noise keyed by the seed, the task and
 the sample index; bf16 autocast on GPU.
 
@@ -80,8 +81,7 @@ from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, new_by_task, print_table, score, summarize
 from model import ModelConfig, Transformer
-from rollouts import (LIMIT_FACTOR, Opts, batch_size_for, reference_limit, reportable_tasks, response_limit,
-                      rollouts)
+from rollouts import LIMIT_FACTOR, Opts, batch_size_for, limit_for, progress_line, reportable_tasks, rollouts
 from store import check_checkpoint, check_name, connect, now
 
 
@@ -154,23 +154,12 @@ def sample_missing(store, model, key, split, rows, samples, opts, batch_size, ra
         have = len(rows) * samples - sum(len(s) for _, s in work)
         print(f"sampling {len(rows) * samples} responses: {have} stored, {len(mine)} to generate on rank 0"
               + (f" of {len(rows) * samples - have} over {world} ranks" if world > 1 else ""), flush=True)
-    progress = Progress("responses", len(mine))
-    finished, done = [], 0
-    t0 = time.monotonic()
-
-    def show(tally):  # at every collection of the engine, also while the last rows run long and none finishes
-        rate = tally.tokens / max(time.monotonic() - t0, 1e-9)
-        if tally.waiting:  # rows still wait: the response rate says when they will be done
-            progress.update(done + len(finished), note=f"{rate:,.0f} tokens/s")
-        else:  # the tail: no estimate, the rows left and how far the furthest has run
-            progress.update(done + len(finished), note=f"{rate:,.0f} tokens/s; the last {tally.running} running, the "
-                            f"longest at {tally.longest:,} of {opts.max_tokens:,} tokens", eta=False)
-
-    for item in rollouts(model, split, mine, opts, batch_size, device, compile, show if rank == 0 else None):
+    show = progress_line(Progress("responses", len(mine)), opts.max_tokens) if rank == 0 else None
+    finished = []
+    for item in rollouts(model, split, mine, opts, batch_size, device, compile, show):
         finished.append(item)
         if len(finished) >= max(batch_size, 64):  # stored as they come: an interruption loses little
             store.call(store_responses, key, split, finished)
-            done += len(finished)
             finished = []
     store.call(store_responses, key, split, finished)
     barrier(device)
@@ -211,12 +200,7 @@ def dataset_for(store, ck, split):
 
 
 def resolve_opts(args, doc, split, plan_only):
-    """Sampling options; --max-tokens 0 (the default): rollouts.response_limit over the whole split
-    sampled (not only the tasks asked for, so stored responses serve any --num-tasks)."""
-    if args.max_tokens == "reference":
-        max_tokens = reference_limit(doc["task"], plan_only)
-    else:
-        max_tokens = args.max_tokens or response_limit(doc["task"], plan_only, split)
+    max_tokens = limit_for(args.max_tokens, doc["task"], plan_only, split)
     prefix_len = getattr(args, "prefix_len", 0)
     if prefix_len and plan_only:
         raise ConfigError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
@@ -392,12 +376,9 @@ def cmd_average(store, args, rank, world, device):
 
 def max_tokens_flag(text):
     """--max-tokens: a number, or `reference` for the reference's limit."""
-    if text == "reference":
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'reference', got {text!r}") from None
+    if text != "reference" and not re.fullmatch(r"-?\d+", text):
+        raise argparse.ArgumentTypeError(f"expected a number or 'reference', got {text!r}")
+    return text if text == "reference" else int(text)
 
 
 CHECKPOINT_HELP = ("latest (default): the run's current checkpoint; best: the one with the best validation metric, "
@@ -411,9 +392,8 @@ def add_sampling_flags(p, samples, num_tasks, help_tasks):
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
     p.add_argument("--max-tokens", type=max_tokens_flag, default=0, metavar="{N,reference}",
                    help=f"generated tokens per response. Default: {LIMIT_FACTOR} x the longest stored response of the "
-                        f"split sampled (plan for plan-only runs, trace and plan otherwise) + 1, at most the "
-                        f"reference's limit; reference: the reference's limit (maze 10000, Sokoban 11000, "
-                        f"plan-only Sokoban 2000), for its protocol to the letter")
+                        f"split sampled (plan-only: plan, else trace and plan) + 1 (<eos>), at most the reference's "
+                        f"limit; reference: that limit (maze 10000, Sokoban 11000, plan-only Sokoban 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0, help="rows per decoding batch (default: from memory)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -472,10 +452,9 @@ def parse_args(argv):
             raise ConfigError(f"--pattern is not a regular expression: {e}") from None
     if args.cmd != "average":
         for flag, value, least in (("--num-tasks", args.num_tasks, 0), ("--samples", args.samples, 1),
-                                   ("--temperature", args.temperature, 0),
-                                   ("--max-tokens", 0 if args.max_tokens == "reference" else args.max_tokens, 0),
+                                   ("--temperature", args.temperature, 0), ("--max-tokens", args.max_tokens, 0),
                                    ("--batch-size", args.batch_size, 0)):
-            if not value >= least:  # a NaN temperature too
+            if value != "reference" and not value >= least:  # a NaN temperature too
                 raise ConfigError(f"{flag} must be >= {least}, got {value}")
         if args.temperature == 0 and args.samples > 1:
             raise ConfigError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")

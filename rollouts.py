@@ -5,6 +5,7 @@ a trainer logs at its evaluations (train.py --eval-tasks) on its validation task
 Validation tasks: the last eval_tasks tasks of the run's test split. A trainer selects its best
 checkpoint on them (--patience), so results are reported only on the tasks before them, and before
 the wall layout they start in (reportable_tasks): no reported task shares a layout with them."""
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +25,31 @@ LIMIT_FACTOR = 2  # the default limit: this many times the longest stored respon
 def reference_limit(task, plan_only):
     """The reference's rollout limit for a task kind (10,000 tokens for one it did not have)."""
     return MAX_TOKENS.get((task, plan_only), 10000)
+
+
+def limit_for(flag, task, plan_only, split):
+    """eval.py's --max-tokens: 0 gives response_limit over the whole split sampled (not only the tasks
+    asked for, so that the limit, which keys stored responses, holds for any --num-tasks), `reference`
+    the reference's limit, a number itself."""
+    if flag == "reference":
+        return reference_limit(task, plan_only)
+    return flag or response_limit(task, plan_only, split)
+
+
+def progress_line(progress, limit):
+    """An on_collect callback (decode.generate) that updates a dataset.Progress of the responses at
+    every collection, also while the last rows run long and none finishes: tokens/s, then, once no
+    row waits, the rows still running and the furthest one's tokens instead of an estimate."""
+    t0 = time.monotonic()
+
+    def show(tally):
+        note = f"{tally.tokens / max(time.monotonic() - t0, 1e-9):,.0f} tokens/s"
+        if tally.waiting:  # rows still wait to start: the response rate says when they will be done
+            progress.update(tally.finished, note=note)
+        else:
+            progress.update(tally.finished, note=f"{note}; the last {tally.running} running, the longest at "
+                            f"{tally.longest:,} of {limit:,} tokens", eta=False)
+    return show
 
 
 def response_limit(task, plan_only, split, rows=None):

@@ -225,10 +225,11 @@ def test_the_tally_follows_rows_that_run_long_without_finishing(monkeypatch):
     prompts, src = prompts_and_rows()
     seen = []
     out = list(decode.generate(model, prompts, src, 40, batch_size=4, every=3,
-                               on_collect=lambda t: seen.append((t.waiting, t.running, t.longest, t.tokens))))
+                               on_collect=lambda t: seen.append((t.waiting, t.running, t.longest, t.tokens, t.finished))))
     assert all(len(ids) == 40 and not eos for _, ids, eos in out)
     tail = [s for s in seen if s[0] == 0 and s[1] > 0]  # nothing waits, rows still run: no response comes
     assert len(tail) >= 40 // 3 - 1 and max(s[2] for s in tail) > 40 - 3 and all(s[2] <= 40 for s in tail)
     assert [s[1] for s in tail] == sorted((s[1] for s in tail), reverse=True)  # rows only leave
-    assert seen[-1] == (0, 0, 0, 40 * len(src))
+    assert seen[-1] == (0, 0, 0, 40 * len(src), len(src))
+    assert all(s[1] + s[4] == len(src) for s in seen if s[0] == 0)  # running or finished once none waits
     assert all(a[3] <= b[3] for a, b in zip(seen, seen[1:]))
