@@ -1,12 +1,15 @@
 """Speed benchmark: training throughput against a reference-style baseline, dataset loading,
-checkpoint save and load, and rollouts (naive, the previous engine, decode.py eager and compiled).
+checkpoint save and load, rollouts (naive, the previous engine, decode.py eager and compiled), and
+the quick start's sampling stage with its tail of rows that never end (`tail`: the engine of
+2354b06 against today's, benchmarks/tail.py).
 
   python bench.py --size s --lengths maze20 --device cpu --precision bf16
   python bench.py --sections train --size m --lengths sokoban --batch-tokens 32768 --compile   (GPU)
   python bench.py --sections train --size xl --lengths 10000:1.0 --batch-tokens 10000 --variants project
   python bench.py --sections load --dataset maze.10-by-10-deterministic.simple --load-rows 1000000
   python bench.py --sections rollout --threads 1 --rollout-sizes xs,s --rollout-lengths maze10,sokoban
-  python bench.py --sections encdec --encdec-size s --lengths maze10 --batch-tokens 4096   (encdec_bench.py)
+  python bench.py --sections encdec --encdec-size s --lengths maze10 --batch-tokens 4096   (benchmarks/encdec.py)
+  python bench.py --sections tail --threads 1 [--tail-full]
 
 Training runs each variant on the same sequences, one step of each in turn (so that a busy machine
 slows them alike), and prints useful (non-padding) tokens per second and the ratio to the first;
@@ -24,7 +27,7 @@ Lengths come from a dataset in MongoDB (--dataset, real tokens) or from quantile
 (maze10, maze20, maze30, sokoban: measured on generated data) or `L:q,...` points of the quantile
 function, e.g. 200:0.25,400:0.5,800:0.75,1600:1.0 (below the first point: its length).
 MFU on GPU counts the useful FLOPs only (causal attention, no padding, no recomputation) against the
-device's dense bf16 peak from measure.DEVICE_PEAKS.
+device's dense bf16 peak from benchmarks/measure.py (DEVICE_PEAKS).
 """
 import argparse
 import shutil
@@ -43,16 +46,17 @@ import dataset
 import decode
 import errors
 import loss
+from benchmarks.measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
+from benchmarks.rollout_baselines import LengthModel, length_hazard, naive_generate, today_rollout, todays_attention
+from benchmarks.tail import bench_tail
+from benchmarks.train_variants import SDPA, Variant, variant_specs
+from benchmarks.workloads import PRESETS, load_sequences
 from checkpoint_store import load_checkpoint, save_checkpoint
 from devices import DEVICE_HELP, parse_device
-from encdec_bench import bench_encdec
+from benchmarks.encdec import bench_encdec
 from errors import ConfigError
-from measure import PeakRSS, device_name, device_peak, gib, machine_limits, max_rss, sync, table
 from model import ModelConfig, Transformer
-from rollout_baselines import LengthModel, length_hazard, naive_generate, today_rollout, todays_attention
 from store import connect
-from train_variants import SDPA, Variant, variant_specs
-from workloads import PRESETS, load_sequences
 
 # ---------------------------------------------------------------------------------------------
 # training
@@ -236,7 +240,7 @@ def bench_checkpoint(args, device):
 
 
 # ---------------------------------------------------------------------------------------------
-# rollouts: naive, today's engine and decode.py's on the same LengthModel (rollout_baselines.py)
+# rollouts: naive, today's engine and decode.py's on the same LengthModel (benchmarks/rollout_baselines.py)
 
 
 def decode_cost(cfg, attended, dtype_bytes):
@@ -394,7 +398,8 @@ def bench_rollout(args, device, rng):
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sections", default="train,load,checkpoint,rollout", help="comma-separated subset (encdec: also available, not by default)")
+    ap.add_argument("--sections", default="train,load,checkpoint,rollout,tail",
+                    help="comma-separated subset (encdec: also available, not by default)")
     ap.add_argument("--size", default="s", help="model size (model.SIZES)")
     ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -431,6 +436,15 @@ def parse_args(argv=None):
     ap.add_argument("--encdec-prompt", type=int, default=90, help="encdec section: the sampled prompt's tokens")
     ap.add_argument("--encdec-samples", type=int, default=64, help="encdec section: samples of that prompt")
     ap.add_argument("--encdec-tokens", type=int, default=32, help="encdec section: tokens each sample generates")
+    ap.add_argument("--tail-tasks", type=int, default=10, help="tail: 10x10 tasks (--tail-full: 100)")
+    ap.add_argument("--tail-samples", type=int, default=64, help="tail: samples per task (--tail-full: 64)")
+    ap.add_argument("--tail-limit", type=int, default=1000, help="tail: the reference's limit, cut for a short run "
+                    "(--tail-full: 10000)")
+    ap.add_argument("--tail-runaway", type=float, default=0.002, help="tail: share of rows that never write <eos>")
+    ap.add_argument("--tail-full", action="store_true", help="tail: the quick start's size, 100 tasks x 64 "
+                    "samples, the reference's limit of 10000 tokens (long: each runaway row takes a minute or more)")
+    ap.add_argument("--tail-variants", default="2354b06,today,default",
+                    help="tail: 2354b06 and today (the engines at the reference's limit), default (eval.py's limit)")
     ap.add_argument("--naive-rows", type=int, default=8)
     ap.add_argument("--naive-tokens", type=int, default=32)
     args = ap.parse_args(argv)
@@ -451,7 +465,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     sections = args.sections.split(",")
     for s in sections:
-        if s not in ("train", "load", "checkpoint", "rollout", "encdec"):
+        if s not in ("train", "load", "checkpoint", "rollout", "tail", "encdec"):
             raise SystemExit(f"unknown section {s!r}")
     if "train" in sections:
         bench_train(args, device, rng)
@@ -463,6 +477,8 @@ def main(argv=None):
         bench_rollout(args, device, rng)
     if "encdec" in sections:
         bench_encdec(args, device, rng)
+    if "tail" in sections:
+        bench_tail(args, device)
 
 
 if __name__ == "__main__":

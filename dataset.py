@@ -357,11 +357,14 @@ class Progress:
         self.what, self.total, self.start_done = what, total, done
         self.t0, self.last = time.monotonic(), -math.inf  # the first update prints at once
 
-    def update(self, done, force=False):
+    def update(self, done, force=False, note="", eta=True):
+        """Print `what: done/total (rate/s, ETA, note)`, at most every 2 s unless forced; eta=False
+        leaves the estimate out (when the rate of the past says nothing of what is left)."""
         t = time.monotonic()
         if not force and t - self.last < 2.0:
             return
         self.last = t
         rate = (done - self.start_done) / max(t - self.t0, 1e-9)
-        eta = (self.total - done) / rate if rate > 0 else float("inf")
-        print(f"{self.what}: {done}/{self.total} ({rate:.0f}/s, ETA {eta:.0f}s)", file=sys.stderr, flush=True)
+        left = (self.total - done) / rate if rate > 0 else float("inf")
+        parts = [f"{rate:.0f}/s"] + ([f"ETA {left:.0f}s"] if eta else []) + ([note] if note else [])
+        print(f"{self.what}: {done}/{self.total} ({', '.join(parts)})", file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """Evaluate a run by sampling responses from its checkpoint; bootstrap a shorter-trace dataset from them.
 
-  python eval.py --run-id ID [--split test] [--num-tasks N] [--samples K] [--temperature T] [--max-tokens M]
+  python eval.py --run-id ID [--split test] [--num-tasks N] [--samples K] [--temperature T] [--max-tokens M|reference]
                  [--scoring reference] [--prefix-len K]
   python eval.py bootstrap --run-id ID [--name NEW_DATASET] [--num-tasks N] [--samples K] [--only-shorter] ...
   python eval.py average --run-id A --run-id B ... (or --pattern REGEX) [filters] [--scoring reference]
@@ -11,7 +11,8 @@ rank samples a share of the tasks, and responses go to MongoDB as they finish (a
 Sampling (decode.py). Each response continues `<bos> prompt <sep>` with the checkpoint's model:
 static KV caches written at positions, one prefill per prompt shared by its samples, a decode step
 without host synchronisation (compiled on GPU, --compile elsewhere), finished rows collected every
-few steps and replaced by waiting ones. A row stops at <eos> or after max_tokens tokens. Greedy at
+few steps and replaced by waiting ones. A row stops at <eos> or after max_tokens tokens (default:
+twice the longest stored response of the split sampled and its <eos>, see --help). Greedy at
 temperature 0, else a sample of softmax(logits / T) drawn from noise keyed by the seed, the task and
 the sample index; bf16 autocast on GPU.
 
@@ -87,7 +88,7 @@ from bootstrap import shortest_optimal, write_bootstrap
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, new_by_task, print_table, score, summarize
-from rollouts import MAX_TOKENS, Opts, batch_size_for, load_model, reportable_tasks, rollouts
+from rollouts import LIMIT_FACTOR, Opts, batch_size_for, limit_for, load_model, progress_line, reportable_tasks, rollouts
 from store import check_checkpoint, check_name, connect, now
 from traces import Diagnostics, describe
 
@@ -161,16 +162,13 @@ def sample_missing(store, model, key, split, rows, samples, opts, batch_size, ra
         have = len(rows) * samples - sum(len(s) for _, s in work)
         print(f"sampling {len(rows) * samples} responses: {have} stored, {len(mine)} to generate on rank 0"
               + (f" of {len(rows) * samples - have} over {world} ranks" if world > 1 else ""), flush=True)
-    progress = Progress("responses", len(mine))
-    finished, done = [], 0
-    for item in rollouts(model, split, mine, opts, batch_size, device, compile):
+    show = progress_line(Progress("responses", len(mine)), opts.max_tokens) if rank == 0 else None
+    finished = []
+    for item in rollouts(model, split, mine, opts, batch_size, device, compile, show):
         finished.append(item)
         if len(finished) >= max(batch_size, 64):  # stored as they come: an interruption loses little
             store.call(store_responses, key, split, finished)
-            done += len(finished)
             finished = []
-            if rank == 0:
-                progress.update(done)
     store.call(store_responses, key, split, finished)
     barrier(device)
 
@@ -194,8 +192,8 @@ def dataset_for(store, ck, split):
     return doc
 
 
-def resolve_opts(args, doc, plan_only):
-    max_tokens = args.max_tokens or MAX_TOKENS.get((doc["task"], plan_only), 10000)
+def resolve_opts(args, doc, split, plan_only):
+    max_tokens = limit_for(args.max_tokens, doc["task"], plan_only, split)
     prefix_len = getattr(args, "prefix_len", 0)
     if prefix_len and plan_only:
         raise ConfigError(f"run {args.run_id!r} is plan-only: its sequences have no trace to start from "
@@ -231,7 +229,7 @@ def sample_run(store, args, split_name, rank, world, device, rows_of=None):
         rows = rows_of(split, cfg) if rows_of else np.arange(len(split.ids))
         if args.num_tasks:
             rows = rows[:args.num_tasks]
-    opts = resolve_opts(args, doc, cfg["plan_only"])
+    opts = resolve_opts(args, doc, split, cfg["plan_only"])
     key = response_key(args.run_id, ck["step"], doc, split_name, opts, which)
     size = args.batch_size or batch_size_for(model, split, device, opts.prefix_len)
     t0 = time.monotonic()
@@ -381,6 +379,13 @@ def cmd_average(store, args, rank, world, device):
                 "run (reference scoring)" if args.scoring == "reference" else "run")
 
 
+def max_tokens_flag(text):
+    """--max-tokens: a number, or `reference` for the reference's limit."""
+    if text != "reference" and not re.fullmatch(r"-?\d+", text):
+        raise argparse.ArgumentTypeError(f"expected a number or 'reference', got {text!r}")
+    return text if text == "reference" else int(text)
+
+
 CHECKPOINT_HELP = ("latest (default): the run's current checkpoint; best: the one with the best validation metric, "
                    "kept by runs trained with --patience")
 
@@ -390,8 +395,10 @@ def add_sampling_flags(p, samples, num_tasks, help_tasks):
     p.add_argument("--num-tasks", type=int, default=num_tasks, help=help_tasks)
     p.add_argument("--samples", type=int, default=samples, help=f"responses per task (default {samples})")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument("--max-tokens", type=int, default=0,
-                   help="token limit per response (default: maze 10000, Sokoban 11000, plan-only Sokoban 2000)")
+    p.add_argument("--max-tokens", type=max_tokens_flag, default=0, metavar="{N,reference}",
+                   help=f"generated tokens per response. Default: {LIMIT_FACTOR} x the longest stored response of the "
+                        f"split sampled (plan-only: plan, else trace and plan) + 1 (<eos>), at most the reference's "
+                        f"limit; reference: that limit (maze 10000, Sokoban 11000, plan-only Sokoban 2000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=0, help="rows per decoding batch (default: from memory)")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
@@ -453,7 +460,7 @@ def parse_args(argv):
         for flag, value, least in (("--num-tasks", args.num_tasks, 0), ("--samples", args.samples, 1),
                                    ("--temperature", args.temperature, 0), ("--max-tokens", args.max_tokens, 0),
                                    ("--batch-size", args.batch_size, 0)):
-            if not value >= least:  # a NaN temperature too
+            if value != "reference" and not value >= least:  # a NaN temperature too
                 raise ConfigError(f"{flag} must be >= {least}, got {value}")
         if args.temperature == 0 and args.samples > 1:
             raise ConfigError("greedy decoding (--temperature 0) gives identical samples: use --samples 1")

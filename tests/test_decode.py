@@ -200,3 +200,36 @@ def test_gpu_paths_forced_on_cpu_equal_naive_decoding(monkeypatch, trim, all_slo
     prompts, src = prompts_and_rows()
     ref = [naive_greedy(model, prompts[s], 70) for s in src]
     assert run(model, prompts, src, 70, batch_size=3, every=2, memory=memory) == ref
+
+
+class NeverEnds(torch.nn.Module):
+    """A model that never writes <eos>: its rows run to the limit."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.cfg, self.head = net, net.cfg, net.head
+
+    def new_cache(self, *a, **kw):
+        return self.net.new_cache(*a, **kw)
+
+    def forward(self, idx, **kw):
+        return self.net(idx, **kw).index_fill(-1, torch.tensor([EOS]), float("-inf"))
+
+
+def test_the_tally_follows_rows_that_run_long_without_finishing(monkeypatch):
+    """on_collect sees every collection, also while no row finishes: rows that never write <eos> are
+    counted running until they reach the limit, the furthest one's tokens come near it, and the
+    tokens add up to the responses' lengths (rows moving up lanes included)."""
+    monkeypatch.setattr(decode, "first_capacity", lambda prompt_len: 16)
+    model = NeverEnds(small_model())
+    prompts, src = prompts_and_rows()
+    seen = []
+    out = list(decode.generate(model, prompts, src, 40, batch_size=4, every=3,
+                               on_collect=lambda t: seen.append((t.waiting, t.running, t.longest, t.tokens, t.finished))))
+    assert all(len(ids) == 40 and not eos for _, ids, eos in out)
+    tail = [s for s in seen if s[0] == 0 and s[1] > 0]  # nothing waits, rows still run: no response comes
+    assert len(tail) >= 40 // 3 - 1 and max(s[2] for s in tail) > 40 - 3 and all(s[2] <= 40 for s in tail)
+    assert [s[1] for s in tail] == sorted((s[1] for s in tail), reverse=True)  # rows only leave
+    assert seen[-1] == (0, 0, 0, 40 * len(src), len(src))
+    assert all(s[1] + s[4] == len(src) for s in seen if s[0] == 0)  # running or finished once none waits
+    assert all(a[3] <= b[3] for a, b in zip(seen, seen[1:]))

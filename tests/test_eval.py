@@ -1,6 +1,7 @@
 """eval.py end to end on tiny mazes: sampling, stored responses, scoring, bootstrap, average; its
 refusals."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -106,6 +107,28 @@ def test_sample_score_bootstrap_and_fine_tune_on_tiny_mazes(store):
     assert "opt %" in run_cli("admin.py", "list-all").stdout
     run_cli("admin.py", "drop-run", "--run-id", "step1")
     assert store.responses.count_documents({"run_id": "step1"}) == 0
+
+
+def test_the_default_limit_follows_the_longest_stored_response_and_the_tail_is_shown(store):
+    """Without --max-tokens a response stops at twice the longest stored response of the split (plan
+    for a plan-only run, trace and plan otherwise) and its <eos>, never above the reference's limit,
+    which --max-tokens reference gives; the progress line shows the rows still running and how far
+    the furthest has come, not an estimate, when none waits."""
+    run_cli("data.py", "maze", "--size", "10", "--num-train", "24", "--num-test", "8", "--chunk", "2", "--workers", "1")
+    run_cli("train.py", "single", "--run-id", "lim", *TRAIN, "--plan-only", "--train-steps", "1")
+    test, doc = dataset.load_split(store.db, MAZE, "test"), dataset.get_dataset(store.db, MAZE)
+    limit = 2 * int(test.lens["plan"].max()) + 1
+    r = run_cli("eval.py", "--run-id", "lim", "--num-tasks", "2", "--samples", "2", "--batch-size", "64")
+    assert f"up to {limit} tokens" in r.stdout
+    assert all(d["n"] <= limit for d in store.responses.find({"run_id": "lim"}))
+    assert re.search(rf"responses: 0/4 \(.*the last 4 running, the longest at 0 of {limit} tokens\)", r.stderr), r.stderr
+    for flags, plan_only, want in (([], False, 2 * int((test.lens["plan"] + test.lens["trace"]).max()) + 1),
+                                   (["--max-tokens", "reference"], True, 10000),
+                                   (["--max-tokens", "reference"], False, 10000), (["--max-tokens", "77"], True, 77)):
+        args = ev.parse_args(["--run-id", "lim", *flags])
+        assert ev.resolve_opts(args, doc, test, plan_only).max_tokens == min(want, 10000)
+    long = dataset.Split(test.ids, {**test.lens, "plan": test.lens["plan"] * 100}, test.flat, {})  # past the cap
+    assert ev.resolve_opts(ev.parse_args(["--run-id", "lim"]), {**doc, "task": "sokoban"}, long, True).max_tokens == 2000
 
 
 def test_best_checkpoint_is_evaluated_apart_and_never_on_validation_tasks(store):

@@ -21,8 +21,8 @@ import decode
 import loss
 from checkpoint import ARCHS, model_config
 from encdec import EncoderDecoder, rope_tables
-from measure import sync, table
-from workloads import PRESETS, synthetic_split
+from benchmarks.measure import sync, table
+from benchmarks.workloads import PRESETS, synthetic_split
 
 
 def train_rates(args, device, rng):

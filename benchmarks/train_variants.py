@@ -12,7 +12,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 import batches
 import hparams
 import loss
-from measure import compiled_graphs, sync
+from benchmarks.measure import compiled_graphs, sync
 from model import ModelConfig, Transformer
 
 SDPA = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION,
