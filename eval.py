@@ -8,10 +8,8 @@
 (`eval.py run ...` is the same as `eval.py ...`.) Runs as a plain process or under torchrun: each
 rank samples a share of the tasks, and responses go to MongoDB as they finish (a few dozen at a time).
 
-Sampling (decode.py). Each response continues `<bos> prompt <sep>` with the checkpoint's model:
-static KV caches written at positions, one prefill per prompt shared by its samples, a decode step
-without host synchronisation (compiled on GPU, --compile elsewhere), finished rows collected every
-few steps and replaced by waiting ones. A row stops at <eos> or after max_tokens tokens (default:
+Sampling (decode.py). Each response continues `<bos> prompt <sep>` with the checkpoint's model (the
+engine: docs/performance.md). A row stops at <eos> or after max_tokens tokens (default:
 twice the longest stored response of the split sampled and its <eos>, see --help). Greedy at
 temperature 0, else a sample of softmax(logits / T) drawn from noise keyed by the seed, the task and
 the sample index; bf16 autocast on GPU.
@@ -19,9 +17,8 @@ the sample index; bf16 autocast on GPU.
 With --prefix-len K a response continues `<bos> prompt <sep>` and the first K tokens of the task's
 stored (A*) trace (all of it when shorter); the response is scored and stored with that prefix.
 
-An encoder-decoder run (train.py --arch encdec) is sampled the same way, its prompt `<bos> prompt
-<eos>` through the encoder once per task, the response from `<bos>` (and the prefix) in the decoder,
-whose cross-attention keys and values are computed once per task and shared by its samples.
+An encoder-decoder run (--arch encdec): its prompt `<bos> prompt <eos>` encoded once per task, the response
+from `<bos>` (and the prefix), cross-attention keys and values computed once per task for all its samples.
 
 Responses. The `responses` collection holds one document per (run id, checkpoint step, sampling
 parameters (prefix length and --checkpoint best included), task, sample index), the tokens as
