@@ -50,14 +50,34 @@ train() {
 }
 evaluate() { torchrun eval.py --run-id "$1" --checkpoint best --num-tasks "$TEST_TASKS" --samples "$SAMPLES" --max-tokens "$MAX_TOKENS"; }
 
-have_dataset "$DATA" || stage "data $DATA" "$PY" data.py maze --size "$SIZE" --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"
+record() { "$PY" admin.py export-record --run-id "$1" --out "$RESULTS/runs/$1.json"; }
+evaluated() { evaluate "$1" && record "$1"; }  # the record: its logs (the validation curves) and evaluation
+restored() { "$PY" -c "import store,sys; sys.exit(0 if (store.connect().get_run(sys.argv[1]) or {}).get('record') else 1)" "$1"; }
+# a run gone from the database (a new machine): back from its record when its evaluation was recorded,
+# else its stages are done again
+recover() {
+    if ! have_run "$1"; then
+        if recorded "evaluate $1" && [ -f "$RESULTS/runs/$1.json" ]; then "$PY" admin.py import-record "$RESULTS/runs/$1.json"
+        else forget "pilot $1"; forget "evaluate $1"; fi
+    fi
+}
+
+# a fresh database: the dataset made again (the same flags make the same data)
+have_dataset "$DATA" || { forget "data $DATA"; stage "data $DATA" "$PY" data.py maze --size "$SIZE" \
+    --num-train "$NUM_TRAIN" --num-test "$NUM_TEST"; }
 
 for kind in $KINDS; do
     flags=(); [ "$kind" = solution-only ] && flags=(--plan-only)
     base=$PREFIX-pilot-$kind-$COUNT-s$SEED
+    for r in patience cooldown second; do recover "$base-$r"; done
+    # the cooldown starts from patience's best checkpoint, which a run restored from its record lacks
+    if ! recorded "pilot $base-cooldown" && have_run "$base-patience" && restored "$base-patience"; then
+        "$PY" admin.py drop-run --run-id "$base-patience"
+        forget "pilot $base-patience"; forget "evaluate $base-patience"
+    fi
     stage "pilot $base-patience" train --run-id "$base-patience" --lr "$LR" --warmup-steps 100 --train-steps "$MAX_STEPS" \
         --eval-interval "$EVAL_EVERY" --checkpoint-interval "$EVAL_EVERY" "${flags[@]}"
-    stage "evaluate $base-patience" evaluate "$base-patience"
+    stage "evaluate $base-patience" evaluated "$base-patience"
     s=$(best_step "$base-patience")
     cool=$(cooldown_steps "$s" "$COOLDOWN_FRAC")
     lr=$(lr_at "$base-patience" "$s")
@@ -65,15 +85,12 @@ for kind in $KINDS; do
     stage "pilot $base-cooldown" train --run-id "$base-cooldown" --start-checkpoint "$base-patience" --start-from best \
         --lr "$lr" --warmup-steps 0 --min-lr-ratio "$floor" --train-steps "$cool" --eval-interval $(( EVAL_EVERY / 2 )) \
         --checkpoint-interval $(( EVAL_EVERY / 2 )) "${flags[@]}"
-    stage "evaluate $base-cooldown" evaluate "$base-cooldown"
+    stage "evaluate $base-cooldown" evaluated "$base-cooldown"
     stage "pilot $base-second" train --run-id "$base-second" --lr "$LR" --warmup-steps 100 --train-steps "$s" \
         --eval-interval "$EVAL_EVERY" --checkpoint-interval "$EVAL_EVERY" --patience 1000 "${flags[@]}"  # to its end
-    stage "evaluate $base-second" evaluate "$base-second"
+    stage "evaluate $base-second" evaluated "$base-second"
     # the three on the same test tasks, with their selection records: paired differences from patience's
     "$PY" report.py compare --run-id "$base-patience" --run-id "$base-cooldown" --run-id "$base-second" \
         --json "$RESULTS/pilot-$kind-$COUNT-s$SEED.json"
-    for r in patience cooldown second; do  # their logs (the validation curves) and evaluations, committed
-        "$PY" admin.py export-record --run-id "$base-$r" --out "$RESULTS/runs/$base-$r.json"
-    done
 done
 echo "=== pilot done"

@@ -157,3 +157,34 @@ def test_the_schedules_end_training_from_the_selected_step(env, tmp_path, schedu
         assert not cfg["start_checkpoint"] and cfg["train_steps"] == best and cfg["lr"] == first["config"]["lr"]
     table = json.loads((results / "efficiency.json").read_text())
     assert [r["run"] for r in table["runs"]] == ["eff5-search-8-s0"]
+
+
+PILOT = ROOT / "experiments" / "schedule_pilot.sh"
+PILOT_TOY = {"SIZE": "5", "MODEL": "tiny", "COUNT": "8", "KINDS": "search", "PATIENCE": "1", "EVAL_EVERY": "4",
+             "MAX_STEPS": "8", "BATCH": "4", "VAL_TASKS": "4", "TEST_TASKS": "4", "SAMPLES": "2", "NPROC": "1",
+             "NUM_TRAIN": "16", "PREFIX": "eff5"}
+
+
+def test_the_schedule_pilot_runs_its_three_candidates_and_resumes_on_a_fresh_database(env, tmp_path):
+    """schedule_pilot.sh: patience, a cooldown from its best and a second pass ending there, each selected
+    on validation and evaluated, compared in one file; on a fresh database (a new machine) a relaunch
+    makes the dataset again, restores every run from its record, trains nothing and writes the same file."""
+    results = tmp_path / "results"
+
+    def pilot():
+        r = subprocess.run(["bash", str(PILOT)], capture_output=True, text=True, timeout=1800,
+                           env={**os.environ, **PILOT_TOY, "PY": sys.executable, "RESULTS": str(results)})
+        assert r.returncode == 0, f"schedule_pilot.sh exited {r.returncode}\n{r.stdout[-4000:]}\n{r.stderr[-4000:]}"
+        return [line.split("] ", 1)[1] for line in r.stdout.splitlines() if line.startswith("=== [")]
+
+    started = pilot()
+    runs = [f"eff5-pilot-search-8-s0-{r}" for r in ("patience", "cooldown", "second")]
+    assert started == ["data maze.5-by-5-deterministic.simple"] + [f"{s} {r}" for r in runs for s in ("pilot", "evaluate")]
+    table = json.loads((results / "pilot-search-8-s0.json").read_text())
+    assert [r["run"] for r in table["runs"]] == runs and all(r["selected"] for r in table["runs"])
+    assert sorted(p.stem for p in (results / "runs").glob("*.json")) == sorted(runs)
+    from store import connect
+    db = connect().db
+    db.client.drop_database(db.name)
+    assert pilot() == ["data maze.5-by-5-deterministic.simple"]
+    assert json.loads((results / "pilot-search-8-s0.json").read_text()) == table
