@@ -186,3 +186,33 @@ class Pauses:
 @pytest.fixture
 def pauses(tmp_path):
     return Pauses(tmp_path / "pauses")
+
+
+# the trainer tests' toy run (make_toy_dataset) and what they compare of runs
+FAST = ["--train-name", "toy.copy", "--model-size", "tiny", "--warmup-steps", "5", "--lr", "1e-3", "--log-interval", "5",
+        "--eval-interval", "20", "--checkpoint-interval", "10", "--num-test-sequences", "16"]
+
+
+def weights(store, run_id):
+    """A run's latest checkpoint's weights."""
+    from checkpoint_store import load_checkpoint
+    return load_checkpoint(store, run_id)["model"]
+
+
+def assert_same_weights(a, b, exact=True):
+    import torch
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+def losses(store, run_id):
+    return [(r["split"], r["step"], r["loss"], r["accuracy"]) for r in store.get_logs(run_id)]
+
+
+def adam_steps(ck):
+    """The AdamW step counts in a checkpoint's optimizer state."""
+    return {float(v["step"]) for v in ck["optimizer"]["state"].values()}
