@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from model import KVCache
+from model import FeedForward, KVCache
 
 # (width, heads, layers) of the encoder and of the decoder; s ... xl are the reference's enc-/dec- names
 SIZES = {
@@ -117,24 +117,13 @@ class CrossAttention(nn.Module):
         return self.proj(kv.attend(q, layer).transpose(1, 2).reshape(B, T, C))
 
 
-class FeedForward(nn.Module):
-    def __init__(self, d, multiple_of):
-        super().__init__()
-        hidden = ffn_width(d, multiple_of)
-        self.gate_up = nn.Linear(d, 2 * hidden, bias=False)  # [w1; w3]
-        self.down = nn.Linear(hidden, d, bias=False)  # w2
-
-    def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
-
-
 class EncoderBlock(nn.Module):
     def __init__(self, cfg, layer):
         super().__init__()
         d = cfg.enc_d_model
         self.attn_norm, self.ffn_norm = nn.RMSNorm(d, eps=cfg.norm_eps), nn.RMSNorm(d, eps=cfg.norm_eps)
-        self.attn, self.ffn = SelfAttention(d, cfg.enc_n_head, layer), FeedForward(d, cfg.multiple_of)
+        self.attn = SelfAttention(d, cfg.enc_n_head, layer)
+        self.ffn = FeedForward(d, ffn_width(d, cfg.multiple_of))
 
     def forward(self, x, cos, sin, mask):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask)
@@ -147,7 +136,7 @@ class DecoderBlock(nn.Module):
         d, eps = cfg.d_model, cfg.norm_eps
         self.attn_norm, self.cross_norm, self.ffn_norm = (nn.RMSNorm(d, eps=eps) for _ in range(3))
         self.attn, self.cross = SelfAttention(d, cfg.n_head, layer), CrossAttention(d, cfg.n_head)
-        self.ffn = FeedForward(d, cfg.multiple_of)
+        self.ffn = FeedForward(d, ffn_width(d, cfg.multiple_of))
 
     def forward(self, x, cos, sin, kv, kv_layer, mask=None, cache=None, pos=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, causal=True, cache=cache, pos=pos)

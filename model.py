@@ -119,10 +119,12 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    def __init__(self, cfg):
+    """SwiGLU: down(silu(gate(x)) * up(x)), gate and up as one matrix. encdec.py's blocks use it too."""
+
+    def __init__(self, d_model, d_ff):
         super().__init__()
-        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_ff, bias=False)
-        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.gate_up = nn.Linear(d_model, 2 * d_ff, bias=False)  # [gate; up]
+        self.down = nn.Linear(d_ff, d_model, bias=False)
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -135,7 +137,7 @@ class Block(nn.Module):
         self.attn_norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
         self.attn = Attention(cfg, layer)
         self.ffn_norm = nn.RMSNorm(cfg.d_model, eps=1e-6)
-        self.ffn = FeedForward(cfg)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff)
 
     def forward(self, x, cos, sin, mask=None, cache=None, pos=None):
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache, pos)

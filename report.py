@@ -363,10 +363,10 @@ def bootstrapped_data(store, run_id):
     """What a bootstrapping step trained on (its dataset made by eval.py bootstrap): the sequences whose
     trace got shorter than the source's, the mean trace length before and after, and the optimal % on
     the training tasks of the run it sampled (its train-split evaluation); None for another dataset."""
-    info = get_dataset(store.db, store.require_run(run_id)["config"]["train_name"]).get("params", {}).get("bootstrap")
+    name = store.require_run(run_id)["config"]["train_name"]
+    info = get_dataset(store.db, name).get("params", {}).get("bootstrap")
     if info is None:
         return None
-    name = store.require_run(run_id)["config"]["train_name"]
     boot, src = load_split(store.db, name, "train", False), load_split(store.db, info["source"], "train", False)
     n = len(boot.ids)
     before, after = src.lens["trace"][:n].astype(float), boot.lens["trace"].astype(float)  # row r is source row r

@@ -84,7 +84,10 @@ def load_data(store, cfg, use_cache):
     # selection's tie-break loss comes from them, never from the reported tasks at the split's start
     val_rows = np.arange(max(0, len(part.ids) - cfg.eval_tasks), len(part.ids))
     seqs["val"] = Sequences.build(part, val_rows, cfg.plan_only, cfg.arch) if cfg.eval_tasks else None
-    return train_doc["vocabulary"], seqs["train"], seqs["test"], seqs["val"]
+    # greedy or sampled rollouts need a task whose plans can be checked (a synthetic dataset: the validation
+    # loss alone)
+    checkable = tasks.of(test_doc["task"], test_doc.get("params", {})) is not None
+    return train_doc["vocabulary"], seqs["train"], seqs["test"], seqs["val"], checkable
 
 
 def check_inputs(store, cfg, run_id):
@@ -179,10 +182,8 @@ class Training:
     def setup(self, init=None, start_id=None):
         cfg, device = self.cfg, self.device
         testhook.pause(f"setup-{self.rank}")  # tests: one rank held while the others wait for it
-        self.vocab, self.train_seqs, self.test_seqs, self.val_seqs = load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
-        test_doc = self.store.call(get_dataset, cfg.test_name or cfg.train_name)
-        # rollouts need a task whose plans can be checked (a synthetic dataset: the validation loss alone)
-        self.checkable = tasks.of(test_doc["task"], test_doc.get("params", {})) is not None
+        self.vocab, self.train_seqs, self.test_seqs, self.val_seqs, self.checkable = \
+            load_data_once(self.store, cfg, not self.flags.no_cache, self.world)
         self.batcher = Batcher(self.train_seqs, cfg, self.world)
         need = self.batcher.shares if cfg.batch_tokens else cfg.batch_size * self.batcher.shares
         if len(self.train_seqs) < need or len(self.test_seqs) == 0:
