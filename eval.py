@@ -4,6 +4,7 @@
                  [--scoring reference] [--prefix-len K]
   python eval.py bootstrap --run-id ID [--name NEW_DATASET] [--num-tasks N] [--samples K] [--only-shorter] ...
   python eval.py average --run-id A --run-id B ... (or --pattern REGEX) [filters] [--scoring reference]
+  python eval.py prompt --run-id ID --prompt "TOKENS" [--greedy | --samples K ...] [--response "TOKENS"] (prompting.py)
 
 (`eval.py run ...` is the same as `eval.py ...`.) Runs as a plain process or under torchrun: each
 rank samples a share of the tasks, and responses go to MongoDB as they finish (a few dozen at a time).
@@ -81,11 +82,13 @@ from pymongo.errors import BulkWriteError
 
 import devices
 import errors
+import prompting
 from bootstrap import shortest_optimal, write_bootstrap
 from dataset import DTYPE, Progress, filter_split, get_dataset, load_split
 from errors import CheckpointError, ConfigError, DataError, StoreError
 from metrics import COLUMNS, Checker, new_by_task, print_table, score, summarize
-from rollouts import LIMIT_FACTOR, Opts, batch_size_for, limit_for, load_model, progress_line, reportable_tasks, rollouts
+from rollouts import (LIMIT_FACTOR, Opts, batch_size_for, limit_for, load_model, max_tokens_flag, progress_line,
+                      reportable_tasks, rollouts)
 from store import check_checkpoint, check_name, connect, now
 from traces import Diagnostics, describe
 
@@ -376,13 +379,6 @@ def cmd_average(store, args, rank, world, device):
                 "run (reference scoring)" if args.scoring == "reference" else "run")
 
 
-def max_tokens_flag(text):
-    """--max-tokens: a number, or `reference` for the reference's limit."""
-    if text != "reference" and not re.fullmatch(r"-?\d+", text):
-        raise argparse.ArgumentTypeError(f"expected a number or 'reference', got {text!r}")
-    return text if text == "reference" else int(text)
-
-
 CHECKPOINT_HELP = ("latest (default): the run's current checkpoint; best: the one with the best validation metric, "
                    "kept by runs trained with --patience")
 
@@ -442,8 +438,10 @@ def parse_args(argv):
     p.add_argument("--checkpoint", default="latest", metavar="{latest,best}",
                    help="results of the run's latest checkpoint (default) or of its best (eval.py --checkpoint best)")
     p.set_defaults(fn=cmd_average)
+    prompting.add_flags(sub.add_parser("prompt", help="a run's responses to a prompt typed by hand, or a response's "
+                                                       "log-probabilities"))
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("run", "bootstrap", "average", "-h", "--help"):
+    if not argv or argv[0] not in ("run", "bootstrap", "average", "prompt", "-h", "--help"):
         argv = ["run", *argv]  # `eval.py --run-id ID ...` means `eval.py run --run-id ID ...`
     args = ap.parse_args(argv)
     if args.cmd == "average":
@@ -453,7 +451,9 @@ def parse_args(argv):
             re.compile(args.pattern or "")
         except re.error as e:
             raise ConfigError(f"--pattern is not a regular expression: {e}") from None
-    if args.cmd != "average":
+    if args.cmd == "prompt":
+        prompting.check_flags(args)
+    elif args.cmd != "average":
         for flag, value, least in (("--num-tasks", args.num_tasks, 0), ("--samples", args.samples, 1),
                                    ("--temperature", args.temperature, 0), ("--max-tokens", args.max_tokens, 0),
                                    ("--batch-size", args.batch_size, 0)):

@@ -8,7 +8,9 @@ to one task (task_response: report.py task draws it).
 Validation tasks: the last eval_tasks tasks of the run's test split. A trainer selects its best
 checkpoint on them (--patience), so results are reported only on the tasks before them, and before
 the wall layout they start in (reportable_tasks): no reported task shares a layout with them."""
+import argparse
 import json
+import re
 import time
 from dataclasses import dataclass
 
@@ -42,6 +44,13 @@ def limit_for(flag, task, plan_only, split):
     if flag == "reference":
         return reference_limit(task, plan_only)
     return flag or response_limit(task, plan_only, split)
+
+
+def max_tokens_flag(text):
+    """--max-tokens: a number, or `reference` for the reference's limit (limit_for reads it)."""
+    if text != "reference" and not re.fullmatch(r"-?\d+", text):
+        raise argparse.ArgumentTypeError(f"expected a number or 'reference', got {text!r}")
+    return text if text == "reference" else int(text)
 
 
 def progress_line(progress, limit):
