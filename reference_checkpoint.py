@@ -204,6 +204,18 @@ def rope_table(cfg, part):
     return cos[None, :, None], sin[None, :, None]
 
 
+def reference_shapes(rcfg):
+    """{reference key: shape} of the reference's model of this config (its vocabulary included)."""
+    with torch.device("meta"):
+        ours = encdec.EncoderDecoder(rcfg).state_dict()
+    shapes = {k: (ours[o].shape[0] // len(ks), *ours[o].shape[1:]) for o, ks in encdec.reference_keys(rcfg).items()
+              for k in ks}
+    for part, d, h in (("encoder", rcfg.enc_d_model, rcfg.enc_n_head), ("decoder", rcfg.d_model, rcfg.n_head)):
+        shapes.update({k: (1, ROPE_LEN, 1, d // h // 2) for k in encdec.reference_state_keys(rcfg)
+                       if k.startswith(part) and ".rope." in k})
+    return shapes
+
+
 def check_model(theirs, rcfg, path):
     """Every key of the reference's layout at the shape its size names give, no other; its RoPE tables the
     ones encdec computes."""
@@ -212,13 +224,9 @@ def check_model(theirs, rcfg, path):
         odd = sorted(set(theirs) ^ set(want))
         raise CheckpointError(f"{path}: its model keys are not those of {'/'.join(size_names(rcfg))} "
                               f"({len(odd)} differ, e.g. {odd[0]!r})")
-    with torch.device("meta"):
-        ours = encdec.EncoderDecoder(rcfg).state_dict()
-    shapes = {k: (ours[o].shape[0] // len(ks), *ours[o].shape[1:]) for o, ks in encdec.reference_keys(rcfg).items()
-              for k in ks}
+    shapes = reference_shapes(rcfg)
     for part in ("encoder", "decoder"):
         cos, sin = rope_table(rcfg, part)
-        shapes.update({k: cos.shape for k in want if k.startswith(part) and ".rope." in k})
         checked = set()
         for k in want:
             if k.startswith(part) and ".rope." in k and tuple(theirs[k].shape) == tuple(cos.shape) and \

@@ -21,24 +21,11 @@ FIXTURE = json.loads((ROOT / "tests" / "reference_ckpt" / "maze-enc-s-dec-s.json
 PREFIX = FIXTURE["model_key_prefix"]
 
 
-def reference_shapes(rcfg):
-    """{reference key: shape} of a reference size with this vocabulary, from encdec's layout."""
-    with torch.device("meta"):
-        ours = encdec.EncoderDecoder(rcfg).state_dict()
-    shapes = {k: (ours[o].shape[0] // len(ks), *ours[o].shape[1:]) for o, ks in encdec.reference_keys(rcfg).items()
-              for k in ks}
-    for k in encdec.reference_state_keys(rcfg):
-        if ".rope." in k:
-            d, h = (rcfg.enc_d_model, rcfg.enc_n_head) if k.startswith("encoder") else (rcfg.d_model, rcfg.n_head)
-            shapes[k] = (1, 2**16, 1, d // h // 2)
-    return shapes
-
-
 def recipe_file(path, config, vocab_size, size="s", checkpoint_id=None, step=400000):
     """A reference .ckpt by the fixture's recipe (its `about`), for any vocabulary size: the fixture's own
     file when given its config and 59 tokens. RoPE tables as the reference computes them."""
     rcfg = encdec.EncDecConfig.from_size(size, vocab_size)
-    shapes, keys = reference_shapes(rcfg), encdec.reference_state_keys(rcfg)
+    shapes, keys = rc.reference_shapes(rcfg), encdec.reference_state_keys(rcfg)
     model, i = {}, 0
     for k in keys:
         if ".rope." in k:
@@ -101,7 +88,7 @@ def test_the_reference_layout_is_the_fixtures():
     """encdec's reference state-dict keys and parameter order are the reference's, and the recipe's shapes."""
     rcfg = encdec.EncDecConfig.from_size("s", 59)
     assert [(k, list(s)) for k, s, _ in FIXTURE["model_keys"]] == \
-        [(k, list(reference_shapes(rcfg)[k])) for k in encdec.reference_state_keys(rcfg)]
+        [(k, list(rc.reference_shapes(rcfg)[k])) for k in encdec.reference_state_keys(rcfg)]
     shared = lambda k: k.replace(".layers.5.attention.rope.", ".rope.")  # noqa: E731 (the fixture names the last copy)
     assert [shared(k) for k in FIXTURE["param_order"]] == encdec.reference_param_order(rcfg)
     assert rc.reference_tokens(FIXTURE["stored_vocabulary"]) == FIXTURE["reference_token_ids"]
