@@ -22,6 +22,7 @@ import os
 import re
 from pathlib import Path
 
+import gridfs
 import torch
 
 import encdec
@@ -376,6 +377,9 @@ def export_file(store, run_id, out_dir, which="latest"):
         os.replace(part, final)
     except OSError as e:
         raise ConfigError(f"cannot write {final}: {e.strerror or e}") from None
+    except (gridfs.errors.NoFile, gridfs.errors.CorruptGridFile):  # its trainer saved a newer one meanwhile
+        raise CheckpointError(f"the {which} checkpoint of run {run_id!r} was replaced while it was read; "
+                              f"export again") from None
     finally:
         for p in (tmp, part):
             p.unlink(missing_ok=True)
@@ -388,7 +392,8 @@ def to_reference(ck, cfg, run_id, original=None):
     if vocab[:len(SPECIALS)] != SPECIALS:
         raise CheckpointError(f"run {run_id!r}: its vocabulary does not start with {SPECIALS}")
     ref_tokens = reference_tokens(vocab[len(SPECIALS):])
-    src = torch.tensor([BOS, EOS, *(vocab.index(t) for t in ref_tokens[2:])])  # our id of each reference id
+    ours = {t: i for i, t in enumerate(vocab)}
+    src = torch.tensor([BOS, EOS, *(ours[t] for t in ref_tokens[2:])])  # our id of each reference id
     rcfg = model_config("encdec", cfg.model_size, len(ref_tokens))
     mapping = encdec.reference_keys(rcfg)
     theirs = {}

@@ -26,12 +26,14 @@ def recipe_file(path, config, vocab_size, size="s", checkpoint_id=None, step=400
     file when given its config and 59 tokens. RoPE tables as the reference computes them."""
     rcfg = encdec.EncDecConfig.from_size(size, vocab_size)
     shapes, keys = rc.reference_shapes(rcfg), encdec.reference_state_keys(rcfg)
-    model, i = {}, 0
+    model, i, tables = {}, 0, {}
     for k in keys:
-        if ".rope." in k:
+        if ".rope." in k:  # one table pair per encoder and decoder, shared by every key (as the reference's)
             hd = shapes[k][-1] * 2
-            freqs = torch.outer(torch.arange(2**16).float(), 1.0 / (1e4 ** (torch.arange(0, hd, 2).float() / hd)))
-            model[PREFIX + k] = (freqs.cos() if k.endswith("cos_param") else freqs.sin())[None, :, None, :]
+            if (k[:7], hd) not in tables:
+                freqs = torch.outer(torch.arange(2**16).float(), 1.0 / (1e4 ** (torch.arange(0, hd, 2).float() / hd)))
+                tables[k[:7], hd] = (freqs.cos()[None, :, None, :], freqs.sin()[None, :, None, :])
+            model[PREFIX + k] = tables[k[:7], hd][0 if k.endswith("cos_param") else 1]
             continue
         g = torch.Generator().manual_seed(i)
         i += 1
