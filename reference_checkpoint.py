@@ -158,7 +158,8 @@ def vocabularies(store, cfg, dataset=None, file_tokens=None):
     """(the reference's tokens by id, our vocabulary, where they came from): the dataset --dataset names or
     else the config's test dataset when it is here, else the stored vocabulary of --vocabulary; with both
     a file and a dataset, the file's tokens are the reference's and the dataset must hold exactly them."""
-    doc = get_dataset(store.db, dataset) if dataset else store.db.datasets.find_one({"_id": cfg.test_name, "uid": {"$ne": None}})
+    doc = get_dataset(store.db, dataset) if dataset else \
+        store.db.datasets.find_one({"_id": cfg.test_name, "uid": {"$ne": None}})  # a dataset still being built: none
     if doc is None and file_tokens is None:
         raise ConfigError(f"no vocabulary for the checkpoint's token ids: dataset {cfg.test_name!r} is not here; "
                           f"import it (`python data.py import`), or give --dataset NAME or --vocabulary FILE.json")
@@ -168,9 +169,9 @@ def vocabularies(store, cfg, dataset=None, file_tokens=None):
     ours, where = doc["vocabulary"], f"dataset {doc['_id']!r}"
     if file_tokens is not None:
         have, want = set(ours[len(SPECIALS):]), set(file_tokens) - {"bos", "eos"}
-        for what, diff in (("lacks", sorted(want - have)), ("has", sorted(have - want))):
+        for what, diff, file in (("lacks", sorted(want - have), "holds"), ("has", sorted(have - want), "lacks")):
             if diff:
-                raise DataError(f"{where} {what} {len(diff)} token(s) {'the vocabulary file holds' if what == 'lacks' else 'the vocabulary file lacks'} "
+                raise DataError(f"{where} {what} {len(diff)} token(s) the vocabulary file {file} "
                                 f"({', '.join(diff[:5])}): every id after one would shift; import the reference's "
                                 f"dataset (`python data.py import`) or give another --dataset")
         return reference_tokens(file_tokens), ours, f"{where} and the vocabulary file"
@@ -298,7 +299,8 @@ def to_ours(ck, path, cfg, ref_tokens, ours, run_id):
     for g in osd["param_groups"]:
         g.update({"lr": float(group["lr"]), "initial_lr": cfg.lr})
     ssd = sched.state_dict()
-    ssd.update({"last_epoch": ck["step"], "_step_count": ck["step"] + 1, "_last_lr": [float(group["lr"])] * len(osd["param_groups"])})
+    ssd.update({"last_epoch": ck["step"], "_step_count": ck["step"] + 1,
+                "_last_lr": [float(group["lr"])] * len(osd["param_groups"])})
     return {"model": model, "optimizer": osd, "scheduler": ssd, "run_id": run_id, "step": ck["step"],
             "data": {"epoch": 0, "index": 0}, "rng": {"cpu": torch.Generator().manual_seed(cfg.seed).get_state()},
             "log_sums": torch.zeros(STATS, dtype=torch.float64), "config": cfg.to_dict(),

@@ -142,13 +142,15 @@ def test_each_optimizer_row_moves_with_its_token(store, fixture_file):
     order = encdec.reference_param_order(encdec.EncDecConfig.from_size("s", 59))
     flat = [n for n, p in model_from_config(ck["model_config"]).named_parameters() if p.dim() >= 2] + \
         [n for n, p in model_from_config(ck["model_config"]).named_parameters() if p.dim() < 2]
-    for ours, theirs in (("encoder.embed.weight", "encoder.embedding.weight"), ("decoder.head.weight", "decoder.output.1.weight")):
+    for ours, theirs in (("encoder.embed.weight", "encoder.embedding.weight"),
+                         ("decoder.head.weight", "decoder.output.1.weight")):
         mine, src = ck["optimizer"]["state"][flat.index(ours)], ref["optimizer"]["state"][order.index(theirs)]
         for m in ("exp_avg", "exp_avg_sq"):
             for r, t in enumerate(FIXTURE["reference_token_ids"]):
                 assert torch.equal(mine[m][ids[t]], src[m][r])
             assert not mine[m][[0, 3]].any()  # <pad>, <sep>: no row there, no state
-        assert torch.equal(ck["model"][ours][ids["wall"]], ref["model"][PREFIX + theirs][FIXTURE["reference_token_ids"].index("wall")])
+        wall = FIXTURE["reference_token_ids"].index("wall")
+        assert torch.equal(ck["model"][ours][ids["wall"]], ref["model"][PREFIX + theirs][wall])
 
 
 def test_export_in_the_reference_format_and_import_again_changes_nothing(store, fixture_file, vocab_file, tmp_path):
