@@ -188,6 +188,12 @@ def export_one(store, run_id, export_dir, which="latest"):
 
 
 def export_checkpoint(store, args):
+    if args.format == "reference":
+        import reference_checkpoint  # imports torch, as checkpoint.py does
+        path, step = reference_checkpoint.export_file(store, args.run_id, args.export_dir, args.which)
+        print(f"exported {args.run_id} step {step}{' (best)' if args.which == 'best' else ''} in the reference's "
+              f"format to {path}")
+        return
     export_one(store, args.run_id, args.export_dir, args.which)
 
 
@@ -200,21 +206,35 @@ def bulk_export_checkpoint(store, args):
 
 
 def read_checkpoint(path):
-    """An exported checkpoint file, loaded and checked (checkpoint.read_exported); ConfigError or
-    CheckpointError on anything that is not a whole, valid checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such file")
-    import checkpoint  # imported here (it imports torch): the other commands start without it
-    return checkpoint.read_exported(path)
+    """An exported checkpoint file or a reference .ckpt, loaded and checked: ("own" or "reference", its
+    dict); ConfigError or CheckpointError on anything that is not a whole, valid checkpoint."""
+    import reference_checkpoint  # imported here (it imports torch): the other commands start without it
+    return reference_checkpoint.read(path)
 
 
 def import_checkpoint(store, args):
     ck, run_id = args.checkpoint, args.run_id  # both checked before connecting (main)
+    if args.kind == "reference":
+        import reference_checkpoint
+        print(reference_checkpoint.import_file(store, args.filename, ck, run_id, args.dataset, args.tokens, args.replace))
+        return
     ck["run_id"] = run_id
     from checkpoint_store import put_checkpoint  # imports torch, as checkpoint.py does
     put_checkpoint(store, run_id, ck["config"], ck, ck["step"], replace=args.replace)
     print(f"imported {args.filename} as run {run_id} (step {ck['step']})")
+
+
+def bulk_import_checkpoint(store, args):
+    """Every checkpoint file of a folder (*.ckpt: the reference's, *.pt: ours), one line each; a bad one is
+    named, the others still imported."""
+    if not Path(args.dir).is_dir():
+        raise ConfigError(f"{args.dir}: no such folder")
+    import reference_checkpoint
+    files, failed = reference_checkpoint.bulk_import(store, args.dir, args.dataset, args.tokens, args.replace)
+    if failed:
+        raise StoreError(f"{failed} of {files} checkpoint files not imported (named above)")
+    if not files:
+        print(f"no checkpoint files (*.ckpt, *.pt) in {args.dir}")
 
 
 def export_record_cmd(store, args):
@@ -272,6 +292,13 @@ def db_cmd(_store, args):
         print("embedded server stopped" if stopped else "embedded server was not running")
 
 
+def vocabulary_flags(p):
+    p.add_argument("--dataset", help="a reference file's token ids: this dataset's vocabulary (default: its config's "
+                   "test dataset, when it is here)")
+    p.add_argument("--vocabulary", metavar="FILE.json", help="a reference file's token ids: its dataset's stored "
+                   "vocabulary (a JSON list, or the reference's `vocabulary` document)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -297,16 +324,25 @@ def main(argv=None):
     p.add_argument("--export-dir", required=True)
     p.add_argument("--checkpoint", dest="which", default="latest", metavar="{latest,best}",
                    help="the run's latest checkpoint (default) or its best (kept by runs trained with --patience)")
+    p.add_argument("--format", choices=["own", "reference"], default="own",
+                   help="own: this project's file (default); reference: the reference's DIR/<run id>.ckpt (encdec runs "
+                   "of a reference size)")
     p.set_defaults(fn=export_checkpoint)
     p = sub.add_parser("bulk-export-checkpoint", help="export several (default: all) checkpoints")
     p.add_argument("--export-dir", required=True)
     p.add_argument("--run-id", action="append", help="repeatable; default all runs with a checkpoint")
     p.set_defaults(fn=bulk_export_checkpoint)
-    p = sub.add_parser("import-checkpoint", help="create a run from an exported checkpoint file")
+    p = sub.add_parser("import-checkpoint", help="create a run from an exported checkpoint file or a reference .ckpt")
     p.add_argument("--filename", required=True)
     p.add_argument("--run-id", help="run id to import as (default: the one in the file)")
     p.add_argument("--replace", action="store_true", help="overwrite an existing run of that id")
+    vocabulary_flags(p)
     p.set_defaults(fn=import_checkpoint)
+    p = sub.add_parser("bulk-import-checkpoint", help="import every checkpoint file (*.ckpt, *.pt) of a folder")
+    p.add_argument("--dir", required=True)
+    p.add_argument("--replace", action="store_true", help="overwrite existing runs")
+    vocabulary_flags(p)
+    p.set_defaults(fn=bulk_import_checkpoint)
     p = sub.add_parser("export-record", help="write a run's record (run, logs, evaluations; no checkpoint files) "
                        "to a JSON file")
     p.add_argument("--run-id", required=True)
@@ -333,9 +369,16 @@ def main(argv=None):
             check_name(rid)  # validated before any database call
         if args.cmd == "export-checkpoint":
             check_checkpoint(args.which)
+        if getattr(args, "dataset", None):
+            check_name(args.dataset, "dataset name")
+        if getattr(args, "vocabulary", None) is not None:
+            import reference_checkpoint
+            args.tokens = reference_checkpoint.read_vocabulary(args.vocabulary)
+        elif args.cmd.endswith("import-checkpoint"):
+            args.tokens = None
         if args.cmd == "import-checkpoint":
-            args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before touching the database
-            named = args.checkpoint["run_id"] if "run_id" in args.checkpoint else Path(args.filename).stem
+            args.kind, args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before the database
+            named = args.checkpoint.get("run_id") or args.checkpoint.get("checkpoint_id") or Path(args.filename).stem
             args.run_id = check_name(args.run_id or named)
         if args.cmd == "import-record":
             args.record = read_record(args.filename)  # refuse a bad file before touching the database

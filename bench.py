@@ -10,6 +10,7 @@ the quick start's sampling stage with its tail of rows that never end (`tail`: t
   python bench.py --sections rollout --threads 1 --rollout-sizes xs,s --rollout-lengths maze10,sokoban
   python bench.py --sections encdec --encdec-size s --lengths maze10 --batch-tokens 4096   (benchmarks/encdec.py)
   python bench.py --sections tail --threads 1 [--tail-full]
+  python bench.py --sections refckpt --refckpt-size l   (benchmarks/reference_ckpt.py: import/export, embedded db)
 
 Training runs each variant on the same sequences, one step of each in turn (so that a busy machine
 slows them alike), and prints useful (non-padding) tokens per second and the ratio to the first;
@@ -54,6 +55,7 @@ from benchmarks.workloads import PRESETS, load_sequences
 from checkpoint_store import load_checkpoint, save_checkpoint
 from devices import DEVICE_HELP, parse_device
 from benchmarks.encdec import bench_encdec
+from benchmarks.reference_ckpt import bench_reference_ckpt
 from errors import ConfigError
 from model import ModelConfig, Transformer
 from store import connect
@@ -399,7 +401,7 @@ def bench_rollout(args, device, rng):
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", default="train,load,checkpoint,rollout,tail",
-                    help="comma-separated subset (encdec: also available, not by default)")
+                    help="comma-separated subset (encdec, refckpt: also available, not by default)")
     ap.add_argument("--size", default="s", help="model size (model.SIZES)")
     ap.add_argument("--device", default="auto", help=DEVICE_HELP)
     ap.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -436,6 +438,8 @@ def parse_args(argv=None):
     ap.add_argument("--encdec-prompt", type=int, default=90, help="encdec section: the sampled prompt's tokens")
     ap.add_argument("--encdec-samples", type=int, default=64, help="encdec section: samples of that prompt")
     ap.add_argument("--encdec-tokens", type=int, default=32, help="encdec section: tokens each sample generates")
+    ap.add_argument("--refckpt-size", default="s", help="refckpt: the reference size imported and exported (s, m, l, xl)")
+    ap.add_argument("--refckpt-vocab", type=int, default=100, help="refckpt: token ids of that checkpoint")
     ap.add_argument("--tail-tasks", type=int, default=10, help="tail: 10x10 tasks (--tail-full: 100)")
     ap.add_argument("--tail-samples", type=int, default=64, help="tail: samples per task (--tail-full: 64)")
     ap.add_argument("--tail-limit", type=int, default=1000, help="tail: the reference's limit, cut for a short run "
@@ -465,7 +469,7 @@ def main(argv=None):
     rng = np.random.default_rng(0)
     sections = args.sections.split(",")
     for s in sections:
-        if s not in ("train", "load", "checkpoint", "rollout", "tail", "encdec"):
+        if s not in ("train", "load", "checkpoint", "rollout", "tail", "encdec", "refckpt"):
             raise SystemExit(f"unknown section {s!r}")
     if "train" in sections:
         bench_train(args, device, rng)
@@ -479,6 +483,8 @@ def main(argv=None):
         bench_encdec(args, device, rng)
     if "tail" in sections:
         bench_tail(args, device)
+    if "refckpt" in sections:
+        bench_reference_ckpt(args)
 
 
 if __name__ == "__main__":

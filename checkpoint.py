@@ -159,6 +159,12 @@ KEYS = {"model", "optimizer", "scheduler", "step", "data", "rng", "log_sums", "c
 def read_exported(path):
     """Load and check an exported file without running code (weights_only) and without reading it
     all into memory (mmap); raises CheckpointError on anything that is not a whole, valid checkpoint."""
+    return check_exported(load_file(path), path)
+
+
+def load_file(path):
+    """A checkpoint file's dict, loaded without running code (weights_only) and without reading it all
+    into memory (mmap); CheckpointError when it is no torch.save file of plain data."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as e:  # in the project's words: torch's say what its loader met, not what the file is
@@ -167,6 +173,11 @@ def read_exported(path):
                   "without loading them)" if unsafe else "not a whole file written by `python admin.py "
                   "export-checkpoint` (empty, cut short, or another format)")
         raise CheckpointError(f"{path}: not a valid checkpoint file: {reason}") from None
+    return ck
+
+
+def check_exported(ck, path):
+    """An exported file's dict (load_file), checked as a resume reads it; CheckpointError if it is not one."""
     have = (set(ck) | ({"log_sums"} if "log_acc" in ck else set())) if isinstance(ck, dict) else set()
     if not KEYS <= have:
         raise CheckpointError(f"{path}: not a searchformer checkpoint (missing {sorted(KEYS - have)})")

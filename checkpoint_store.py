@@ -145,13 +145,14 @@ def read_checkpoint_file(store, file_id, map_location="cpu"):
         return None
 
 
-def put_checkpoint(store, run_id, config, state, step, replace=False):
+def put_checkpoint(store, run_id, config, state, step, replace=False, extra=None):
     """Create (or with replace, replace) a finished run from an imported checkpoint, all or nothing:
     the upload is recorded as the run's pending checkpoint before its first chunk (a new run's
     document is created for it, status `importing`), so that a killed import's chunks are found and
     removed like a killed save's (by a load, drop-run, or the same import run again); the new
     checkpoint is written in full, then the run document is switched to it in one write, then the
-    old run's logs, results and checkpoint files are deleted."""
+    old run's logs, results and checkpoint files are deleted. extra: more fields of the run document
+    (an imported reference checkpoint's original config)."""
     check_name(run_id)
     old = store.get_run(run_id)
     if old is not None and old.get("status") != "importing":  # a killed import's leftover is imported over
@@ -185,7 +186,7 @@ def put_checkpoint(store, run_id, config, state, step, replace=False):
         raise
     doc = {"_id": run_id, "config": config, "created": t, "updated": t, "step": step, "status": "imported",
            "error": None, "lease": None, "world_size": state.get("world_size"), "pending_checkpoint": None,
-           "checkpoint": {"id": stream._id, "step": step, "size": stream.length, "time": t}}
+           "checkpoint": {"id": stream._id, "step": step, "size": stream.length, "time": t}, **(extra or {})}
     try:
         if store.runs.replace_one(mine, doc).matched_count == 0:
             raise StoreError(f"run {run_id!r} changed during the import (relaunched, dropped or imported again); "

@@ -374,3 +374,27 @@ def from_reference(state, cfg):
     """A state dict of ours from the reference's (keys without `module.model.`); KeyError names a
     missing key."""
     return {ours: torch.cat([state[k] for k in theirs]) for ours, theirs in reference_keys(cfg).items()}
+
+
+def reference_state_keys(cfg):
+    """The reference's state-dict keys (without `module.model.`) in its order, RoPE tables included: each
+    of encoder and decoder has one table pair (`rope.cos_param`, `rope.sin_param`), repeated under every
+    layer's `attention.rope.` key."""
+    keys = []
+    for part, n in (("encoder", cfg.enc_n_layer), ("decoder", cfg.n_layer)):
+        keys += [f"{part}.embedding.weight", f"{part}.rope.cos_param", f"{part}.rope.sin_param"]
+        attns, norms = (("attention", "attention_feat"), ("attention_norm", "attention_feat_norm", "ffn_norm")) \
+            if part == "decoder" else (("attention",), ("attention_norm", "ffn_norm"))
+        for i in range(n):
+            layer = f"{part}.layers.{i}."
+            keys += [layer + "attention.rope.cos_param", layer + "attention.rope.sin_param"]
+            keys += [f"{layer}{a}.w{x}.weight" for a in attns for x in "qkvo"]
+            keys += [f"{layer}feed_forward.w{x}.weight" for x in "123"] + [f"{layer}{m}.weight" for m in norms]
+        keys += [f"{part}.output.0.weight", f"{part}.output.1.weight"]
+    return keys
+
+
+def reference_param_order(cfg):
+    """The reference's parameters in `parameters()` order (its optimizer's indices): the state-dict keys,
+    each shared RoPE table once, where it is first registered (`<part>.rope.`)."""
+    return [k for k in reference_state_keys(cfg) if ".layers." not in k or ".rope." not in k]

@@ -8,7 +8,7 @@ from conftest import ROOT
 
 # (file, module) -> why that module is imported inside a function rather than at the top
 LAZY = {
-    ("admin.py", "checkpoint"): "imports torch: only the checkpoint import command needs it",
+    ("admin.py", "reference_checkpoint"): "imports torch: only the checkpoint import and reference export commands need it",
     ("admin.py", "checkpoint_store"): "imports torch: only the checkpoint import command needs it",
     ("benchmarks/measure.py", "torch._dynamo.utils"): "torch internals, only for the compiled benchmarks",
     ("bench.py", "torch.profiler"): "only with --rollout-profile",
