@@ -8,7 +8,9 @@ x[..., 1::2]), RMSNorm eps 1e-5, FFN width 2/3 of 4 x width rounded up to a mult
 biases, PyTorch's default initialisation. Two differences, neither changing a result on unpadded
 prompts: the encoder masks the padding of shorter prompts in a batch (the reference's did not, so
 its padded prompts saw padding), and q/k/v and the FFN's two input maps are fused (reference_keys
-says which weights they concatenate).
+says which weights they concatenate). Our vocabulary has two tokens the reference's has not, <pad>
+and <sep>; no response holds either, and their logits are -inf, so that the softmax is over the
+reference's tokens alone and an imported model's distribution is exactly the reference's.
 
 Decoding reads the cross-attention keys and values from a CrossKV: computed once per prompt, kept
 once per prompt, and read by every row (sample) of that prompt through its index.
@@ -32,6 +34,7 @@ SIZES = {
     "l": ((768, 4, 9), (768, 4, 9)),  # enc-l / dec-l
     "xl": ((1152, 12, 16), (1152, 12, 16)),  # enc-xl-2 / dec-xl-2
 }
+NEVER_EMITTED = (0, 3)  # <pad>, <sep> (dataset.SPECIALS; tests/test_encdec.py checks): no response holds them
 REFERENCE_NAMES = {"s": ("enc-s", "dec-s"), "m": ("enc-m-s", "dec-m-s"), "l": ("enc-l", "dec-l"),
                    "xl": ("enc-xl-2", "dec-xl-2")}
 
@@ -331,7 +334,9 @@ class EncoderDecoder(nn.Module):
                 x = block(x, cos, sin, memory, i, mask, cache, pos)
         if keep is not None:
             x = x.flatten(0, 1).index_select(0, keep)  # (N, C)
-        return self.decoder.head(self.decoder.norm(x))
+        logits = self.decoder.head(self.decoder.norm(x))  # (B, T, V) or (N, V)
+        logits[..., list(NEVER_EMITTED)] = float("-inf")  # the reference's softmax: over its own tokens
+        return logits
 
     @staticmethod
     def _fresh_block(block, x, cos, sin, feats, src_mask, mask, cache, pos):

@@ -10,8 +10,8 @@ TrainConfig.to_dict(). Token ids: the reference's are its dataset's sorted store
 `bos`, `eos` in front; ours are the dataset's vocabulary here, four specials in front (<pad> <bos>
 <eos> <sep>). An import moves every embedding and output row, and its AdamW state rows, to our id of
 the same token. <pad> and <sep> have no row there and get zero rows: the encoder-decoder never reads
-<sep> and masks <pad>, and their output logit is 0, so the softmax over the reference's tokens alone
-is the reference's. The RoPE tables are checked against encdec's and dropped; an export recomputes them.
+<sep>, masks <pad>, and gives both the logit -inf (encdec.NEVER_EMITTED), so its softmax is the
+reference's. The RoPE tables are checked against encdec's and dropped; an export recomputes them.
 
 Large files: both ways load with mmap and write streaming (GridFS on import, a file on export); the
 only tensors made are the fused weights (q/k/v, cross k/v, w1/w3) with their AdamW moments and the

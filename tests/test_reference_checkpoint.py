@@ -11,6 +11,7 @@ import torch
 import admin
 import decode
 import encdec
+import eval as ev
 import reference_checkpoint as rc
 from checkpoint import model_from_config
 from checkpoint_store import load_checkpoint
@@ -132,6 +133,25 @@ def test_imported_logits_and_greedy_rollouts_are_the_references(store, fixture_f
     assert (cfg["arch"], cfg["model_size"], cfg["train_name"], cfg["batch_size"], cfg["lr"], cfg["warmup_steps"],
             cfg["train_steps"], cfg["plan_only"]) == ("encdec", "s", "maze.10-by-10-deterministic.simple", 8, 2.5e-4,
                                                       2000, 400000, False)
+
+
+def test_prompt_prints_the_references_log_probabilities(store, fixture_file, vocab_file):
+    """eval.py prompt --response on the imported file: each response token's log-probability (and the
+    <eos> the command appends) is the reference's, from its logits; the greedy response is its rollout."""
+    assert call(admin.main, "import-checkpoint", "--filename", fixture_file, "--vocabulary", vocab_file)[0] == 0
+    ref_id = {t: i for i, t in enumerate(FIXTURE["reference_token_ids"])}
+    for c in FIXTURE["cases"]:
+        code, out, err = call(ev.main, "prompt", "--run-id", "maze-sweep-rep-det-small-0", "--prompt",
+                              " ".join(c["prompt"]), "--response", " ".join(c["response"][1:]), "--json")
+        assert code == 0, err
+        got = json.loads(out)
+        targets = [ref_id[t] for t in c["response"][1:]] + [ref_id["eos"]]  # row i predicts token i + 1
+        want = torch.log_softmax(torch.tensor(c["logits"], dtype=torch.float64), -1)[range(len(targets)), targets]
+        assert got["response"] == c["response"][1:] + ["<eos>"]
+        assert (torch.tensor(got["logprobs"]) - want).abs().max() < 1e-4
+        code, out, err = call(ev.main, "prompt", "--run-id", "maze-sweep-rep-det-small-0", "--prompt",
+                              " ".join(c["prompt"]), "--greedy", "--max-tokens", "47")
+        assert code == 0 and ["bos", *out.split()] == c["greedy_rollout_48"], err
 
 
 def test_each_optimizer_row_moves_with_its_token(store, fixture_file):
