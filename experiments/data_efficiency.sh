@@ -27,14 +27,14 @@ PY=${PY:-.venv/bin/python}
 SIZE=${SIZE:-6}                     # maze side
 TRACES=${TRACES:-deterministic}     # deterministic | nondeterministic A* traces
 MODEL=${MODEL:-xs}
-COUNTS=${COUNTS:-"1000 2000 500 4000"}  # training-task counts (the first N tasks of one dataset), trained in this order
+COUNTS=${COUNTS:-"2000 1000 500 4000"}  # training-task counts (the first N tasks of one dataset), trained in this order
 SEEDS=${SEEDS:-"0"}                 # every kind at every count (shuffled: at SHUFFLED_COUNTS) with each
 KINDS=${KINDS:-"solution-only search shuffled"}
 SHUFFLED_COUNTS=${SHUFFLED_COUNTS:-"2000 4000"}  # the shuffled-trace control at these counts only
 EXTRA_SEEDS=${EXTRA_SEEDS-1}           # more seeds of solution-only and search-augmented, at EXTRA_COUNTS, after the rest
 EXTRA_COUNTS=${EXTRA_COUNTS:-"1000"}
 ARCHS=${ARCHS:-"decoder encdec"}  # decoder-only (model.py) and the reference's encoder-decoder (--arch encdec), at each count
-SCHEDULE=${SCHEDULE:-patience}      # patience | cooldown | second (experiments/schedule_pilot.sh chose; docs/laptop.md)
+SCHEDULE=${SCHEDULE:-cooldown}      # patience | cooldown | second (experiments/schedule_pilot.sh chose cooldown; docs/laptop.md)
 MIN_LR_RATIO=${MIN_LR_RATIO:-0.1}   # the cosine's floor, a fraction of LR
 COOLDOWN_FRAC=${COOLDOWN_FRAC:-0.2} # SCHEDULE=cooldown: the decay's length, a fraction of the selected step
 PATIENCE=${PATIENCE:-3}             # evaluations without a better validation optimal rate before stopping
@@ -155,6 +155,7 @@ model() {
     esac
     evaluate "$id" best
     save_record "$id"
+    [ "$first" = "$id" ] || save_record "$first"  # the validation curve that chose where the second part starts
 }
 # the models of claim (a), "kind count seed" a line, in training order: every kind at every count with the
 # SEEDS (the shuffled-trace control at SHUFFLED_COUNTS alone), then solution-only and search-augmented with

@@ -16,7 +16,7 @@ SCRIPT = ROOT / "experiments" / "data_efficiency.sh"
 TOY = {"SIZE": "5", "MODEL": "tiny", "COUNTS": "16 8", "SEEDS": "0", "PATIENCE": "1", "EVAL_EVERY": "4",
        "MAX_STEPS": "8", "BATCH": "4", "VAL_TASKS": "4", "TEST_TASKS": "4", "SAMPLES": "2", "BOOT_STEPS": "1",
        "BOOT_SAMPLES": "2", "FT_STEPS": "4", "NPROC": "1", "SHUFFLED_COUNTS": "16", "EXTRA_SEEDS": "1", "EXTRA_COUNTS": "8",
-       "DATA_TRAIN": "16", "PREFIX": "eff5", "ARCHS": "decoder"}
+       "DATA_TRAIN": "16", "PREFIX": "eff5", "ARCHS": "decoder", "SCHEDULE": "patience"}  # the others: below
 
 
 def launch(results, **knobs):
@@ -158,6 +158,17 @@ def test_the_schedules_end_training_from_the_selected_step(env, tmp_path, schedu
         assert not cfg["start_checkpoint"] and cfg["train_steps"] == best and cfg["lr"] == first["config"]["lr"]
     table = json.loads((results / "efficiency.json").read_text())
     assert [r["run"] for r in table["runs"]] == ["eff5-search-8-s0"]
+    assert sorted(p.stem for p in (results / "runs").glob("*.json")) == ["eff5-search-8-s0", "eff5-search-8-s0-p"]
+
+    # a fresh database: the reported run comes back from its record (the run it started from need not)
+    shown = run_cli("admin.py", "show", "eff5-search-8-s0").stdout
+    store.db.client.drop_database(store.db.name)
+    out = launch(results, ARCHS="decoder", COUNTS="8", KINDS="search", EXTRA_SEEDS="", BOOT_STEPS="0", SCHEDULE=schedule)
+    started = [line.split("] ", 1)[1] for line in out.splitlines() if line.startswith("=== [")]
+    data = "data maze.5-by-5-deterministic.simple and shuffled.maze.5-by-5-deterministic.simple"
+    assert started == [data, "done (BOOT_STEPS=0: no bootstrapping)"], out[-3000:]  # trains nothing
+    assert run_cli("admin.py", "show", "eff5-search-8-s0").stdout == shown
+    assert json.loads((results / "efficiency.json").read_text()) == table
 
 
 PILOT = ROOT / "experiments" / "schedule_pilot.sh"
