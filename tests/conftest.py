@@ -7,6 +7,7 @@ import time
 import uuid
 from pathlib import Path
 
+import pymongo
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,7 +35,8 @@ def start_server(log_path, storage=":memory:", port=0, *extra):
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
-    proc, port = start_server(tmp_path_factory.mktemp("db") / "server.log")
+    # in memory, the cache is the storage: room for the largest test's checkpoints (the reference's enc-s/dec-s)
+    proc, port = start_server(tmp_path_factory.mktemp("db") / "server.log", ":memory:", 0, "--cache-size", "2G")
     yield port
     stop_server(proc)
 
@@ -56,7 +58,9 @@ def env(server, tmp_path, monkeypatch):
     monkeypatch.setenv("MONGODB_URI", uri)
     monkeypatch.setenv("SEARCHFORMER_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    return {"uri": uri, "port": server, "tmp": tmp_path}
+    yield {"uri": uri, "port": server, "tmp": tmp_path}
+    with pymongo.MongoClient(uri, serverSelectionTimeoutMS=5000) as client:  # the in-memory server keeps it till dropped
+        client.drop_database(uri.rsplit("/", 1)[1])
 
 
 @pytest.fixture
