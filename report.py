@@ -17,31 +17,30 @@ tables comparing runs' evaluations (--json: also as a JSON file).
   python report.py bootstrap --run-id STEP0 --run-id STEP1 [...] [--control C1 ...] --out boot.png [--json ...]
       trace/A* and optimal % per bootstrapping step, the control runs as a second line
 
-A run's "latest evaluation" is the most recent eval.py result on that split (eval.py bootstrap stores
-one on the train split). compare, efficiency and bootstrap use the latest of the best checkpoint's
-evaluations (eval.py --checkpoint best) when the run has one, else its latest; evaluations after a
-trace prefix are left out; the runs must have been evaluated on the same tasks (the same prompts,
-whichever dataset holds them) with the same samples and temperature.
+A run's "latest evaluation" is the most recent eval.py result on that split (eval.py bootstrap stores one on the
+train split). compare, efficiency and bootstrap use the latest of the best checkpoint's evaluations (eval.py
+--checkpoint best) when the run has one, else its latest; evaluations after a trace prefix are left out; the runs
+must have been evaluated on the same tasks (the same prompts, whichever dataset holds them) with the same samples
+and temperature.
 
-Comparing runs. Per run: optimal % of the evaluated tasks with its standard error; trace/A* over the
-tasks that every compared run solves optimally, as the ratio of sums sum t_i / sum t*_i (as eval.py's
-trace/A*; t_i the mean trace length of the task's optimal responses) with its delta-method standard
-error; and both as paired differences from the first run on the same tasks (optimal: per-task
-solved-or-not differences; trace/A*: sum (t_i - t_first,i) / sum t*_i). Every standard error on test
-tasks is clustered by wall layout (the maze tasks of one layout are not independent: metrics.py
-cluster_sum_se); a run that solves none shows 0 with its 95% upper bound (each layout one trial), not
-± 0. Each run's row also holds the validation figures that selected its checkpoint (`selected`).
+Comparing runs. Per run: optimal % of the evaluated tasks with its standard error; trace/A* over the tasks that
+every compared run solves optimally, as the ratio of sums sum t_i / sum t*_i (as eval.py's trace/A*; t_i the mean
+trace length of the task's optimal responses) with its delta-method standard error; and both as paired differences
+from the first run on the same tasks (optimal: per-task solved-or-not differences; trace/A*: sum (t_i - t_first,i)
+/ sum t*_i). Every standard error on test tasks is clustered by wall layout (the maze tasks of one layout are not
+independent: metrics.py cluster_sum_se); a run that solves none shows 0 with its 95% upper bound (each layout one
+trial), not ± 0. Each run's row also holds the validation figures that selected its checkpoint (`selected`).
 
-Model kinds (efficiency): solution-only (a plan-only run), shuffled-trace (its training dataset
-was made by data.py shuffle-traces: params shuffled_traces), search-augmented (otherwise).
-The training tasks are the run's num_train_sequences (all: the dataset's train count). Error bars:
-the standard error over the seeds (runs of the same kind and count) where there are two or more,
-else the run's own (clustered by wall layout); the y axis starts at 0. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the
-train log records, up to the evaluated step and in all; wall time runs from the run's creation to its
-last update (time between a kill and its resume included).
+Model kinds (efficiency): solution-only (a plan-only run), shuffled-trace (its training dataset was made by
+data.py shuffle-traces: params shuffled_traces), search-augmented (otherwise). The training tasks are the run's
+num_train_sequences (all: the dataset's train count). Error bars: the standard error over the seeds (runs of the
+same kind and count) where there are two or more, else the run's own (clustered by wall layout); the y axis starts
+at 0. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the train log records, up to the
+evaluated step and in all; wall time runs from the run's creation to its last update (time between a kill and its
+resume included). A run started from another's checkpoint (a cooldown) counts that run's tokens, steps and time
+too.
 
-PNG and JSON files are written under a temporary name and renamed, so a failure never leaves a
-partial file.
+PNG and JSON files are written under a temporary name and renamed, so a failure never leaves a partial file.
 """
 import argparse
 import json
@@ -122,21 +121,15 @@ def save_json(doc, out):
         if not isinstance(d, dict):
             return d
         out = {}
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                out[k], out[f"{k}_se"] = v[:2]
-                if len(v) == 3:
-                    out[f"{k}_upper95"] = v[2]
-            else:
-                out[k] = flat(v)
+        for k, v in d.items():  # a tuple: (value, se) or (value, None, upper95)
+            out.update(zip((k, f"{k}_se", f"{k}_upper95"), v) if isinstance(v, tuple) else [(k, flat(v))])
         return out
     if out is not None:
         write_atomic(out, lambda tmp: tmp.write_text(json.dumps(flat(doc), indent=1) + "\n"))
 
 
 def finish(fig, ax, xlabel, ylabel, out, legend_size=8):
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=legend_size)
     save(fig, out)
@@ -295,13 +288,20 @@ def run_kind(store, cfg):
 
 
 def run_facts(store, run, step):
-    """Loss tokens seen up to step and in all (train log records), steps trained and wall time of a run."""
+    """Loss tokens seen up to step and in all (train log records), steps trained and wall time of a run;
+    one started from another run's checkpoint (a cooldown) counts that run's too: its tokens up to the
+    checkpoint's step in the first, all of its training in the others."""
     logs = store.get_logs(run["_id"], "train")
     known = bool(logs) and all("tokens" in r for r in logs)
     wall = (run["updated"] - run["created"]).total_seconds() if run.get("created") and run.get("updated") else None
-    return {"tokens_at_eval": sum(r["tokens"] for r in logs if r["step"] <= step) if known else None,
-            "tokens": sum(r["tokens"] for r in logs) if known else None, "steps_trained": run.get("step"),
-            "wall_s": wall}
+    facts = {"tokens_at_eval": sum(r["tokens"] for r in logs if r["step"] <= step) if known else None,
+             "tokens": sum(r["tokens"] for r in logs) if known else None, "steps_trained": run.get("step"), "wall_s": wall}
+    cfg = run.get("config", {})
+    start = store.get_run(cfg["start_checkpoint"]) if cfg.get("start_checkpoint") else None
+    if start is None:
+        return facts
+    before = run_facts(store, start, start["best"]["step"] if cfg.get("start_from") == "best" else start["step"])
+    return {k: None if v is None or before[k] is None else v + before[k] for k, v in facts.items()}
 
 
 def efficiency_points(runs, clustered=True):

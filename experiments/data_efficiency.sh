@@ -223,6 +223,8 @@ while read -r kind count seed arch; do
     id=$(run_id "$kind" "$count" "$seed" "$arch")
     forget_lost "model $id" "$id"
     backfill_record "model $id" "$id"
+    # the run a cooldown started from: its tokens and time count in the reports (report.py efficiency)
+    if [ "$SCHEDULE" != patience ] && recorded "model $id" && ! have_run "$id-p"; then restore "$id-p" || true; fi
 done < <(models)
 stale=; recorded "model $base" || stale="base model $base is trained in this launch"
 while read -r kind count seed arch <&3; do  # the list on fd 3: no command in the loop can read it

@@ -158,6 +158,8 @@ def test_the_schedules_end_training_from_the_selected_step(env, tmp_path, schedu
         assert not cfg["start_checkpoint"] and cfg["train_steps"] == best and cfg["lr"] == first["config"]["lr"]
     table = json.loads((results / "efficiency.json").read_text())
     assert [r["run"] for r in table["runs"]] == ["eff5-search-8-s0"]
+    if schedule == "cooldown":  # what it cost counts the patience run it started from
+        assert table["runs"][0]["steps_trained"] == first["step"] + run["step"]
     assert sorted(p.stem for p in (results / "runs").glob("*.json")) == ["eff5-search-8-s0", "eff5-search-8-s0-p"]
 
     # a fresh database: the reported run comes back from its record (the run it started from need not)
