@@ -297,6 +297,7 @@ def vocabulary_flags(p):
                    "test dataset, when it is here)")
     p.add_argument("--vocabulary", metavar="FILE.json", help="a reference file's token ids: its dataset's stored "
                    "vocabulary (a JSON list, or the reference's `vocabulary` document)")
+    p.set_defaults(tokens=None)  # the file's tokens, read by main before the database is touched
 
 
 def main(argv=None):
@@ -374,8 +375,6 @@ def main(argv=None):
         if getattr(args, "vocabulary", None) is not None:
             import reference_checkpoint
             args.tokens = reference_checkpoint.read_vocabulary(args.vocabulary)
-        elif args.cmd.endswith("import-checkpoint"):
-            args.tokens = None
         if args.cmd == "import-checkpoint":
             args.kind, args.checkpoint = read_checkpoint(args.filename)  # refuse a bad file before the database
             named = args.checkpoint.get("run_id") or args.checkpoint.get("checkpoint_id") or Path(args.filename).stem
