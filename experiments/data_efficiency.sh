@@ -157,12 +157,13 @@ model() {
     save_record "$id"
     [ "$first" = "$id" ] || save_record "$first"  # the validation curve that chose where the second part starts
 }
-# the models of claim (a), "kind count seed" a line, in training order: every kind at every count with the
-# SEEDS (the shuffled-trace control at SHUFFLED_COUNTS alone), then solution-only and search-augmented with
-# the EXTRA_SEEDS at EXTRA_COUNTS
+# the models of claim (a), "kind count seed arch" a line, in training order: every kind at every count with
+# the SEEDS (the shuffled-trace control at SHUFFLED_COUNTS alone), then solution-only and search-augmented
+# with the EXTRA_SEEDS at EXTRA_COUNTS. Within a count the architectures take turns, kind by kind, so a
+# sitting that ends part way leaves the two compared at the same kinds.
 models() {
     local seed count kind arch
-    for seed in $SEEDS; do for count in $COUNTS; do for arch in $ARCHS; do for kind in $KINDS; do
+    for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do for arch in $ARCHS; do
         [ "$kind" = shuffled ] && ! [[ " $SHUFFLED_COUNTS " == *" $count "* ]] && continue
         echo "$kind $count $seed $arch"
     done; done; done; done
