@@ -120,15 +120,16 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
 
 
 def test_both_architectures_are_trained_and_compared_at_equal_tasks(env, tmp_path):
-    """ARCHS="decoder encdec": each kind of each architecture at each count, the encoder-decoder's runs
-    named -encdec- and plotted apart, and the two compared at equal tasks."""
+    """ARCHS="decoder encdec": each kind of each architecture at each count, kind by kind with the two in
+    turn, the encoder-decoder's runs named -encdec- and plotted apart, and the two compared at equal tasks."""
     results = tmp_path / "results"
-    launch(results, ARCHS="decoder encdec", COUNTS="8", KINDS="search", EXTRA_SEEDS="", BOOT_STEPS="0")
-    assert stages(results)[1:] == ["model eff5-search-8-s0", "model eff5-encdec-search-8-s0"]
+    launch(results, ARCHS="decoder encdec", COUNTS="8", KINDS="solution-only search", EXTRA_SEEDS="", BOOT_STEPS="0")
+    assert stages(results)[1:] == ["model eff5-solution-only-8-s0", "model eff5-encdec-solution-only-8-s0",
+                                   "model eff5-search-8-s0", "model eff5-encdec-search-8-s0"]
     assert run_cli("admin.py", "show", "eff5-encdec-search-8-s0").stdout.count("encdec") >= 1
     for arch, run in (("", "eff5-search-8-s0"), ("-encdec", "eff5-encdec-search-8-s0")):
         table = json.loads((results / f"efficiency{arch}.json").read_text())
-        assert [r["run"] for r in table["runs"]] == [run]
+        assert [r["run"] for r in table["runs"]][-1] == run
     pair = json.loads((results / "compare-arch-search-8-s0.json").read_text())
     assert [r["run"] for r in pair["runs"]] == ["eff5-search-8-s0", "eff5-encdec-search-8-s0"]
     assert "optimal_pct_diff" in pair["runs"][1]
@@ -160,6 +161,16 @@ def test_the_schedules_end_training_from_the_selected_step(env, tmp_path, schedu
     assert [r["run"] for r in table["runs"]] == ["eff5-search-8-s0"]
     if schedule == "cooldown":  # what it cost counts the patience run it started from
         assert table["runs"][0]["steps_trained"] == first["step"] + run["step"]
+        # the docs' table of the models, from the results folder alone: both runs' stops, the test rate
+        rows = run_cli("experiments/models_table.py", str(results)).stdout.splitlines()
+        assert len(rows) == 3 and rows[2].startswith("| decoder-only search-augmented, 8 tasks |"), rows
+        cells = [c.strip() for c in rows[2].split("|")[1:-1]]
+        assert cells[1].startswith(f"{best:,} of {first['step']:,} (") and \
+            cells[2].startswith(f"{run['best']['step']:,} of {run['step']:,} (")
+        r = table["runs"][0]
+        assert cells[3] == (f"{r['optimal_pct']:.1f} ± {r['optimal_pct_se']:.1f}" if r["optimal"] else
+                            f"0 of 4 (95% upper bound {r['optimal_pct_upper95']:.1f})")
+        assert cells[4] == f"{r['steps_trained']:,}"
     assert sorted(p.stem for p in (results / "runs").glob("*.json")) == ["eff5-search-8-s0", "eff5-search-8-s0-p"]
 
     # a fresh database: the reported run comes back from its record (the run it started from need not)

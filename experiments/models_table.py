@@ -1,0 +1,70 @@
+"""The v2 models' training table for docs/laptop.md, from committed results files only.
+
+    python experiments/models_table.py experiments/results/eff6v2
+
+Reads efficiency.json and efficiency-<arch>.json (report.py efficiency) and each model's two run records
+in runs/ (<id>-p: the patience stop; <id>: the cooldown from its best checkpoint; admin.py export-record)
+and prints one markdown row per model, in the order the script trained them (stages.tsv).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ARCH_NAMES = {"decoder": "decoder-only", "encdec": "encoder-decoder"}
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def rows(results: Path):
+    order = {}
+    if (results / "stages.tsv").exists():  # training order: the line a model's stage finished on
+        for i, line in enumerate((results / "stages.tsv").read_text().splitlines()):
+            stage = line.split("\t")[0]
+            if stage.startswith("model "):
+                order[stage[len("model "):]] = i
+    runs = []
+    for name in sorted(results.glob("efficiency*.json")):
+        arch = "decoder" if name.stem == "efficiency" else name.stem.split("-", 1)[1]
+        runs += [(arch, r) for r in load(name)["runs"]]
+    runs.sort(key=lambda ar: order.get(ar[1]["run"], len(order)))
+    for arch, r in runs:
+        cool = load(results / "runs" / f"{r['run']}.json")["run"]
+        pat_path = results / "runs" / f"{r['run']}-p.json"
+        pat = load(pat_path)["run"] if pat_path.exists() else None
+        yield arch, r, pat, cool
+
+
+def fmt_stop(run):
+    best = run["best"]
+    return f"{best['step']:,} of {run['step']:,} ({best['metrics']['optimal_pct']:.1f}%)"
+
+
+def fmt_test(r):
+    if r.get("optimal_pct_upper95") is not None:  # none solved: no ± 0.0, its 95% upper bound (report.py)
+        return f"0 of {r['tasks']} (95% upper bound {r['optimal_pct_upper95']:.1f})"
+    return f"{r['optimal_pct']:.1f} ± {r['optimal_pct_se']:.1f}"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path, help="the experiment's results folder, e.g. experiments/results/eff6v2")
+    args = ap.parse_args(argv)
+    if not (args.results / "runs").is_dir():
+        sys.exit(f"error: {args.results} has no runs/ folder: give the experiment's results folder")
+    print("| model | patience stop: best step (validation) | cooldown: best step (validation) "
+          "| test: optimal % of 500 x 8 samples | steps trained, both runs | wall s, both runs |")
+    print("|---|---|---|---|---|---|")
+    for arch, r, pat, cool in rows(args.results):
+        seed = f", seed {r['seed']}" if r["seed"] else ""
+        model = f"{ARCH_NAMES.get(arch, arch)} {r['kind']}, {r['train_tasks']:,} tasks{seed}"
+        first = fmt_stop(pat) if pat else "(patience alone)"
+        print(f"| {model} | {first} | {fmt_stop(cool)} | {fmt_test(r)} | {r['steps_trained']:,} "
+              f"| {r['wall_s']:,.0f} |")
+
+
+if __name__ == "__main__":
+    main()
