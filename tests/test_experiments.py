@@ -213,3 +213,28 @@ def test_the_schedule_pilot_runs_its_three_candidates_and_resumes_on_a_fresh_dat
     db.client.drop_database(db.name)
     assert pilot() == ["data maze.5-by-5-deterministic.simple"]
     assert json.loads((results / "pilot-search-8-s0.json").read_text()) == table
+
+
+def test_same_records_tells_a_reproduced_stage_from_one_that_differs(tmp_path):
+    """experiments/same_records.py: two copies of a committed record that differ only in what the clock
+    decides are identical; one changed validation rate or loss is named, and the exit status says so."""
+    src = ROOT / "experiments" / "results" / "eff6v2" / "runs" / "eff6v2-solution-only-2000-s0-p.json"
+    record = json.loads(src.read_text())
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        (d / "runs").mkdir(parents=True)
+    (a / "runs" / src.name).write_text(json.dumps(record))
+    record["run"]["updated"] = {"$date": "2030-01-01T00:00:00+00:00"}
+    for log in record["logs"]:
+        log["time"], log["tokens_per_s"] = {"$date": "2030-01-01T00:00:00+00:00"}, 1.0
+    (b / "runs" / src.name).write_text(json.dumps(record))
+    script = ROOT / "experiments" / "same_records.py"
+    r = run_cli(script, a, b)
+    assert r.stdout.strip() == "eff6v2-solution-only-2000-s0-p: identical"
+    test = next(i for i, log in enumerate(record["logs"]) if log["split"] == "test")
+    record["logs"][test]["rollout_optimal_pct"] += 1 / 3
+    (b / "runs" / src.name).write_text(json.dumps(record))
+    r = run_cli(script, a, b, check=False)
+    assert r.returncode == 1 and f".logs[{test}].rollout_optimal_pct:" in r.stdout
+    r = run_cli(script, a, tmp_path, check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "share no run record" in r.stderr

@@ -1,0 +1,63 @@
+"""Whether a re-run reproduced a recorded stage: the run records two results folders share, compared
+field by field with what only the clock decides left out (times, wall seconds, throughput, ids).
+
+    python experiments/same_records.py experiments/results/eff6v2 experiments/results/eff6v2-rerun
+
+Prints, for each run record in both folders' runs/: identical, or the first fields that differ (training
+losses, validation rates, the selected checkpoint, the test evaluation's per-task results). Exits 1 when
+any differs, 2 when the folders share no record.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CLOCK = {"time", "created", "updated", "wall_s", "tokens_per_s", "_id", "id", "host"}
+
+
+def clean(x):
+    """x without the fields that only the clock (or the database) decides."""
+    if isinstance(x, dict):
+        return {k: clean(v) for k, v in x.items() if k not in CLOCK}
+    if isinstance(x, list):
+        return [clean(v) for v in x]
+    return x
+
+
+def differences(a, b, path="", out=None):
+    """The paths at which a and b differ, at most 5."""
+    out = [] if out is None else out
+    if len(out) >= 5:
+        return out
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            differences(a.get(k), b.get(k), f"{path}.{k}", out)
+    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        for i, (x, y) in enumerate(zip(a, b)):
+            differences(x, y, f"{path}[{i}]", out)
+    elif a != b:
+        out.append(f"{path or '.'}: {json.dumps(a)[:60]} != {json.dumps(b)[:60]}")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("recorded", type=Path, help="the results folder of the recorded stage")
+    ap.add_argument("rerun", type=Path, help="the results folder of the re-run")
+    args = ap.parse_args(argv)
+    names = sorted({p.name for p in args.recorded.glob("runs/*.json")} & {p.name for p in args.rerun.glob("runs/*.json")})
+    if not names:
+        print(f"error: {args.recorded}/runs and {args.rerun}/runs share no run record: give the two results folders",
+              file=sys.stderr)
+        sys.exit(2)
+    differ = 0
+    for name in names:
+        a, b = (clean(json.loads((d / "runs" / name).read_text())) for d in (args.recorded, args.rerun))
+        diff = differences(a, b)
+        differ += bool(diff)
+        print(f"{name[:-5]}: " + ("identical" if not diff else "differs at " + "; ".join(diff)))
+    sys.exit(1 if differ else 0)
+
+
+if __name__ == "__main__":
+    main()
