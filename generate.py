@@ -2,6 +2,7 @@
 chunks (reproducible whatever the core count, resumable), and the per-task A* statistics that the
 ILR metric needs (`data.py maze`, `data.py sokoban`, `data.py astar-stats`)."""
 import collections
+import contextlib
 import functools
 import multiprocessing as mp
 import signal
@@ -39,12 +40,26 @@ def chunk_seed(seed, chunk):
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0])
 
 
+@contextlib.contextmanager
 def worker_pool(workers):
     """A process pool whose workers leave Ctrl-C to their parent (ignore_sigint), started from a clean
     server process (forkserver), not forked from this one: a fork copies the locks that this process's
     other threads (pymongo's monitors, torch's) may hold at that moment, and a worker can then wait on
-    one for ever."""
-    return mp.get_context("forkserver").Pool(workers, initializer=ignore_sigint)
+    one for ever.
+
+    Left normally, the pool is closed and joined: its workers finish what is queued (at most the few
+    chunks submitted ahead) and exit. `with Pool()` would terminate it instead, which can kill a worker
+    while it holds the result queue's lock; the pool's task thread then waits on that lock for ever
+    (seen: data.py hung in Pool.__exit__). Terminating is kept for an error or Ctrl-C, where stopping
+    at once matters more."""
+    pool = mp.get_context("forkserver").Pool(workers, initializer=ignore_sigint)
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()
+    pool.join()
 
 
 def ignore_sigint():

@@ -51,6 +51,21 @@ def test_interrupted_generation_resumes_to_the_same_dataset(env, store, monkeypa
     assert len({d["key"] for s in ("train", "test") for d in store.db[f"ds.{NAME}.{doc['uid']}.{s}"].find()}) == 340
 
 
+def test_the_worker_pool_is_closed_not_terminated_when_left_normally():
+    """Leaving generate.worker_pool normally lets queued jobs finish and the workers exit by themselves
+    (exit status 0): terminating them, as `with Pool()` does, can kill one holding the result queue's
+    lock and hang the parent for ever. An error still stops them at once."""
+    with generate.worker_pool(2) as pool:
+        workers = list(pool._pool)
+        queued = [pool.apply_async(generate.chunk_seed, (0, i)) for i in range(8)]  # submitted ahead, never read
+    assert all(r.ready() for r in queued) and [w.exitcode for w in workers] == [0, 0]
+    with pytest.raises(KeyError):
+        with generate.worker_pool(2) as pool:
+            workers = list(pool._pool)
+            raise KeyError("stop")
+    assert all(w.exitcode is not None and w.exitcode < 0 for w in workers)  # terminated
+
+
 def test_cache_equals_the_database_and_astar_stats_match_deterministic_traces(store):
     generate.generate_maze(store.db, 10, 50, 12, False, seed=0, overwrite=False, workers=1)
     fresh = dataset.load_split(store.db, NAME, "test", use_cache=False)
