@@ -1,11 +1,15 @@
 # The experiment scripts' shared bookkeeping, sourced by data_efficiency.sh and schedule_pilot.sh after
-# they set PY, NPROC and RESULTS: stages recorded in $RESULTS/stages.tsv (name, wall seconds, finish time,
-# the commit it ran), torchrun, and two questions to a stored run.
+# they set PY, NPROC and RESULTS: stages recorded in $RESULTS/stages.tsv (name, wall seconds of the launch
+# that finished it, finish time, the commits it ran at), torchrun, and two questions to a stored run.
 mkdir -p "$RESULTS"
 STAGES=$RESULTS/stages.tsv
+LAUNCHES=$RESULTS/stage-launches.tsv  # each start of a stage: one resumed in a later sitting ran at each commit
 [ -f "$STAGES" ] || printf 'stage\tseconds\tfinished\tcommit\n' > "$STAGES"
-# the commit a stage ran (-dirty: with uncommitted changes outside the results)
+[ -f "$LAUNCHES" ] || printf 'stage\tstarted\tcommit\n' > "$LAUNCHES"
+# the commit a stage runs (-dirty: with uncommitted changes outside the results)
 commit() { echo "$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . ':!experiments/results' || echo -dirty)"; }
+# every commit a stage was launched at, in order, joined by +
+commits() { awk -F '\t' -v s="$1" '$1 == s && !seen[$3]++ { c = c (c ? "+" : "") $3 } END { print c }' "$LAUNCHES"; }
 script_start=$(date +%s)
 stamp() { echo "=== [$(( $(date +%s) - script_start )) s] $*"; }
 recorded() { cut -f1 "$STAGES" | grep -qx "$1"; }
@@ -16,8 +20,9 @@ stage() {
     if recorded "$name"; then return 0; fi
     stamp "$name"
     local t0; t0=$(date +%s)
+    printf '%s\t%s\t%s\n' "$name" "$(date -u +%FT%TZ)" "$(commit)" >> "$LAUNCHES"
     "$@"
-    printf '%s\t%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$(date -u +%FT%TZ)" "$(commit)" >> "$STAGES"
+    printf '%s\t%s\t%s\t%s\n' "$name" "$(( $(date +%s) - t0 ))" "$(date -u +%FT%TZ)" "$(commits "$name")" >> "$STAGES"
 }
 torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
 have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }

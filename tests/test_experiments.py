@@ -238,3 +238,16 @@ def test_same_records_tells_a_reproduced_stage_from_one_that_differs(tmp_path):
     assert r.returncode == 1 and f".logs[{test}].rollout_optimal_pct:" in r.stdout
     r = run_cli(script, a, tmp_path, check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "share no run record" in r.stderr
+
+
+def test_a_stage_resumed_in_a_later_sitting_records_every_commit_it_ran_at(tmp_path):
+    """experiments/stages.sh: a stage interrupted under one commit and finished under another lists both
+    in stages.tsv (its launches in stage-launches.tsv); a stage launched once lists its one commit."""
+    script = f"""set -e; PY={sys.executable}; RESULTS={tmp_path}; NPROC=1; cd {ROOT}; source experiments/stages.sh
+printf 'model a\\t2026-01-01T00:00:00Z\\tabc1234\\n' >> "$LAUNCHES"   # an earlier sitting, stopped part way
+stage "model a" true; stage "model b" true; stage "model b" false; commit"""
+    r = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    now = r.stdout.split()[-1]
+    rows = [line.split("\t") for line in (tmp_path / "stages.tsv").read_text().splitlines()[1:]]
+    assert [(row[0], row[3]) for row in rows] == [("model a", f"abc1234+{now}"), ("model b", now)]
