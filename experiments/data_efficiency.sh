@@ -17,7 +17,7 @@
 # (JSON tables, PNG plots) in $RESULTS, which the write-up reads: commit them as they come.
 # Knobs (environment): SIZE TRACES MODEL ARCHS COUNTS SEEDS KINDS SHUFFLED_COUNTS EXTRA_SEEDS EXTRA_COUNTS SCHEDULE
 # PATIENCE EVAL_EVERY MAX_STEPS BATCH LR MIN_LR_RATIO VAL_TASKS TEST_TASKS SAMPLES BOOT_STEPS BOOT_SAMPLES
-# FT_STEPS NPROC COMPILE DATA_TRAIN PREFIX RESULTS.
+# FT_STEPS NPROC COMPILE DATA_TRAIN PREFIX RESULTS; PLAN=1 lists the models in training order and exits.
 # Selection reads the validation tasks alone (the last VAL_TASKS test tasks, 300 over 11 wall layouts at 6x6),
 # results are reported on the first TEST_TASKS (18 layouts), errors clustered by layout (report.py).
 set -euo pipefail
@@ -60,6 +60,28 @@ DATA_TRAIN=${DATA_TRAIN:-$(( NUM_TRAIN > 4000 ? NUM_TRAIN : 4000 ))}  # the data
 NUM_TEST=$(( TEST_TASKS + VAL_TASKS + 200 ))   # room for whole wall layouts between the two parts
 MAX_TOKENS=$(( SIZE * SIZE * 16 ))  # generated tokens per response (the longest 6x6 A* response of 12,000 tasks: 306)
 export OMP_NUM_THREADS=1
+
+# the models of claim (a), "kind count seed arch" a line, in training order: count by count, every kind with
+# the SEEDS (the shuffled-trace control at SHUFFLED_COUNTS alone), then, at EXTRA_COUNTS, solution-only and
+# search-augmented with the EXTRA_SEEDS, so that the second seed comes before the next count. Within a
+# count the architectures take turns, kind by kind, so a sitting that ends part way leaves the two
+# compared at the same kinds.
+models() {
+    local seed count kind arch
+    for count in $COUNTS $(for c in $EXTRA_COUNTS; do [[ " $COUNTS " == *" $c "* ]] || echo "$c"; done); do
+        if [[ " $COUNTS " == *" $count "* ]]; then
+            for seed in $SEEDS; do for kind in $KINDS; do for arch in $ARCHS; do
+                [ "$kind" = shuffled ] && ! [[ " $SHUFFLED_COUNTS " == *" $count "* ]] && continue
+                echo "$kind $count $seed $arch"
+            done; done; done
+        fi
+        [[ " $EXTRA_COUNTS " == *" $count "* ]] || continue
+        for seed in $EXTRA_SEEDS; do for kind in solution-only search; do for arch in $ARCHS; do
+            [[ " $KINDS " == *" $kind "* ]] && echo "$kind $count $seed $arch"
+        done; done; done
+    done
+}
+if [ -n "${PLAN:-}" ]; then models; exit 0; fi  # PLAN=1: the models in training order, nothing run or written
 
 # shellcheck source=experiments/stages.sh
 source experiments/stages.sh
@@ -156,22 +178,6 @@ model() {
     evaluate "$id" best
     save_record "$id"
     [ "$first" = "$id" ] || save_record "$first"  # the validation curve that chose where the second part starts
-}
-# the models of claim (a), "kind count seed arch" a line, in training order: every kind at every count with
-# the SEEDS (the shuffled-trace control at SHUFFLED_COUNTS alone), then solution-only and search-augmented
-# with the EXTRA_SEEDS at EXTRA_COUNTS. Within a count the architectures take turns, kind by kind, so a
-# sitting that ends part way leaves the two compared at the same kinds.
-models() {
-    local seed count kind arch
-    for seed in $SEEDS; do for count in $COUNTS; do for kind in $KINDS; do for arch in $ARCHS; do
-        [ "$kind" = shuffled ] && ! [[ " $SHUFFLED_COUNTS " == *" $count "* ]] && continue
-        echo "$kind $count $seed $arch"
-    done; done; done; done
-    for seed in $EXTRA_SEEDS; do for count in $EXTRA_COUNTS; do for arch in $ARCHS; do
-        for kind in solution-only search; do
-            [[ " $KINDS " == *" $kind "* ]] && echo "$kind $count $seed $arch"
-        done
-    done; done; done
 }
 # optimal % against training tasks, one plot per architecture (efficiency.png: decoder-only;
 # efficiency-encdec.png)

@@ -251,3 +251,19 @@ stage "model a" true; stage "model b" true; stage "model b" false; commit"""
     now = r.stdout.split()[-1]
     rows = [line.split("\t") for line in (tmp_path / "stages.tsv").read_text().splitlines()[1:]]
     assert [(row[0], row[3]) for row in rows] == [("model a", f"abc1234+{now}"), ("model b", now)]
+
+
+def test_the_plan_lists_the_models_in_training_order_and_touches_nothing(tmp_path):
+    """PLAN=1: count by count, kind by kind with the architectures in turn, the shuffled-trace control at
+    its counts alone and the second seed right after its count; no results folder, no database."""
+    results = tmp_path / "results"
+    r = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, **TOY, "PY": sys.executable, "RESULTS": str(results), "PLAN": "1",
+                            "COUNTS": "16 8 4", "EXTRA_COUNTS": "8", "ARCHS": "decoder encdec",
+                            "KINDS": "solution-only search shuffled", "MONGODB_URI": "mongodb://127.0.0.1:1/none"})
+    assert r.returncode == 0, r.stderr
+    both = lambda kinds, count, seed: [f"{k} {count} {seed} {a}" for k in kinds for a in ("decoder", "encdec")]
+    main = ("solution-only", "search")
+    assert r.stdout.splitlines() == both((*main, "shuffled"), 16, 0) + both(main, 8, 0) + both(main, 8, 1) + \
+        both(main, 4, 0)
+    assert not results.exists()
