@@ -17,31 +17,28 @@ tables comparing runs' evaluations (--json: also as a JSON file).
   python report.py bootstrap --run-id STEP0 --run-id STEP1 [...] [--control C1 ...] --out boot.png [--json ...]
       trace/A* and optimal % per bootstrapping step, the control runs as a second line
 
-A run's "latest evaluation" is the most recent eval.py result on that split (eval.py bootstrap stores one on the
-train split). compare, efficiency and bootstrap use the latest of the best checkpoint's evaluations (eval.py
---checkpoint best) when the run has one, else its latest; evaluations after a trace prefix are left out; the runs
-must have been evaluated on the same tasks (the same prompts, whichever dataset holds them) with the same samples
-and temperature.
+A run's "latest evaluation" is the most recent eval.py result on that split (eval.py bootstrap stores one on the train
+split). compare, efficiency and bootstrap use the latest of the best checkpoint's evaluations (eval.py --checkpoint
+best) when the run has one, else its latest; evaluations after a trace prefix are left out; the runs must have been
+evaluated on the same tasks (the same prompts, whichever dataset holds them) with the same samples and temperature.
 
-Comparing runs. Per run: optimal % of the evaluated tasks with its standard error; trace/A* over the tasks that
-every compared run solves optimally, as the ratio of sums sum t_i / sum t*_i (as eval.py's trace/A*; t_i the mean
-trace length of the task's optimal responses) with its delta-method standard error; and both as paired differences
-from the first run on the same tasks (optimal: per-task solved-or-not differences; trace/A*: sum (t_i - t_first,i)
-/ sum t*_i). Every standard error on test tasks is clustered by wall layout (the maze tasks of one layout are not
-independent: metrics.py cluster_sum_se); a run that solves none shows 0 with its 95% upper bound (each layout one
-trial), not ± 0. Each run's row also holds the validation figures that selected its checkpoint (`selected`).
+Comparing runs. Per run: optimal % of the evaluated tasks with its standard error; trace/A* over the tasks that every
+compared run solves optimally, as the ratio of sums sum t_i / sum t*_i (as eval.py's trace/A*; t_i the mean trace
+length of the task's optimal responses) with its delta-method standard error; and both as paired differences from the
+first run on the same tasks (optimal: per-task solved-or-not differences; trace/A*: sum (t_i - t_first,i) / sum t*_i).
+Every standard error on test tasks is clustered by wall layout (the maze tasks of one layout are not independent:
+metrics.py cluster_sum_se); a run that solves none shows 0 with its 95% upper bound (each layout one trial), not ± 0.
+Each run's row also holds the validation figures that selected its checkpoint (`selected`).
 
-Model kinds (efficiency): solution-only (a plan-only run), shuffled-trace (its training dataset was made by
-data.py shuffle-traces: params shuffled_traces), search-augmented (otherwise). The training tasks are the run's
-num_train_sequences (all: the dataset's train count). Error bars: the standard error over the seeds (runs of the
-same kind and count) where there are two or more, else the run's own (clustered by wall layout); the y axis starts
-at 0. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the train log records, up to the
-evaluated step and in all; wall time runs from the run's creation to its last update (time between a kill and its
-resume included). A run started from another's checkpoint (a cooldown) counts that run's tokens, steps and time
-too.
+Model kinds (efficiency): solution-only (a plan-only run), shuffled-trace (its training dataset was made by data.py
+shuffle-traces: params shuffled_traces), search-augmented (otherwise); the title names the architectures. The training
+tasks are the run's num_train_sequences (all: the dataset's train count). Error bars: the standard error over the seeds
+(runs of the same kind and count) where there are two or more, else the run's own (clustered by wall layout); the y
+axis starts at 0. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the train log records, up
+to the evaluated step and in all; wall time runs from the run's creation to its last update (time between a kill and
+its resume included). A run started from another's checkpoint (a cooldown) counts that run's tokens, steps and time.
 
-PNG and JSON files are written under a temporary name and renamed, so a failure never leaves a partial file.
-"""
+PNG and JSON files are written under a temporary name and renamed, so a failure never leaves a partial file."""
 import argparse
 import json
 import math
@@ -331,11 +328,11 @@ def plot_efficiency(store, args):
     runs = []
     for name, res in named:
         run = store.require_run(name)
-        kind, count = run_kind(store, run["config"])
-        runs.append({"run": name, "kind": kind, "train_tasks": count, "seed": run["config"]["seed"],
-                     **{k: v for k, v in run_stats(name, res, [], clusters).items() if k != "common"},
-                     "selected": selected(store, name),
-                     **run_facts(store, run, res["step"])})
+        cfg = run["config"]
+        kind, count = run_kind(store, cfg)
+        runs.append({"run": name, "arch": cfg.get("arch", "decoder"), "kind": kind, "train_tasks": count,
+                     "seed": cfg["seed"], **{k: v for k, v in run_stats(name, res, [], clusters).items() if k != "common"},
+                     "selected": selected(store, name), **run_facts(store, run, res["step"])})
     points = efficiency_points(runs, clusters is not None)
     ev = evaluation(named, runs)
     print_table([(r["run"], r) for r in runs], columns=EFFICIENCY_COLUMNS)
@@ -351,9 +348,12 @@ def plot_efficiency(store, args):
         seeds = [r for r in runs if r["kind"] == kind]
         ax.scatter([r["train_tasks"] * dodge for r in seeds], [r["optimal_pct"][0] for r in seeds], s=10, alpha=0.4,
                    color=f"C{i}")
-    ax.set_xscale("log")
+    counts = sorted({p["train_tasks"] for p in points})  # ticks at the counts, with room: one count is not zoomed into
+    ax.set(xscale="log", xlim=(counts[0] / 1.5, counts[-1] * 1.5), xticks=counts, xticklabels=[f"{c:,}" for c in counts])
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_ylim(0, max(5.0, *(p["optimal_pct"][0] + error_bar(p["optimal_pct"])[1] for p in points)) * 1.1)
-    ax.set_title(f"{describe(ev)}\nerror bars: the seeds' standard error (2+ runs), else clustered by wall layout; "
+    archs = " and ".join(sorted({r["arch"] for r in runs}))
+    ax.set_title(f"{archs}: {describe(ev)}\nerror bars: the seeds' standard error (2+ runs), else clustered by wall layout; "
                  f"none solved: up to the 95% upper bound", fontsize=9)
     save_json({"evaluation": ev, "runs": runs, "points": points}, args.json)
     finish(fig, ax, "training tasks", f"optimal % of {ev['split']} tasks", args.out)

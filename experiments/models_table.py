@@ -29,7 +29,7 @@ def rows(results: Path):
     runs = []
     for name in sorted(results.glob("efficiency*.json")):
         arch = "decoder" if name.stem == "efficiency" else name.stem.split("-", 1)[1]
-        runs += [(arch, r) for r in load(name)["runs"]]
+        runs += [(r.get("arch", arch), r) for r in load(name)["runs"]]  # "arch": report.py since 2026-12-07
     runs.sort(key=lambda ar: order.get(ar[1]["run"], len(order)))
     for arch, r in runs:
         cool = load(results / "runs" / f"{r['run']}.json")["run"]

@@ -200,6 +200,7 @@ def test_efficiency_groups_runs_by_kind_and_training_tasks(store, tmp_path):
     assert runs["s100a"]["step"] == 80 and runs["s100a"]["checkpoint"] == "best" and runs["s100a"]["optimal_pct"] == 40
     assert runs["s100a"]["tokens_at_eval"] == 1000 and runs["s100a"]["tokens"] == 3000
     assert runs["s1000"]["wall_s"] == 900 and runs["s1000"]["steps_trained"] == 100 and runs["s1000"]["seed"] == 0
+    assert {r["arch"] for r in doc["runs"]} == {"decoder"}  # a run stored before --arch existed: decoder-only
     assert {r: runs[r]["kind"] for r in runs} == {"s100a": "search-augmented", "s100b": "search-augmented",
                                                  "s1000": "search-augmented", "p100": "solution-only",
                                                  "x100": "shuffled-trace"}
