@@ -26,16 +26,22 @@ def rows(results: Path):
             stage = line.split("\t")[0]
             if stage.startswith("model "):
                 order[stage[len("model "):]] = i
-    runs = []
+    runs, evaluation = [], None
     for name in sorted(results.glob("efficiency*.json")):
         arch = "decoder" if name.stem == "efficiency" else name.stem.split("-", 1)[1]
-        runs += [(r.get("arch", arch), r) for r in load(name)["runs"]]  # "arch": report.py since 2026-12-07
+        doc = load(name)
+        evaluation = evaluation or doc["evaluation"]
+        runs += [(r.get("arch", arch), r) for r in doc["runs"]]  # "arch": report.py since 2026-12-07
     runs.sort(key=lambda ar: order.get(ar[1]["run"], len(order)))
+    table = []
     for arch, r in runs:
-        cool = load(results / "runs" / f"{r['run']}.json")["run"]
+        path = results / "runs" / f"{r['run']}.json"
+        if not path.exists():
+            sys.exit(f"error: {path} is missing: the experiment script writes each model's record there; "
+                     "copy it with the efficiency files")
         pat_path = results / "runs" / f"{r['run']}-p.json"
-        pat = load(pat_path)["run"] if pat_path.exists() else None
-        yield arch, r, pat, cool
+        table.append((arch, r, load(pat_path)["run"] if pat_path.exists() else None, load(path)["run"]))
+    return evaluation, table
 
 
 def fmt_stop(run):
@@ -55,15 +61,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if not (args.results / "runs").is_dir():
         sys.exit(f"error: {args.results} has no runs/ folder: give the experiment's results folder")
-    print("| model | patience stop: best step (validation) | cooldown: best step (validation) "
-          "| test: optimal % of 500 x 8 samples | steps trained, both runs | wall s, both runs |")
+    evaluation, table = rows(args.results)
+    if evaluation is None:
+        sys.exit(f"error: {args.results} has no efficiency*.json: run report.py efficiency (the script does) first")
+    print("| model | patience stop: best step (validation) | cooldown: best step (validation) | test: optimal % of "
+          f"{evaluation['num_tasks']} x {evaluation['samples']} samples | steps trained, both runs | wall s, both runs |")
     print("|---|---|---|---|---|---|")
-    for arch, r, pat, cool in rows(args.results):
+    for arch, r, pat, cool in table:
         seed = f", seed {r['seed']}" if r["seed"] else ""
         model = f"{ARCH_NAMES.get(arch, arch)} {r['kind']}, {r['train_tasks']:,} tasks{seed}"
         first = fmt_stop(pat) if pat else "(patience alone)"
-        print(f"| {model} | {first} | {fmt_stop(cool)} | {fmt_test(r)} | {r['steps_trained']:,} "
-              f"| {r['wall_s']:,.0f} |")
+        wall = "-" if r["wall_s"] is None else f"{r['wall_s']:,.0f}"
+        print(f"| {model} | {first} | {fmt_stop(cool)} | {fmt_test(r)} | {r['steps_trained']:,} | {wall} |")
 
 
 if __name__ == "__main__":
