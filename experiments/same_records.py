@@ -5,7 +5,7 @@ field by field with what only the clock decides left out (times, wall seconds, t
 
 Prints, for each run record in both folders' runs/: identical, or the first fields that differ (training
 losses, validation rates, the selected checkpoint, the test evaluation's per-task results). Exits 1 when
-any differs, 2 when the folders share no record.
+any differs, 2 when the folders share no record or one is unreadable.
 """
 import argparse
 import json
@@ -52,7 +52,12 @@ def main(argv=None):
         sys.exit(2)
     differ = 0
     for name in names:
-        a, b = (clean(json.loads((d / "runs" / name).read_text())) for d in (args.recorded, args.rerun))
+        try:
+            a, b = (clean(json.loads((d / "runs" / name).read_text())) for d in (args.recorded, args.rerun))
+        except json.JSONDecodeError as e:
+            print(f"error: runs/{name} is not a run record (bad JSON: {e}); export it again with admin.py export-record",
+                  file=sys.stderr)
+            sys.exit(2)
         diff = differences(a, b)
         differ += bool(diff)
         print(f"{name[:-5]}: " + ("identical" if not diff else "differs at " + "; ".join(diff)))
