@@ -27,7 +27,8 @@ PY=${PY:-.venv/bin/python}
 SIZE=${SIZE:-6}                     # maze side
 TRACES=${TRACES:-deterministic}     # deterministic | nondeterministic A* traces
 MODEL=${MODEL:-xs}
-COUNTS=${COUNTS:-"2000 1000 500 4000"}  # training-task counts (the first N tasks of one dataset), trained in this order
+COUNTS=${COUNTS:-"2000 500 1000 4000"}  # training-task counts (the first N tasks of one dataset), trained in this order: 500
+                                         # early, so the curve spans 4x and the smallest stage can be re-run soon
 SEEDS=${SEEDS:-"0"}                 # every kind at every count (shuffled: at SHUFFLED_COUNTS) with each
 KINDS=${KINDS:-"solution-only search shuffled"}
 SHUFFLED_COUNTS=${SHUFFLED_COUNTS:-"2000 4000"}  # the shuffled-trace control at these counts only
