@@ -197,7 +197,8 @@ efficiency_report() {
 # of all kinds (compare-<count>-s<seed>.json) and of the search-augmented and solution-only models
 # alone (…-search-solution.json: a shuffled-trace model that solves nothing leaves no common tasks)
 # (an encdec model's files are named compare-encdec-…); and each kind of the two architectures at equal tasks
-# (compare-arch-<kind>-<count>-s<seed>.json: Δ encdec − decoder)
+# (compare-arch-<kind>-<count>-s<seed>.json: Δ encdec − decoder); and a later seed's model against the first
+# seed's (compare-seeds-<arch>-<kind>-<count>-s<seed>.json: Δ this seed − the first, on the same tasks)
 compare_report() {
     local ids=() kind id name=$1-s$2; [ "$3" = decoder ] || name=$3-$name
     for kind in search solution-only shuffled; do
@@ -212,6 +213,14 @@ compare_report() {
         local dec enc; dec=$(run_id "$kind" "$1" "$2" decoder) enc=$(run_id "$kind" "$1" "$2" encdec)
         if recorded "model $dec" && recorded "model $enc"; then
             "$PY" report.py compare --run-id "$dec" --run-id "$enc" --json "$RESULTS/compare-arch-$kind-$1-s$2.json"
+        fi
+    done
+    local first a b; first=$(echo "$SEEDS" | awk '{print $1}')
+    [ "$2" != "$first" ] || return 0
+    for kind in search solution-only; do
+        a=$(run_id "$kind" "$1" "$first" "$3") b=$(run_id "$kind" "$1" "$2" "$3")
+        if recorded "model $a" && recorded "model $b"; then
+            "$PY" report.py compare --run-id "$a" --run-id "$b" --json "$RESULTS/compare-seeds-$3-$kind-$1-s$2.json"
         fi
     done
 }

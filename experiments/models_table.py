@@ -1,10 +1,13 @@
-"""The v2 models' training table for docs/laptop.md, from committed results files only.
+"""The v2 models' tables for docs/laptop.md, from committed results files only.
 
-    python experiments/models_table.py experiments/results/eff6v2
+    python experiments/models_table.py experiments/results/eff6v2                  # the models
+    python experiments/models_table.py experiments/results/eff6v2 --comparisons    # the paired differences
 
 Reads efficiency.json and efficiency-<arch>.json (report.py efficiency) and each model's two run records
 in runs/ (<id>-p: the patience stop; <id>: the cooldown from its best checkpoint; admin.py export-record)
-and prints one markdown row per model, in the order the script trained them (stages.tsv).
+and prints one markdown row per model, in the order the script trained them (stages.tsv). With
+--comparisons: one row per paired difference in the compare-*.json files (report.py compare), named from
+the efficiency files, by count and seed.
 """
 import argparse
 import json
@@ -44,6 +47,37 @@ def rows(results: Path):
     return evaluation, table
 
 
+def comparisons(results: Path):
+    """(count, seed, order, label, diff, se, file) per paired difference; a pair in two files once."""
+    meta = {}  # run id -> (arch, kind, train tasks, seed)
+    for name in results.glob("efficiency*.json"):
+        arch = "decoder" if name.stem == "efficiency" else name.stem.split("-", 1)[1]
+        for r in load(name)["runs"]:
+            meta[r["run"]] = (r.get("arch", arch), r["kind"], r["train_tasks"], r["seed"])
+    table, seen = [], set()
+    for path in sorted(results.glob("compare-*.json")):  # …-search-solution.json before its three-kind file
+        runs = load(path)["runs"]
+        for r in runs[1:]:
+            pair = (runs[0]["run"], r["run"])
+            if pair in seen:
+                continue
+            seen.add(pair)
+            if pair[0] not in meta or pair[1] not in meta:
+                sys.exit(f"error: {path.name} compares {pair[0]} and {pair[1]}, not both in efficiency*.json: "
+                         "regenerate the efficiency files (report.py efficiency) over every run")
+            (arch_a, kind_a, count, seed_a), (arch_b, kind_b, _, seed_b) = meta[pair[0]], meta[pair[1]]
+            seed = "" if seed_b == 0 else f", seed {seed_b}"
+            if seed_a != seed_b:
+                order, label = 2, f"{ARCH_NAMES.get(arch_a, arch_a)} {kind_a}: seed {seed_b} − seed {seed_a}"
+            elif arch_a != arch_b:
+                order, label = 1, f"{kind_a}{seed}: {ARCH_NAMES.get(arch_b, arch_b)} − {ARCH_NAMES.get(arch_a, arch_a)}"
+            else:
+                order, label = 0, f"{ARCH_NAMES.get(arch_a, arch_a)}{seed}: {kind_b} − {kind_a}"
+            table.append((count, max(seed_a, seed_b), order, label, r["optimal_pct_diff"], r["optimal_pct_diff_se"],
+                          path.name))
+    return sorted(table, key=lambda row: row[:3])
+
+
 def fmt_stop(run):
     best = run["best"]
     return f"{best['step']:,} of {run['step']:,} ({best['metrics']['optimal_pct']:.1f}%)"
@@ -58,7 +92,19 @@ def fmt_test(r):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, help="the experiment's results folder, e.g. experiments/results/eff6v2")
+    ap.add_argument("--comparisons", action="store_true",
+                    help="print the paired differences (compare-*.json) instead of the models")
     args = ap.parse_args(argv)
+    if args.comparisons:
+        rows_ = comparisons(args.results)
+        if not rows_:
+            sys.exit(f"error: {args.results} has no compare-*.json: run report.py compare (the script does) first")
+        print("| training tasks | comparison | Δ optimal % (paired) | Δ / se | file |")
+        print("|---|---|---|---|---|")
+        for count, _, _, label, diff, se, name in rows_:
+            z = f"{diff / se:+.1f}".replace("-", "−") if se else "-"
+            print(f"| {count:,} | {label} | {f'{diff:+.1f}'.replace('-', '−')} ± {se:.1f} | {z} | `{name}` |")
+        return
     if not (args.results / "runs").is_dir():
         sys.exit(f"error: {args.results} has no runs/ folder: give the experiment's results folder")
     evaluation, table = rows(args.results)

@@ -56,6 +56,10 @@ def test_data_efficiency_script_runs_every_stage_once_and_resumes(env, tmp_path)
         pair = json.loads((results / f"compare-8-s{seed}.json").read_text())
         assert [r["run"] for r in pair["runs"]] == [f"eff5-{k}-8-s{seed}" for k in ("search", "solution-only")]
         assert all(r["selected"]["plan_loss"] > 0 for r in pair["runs"])  # what selected each, from validation
+    for kind in ("search", "solution-only"):  # the second seed against the first, paired on the same tasks
+        seeds = json.loads((results / f"compare-seeds-decoder-{kind}-8-s1.json").read_text())
+        assert [r["run"] for r in seeds["runs"]] == [f"eff5-{kind}-8-s{seed}" for seed in (0, 1)]
+        assert "optimal_pct_diff_se" in seeds["runs"][1]
     bootstrap = json.loads((results / "bootstrap.json").read_text())
     assert "eff5-search-16-s0-control-1" in json.dumps(bootstrap)
     step1 = next(r for r in bootstrap["runs"] if r["run"] == "eff5-search-16-s0-boot-1")
@@ -267,3 +271,32 @@ def test_the_plan_lists_the_models_in_training_order_and_touches_nothing(tmp_pat
     assert r.stdout.splitlines() == both((*main, "shuffled"), 16, 0) + both(main, 8, 0) + both(main, 8, 1) + \
         both(main, 4, 0)
     assert not results.exists()
+
+
+def test_the_comparisons_table_names_each_paired_difference_once(tmp_path):
+    """experiments/models_table.py --comparisons: a row per pair in the compare files, named from the
+    efficiency files (kinds within an architecture, then the architectures, then the seeds, count by count),
+    a pair found in two files printed once, Δ / se computed from the file."""
+    def run(name, arch, kind, count, seed):
+        return {"run": name, "arch": arch, "kind": kind, "train_tasks": count, "seed": seed}
+    meta = [run("s8", "decoder", "search-augmented", 8, 0), run("o8", "decoder", "solution-only", 8, 0),
+            run("o8b", "decoder", "solution-only", 8, 1), run("s4", "decoder", "search-augmented", 4, 0),
+            run("e8", "encdec", "search-augmented", 8, 0)]
+    (tmp_path / "efficiency.json").write_text(json.dumps({"evaluation": {}, "runs": meta[:4]}))
+    (tmp_path / "efficiency-encdec.json").write_text(json.dumps({"evaluation": {}, "runs": meta[4:]}))
+    pair = lambda a, b, diff, se: {"runs": [{"run": a}, {"run": b, "optimal_pct_diff": diff, "optimal_pct_diff_se": se}]}
+    files = {"compare-8-s0.json": pair("s8", "o8", 3.0, 2.0), "compare-8-s0-search-solution.json": pair("s8", "o8", 3.0, 2.0),
+             "compare-arch-search-8-s0.json": pair("s8", "e8", -1.5, 0.5),
+             "compare-seeds-decoder-solution-only-8-s1.json": pair("o8", "o8b", 0.0, 1.0)}
+    for name, doc in files.items():
+        (tmp_path / name).write_text(json.dumps(doc))
+    out = run_cli("experiments/models_table.py", str(tmp_path), "--comparisons").stdout.splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out[2:]]
+    assert [row[:4] for row in cells] == [
+        ["8", "decoder-only: solution-only − search-augmented", "+3.0 ± 2.0", "+1.5"],
+        ["8", "search-augmented: encoder-decoder − decoder-only", "−1.5 ± 0.5", "−3.0"],
+        ["8", "decoder-only solution-only: seed 1 − seed 0", "+0.0 ± 1.0", "+0.0"]]
+    (tmp_path / "compare-4-s0.json").write_text(json.dumps(pair("s4", "gone", 1.0, 1.0)))  # a run no efficiency file has
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "models_table.py"), str(tmp_path), "--comparisons"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "compare-4-s0.json" in r.stderr
