@@ -32,8 +32,8 @@ Each run's row also holds the validation figures that selected its checkpoint (`
 
 Model kinds (efficiency): solution-only (a plan-only run), shuffled-trace (its training dataset was made by data.py
 shuffle-traces: params shuffled_traces), search-augmented (otherwise); the title names the architectures. The training
-tasks are the run's num_train_sequences (all: the dataset's train count). Error bars: the standard error over the seeds
-(runs of the same kind and count) where there are two or more, else the run's own (clustered by wall layout); the y
+tasks are the run's num_train_sequences (all: the dataset's train count). Error bars: 2+ seeds (runs of a kind and count):
+their standard error and the runs' mean own error (the tasks are shared) combined, else the run's own (by layout); the y
 axis starts at 0. Tokens seen are loss tokens (trace and plan, prompts left out) summed over the train log records, up
 to the evaluated step and in all; wall time runs from the run's creation to its last update (time between a kill and
 its resume included). A run started from another's checkpoint (a cooldown) counts that run's tokens, steps and time.
@@ -302,17 +302,17 @@ def run_facts(store, run, step):
 
 
 def efficiency_points(runs, clustered=True):
-    """One point per (kind, training tasks): the mean optimal % of its runs with the standard error
-    over them (two or more), else the run's own (clustered by layout, or its upper bound)."""
+    """One point per (kind, training tasks): the mean optimal % of its runs (two or more: error the seeds' standard
+    error and the runs' mean own error on the same tasks, combined), else the run's own (by layout, or its bound)."""
     points = []
     for kind in KINDS:
         for count in sorted({r["train_tasks"] for r in runs if r["kind"] == kind}):
             group = [r for r in runs if r["kind"] == kind and r["train_tasks"] == count]
-            pcts = [r["optimal_pct"][0] for r in group]
+            pcts, ses = [r["optimal_pct"][0] for r in group], [r["optimal_pct"][1] or 0.0 for r in group]
             one = group[0]["optimal_pct"]  # a single run's (%, clustered SE), or (0, None, its 95% upper bound)
-            pct = (float(np.mean(pcts)), float(np.std(pcts, ddof=1) / math.sqrt(len(pcts)))) if len(pcts) > 1 else one
+            pct = (float(np.mean(pcts)), math.hypot(np.std(pcts, ddof=1) / len(pcts) ** 0.5, np.mean(ses))) if len(pcts) > 1 else one
             points.append({"kind": kind, "train_tasks": count, "runs": [r["run"] for r in group],
-                           "optimal_pct": pct, "error": "seeds" if len(pcts) > 1 else "layouts" if clustered else "binomial"})
+                           "optimal_pct": pct, "error": "seeds and layouts" if len(pcts) > 1 else "layouts" if clustered else "binomial"})
     return points
 
 
@@ -353,7 +353,7 @@ def plot_efficiency(store, args):
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_ylim(0, max(5.0, *(p["optimal_pct"][0] + error_bar(p["optimal_pct"])[1] for p in points)) * 1.1)
     archs = " and ".join(sorted({r["arch"] for r in runs}))
-    ax.set_title(f"{archs}: {describe(ev)}\nerror bars: the seeds' standard error (2+ runs), else clustered by wall layout; "
+    ax.set_title(f"{archs}: {describe(ev)}\nerror bars: seeds and wall layouts (2+ runs), else clustered by wall layout; "
                  f"none solved: up to the 95% upper bound", fontsize=9)
     save_json({"evaluation": ev, "runs": runs, "points": points}, args.json)
     finish(fig, ax, "training tasks", f"optimal % of {ev['split']} tasks", args.out)
