@@ -312,7 +312,7 @@ def efficiency_points(runs, clustered=True):
             one = group[0]["optimal_pct"]  # a single run's (%, clustered SE), or (0, None, its 95% upper bound)
             pct = (float(np.mean(pcts)), math.hypot(np.std(pcts, ddof=1) / len(pcts) ** 0.5, np.mean(ses))) if len(pcts) > 1 else one
             points.append({"kind": kind, "train_tasks": count, "runs": [r["run"] for r in group],
-                           "optimal_pct": pct, "error": "seeds and layouts" if len(pcts) > 1 else "layouts" if clustered else "binomial"})
+                           "optimal_pct": pct, "error": ("seeds and " if len(pcts) > 1 else "") + ("layouts" if clustered else "binomial")})
     return points
 
 

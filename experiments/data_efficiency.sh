@@ -57,6 +57,7 @@ RESULTS=${RESULTS:-experiments/results/$PREFIX}
 DATA=maze.$SIZE-by-$SIZE-$TRACES.simple
 SHUFFLED=shuffled.$DATA
 NUM_TRAIN=$(for c in $COUNTS; do echo "$c"; done | sort -n | tail -1)
+FIRST_SEED=$(echo "$SEEDS" | awk '{print $1}')  # claim (b)'s base model and the seed others are paired with
 DATA_TRAIN=${DATA_TRAIN:-$(( NUM_TRAIN > 4000 ? NUM_TRAIN : 4000 ))}  # the dataset's (schedule_pilot.sh's too)
 NUM_TEST=$(( TEST_TASKS + VAL_TASKS + 200 ))   # room for whole wall layouts between the two parts
 MAX_TOKENS=$(( SIZE * SIZE * 16 ))  # generated tokens per response (the longest 6x6 A* response of 12,000 tasks: 306)
@@ -215,10 +216,10 @@ compare_report() {
             "$PY" report.py compare --run-id "$dec" --run-id "$enc" --json "$RESULTS/compare-arch-$kind-$1-s$2.json"
         fi
     done
-    local first a b; first=$(echo "$SEEDS" | awk '{print $1}')
-    [ "$2" != "$first" ] || return 0
+    [ "$2" != "$FIRST_SEED" ] || return 0
+    local a b
     for kind in search solution-only; do
-        a=$(run_id "$kind" "$1" "$first" "$3") b=$(run_id "$kind" "$1" "$2" "$3")
+        a=$(run_id "$kind" "$1" "$FIRST_SEED" "$3") b=$(run_id "$kind" "$1" "$2" "$3")
         if recorded "model $a" && recorded "model $b"; then
             "$PY" report.py compare --run-id "$a" --run-id "$b" --json "$RESULTS/compare-seeds-$3-$kind-$1-s$2.json"
         fi
@@ -232,8 +233,7 @@ if recorded "data $DATA and $SHUFFLED" && ! { have_dataset "$DATA" && have_datas
 fi
 stage "data $DATA and $SHUFFLED" data
 
-first_seed=$(echo "$SEEDS" | awk '{print $1}')
-base=$(run_id search "$NUM_TRAIN" "$first_seed")  # claim (b) starts from it
+base=$(run_id search "$NUM_TRAIN" "$FIRST_SEED")  # claim (b) starts from it
 intact=; if [ "$BOOT_STEPS" -eq 0 ] || chain_intact; then intact=1; fi  # no checkpoint of the chain's needed
 # first, so that no report names a lost run
 while read -r kind count seed arch; do

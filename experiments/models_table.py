@@ -22,6 +22,21 @@ def load(path):
         return json.load(f)
 
 
+def efficiency_runs(results: Path):
+    """(evaluation, [(arch, run row)]) from efficiency.json (decoder-only) and efficiency-<arch>.json."""
+    runs, evaluation = [], None
+    for name in sorted(results.glob("efficiency*.json")):
+        arch = "decoder" if name.stem == "efficiency" else name.stem.split("-", 1)[1]
+        doc = load(name)
+        evaluation = evaluation or doc["evaluation"]
+        runs += [(r.get("arch", arch), r) for r in doc["runs"]]  # "arch": report.py since 2026-12-07
+    return evaluation, runs
+
+
+def signed(x):
+    return f"{x:+.1f}".replace("-", "−")
+
+
 def rows(results: Path):
     order = {}
     if (results / "stages.tsv").exists():  # training order: the line a model's stage finished on
@@ -29,12 +44,7 @@ def rows(results: Path):
             stage = line.split("\t")[0]
             if stage.startswith("model "):
                 order[stage[len("model "):]] = i
-    runs, evaluation = [], None
-    for name in sorted(results.glob("efficiency*.json")):
-        arch = "decoder" if name.stem == "efficiency" else name.stem.split("-", 1)[1]
-        doc = load(name)
-        evaluation = evaluation or doc["evaluation"]
-        runs += [(r.get("arch", arch), r) for r in doc["runs"]]  # "arch": report.py since 2026-12-07
+    evaluation, runs = efficiency_runs(results)
     runs.sort(key=lambda ar: order.get(ar[1]["run"], len(order)))
     table = []
     for arch, r in runs:
@@ -49,11 +59,7 @@ def rows(results: Path):
 
 def comparisons(results: Path):
     """(count, seed, order, label, diff, se, file) per paired difference; a pair in two files once."""
-    meta = {}  # run id -> (arch, kind, train tasks, seed)
-    for name in results.glob("efficiency*.json"):
-        arch = "decoder" if name.stem == "efficiency" else name.stem.split("-", 1)[1]
-        for r in load(name)["runs"]:
-            meta[r["run"]] = (r.get("arch", arch), r["kind"], r["train_tasks"], r["seed"])
+    meta = {r["run"]: (arch, r["kind"], r["train_tasks"], r["seed"]) for arch, r in efficiency_runs(results)[1]}
     table, seen = [], set()
     for path in sorted(results.glob("compare-*.json")):  # …-search-solution.json before its three-kind file
         runs = load(path)["runs"]
@@ -102,8 +108,7 @@ def main(argv=None):
         print("| training tasks | comparison | Δ optimal % (paired) | Δ / se | file |")
         print("|---|---|---|---|---|")
         for count, _, _, label, diff, se, name in rows_:
-            z = f"{diff / se:+.1f}".replace("-", "−") if se else "-"
-            print(f"| {count:,} | {label} | {f'{diff:+.1f}'.replace('-', '−')} ± {se:.1f} | {z} | `{name}` |")
+            print(f"| {count:,} | {label} | {signed(diff)} ± {se:.1f} | {signed(diff / se) if se else '-'} | `{name}` |")
         return
     if not (args.results / "runs").is_dir():
         sys.exit(f"error: {args.results} has no runs/ folder: give the experiment's results folder")

@@ -208,7 +208,7 @@ def test_efficiency_groups_runs_by_kind_and_training_tasks(store, tmp_path):
     assert sorted(points) == [("search-augmented", 100), ("search-augmented", 1000), ("shuffled-trace", 100),
                               ("solution-only", 100)]
     seeds = points[("search-augmented", 100)]  # two seeds: their spread and the runs' own error, combined
-    assert seeds["runs"] == ["s100a", "s100b"] and seeds["error"] == "seeds and layouts"
+    assert seeds["runs"] == ["s100a", "s100b"] and seeds["error"] == "seeds and binomial"
     own = np.mean([runs[r]["optimal_pct_se"] for r in ("s100a", "s100b")])
     spread = np.std([40, 60], ddof=1) / np.sqrt(2)
     assert seeds["optimal_pct"] == 50 and seeds["optimal_pct_se"] == pytest.approx(np.sqrt(spread ** 2 + own ** 2))
