@@ -18,8 +18,11 @@ ARCH_NAMES = {"decoder": "decoder-only", "encdec": "encoder-decoder"}
 
 
 def load(path):
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        sys.exit(f"error: cannot read {path} ({e}): restore it from git or write it again (report.py, admin.py export-record)")
 
 
 def efficiency_runs(results: Path):

@@ -300,3 +300,7 @@ def test_the_comparisons_table_names_each_paired_difference_once(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "models_table.py"), str(tmp_path), "--comparisons"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "compare-4-s0.json" in r.stderr
+    (tmp_path / "compare-4-s0.json").write_text("{")  # a truncated file: one line, no traceback
+    r = subprocess.run([sys.executable, str(ROOT / "experiments" / "models_table.py"), str(tmp_path), "--comparisons"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "compare-4-s0.json" in r.stderr
