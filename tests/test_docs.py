@@ -87,3 +87,14 @@ def test_readme_smoke_run_works_as_written(env, tmp_path):
             if arg == "--out":
                 assert (work / argv[i + 1]).stat().st_size > 0, argv[i + 1]
     assert "smoke" in r.stdout and "finished" in r.stdout  # admin.py list-all shows the finished run
+
+
+def test_laptop_tables_are_the_committed_results():
+    """docs/laptop.md's two v2 tables are what experiments/models_table.py prints from the committed
+    results today: a model added to the results and not to the page, or a figure edited by hand, fails."""
+    page = (ROOT / "docs" / "laptop.md").read_text()
+    for args in ([], ["--comparisons"]):
+        out = subprocess.run([sys.executable, str(ROOT / "experiments" / "models_table.py"),
+                              str(ROOT / "experiments" / "results" / "eff6v2"), *args],
+                             capture_output=True, text=True, check=True).stdout.strip("\n")
+        assert out.count("\n") > 2 and out in page, f"models_table.py {' '.join(args)} differs from docs/laptop.md"

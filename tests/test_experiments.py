@@ -244,6 +244,29 @@ def test_same_records_tells_a_reproduced_stage_from_one_that_differs(tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "share no run record" in r.stderr
 
 
+def test_same_records_pairs_two_runs_under_other_ids(tmp_path):
+    """--pair A=B: a run copied under another id, with another configuration and one more evaluation,
+    computed the same; one changed per-task result is named; a malformed pair is one line and exit 2."""
+    src = ROOT / "experiments" / "results" / "eff6v2" / "runs" / "eff6v2-search-1000-s0.json"
+    record = json.loads(src.read_text())
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "a.json").write_text(json.dumps(record))
+    record["run_id"] = record["run"]["_id"] = "b"
+    record["run"]["config"]["test_name"] = "added later"
+    for row in record["logs"] + record["results"]:
+        row["run_id"] = "b"
+    record["results"].append({**record["results"][0], "pkey": "another evaluation", "optimal_by_task": {}})
+    (tmp_path / "runs" / "b.json").write_text(json.dumps(record))
+    script = ROOT / "experiments" / "same_records.py"
+    assert run_cli(script, tmp_path, tmp_path, "--pair", "a=b").stdout.strip() == "b: identical"
+    record["results"][0]["optimal_by_task"]["rows"][0] += 1
+    (tmp_path / "runs" / "b.json").write_text(json.dumps(record))
+    r = run_cli(script, tmp_path, tmp_path, "--pair", "a=b", check=False)
+    assert r.returncode == 1 and ".optimal_by_task.rows[0]:" in r.stdout
+    r = run_cli(script, tmp_path, tmp_path, "--pair", "a", check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "RECORDED=RERUN" in r.stderr
+
+
 def test_a_stage_resumed_in_a_later_sitting_records_every_commit_it_ran_at(tmp_path):
     """experiments/stages.sh: a stage interrupted under one commit and finished under another lists both
     in stages.tsv (its launches in stage-launches.tsv); a stage launched once lists its one commit."""
