@@ -327,3 +327,33 @@ def test_the_comparisons_table_names_each_paired_difference_once(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "experiments" / "models_table.py"), str(tmp_path), "--comparisons"],
                        capture_output=True, text=True)
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "compare-4-s0.json" in r.stderr
+
+
+def test_claim_a_adds_the_training_randomness_the_seed_pairs_measure(tmp_path):
+    """experiments/models_table.py --claim-a, against a hand computation: a seed pair's difference d (se)
+    gives (d² − se²) / 2, and σ² is their mean at its count, floored at 0; a count's claim (a) is the mean over its
+    seeds, its test-task error their mean se and its full error hypot(that, √(2σ² / seeds)); a count
+    without seed pairs takes σ from all of them, marked assumed; the search-first order is read either way."""
+    def run(name, kind, count, seed):
+        return {"run": name, "arch": "decoder", "kind": kind, "train_tasks": count, "seed": seed}
+    kinds = {"s": "search-augmented", "o": "solution-only"}
+    meta = [run(f"{k}{c}-{s}", kinds[k], c, s) for k in "so" for c, seeds in ((10, (0, 1)), (20, (0,)), (30, (0, 1)))
+            for s in seeds]
+    (tmp_path / "efficiency.json").write_text(json.dumps({"evaluation": {}, "runs": meta}))
+    pair = lambda a, b, diff, se: {"runs": [{"run": a}, {"run": b, "optimal_pct_diff": diff, "optimal_pct_diff_se": se}]}
+    files = {"compare-10-s0.json": pair("s10-0", "o10-0", 3.0, 1.0),
+             "compare-10-s1.json": pair("o10-1", "s10-1", -1.0, 2.0),  # solution-only first: Δ read as +1.0
+             "compare-seeds-decoder-solution-only-10-s1.json": pair("o10-0", "o10-1", 5.0, 3.0),  # (25 − 9) / 2 = 8
+             "compare-seeds-decoder-search-10-s1.json": pair("s10-0", "s10-1", -2.0, 2.0),  # (4 − 4) / 2 = 0
+             "compare-20-s0.json": pair("s20-0", "o20-0", 6.0, 2.0),
+             "compare-30-s0.json": pair("s30-0", "o30-0", 4.0, 2.0),
+             "compare-seeds-decoder-solution-only-30-s1.json": pair("o30-0", "o30-1", 1.0, 3.0)}  # (1 − 9) / 2 = −4
+    for name, doc in files.items():
+        (tmp_path / name).write_text(json.dumps(doc))
+    out = run_cli("experiments/models_table.py", str(tmp_path), "--claim-a").stdout.splitlines()
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out[2:]]
+    # 10: σ² = (8 + 0) / 2 = 4, Δ = (3 + 1) / 2, se_test = 1.5, full √(2.25 + 2·4/2) = 2.5
+    # 20: σ² = (8 + 0 − 4) / 3 from all pairs, √(4 + 2·4/3) ≈ 2.58; 30: σ² = −4 floored to 0, full = 2.0
+    assert cells == [["10", "decoder-only", "0, 1", "+2.0", "1.5", "2.0", "2.5", "+0.8"],
+                     ["20", "decoder-only", "0", "+6.0", "2.0", "1.2 (assumed)", "2.6", "+2.3"],
+                     ["30", "decoder-only", "0", "+4.0", "2.0", "0.0", "2.0", "+2.0"]]
