@@ -141,10 +141,11 @@ def fmt_test(r):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", type=Path, help="the experiment's results folder, e.g. experiments/results/eff6v2")
-    ap.add_argument("--comparisons", action="store_true",
-                    help="print the paired differences (compare-*.json) instead of the models")
-    ap.add_argument("--claim-a", action="store_true",
-                    help="print claim (a) per architecture and count, over seeds, with training randomness")
+    table = ap.add_mutually_exclusive_group()
+    table.add_argument("--comparisons", action="store_true",
+                       help="print the paired differences (compare-*.json) instead of the models")
+    table.add_argument("--claim-a", action="store_true",
+                       help="print claim (a) per architecture and count, over seeds, with training randomness")
     args = ap.parse_args(argv)
     if args.claim_a:
         rows_ = claim_a(args.results)

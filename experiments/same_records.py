@@ -46,6 +46,16 @@ def differences(a, b, path="", out=None):
     return out
 
 
+def read(path):
+    """A run record, or one line and exit 2."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        print(f"error: {path} is not a run record (bad JSON: {e}); export it again with admin.py export-record",
+              file=sys.stderr)
+        sys.exit(2)
+
+
 def computed(record):
     """What a run's training and evaluation computed, without its id: the logs and, by parameters, the
     evaluations (the configuration is left out: fields added to it later read null in an old record)."""
@@ -64,7 +74,7 @@ def pair(recorded, rerun, spec):
         if not path.is_file():
             print(f"error: --pair {spec}: no run record {path}", file=sys.stderr)
             sys.exit(2)
-    a, b = (clean(computed(json.loads(path.read_text()))) for path in paths)
+    a, b = (clean(computed(read(path))) for path in paths)
     both = a["results"].keys() & b["results"].keys()
     for c in (a, b):
         c["results"] = {k: v for k, v in c["results"].items() if k in both}
@@ -90,12 +100,7 @@ def main(argv=None):
         sys.exit(2)
     differ = 0
     for name in names:
-        try:
-            a, b = (clean(json.loads((d / "runs" / name).read_text())) for d in (args.recorded, args.rerun))
-        except json.JSONDecodeError as e:
-            print(f"error: runs/{name} is not a run record (bad JSON: {e}); export it again with admin.py export-record",
-                  file=sys.stderr)
-            sys.exit(2)
+        a, b = (clean(read(d / "runs" / name)) for d in (args.recorded, args.rerun))
         diff = differences(a, b)
         differ += bool(diff)
         print(f"{name[:-5]}: " + ("identical" if not diff else "differs at " + "; ".join(diff)))

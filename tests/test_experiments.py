@@ -265,6 +265,9 @@ def test_same_records_pairs_two_runs_under_other_ids(tmp_path):
     assert r.returncode == 1 and ".optimal_by_task.rows[0]:" in r.stdout
     r = run_cli(script, tmp_path, tmp_path, "--pair", "a", check=False)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "RECORDED=RERUN" in r.stderr
+    (tmp_path / "runs" / "b.json").write_text("{")  # a truncated record: one line, no traceback
+    r = run_cli(script, tmp_path, tmp_path, "--pair", "a=b", check=False)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "b.json" in r.stderr
 
 
 def test_a_stage_resumed_in_a_later_sitting_records_every_commit_it_ran_at(tmp_path):
