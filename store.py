@@ -283,7 +283,8 @@ class Store:
     @retrying
     def start_run(self, run_id, config, owner, lease_s, world_size, host):
         """Create the run or re-open it for resuming; refuses a changed config or a live holder, except
-        that a raised train_steps extends the run (the stored config takes it).
+        that a raised train_steps extends the run, and a raised patience (of a run with patience) lets it
+        wait longer, one it stopped too (the stored config takes them).
 
         Returns the run document as it was before this call (None for a new run)."""
         check_name(run_id)
@@ -303,16 +304,21 @@ class Store:
             except DuplicateKeyError:
                 doc = self.runs.find_one({"_id": run_id})
         diff = sorted(k for k in set(config) | set(doc["config"]) if config.get(k) != doc["config"].get(k))
-        extend = diff == ["train_steps"] and config["train_steps"] > doc["config"]["train_steps"]
-        if extend and doc.get("stopped_early"):
+        # raising train_steps extends the run; raising patience (from a patience run's) lets it wait longer,
+        # so a run patience stopped goes on as one launched with the larger patience would have
+        raised = {k for k in diff if k in ("train_steps", "patience") and config[k] > doc["config"][k] and
+                  (k == "train_steps" or doc["config"][k] > 0)}
+        extend = bool(diff) and set(diff) == raised
+        if extend and doc.get("stopped_early") and "patience" not in raised:
             at = doc["stopped_early"]
             raise StoreError(f"run {run_id!r} was stopped early by --patience at step {at['step']} (best: step "
-                             f"{at['best_step']}): raising --train-steps would not train it further; start a new run "
-                             f"from it with --start-checkpoint {run_id} --start-from best")
+                             f"{at['best_step']}): raising --train-steps would not train it further; raise "
+                             f"--patience to let it wait longer, or start a new run from it with "
+                             f"--start-checkpoint {run_id} --start-from best")
         if diff and not extend:
             changes = ", ".join(f"{k}: {doc['config'].get(k)!r} -> {config.get(k)!r}" for k in diff[:6])
             raise StoreError(f"run {run_id!r} exists with other hyper-parameters ({changes}); only --train-steps "
-                             f"may change, raised, to extend it; use a new --run-id or drop it with "
+                             f"and --patience may change, raised, to extend it; use a new --run-id or drop it with "
                              f"`python admin.py drop-run --run-id {run_id}`")
         if doc.get("checkpoint") and doc.get("world_size") not in (None, world_size):
             raise StoreError(world_size_refusal(run_id, doc["world_size"], world_size))
@@ -321,7 +327,8 @@ class Store:
             left = held["expires"] - self.server_time()
             raise StoreError(f"run {run_id!r} is being trained by {held['owner']} (lease expires in {left:.0f}s "
                              f"unless renewed); wait for it or stop that process")
-        self.runs.update_one({"_id": run_id}, {"$set": {**fields, **({"config": config} if extend else {})}})
+        unset = {"$unset": {"stopped_early": ""}} if extend and "patience" in raised else {}
+        self.runs.update_one({"_id": run_id}, {"$set": {**fields, **({"config": config} if extend else {})}, **unset})
         return doc
 
     def acquire_lease(self, run_id, owner, lease_s):

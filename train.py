@@ -225,6 +225,9 @@ class Training:
             self.saved = self.step
             if ckpt["config"]["train_steps"] != cfg.train_steps:
                 self.extend(ckpt["config"]["train_steps"])
+            if ckpt["config"].get("patience", 0) != cfg.patience:  # store.start_run allows raising it
+                print0(f"patience raised from {ckpt['config'].get('patience', 0)} to {cfg.patience} evaluations; "
+                       f"{self.selection['stale']} so far without improvement")
             if self.rank == 0:
                 self.sums = log_sums.to(self.device)  # other ranks' shares were folded into rank 0's at save time
                 self.store.truncate_logs(run_id, self.step, owner=self.flags.owner)

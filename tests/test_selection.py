@@ -101,9 +101,37 @@ def test_extending_a_run_that_patience_stopped_is_refused_and_changes_nothing(st
     r = run_cli("train.py", "single", "--run-id", "p", *PATIENT, "--train-steps", "200", check=False)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert f"error: run 'p' was stopped early by --patience at step {before['step']}" in r.stderr
-    assert "--start-checkpoint p --start-from best" in r.stderr and "extending" not in r.stdout
+    assert "--start-checkpoint p --start-from best" in r.stderr and "raise --patience" in r.stderr
+    assert "extending" not in r.stdout
+    lowered = run_cli("train.py", "single", "--run-id", "p", *PATIENT, "--patience", "1", check=False)
+    assert lowered.returncode == 1 and "patience: 2 -> 1" in lowered.stderr, lowered.stderr
+    assert "only --train-steps and --patience may change, raised" in lowered.stderr
     after = store.get_run("p")
     assert after["config"] == before["config"] and after["status"] == "finished" and after["step"] == before["step"]
+
+
+def test_raising_the_patience_of_a_run_it_stopped_trains_on_as_a_run_launched_with_it(store):
+    """A run that --patience 2 stopped, relaunched with --patience 4, goes on from its stop and ends as
+    one launched with --patience 4 from the start: the same stop, best checkpoint, weights and logged
+    losses (resumes are exact), its stored config the new one."""
+    make_toy_dataset(store.db)
+    run_cli("train.py", "single", "--run-id", "short", *PATIENT)
+    first = store.get_run("short")["stopped_early"]
+    assert first is not None
+    run_cli("train.py", "single", "--run-id", "long", *PATIENT, "--patience", "4")
+    long = store.get_run("long")
+    assert long["step"] > first["step"]  # patience 4 waited past patience 2's stop
+    r = run_cli("train.py", "single", "--run-id", "short", *PATIENT, "--patience", "4")
+    assert f"resuming short from step {first['step']}" in r.stdout
+    assert "patience raised from 2 to 4 evaluations; 2 so far without improvement" in r.stdout
+    short = store.get_run("short")
+    assert short["config"] == long["config"]
+    assert short["step"] == long["step"] and short.get("stopped_early") == long.get("stopped_early")
+    assert short["best"]["step"] == long["best"]["step"] and short["best"]["metrics"] == long["best"]["metrics"]
+    assert losses(store, "short") == losses(store, "long")
+    assert_same_weights(weights(store, "short"), weights(store, "long"))
+    assert_same_weights(load_checkpoint(store, "short", which="best")["model"],
+                        load_checkpoint(store, "long", which="best")["model"])
 
 
 def test_the_selection_metric_is_the_validation_optimal_then_correct_rate_then_plan_loss():

@@ -438,7 +438,8 @@ def test_raising_train_steps_extends_a_finished_run_and_nothing_else_changes(sto
     for flags, words in ((["--train-steps", "20", "--lr", "5e-4"], "lr: 0.001 -> 0.0005"),
                          (["--train-steps", "8"], "train_steps: 10 -> 8")):
         r = run_cli("train.py", "single", "--run-id", "ext", *flags, check=False)
-        assert r.returncode == 1 and words in r.stderr and "only --train-steps may change" in r.stderr, r.stderr
+        assert r.returncode == 1 and words in r.stderr, r.stderr
+        assert "only --train-steps and --patience may change" in r.stderr, r.stderr
     proc = subprocess.Popen([sys.executable, "train.py", "single", "--run-id", "ext", "--train-steps", "20"], cwd=ROOT,
                             text=True, stdout=subprocess.PIPE, env={**os.environ, **pauses.env("step-13")})
     pauses.wait("step-13", proc)
