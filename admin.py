@@ -237,6 +237,12 @@ def bulk_import_checkpoint(store, args):
         print(f"no checkpoint files (*.ckpt, *.pt) in {args.dir}")
 
 
+def copy_run(store, args):
+    from checkpoint_store import copy_run  # imports torch, as checkpoint.py does
+    copy_run(store, args.run_id, args.to)
+    print(f"copied run {args.run_id} to {args.to}: relaunch it with `torchrun ... train.py single --run-id {args.to}`")
+
+
 def export_record_cmd(store, args):
     size = write_record(export_record(store, args.run_id), args.out)
     print(f"exported the record of run {args.run_id} to {args.out} ({size / 1024:.1f} KiB)")
@@ -344,6 +350,11 @@ def main(argv=None):
     p.add_argument("--replace", action="store_true", help="overwrite existing runs")
     vocabulary_flags(p)
     p.set_defaults(fn=bulk_import_checkpoint)
+    p = sub.add_parser("copy-run", help="copy a run (config, logs, checkpoints; not evaluations) to another id, "
+                       "to continue it there, e.g. with more --patience, the original kept")
+    p.add_argument("--run-id", required=True)
+    p.add_argument("--to", required=True, help="the new run id")
+    p.set_defaults(fn=copy_run)
     p = sub.add_parser("export-record", help="write a run's record (run, logs, evaluations; no checkpoint files) "
                        "to a JSON file")
     p.add_argument("--run-id", required=True)
@@ -368,6 +379,8 @@ def main(argv=None):
     try:
         for rid in ([args.run_id] if isinstance(getattr(args, "run_id", None), str) else getattr(args, "run_id", None) or []):
             check_name(rid)  # validated before any database call
+        if getattr(args, "to", None) is not None:
+            check_name(args.to)
         if args.cmd == "export-checkpoint":
             check_checkpoint(args.which)
         if getattr(args, "dataset", None):

@@ -201,6 +201,61 @@ def put_checkpoint(store, run_id, config, state, step, replace=False, extra=None
         delete_stale(store, run_id, keep=[stream._id])
 
 
+def copy_run(store, run_id, to):
+    """A copy of a run under another id, all or nothing: its document (config, step, status, selection,
+    patience stop), logs and checkpoints (latest and best, each file written anew with the new id), so
+    that relaunching `to` continues it as relaunching `run_id` would; evaluations are not copied. The
+    new document is created first with status `importing`, a killed copy's leftover, which the same
+    copy run again replaces; it takes the source's fields in one write at the end."""
+    check_name(run_id), check_name(to)
+    src = store.require_run(run_id)
+    if src.get("record"):
+        raise restored(run_id)
+    holder = store.live_holder(run_id)
+    if holder:
+        raise StoreError(f"run {run_id!r} is being trained by {holder}: copy it once that process stops")
+    old = store.get_run(to)
+    if old is not None:
+        if old.get("status") != "importing":
+            raise StoreError(f"run {to!r} exists; choose another id, or drop it with "
+                             f"`python admin.py drop-run --run-id {to}`")
+        store.drop_run(to)  # a killed copy's leftover
+    t = now()
+    try:
+        store.runs.insert_one({"_id": to, "config": src["config"], "created": t, "updated": t, "step": 0,
+                               "status": "importing", "error": None, "lease": None, "checkpoint": None})
+    except DuplicateKeyError:
+        raise StoreError(f"run {to!r} exists; choose another id") from None
+    try:
+        fields = {}
+        for which, field in FIELDS.items():
+            info = src.get(field)
+            if info is None:
+                continue
+            ck = _read(store, info["id"], "cpu")
+            ck["run_id"] = to
+            meta = {"run_id": to, "step": info["step"], **({"kind": "best", "metrics": info.get("metrics")}
+                                                         if which == "best" else {})}
+            name = f"{to}/{info['step']}{'/best' if which == 'best' else ''}"
+            stream = store.fs.open_upload_stream(name, metadata=meta)
+            torch.save(ck, _Writer(stream))
+            stream.close()
+            fields[field] = {**info, "id": stream._id, "size": stream.length}
+        logs = [{**{k: v for k, v in d.items() if k != "_id"}, "run_id": to}
+                for d in store.logs.find({"run_id": run_id})]
+        if logs:
+            store.logs.insert_many(logs)
+        testhook.pause("copy-run")  # tests: everything written but the document's switch
+        doc = {k: v for k, v in src.items() if k not in ("_id", "lease", "pending_checkpoint", *FIELDS.values())}
+        store.runs.replace_one({"_id": to, "status": "importing"},
+                               {**doc, **fields, "_id": to, "lease": None, "pending_checkpoint": None,
+                                "copied_from": {"run_id": run_id, "step": src.get("step"), "time": t}})
+    except BaseException:
+        with contextlib.suppress(PyMongoError):
+            store.drop_run(to)  # nothing half-copied stays (a killed copy: the next one replaces it)
+        raise
+
+
 def delete_stale(store, run_id, keep):
     """Remove the run's checkpoint files but those in keep (ids)."""
     for f in store.fs.find({"metadata.run_id": run_id, "_id": {"$nin": list(keep)}}):

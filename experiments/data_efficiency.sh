@@ -16,7 +16,7 @@
 # finished stage appends its wall time to $RESULTS/stages.tsv and rewrites the small results files
 # (JSON tables, PNG plots) in $RESULTS, which the write-up reads: commit them as they come.
 # Knobs (environment): SIZE TRACES MODEL ARCHS COUNTS SEEDS KINDS SHUFFLED_COUNTS EXTRA_SEEDS EXTRA_COUNTS SCHEDULE
-# PATIENCE EVAL_EVERY MAX_STEPS BATCH LR MIN_LR_RATIO VAL_TASKS TEST_TASKS SAMPLES BOOT_STEPS BOOT_SAMPLES
+# FROM_PREFIX PATIENCE EVAL_EVERY MAX_STEPS BATCH LR MIN_LR_RATIO VAL_TASKS TEST_TASKS SAMPLES BOOT_STEPS BOOT_SAMPLES
 # FT_STEPS NPROC COMPILE DATA_TRAIN PREFIX RESULTS; PLAN=1 lists the models in training order and exits.
 # Selection reads the validation tasks alone (the last VAL_TASKS test tasks, 300 over 11 wall layouts at 6x6),
 # results are reported on the first TEST_TASKS (18 layouts), errors clustered by layout (report.py).
@@ -39,6 +39,7 @@ SCHEDULE=${SCHEDULE:-cooldown}      # patience | cooldown | second (experiments/
 MIN_LR_RATIO=${MIN_LR_RATIO:-0.1}   # the cosine's floor, a fraction of LR
 COOLDOWN_FRAC=${COOLDOWN_FRAC:-0.2} # SCHEDULE=cooldown: the decay's length, a fraction of the selected step
 PATIENCE=${PATIENCE:-3}             # evaluations without a better validation optimal rate before stopping
+FROM_PREFIX=${FROM_PREFIX:-}        # continue each model's first run from this prefix's (e.g. with a raised PATIENCE)
 EVAL_EVERY=${EVAL_EVERY:-200}       # steps between evaluations (and checkpoints)
 MAX_STEPS=${MAX_STEPS:-8000}        # the cap; patience normally stops a run well before it
 BATCH=${BATCH:-32}                  # sequences per step, over all processes
@@ -160,6 +161,15 @@ model() {
     local common=(--train-name "$name" --test-name "$DATA" --num-train-sequences "$count" --seed "$seed"
                   --min-lr-ratio "$MIN_LR_RATIO" "${flags[@]}")
     local first=$id; [ "$SCHEDULE" = patience ] || first=$id-p
+    # FROM_PREFIX: this model's first run under that prefix, copied (admin.py copy-run) and continued here, a
+    # raised PATIENCE going on from its stop exactly as a run launched with it would (train.py); a killed
+    # copy (status importing) is copied again
+    if [ -n "$FROM_PREFIX" ]; then
+        local from=$FROM_PREFIX${first#"$PREFIX"} st; st=$(run_status "$first")
+        if { [ -z "$st" ] || [ "$st" = importing ]; } && have_run "$from"; then
+            "$PY" admin.py copy-run --run-id "$from" --to "$first"
+        fi
+    fi
     train --run-id "$first" "${common[@]}" --lr "$LR" --warmup-steps 100 --train-steps "$MAX_STEPS" \
         --patience "$PATIENCE" --eval-interval "$EVAL_EVERY" --checkpoint-interval "$EVAL_EVERY"
     local s lr cool floor; s=$(best_step "$first")

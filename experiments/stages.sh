@@ -27,6 +27,7 @@ stage() {
 torchrun() { "$PY" -m torch.distributed.run --standalone --nproc-per-node "$NPROC" "$@"; }
 have_dataset() { "$PY" data.py list | awk '{print $1}' | grep -qx "$1"; }
 have_run() { "$PY" admin.py show "$1" > /dev/null 2>&1; }
+run_status() { "$PY" -c "import store,sys; d=store.connect().get_run(sys.argv[1]); print(d['status'] if d else '')" "$1"; }
 # the step of a run's best checkpoint (train.py --patience), and the learning rate its schedule gives at a step
 best_step() { "$PY" -c "import store,sys; print(store.connect().get_run(sys.argv[1])['best']['step'])" "$1"; }
 lr_at() { "$PY" -c "import store,sys; from hparams import TrainConfig

@@ -308,3 +308,27 @@ def test_a_run_whose_trainer_died_shows_as_interrupted(runs):
                             "`python train.py single --run-id dead`)")
     assert ok("show", "--run-id", "live").startswith("run live: running at step 20")
     assert snapshot(runs.db) == before and list(runs.runs.find()) == docs  # reading only
+
+
+def test_copy_run_refusals_and_a_killed_copy(runs, pauses):
+    """copy-run refuses an existing target, a run being trained and an unknown one, changing nothing; a
+    copy killed before its switch leaves a target marked `importing`, which the same copy replaces."""
+    refused(runs, "copy-run", "--run-id", "alpha", "--to", "beta", words=["'beta' exists", "drop-run --run-id beta"])
+    refused(runs, "copy-run", "--run-id", "nope", "--to", "new", words=["no run with id 'nope'"])
+    refused(runs, "copy-run", "--run-id", "alpha", "--to", "bad id", words=["run id"])
+    runs.start_run("live", {"train_name": "toy.copy"}, owner="host:1", lease_s=600, world_size=1, host="host")
+    refused(runs, "copy-run", "--run-id", "live", "--to", "new", words=["'live' is being trained by host:1"])
+    proc = subprocess.Popen([sys.executable, "admin.py", "copy-run", "--run-id", "alpha", "--to", "new"], cwd=ROOT,
+                            env={**os.environ, **pauses.env("copy-run")})
+    pauses.wait("copy-run", proc)
+    proc.kill()
+    proc.wait()
+    assert runs.get_run("new")["status"] == "importing" and runs.db["checkpoints.files"].count_documents(
+        {"metadata.run_id": "new"}) == 1
+    out = ok("copy-run", "--run-id", "alpha", "--to", "new")
+    assert "copied run alpha to new" in out
+    new, alpha = runs.get_run("new"), runs.get_run("alpha")
+    assert new["status"] == alpha["status"] and new["step"] == alpha["step"] == 10
+    assert runs.db["checkpoints.files"].count_documents({"metadata.run_id": "new"}) == 1  # the leftover's file gone
+    assert same_tensors(load_checkpoint(runs, "new")["model"], load_checkpoint(runs, "alpha")["model"])
+    assert load_checkpoint(runs, "alpha")["run_id"] != "new"

@@ -360,3 +360,23 @@ def test_claim_a_adds_the_training_randomness_the_seed_pairs_measure(tmp_path):
     assert cells == [["10", "decoder-only", "0, 1", "+2.0", "1.5", "2.0", "2.5", "+0.8"],
                      ["20", "decoder-only", "0", "+6.0", "2.0", "1.2 (assumed)", "2.6", "+2.3"],
                      ["30", "decoder-only", "0", "+4.0", "2.0", "0.0", "2.0", "+2.0"]]
+
+
+def test_from_prefix_continues_each_model_from_the_earlier_prefix_as_a_fresh_launch_would(env, tmp_path):
+    """FROM_PREFIX with a raised PATIENCE: each model's first run is copied from the earlier prefix's and
+    continued; the models end as those of a fresh launch with that PATIENCE (resumes are exact)."""
+    one = {"ARCHS": "decoder", "COUNTS": "8", "KINDS": "solution-only", "EXTRA_SEEDS": "", "BOOT_STEPS": "0",
+           "SCHEDULE": "cooldown", "MAX_STEPS": "16"}
+    launch(tmp_path / "a", **one, PREFIX="effa", PATIENCE="1")
+    launch(tmp_path / "b", **one, PREFIX="effb", PATIENCE="2", FROM_PREFIX="effa")
+    launch(tmp_path / "c", **one, PREFIX="effc", PATIENCE="2")
+    from store import connect
+    store = connect()
+    assert store.get_run("effb-solution-only-8-s0-p")["copied_from"]["run_id"] == "effa-solution-only-8-s0-p"
+    assert "copied_from" not in store.get_run("effc-solution-only-8-s0-p")
+    timing = lambda k: k in ("run_id", "time") or k.endswith("_s") or "second" in k  # noqa: E731
+    logs = lambda rid: [{k: v for k, v in d.items() if not timing(k)} for d in store.get_logs(rid)]  # noqa: E731
+    for suffix in ("-p", ""):
+        assert logs(f"effb-solution-only-8-s0{suffix}") == logs(f"effc-solution-only-8-s0{suffix}")
+    b, c = (json.loads((tmp_path / x / "efficiency.json").read_text())["runs"][0] for x in "bc")
+    assert b["optimal_pct"] == c["optimal_pct"] and b["step"] == c["step"]

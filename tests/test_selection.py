@@ -110,28 +110,42 @@ def test_extending_a_run_that_patience_stopped_is_refused_and_changes_nothing(st
     assert after["config"] == before["config"] and after["status"] == "finished" and after["step"] == before["step"]
 
 
-def test_raising_the_patience_of_a_run_it_stopped_trains_on_as_a_run_launched_with_it(store):
+def test_raising_the_patience_of_a_stopped_run_or_its_copy_trains_on_as_a_run_launched_with_it(store):
     """A run that --patience 2 stopped, relaunched with --patience 4, goes on from its stop and ends as
     one launched with --patience 4 from the start: the same stop, best checkpoint, weights and logged
-    losses (resumes are exact), its stored config the new one."""
+    losses (resumes are exact), its stored config the new one. So does its copy (admin.py copy-run),
+    made before, which leaves the original as it was."""
     make_toy_dataset(store.db)
     run_cli("train.py", "single", "--run-id", "short", *PATIENT)
-    first = store.get_run("short")["stopped_early"]
-    assert first is not None
+    first = store.get_run("short")
+    assert first["stopped_early"] is not None
     run_cli("train.py", "single", "--run-id", "long", *PATIENT, "--patience", "4")
     long = store.get_run("long")
     assert long["step"] > first["step"]  # patience 4 waited past patience 2's stop
-    r = run_cli("train.py", "single", "--run-id", "short", *PATIENT, "--patience", "4")
-    assert f"resuming short from step {first['step']}" in r.stdout
-    assert "patience raised from 2 to 4 evaluations; 2 so far without improvement" in r.stdout
-    short = store.get_run("short")
-    assert short["config"] == long["config"]
-    assert short["step"] == long["step"] and short.get("stopped_early") == long.get("stopped_early")
-    assert short["best"]["step"] == long["best"]["step"] and short["best"]["metrics"] == long["best"]["metrics"]
-    assert losses(store, "short") == losses(store, "long")
-    assert_same_weights(weights(store, "short"), weights(store, "long"))
-    assert_same_weights(load_checkpoint(store, "short", which="best")["model"],
-                        load_checkpoint(store, "long", which="best")["model"])
+    run_cli("admin.py", "copy-run", "--run-id", "short", "--to", "copy")
+    copy = store.get_run("copy")
+    for key in ("config", "step", "status", "stopped_early", "world_size", "last", "created"):
+        assert copy[key] == first[key], key
+    assert copy["copied_from"]["run_id"] == "short" and copy["best"]["metrics"] == first["best"]["metrics"]
+    assert losses(store, "copy") == losses(store, "short")
+    for which in ("latest", "best"):
+        a, b = load_checkpoint(store, "short", which=which), load_checkpoint(store, "copy", which=which)
+        assert a["step"] == b["step"] and b["run_id"] == "copy"
+        assert_same_weights(a["model"], b["model"])
+    for rid in ("copy", "short"):
+        r = run_cli("train.py", "single", "--run-id", rid, *PATIENT, "--patience", "4")
+        assert f"resuming {rid} from step {first['step']}" in r.stdout
+        assert "patience raised from 2 to 4 evaluations; 2 so far without improvement" in r.stdout
+        run = store.get_run(rid)
+        assert run["config"] == long["config"]
+        assert run["step"] == long["step"] and run.get("stopped_early") == long.get("stopped_early")
+        assert run["best"]["step"] == long["best"]["step"] and run["best"]["metrics"] == long["best"]["metrics"]
+        assert losses(store, rid) == losses(store, "long")
+        assert_same_weights(weights(store, rid), weights(store, "long"))
+        assert_same_weights(load_checkpoint(store, rid, which="best")["model"],
+                            load_checkpoint(store, "long", which="best")["model"])
+        if rid == "copy":  # the original untouched by its copy's training
+            assert store.get_run("short")["step"] == first["step"] and losses(store, "short") != losses(store, "copy")
 
 
 def test_the_selection_metric_is_the_validation_optimal_then_correct_rate_then_plan_loss():
