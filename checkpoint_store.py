@@ -204,7 +204,8 @@ def put_checkpoint(store, run_id, config, state, step, replace=False, extra=None
 def copy_run(store, run_id, to):
     """A copy of a run under another id, all or nothing: its document (config, step, status, selection,
     patience stop), logs and checkpoints (latest and best, each file written anew with the new id), so
-    that relaunching `to` continues it as relaunching `run_id` would; evaluations are not copied. The
+    that relaunching `to` continues it as relaunching `run_id` would; evaluations are not copied. Its
+    `copied_from` names the original, its step and wall seconds (created to updated), which reports add. The
     new document is created first with status `importing`, a killed copy's leftover, which the same
     copy run again replaces; it takes the source's fields in one write at the end."""
     check_name(run_id), check_name(to)
@@ -221,6 +222,7 @@ def copy_run(store, run_id, to):
                              f"`python admin.py drop-run --run-id {to}`")
         store.drop_run(to)  # a killed copy's leftover
     t = now()
+    wall = (src["updated"] - src["created"]).total_seconds() if src.get("created") and src.get("updated") else 0.0
     try:
         store.runs.insert_one({"_id": to, "config": src["config"], "created": t, "updated": t, "step": 0,
                                "status": "importing", "error": None, "lease": None, "checkpoint": None})
@@ -249,7 +251,8 @@ def copy_run(store, run_id, to):
         doc = {k: v for k, v in src.items() if k not in ("_id", "lease", "pending_checkpoint", *FIELDS.values())}
         store.runs.replace_one({"_id": to, "status": "importing"},
                                {**doc, **fields, "_id": to, "lease": None, "pending_checkpoint": None,
-                                "copied_from": {"run_id": run_id, "step": src.get("step"), "time": t}})
+                                "created": t, "updated": t, "copied_from": {"run_id": run_id, "step": src.get("step"),
+                                                                            "time": t, "wall_s": wall}})
     except BaseException:
         with contextlib.suppress(PyMongoError):
             store.drop_run(to)  # nothing half-copied stays (a killed copy: the next one replaces it)

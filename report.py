@@ -285,12 +285,12 @@ def run_kind(store, cfg):
 
 
 def run_facts(store, run, step):
-    """Loss tokens seen up to step and in all (train log records), steps trained and wall time of a run;
-    one started from another run's checkpoint (a cooldown) counts that run's too: its tokens up to the
-    checkpoint's step in the first, all of its training in the others."""
+    """Loss tokens seen up to step and in all (train logs), steps trained and wall time of a run, a copy's with its
+    original's; one started from another run's checkpoint (a cooldown) adds that one's: tokens to its step, all else."""
     logs = store.get_logs(run["_id"], "train")
     known = bool(logs) and all("tokens" in r for r in logs)
-    wall = (run["updated"] - run["created"]).total_seconds() if run.get("created") and run.get("updated") else None
+    wall = (run["updated"] - run["created"]).total_seconds() + (run.get("copied_from") or {}).get("wall_s", 0) \
+        if run.get("created") and run.get("updated") else None
     facts = {"tokens_at_eval": sum(r["tokens"] for r in logs if r["step"] <= step) if known else None,
              "tokens": sum(r["tokens"] for r in logs) if known else None, "steps_trained": run.get("step"), "wall_s": wall}
     cfg = run.get("config", {})

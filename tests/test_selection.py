@@ -8,6 +8,7 @@ import sys
 import torch
 
 import dataset
+import report
 from checkpoint_store import load_checkpoint
 from conftest import FAST, ROOT, adam_steps, assert_same_weights, losses, make_toy_dataset, run_cli, weights
 from hparams import TrainConfig
@@ -124,9 +125,11 @@ def test_raising_the_patience_of_a_stopped_run_or_its_copy_trains_on_as_a_run_la
     assert long["step"] > first["step"]  # patience 4 waited past patience 2's stop
     run_cli("admin.py", "copy-run", "--run-id", "short", "--to", "copy")
     copy = store.get_run("copy")
-    for key in ("config", "step", "status", "stopped_early", "world_size", "last", "created"):
+    for key in ("config", "step", "status", "stopped_early", "world_size", "last"):
         assert copy[key] == first[key], key
     assert copy["copied_from"]["run_id"] == "short" and copy["best"]["metrics"] == first["best"]["metrics"]
+    wall = (first["updated"] - first["created"]).total_seconds()
+    assert copy["copied_from"]["wall_s"] == wall and report.run_facts(store, copy, copy["step"])["wall_s"] >= wall
     assert losses(store, "copy") == losses(store, "short")
     for which in ("latest", "best"):
         a, b = load_checkpoint(store, "short", which=which), load_checkpoint(store, "copy", which=which)
