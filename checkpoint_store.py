@@ -41,11 +41,17 @@ def save_checkpoint(store, run_id, step, state, owner=None, which="latest", metr
             return info
 
 
+def _open_upload(store, run_id, step, which, metrics):
+    """A new checkpoint file's upload stream, named and tagged as loads and point_best look for it."""
+    best = which == "best"
+    meta = {"run_id": run_id, "step": step, **({"kind": "best", "metrics": metrics} if best else {})}
+    return store.fs.open_upload_stream(f"{run_id}/{step}{'/best' if best else ''}", metadata=meta)
+
+
 def _save(store, run_id, step, state, owner, which, metrics):
     """One attempt of save_checkpoint: the new pointer's info, or None when the upload was taken away."""
     best = which == "best"
-    meta = {"run_id": run_id, "step": step, **({"kind": "best", "metrics": metrics} if best else {})}
-    stream = store.fs.open_upload_stream(f"{run_id}/{step}{'/best' if best else ''}", metadata=meta)
+    stream = _open_upload(store, run_id, step, which, metrics)
     before = store.runs.find_one_and_update(fenced(run_id, owner), {"$set": {"pending_checkpoint": stream._id}},
                                             {"pending_checkpoint": 1})
     if before is None:
@@ -208,7 +214,7 @@ def copy_run(store, run_id, to):
     `copied_from` names the original, its step and wall seconds (created to updated), which reports add. The
     new document is created first with status `importing`, a killed copy's leftover, which the same
     copy run again replaces; it takes the source's fields in one write at the end."""
-    check_name(run_id), check_name(to)
+    check_name(to)
     src = store.require_run(run_id)
     if src.get("record"):
         raise restored(run_id)
@@ -236,12 +242,12 @@ def copy_run(store, run_id, to):
                 continue
             ck = _read(store, info["id"], "cpu")
             ck["run_id"] = to
-            meta = {"run_id": to, "step": info["step"], **({"kind": "best", "metrics": info.get("metrics")}
-                                                         if which == "best" else {})}
-            name = f"{to}/{info['step']}{'/best' if which == 'best' else ''}"
-            stream = store.fs.open_upload_stream(name, metadata=meta)
+            stream = _open_upload(store, to, info["step"], which, info.get("metrics"))
+            # recorded first, so that a killed copy's unclosed upload goes with its leftover (drop_run)
+            store.runs.update_one({"_id": to}, {"$set": {"pending_checkpoint": stream._id}})
             torch.save(ck, _Writer(stream))
             stream.close()
+            store.runs.update_one({"_id": to}, {"$set": {"pending_checkpoint": None}})
             fields[field] = {**info, "id": stream._id, "size": stream.length}
         logs = [{**{k: v for k, v in d.items() if k != "_id"}, "run_id": to}
                 for d in store.logs.find({"run_id": run_id})]
